@@ -1,0 +1,66 @@
+# tlpipe: `make run` runs the pipeline on the embedded default data, `make test` runs the test suite.
+# The virtual environment lives outside the checkout, keyed by the lock file's hash: it is built once and
+# reused by every clone until requirements.lock changes.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3.11
+LOCK_HASH := $(shell sha256sum requirements.lock | cut -c1-12)
+CACHE_DIR ?= $(HOME)/.cache/tlpipe
+VENV ?= $(CACHE_DIR)/venv-$(LOCK_HASH)
+TOOLS_VENV ?= $(CACHE_DIR)/tools-venv-$(shell sha256sum infra/requirements-tools.txt 2>/dev/null | cut -c1-12)
+STAMP := $(VENV)/.tlpipe-installed
+export PATH := $(VENV)/bin:$(PATH)
+export CHECKOV_BIN ?= $(TOOLS_VENV)/bin/checkov
+export PYTHONPATH := $(CURDIR)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export GX_ANALYTICS_ENABLED ?= false
+export MPLBACKEND ?= Agg
+IMAGE ?= ghcr.io/tlpipe/tlpipe
+TAG ?= 0.1.0
+PYTEST_ARGS ?=
+
+.PHONY: help venv tools system-deps run test test-fast lint review promote rollback status predict \
+        compile run-local submit bench image image-gpu clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock
+	@echo "creating $(VENV) (once per requirements.lock; takes a few minutes)"
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.lock
+	touch $(STAMP)
+
+venv: $(STAMP) ## create/reuse the virtual environment (no reinstall when nothing changed)
+
+$(TOOLS_VENV)/.installed: infra/requirements-tools.txt
+	rm -rf $(TOOLS_VENV)
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet -r infra/requirements-tools.txt
+	touch $@
+
+tools: $(TOOLS_VENV)/.installed ## infra linters (checkov) in their own environment
+
+system-deps: ## Debian packages the tests use (PostgreSQL server, kubectl)
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing postgresql"; apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; fi
+	@if ! command -v kubectl >/dev/null 2>&1; then \
+	  echo "installing kubectl"; apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null; fi
+
+run: venv ## run the pipeline (dvc repro) on the embedded default data
+	TLPIPE_RUN_GROUP=$${TLPIPE_RUN_GROUP:-repro-$$(date +%Y%m%d-%H%M%S)} dvc repro
+	dvc metrics show
+
+test: venv tools system-deps ## the whole test suite (slow end-to-end tests included)
+	pytest $(PYTEST_ARGS)
+
+test-fast: venv ## unit tests only (skips tests marked slow/servers/infra)
+	pytest -m "not slow and not servers and not infra" $(PYTEST_ARGS)
+
+lint: venv ## ruff
+	ruff check components pipelines tests benchmarks
+
+clean: ## remove pipeline outputs (keeps the virtual environment)
+	rm -rf data reports models checkpoints mlflow.db mlartifacts optuna.db .dvc/tmp

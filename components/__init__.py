@@ -1,0 +1,1 @@
+"""tlpipe steps: each module is one pipeline step (pure core + `python -m components.<step>` CLI)."""

@@ -1,0 +1,154 @@
+"""augment: the seeds' augmentations (rotation, zoom, width/height shift, horizontal flip) as one Keras layer.
+
+All four are composed into a single affine transform per image, so each batch is resampled once instead of
+once per augmentation (what makes the input pipeline fast on CPU). Applied to training data only. The step
+writes a preview grid so a person can see what augmentation does, and `copies` pre-augmented copies of
+the training set that tuning uses for its cached-activation trials.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from components.config import AugmentConfig
+
+
+@keras.saving.register_keras_serializable(package="tlpipe")
+class FusedAugment(keras.layers.Layer):
+    """Random rotation, zoom, shift and optional horizontal flip, as one resampling per image."""
+
+    def __init__(self, rotation_degrees=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0,
+                 horizontal_flip=False, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rotation_degrees = float(rotation_degrees)
+        self.zoom = float(zoom)
+        self.width_shift = float(width_shift)
+        self.height_shift = float(height_shift)
+        self.horizontal_flip = bool(horizontal_flip)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = False
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is switched on."""
+        return bool(self.rotation_degrees or self.zoom or self.width_shift or self.height_shift
+                    or self.horizontal_flip)
+
+    def _uniform(self, n, spread):
+        return keras.random.uniform((n,), -spread, spread, seed=self.seed_generator)
+
+    def transforms(self, batch: int, height: int, width: int):
+        """Per-image 8-parameter projective transforms (output pixel -> input pixel)."""
+        ops = keras.ops
+        angle = self._uniform(batch, self.rotation_degrees * math.pi / 180.0)
+        scale = 1.0 / (1.0 + self._uniform(batch, self.zoom))
+        tx = self._uniform(batch, self.width_shift) * width
+        ty = self._uniform(batch, self.height_shift) * height
+        flip = ops.ones((batch,))
+        if self.horizontal_flip:
+            flip = ops.where(keras.random.uniform((batch,), seed=self.seed_generator) < 0.5, -1.0, 1.0)
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+        cos, sin = ops.cos(angle) * scale, ops.sin(angle) * scale
+        a0, a1 = cos * flip, -sin
+        b0, b1 = sin * flip, cos
+        a2 = cx + tx - a0 * cx - a1 * cy
+        b2 = cy + ty - b0 * cx - b1 * cy
+        zero = ops.zeros((batch,))
+        return ops.stack([a0, a1, a2, b0, b1, b2, zero, zero], axis=1)
+
+    def call(self, images, training=True):
+        """Augment a batch (B, H, W, C) when training; identity otherwise."""
+        if not training or not self.active:
+            return images
+        shape = keras.ops.shape(images)
+        dtype = images.dtype
+        images = keras.ops.cast(images, "float32")
+        out = keras.ops.image.affine_transform(
+            images, self.transforms(shape[0], shape[1], shape[2]), interpolation="bilinear", fill_mode="nearest")
+        return keras.ops.cast(out, dtype) if dtype != "float32" else out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rotation_degrees=self.rotation_degrees, zoom=self.zoom, width_shift=self.width_shift,
+                      height_shift=self.height_shift, horizontal_flip=self.horizontal_flip, seed=self.seed)
+        return config
+
+
+def build_augmenter(cfg: AugmentConfig, seed: int) -> FusedAugment:
+    """The augmentation layer described by `augment` params."""
+    return FusedAugment(cfg.rotation_degrees, cfg.zoom, cfg.width_shift, cfg.height_shift,
+                        cfg.horizontal_flip, seed=seed, name="augment")
+
+
+def augmented_copies(images: np.ndarray, augmenter: FusedAugment, copies: int, batch_size: int = 256) -> np.ndarray:
+    """`copies` augmented versions of every image, stacked copy-major: shape (copies * N, H, W, C), uint8."""
+    out = []
+    for _ in range(copies):
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].astype("float32")
+            out.append(np.clip(np.round(keras.ops.convert_to_numpy(augmenter(batch, training=True))), 0, 255))
+    return np.concatenate(out).astype(np.uint8) if out else images[:0]
+
+
+def preview_grid(images: np.ndarray, augmenter: FusedAugment, path: Path, samples: int, variants: int = 5) -> None:
+    """Save a PNG: each row one training image, original first, then augmented variants."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picks = images[:samples]
+    fig, axes = plt.subplots(len(picks), variants + 1, figsize=(1.6 * (variants + 1), 1.6 * len(picks)),
+                             squeeze=False)
+    for row, image in enumerate(picks):
+        batch = np.repeat(image[None].astype("float32"), variants, axis=0)
+        augmented = np.clip(keras.ops.convert_to_numpy(augmenter(batch, training=True)), 0, 255).astype(np.uint8)
+        for col, shown in enumerate([image, *augmented]):
+            ax = axes[row][col]
+            ax.imshow(shown.squeeze(), cmap="gray" if shown.shape[-1] == 1 else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title("original" if col == 0 else f"augmented {col}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: `python -m components.augment --subset data/subset --preview ... --copies ...`."""
+    from components.cli import atomic_file, params_from, parser
+    from components.datasets import load_split
+
+    p = parser("augment", __doc__)
+    p.add_argument("--subset", required=True, help="folder written by make_subset")
+    p.add_argument("--preview", required=True, help="PNG grid of augmented samples")
+    p.add_argument("--copies", required=True, help=".npz of pre-augmented training copies (for tuning)")
+    args = p.parse_args(argv)
+    params = params_from(args)
+    images, labels, classes = load_split(Path(args.subset), "train", params.model.image_size)
+    augmenter = build_augmenter(params.augment, params.seed)
+    # One image per class first, so the preview shows every class.
+    order = np.argsort(np.arange(len(labels)) % max(1, len(labels) // len(classes)), kind="stable")
+    with atomic_file(args.preview) as staged:
+        preview_grid(images[order], augmenter, staged, params.augment.preview_samples)
+    copies = augmented_copies(images, augmenter, params.augment.copies) if augmenter.active else images[:0]
+    with atomic_file(args.copies) as staged:
+        with open(staged, "wb") as fh:
+            np.savez(fh, images=copies, labels=np.tile(labels, params.augment.copies if len(copies) else 0))
+    print(f"augment: preview -> {args.preview}; {params.augment.copies} augmented copies of {len(images)} "
+          f"training images -> {args.copies}")
+
+
+if __name__ == "__main__":
+    from components.cli import run_main
+
+    run_main(main)

@@ -1,0 +1,200 @@
+"""Backbones: keras.applications or a saved .keras model, their preprocessing, weights, and freeze boundaries.
+
+Models are built from built-in Keras layers only (preprocessing included), so a saved model loads with
+`safe_mode=True` anywhere, MLflow's loader included, without our code on the path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from components.config import APPLICATION_BACKBONES, ModelConfig
+from components.errors import PipelineError
+from components.storage import fetch
+
+_CONSTRUCTORS = {
+    "vgg16": "VGG16",
+    "inception_v3": "InceptionV3",
+    "mobilenet_v2": "MobileNetV2",
+    "resnet50": "ResNet50",
+    "efficientnet_b0": "EfficientNetB0",
+}
+# keras.applications.<family>.preprocess_input, expressed with built-in layers. efficientnet rescales inside.
+PREPROCESS_MODE = {"vgg16": "caffe", "resnet50": "caffe", "inception_v3": "tf", "mobilenet_v2": "tf",
+                   "efficientnet_b0": "none"}
+_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+# Layers that belong to the conv/dense before them: never cut between a layer and these.
+_ATTACHED = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU)
+
+
+def preprocess_mode(cfg: ModelConfig) -> str:
+    """The input preprocessing a backbone expects (a .keras backbone carries its own)."""
+    return PREPROCESS_MODE.get(cfg.backbone, "none")
+
+
+def preprocessing(mode: str) -> keras.layers.Layer | None:
+    """A frozen built-in layer equal to keras.applications' preprocess_input for `mode`, on 0..255 RGB."""
+    if mode == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")
+    if mode == "caffe":
+        # RGB -> BGR and mean subtraction as a fixed 1x1 linear map: exact, and no Lambda layer.
+        layer = keras.layers.Dense(3, name="preprocess", trainable=False)
+        layer.build((None, 3))
+        layer.set_weights([np.eye(3, dtype=np.float32)[::-1].copy(), -_CAFFE_MEAN_BGR])
+        return layer
+    if mode == "none":
+        return None
+    raise PipelineError(f"unknown preprocessing mode {mode!r}")
+
+
+def _imagenet_error(name: str, exc: Exception) -> PipelineError:
+    ctor = _CONSTRUCTORS[name]
+    return PipelineError(
+        f"model.weights=imagenet: could not download the ImageNet weights for {name} ({type(exc).__name__}); "
+        f"without network, save them where there is one (keras.applications.{ctor}(weights='imagenet', "
+        f"include_top=False).save_weights('{name}.weights.h5')) and set model.weights to that file or an s3:// URI"
+    )
+
+
+def _weights_from_mlflow(uri: str) -> list[np.ndarray]:
+    import mlflow
+
+    try:
+        model = mlflow.keras.load_model(uri)
+    except Exception as exc:  # MLflow raises its own and HTTP errors alike: all mean "cannot load"
+        raise PipelineError(f"model.weights={uri}: cannot load that MLflow model ({exc})") from None
+    try:
+        return model.get_layer("backbone").get_weights()
+    except ValueError:
+        raise PipelineError(f"model.weights={uri}: that model has no layer named 'backbone'") from None
+
+
+def load_backbone(cfg: ModelConfig, endpoint_url: str | None = None) -> keras.Model:
+    """The feature extractor named by `model.backbone`/`model.weights`, pooled to a vector, named 'backbone'."""
+    size = cfg.image_size
+    if cfg.backbone not in APPLICATION_BACKBONES:
+        path = fetch(cfg.backbone, endpoint_url)
+        try:
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        except Exception as exc:  # a corrupt or foreign file raises many kinds; the user needs the file name
+            raise PipelineError(f"model.backbone={cfg.backbone}: not a loadable .keras model ({exc})") from None
+        if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+            raise PipelineError(f"model.backbone={cfg.backbone}: must output one pooled feature vector per image")
+        return keras.Model(model.input, model.output, name="backbone")
+    constructor = getattr(keras.applications, _CONSTRUCTORS[cfg.backbone])
+    kwargs = dict(include_top=False, input_shape=(size, size, 3), pooling="avg")
+    if cfg.weights == "imagenet":
+        try:
+            model = constructor(weights="imagenet", **kwargs)
+        except Exception as exc:  # urllib/HTTP/SSL errors all mean the download failed
+            raise _imagenet_error(cfg.backbone, exc) from None
+    else:
+        model = constructor(weights=None, **kwargs)
+        if cfg.weights.startswith("models:/"):
+            weights = _weights_from_mlflow(cfg.weights)
+            model.set_weights(weights)
+        elif cfg.weights != "none":
+            path = fetch(cfg.weights, endpoint_url)
+            try:
+                model.load_weights(path)
+            except Exception as exc:  # h5py/ValueError on a mismatched or corrupt file
+                raise PipelineError(f"model.weights={cfg.weights}: does not fit {cfg.backbone} ({exc})") from None
+    return keras.Model(model.input, model.output, name="backbone")
+
+
+def _producers(model: keras.Model) -> list[set[int]]:
+    """For each layer, the indices of the layers whose outputs it consumes."""
+    made_by = {}
+    for i, layer in enumerate(model.layers):
+        for tensor in keras.tree.flatten(layer.output):
+            made_by[id(tensor)] = i
+    sources = []
+    for layer in model.layers:
+        node = layer._inbound_nodes[0]
+        sources.append({made_by[id(t)] for t in node.input_tensors if id(t) in made_by})
+    return sources
+
+
+def cut_points(backbone: keras.Model) -> list[int]:
+    """Valid freeze boundaries k (layers 1..k frozen): places where exactly one tensor crosses the cut.
+
+    In a residual or inception network that is between blocks; a conv is never separated from its
+    BatchNormalization/activation. 0 (nothing frozen) and the last layer (all frozen) are always valid.
+    """
+    sources = _producers(backbone)
+    layers = backbone.layers
+    last = len(layers) - 1
+    valid = []
+    for k in range(last + 1):
+        crossing = {s for j in range(k + 1, last + 1) for s in sources[j] if s <= k}
+        if k < last and (crossing != {k} or isinstance(layers[k + 1], _ATTACHED)):
+            continue
+        valid.append(k)
+    return valid
+
+
+@dataclass(frozen=True)
+class FreezePlan:
+    """How a freeze ratio lands on a backbone."""
+
+    ratio: float
+    frozen: int
+    total: int
+    boundary: str
+
+    @property
+    def effective_ratio(self) -> float:
+        """The ratio the boundary actually freezes."""
+        return self.frozen / self.total if self.total else 1.0
+
+
+def freeze_plan(backbone: keras.Model, ratio: float) -> FreezePlan:
+    """Snap `ratio` (share of layers from the input side kept frozen) to the nearest valid boundary."""
+    total = len(backbone.layers) - 1
+    points = cut_points(backbone)
+    frozen = min(points, key=lambda k: (abs(k - ratio * total), k))
+    return FreezePlan(ratio, frozen, total, backbone.layers[frozen].name)
+
+
+def apply_freeze(backbone: keras.Model, plan: FreezePlan) -> None:
+    """Freeze layers 1..plan.frozen; the rest train (BatchNorm stays in inference mode via training=False)."""
+    backbone.trainable = True
+    for index, layer in enumerate(backbone.layers):
+        layer.trainable = index > plan.frozen
+
+
+def split_at(backbone: keras.Model, frozen: int) -> tuple[keras.Model, keras.Model]:
+    """(prefix, suffix) models around boundary `frozen`; suffix(prefix(x)) == backbone(x), layers shared."""
+    cut = backbone.layers[frozen].output
+    prefix = keras.Model(backbone.input, cut, name="backbone_prefix")
+    suffix = keras.Model(cut, backbone.output, name="backbone_suffix")
+    return prefix, suffix
+
+
+def build_head(features: int, classes: int, units: int, dropout: float) -> keras.Model:
+    """The classifier head (dense + dropout, as in the seeds) on a pooled feature vector."""
+    inputs = keras.Input((features,), name="features")
+    x = keras.layers.Dense(units, activation="relu", name="head_dense")(inputs)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = keras.layers.Dense(classes, activation="softmax", name="head_output", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def build_classifier(backbone: keras.Model, head: keras.Model, size: int, mode: str) -> keras.Model:
+    """Image (0..255 RGB) -> preprocessing -> backbone (BatchNorm in inference mode) -> head."""
+    inputs = keras.Input((size, size, 3), name="image")
+    layer = preprocessing(mode)
+    x = layer(inputs) if layer is not None else inputs
+    x = backbone(x, training=False)
+    return keras.Model(inputs, head(x), name="classifier")
+
+
+def feature_extractor(backbone: keras.Model, size: int, mode: str) -> keras.Model:
+    """Image -> pooled features with the frozen backbone."""
+    inputs = keras.Input((size, size, 3), name="image")
+    layer = preprocessing(mode)
+    x = layer(inputs) if layer is not None else inputs
+    return keras.Model(inputs, backbone(x, training=False), name="feature_extractor")

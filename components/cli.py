@@ -1,0 +1,81 @@
+"""The thin CLI boundary shared by every step: argument parsing, one-line errors, atomic outputs."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from components.config import Params, load_params
+from components.errors import PipelineError
+
+
+def parser(step: str, doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser with the shared `--params` flag."""
+    p = argparse.ArgumentParser(prog=f"python -m components.{step}", description=(doc or "").strip())
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return p
+
+
+def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """Run a step's main(); a PipelineError becomes one line on stderr and exit code 2."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        main(argv)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def params_from(args: argparse.Namespace) -> Params:
+    """Load the params file named by `--params`."""
+    return load_params(args.params)
+
+
+def _staging(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+def _replace(staged: Path, final: Path) -> None:
+    if final.is_dir() and not final.is_symlink():
+        shutil.rmtree(final)
+    elif final.exists() or final.is_symlink():
+        final.unlink()
+    os.replace(staged, final)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a staging folder that replaces `path` only if the block succeeds; else it is removed."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staged = _staging(final)
+    staged.mkdir()
+    try:
+        yield staged
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    _replace(staged, final)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a staging file path that replaces `path` only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staged = _staging(final)
+    try:
+        yield staged
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    _replace(staged, final)

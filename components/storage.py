@@ -1,0 +1,52 @@
+"""S3 access through boto3: standard credential chain, configured retries, optional endpoint (MinIO)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from components.errors import PipelineError
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """Split `s3://bucket/key` into (bucket, key)."""
+    if not uri.startswith("s3://") or len(uri) <= 5:
+        raise PipelineError(f"{uri!r} is not an s3:// URI; write s3://bucket/key")
+    bucket, _, key = uri[5:].partition("/")
+    if not bucket:
+        raise PipelineError(f"{uri!r} has no bucket; write s3://bucket/key")
+    return bucket, key
+
+
+def s3_client(endpoint_url: str | None = None, max_attempts: int = 5):
+    """A boto3 S3 client; endpoint from params, else AWS_ENDPOINT_URL(_S3) which boto3 reads itself."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": max_attempts, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+    return boto3.client("s3", endpoint_url=endpoint_url or None, config=config)
+
+
+def fetch(uri: str, endpoint_url: str | None = None, cache_dir: str | Path | None = None) -> Path:
+    """Return a local path for a local path or an s3:// URI (downloaded once into cache_dir)."""
+    if not uri.startswith("s3://"):
+        path = Path(uri)
+        if not path.exists():
+            raise PipelineError(f"{uri}: file not found")
+        return path
+    bucket, key = split_s3_uri(uri)
+    base = Path(cache_dir or os.path.join(tempfile.gettempdir(), "tlpipe-s3"))
+    target = base / bucket / key
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    client = s3_client(endpoint_url)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        client.download_file(bucket, key, str(partial))
+    except Exception as exc:  # botocore raises several unrelated types; all mean "could not fetch"
+        partial.unlink(missing_ok=True)
+        raise PipelineError(f"{uri}: download failed ({exc})") from None
+    partial.replace(target)
+    return target

@@ -1,0 +1,129 @@
+"""Shared fixtures: tiny generated images, params files, and servers started on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def png(path: Path, seed: int, size: int = 12, mode: str = "L") -> Path:
+    """A small distinct image (random pixels: no two files alike)."""
+    rng = np.random.default_rng(seed)
+    channels = {"L": (size, size), "RGB": (size, size, 3)}[mode]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, channels, dtype=np.uint8), mode=mode).save(path)
+    return path
+
+
+def make_tree(root: Path, classes=("a", "b"), per_class: int = 8, layout: str = "folders", ext: str = ".png",
+              seed: int = 0) -> Path:
+    """A class-folder or Kaggle-flat tree of tiny images."""
+    for ci, cls in enumerate(classes):
+        for i in range(per_class):
+            name = f"{cls}/{i}{ext}" if layout == "folders" else f"{cls}.{i}{ext}"
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng(seed * 100000 + ci * 1000 + i)
+            img = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), mode="RGB")
+            img.save(target, format="JPEG" if ext in (".jpg", ".jpeg") else "PNG")
+    return root
+
+
+def write_params(path: Path, source: str | Path, **sections) -> Path:
+    """A params.yaml with small defaults; keyword arguments replace whole sections or shared keys."""
+    params = {
+        "seed": 7,
+        "deterministic": True,
+        "data": {"source": str(source), "layout": "auto"},
+        "make_subset": {"train_per_class": 4, "val_per_class": 2, "test_per_class": 2, "seed": 3},
+        "model": {"backbone": "models/backbone.keras", "image_size": 16, "head_units": 8, "dropout": 0.1},
+        "tracking": {"experiment": "tests", "default_uri": f"sqlite:///{path.parent / 'mlflow.db'}"},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(params.get(key), dict):
+            params[key] = {**params[key], **value}
+        else:
+            params[key] = value
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    return path
+
+
+def run_cli(step: str, *args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m components.<step>` as a user would."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", f"components.{step}", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on loopback; yields its endpoint URL (dummy credentials set for the session)."""
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server on loopback (Debian package; run as the postgres user); yields a base URL."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    assert bins, "PostgreSQL is not installed: run `make system-deps`"
+    bindir = bins[-1].parent
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="tlpipe-pg-"))
+    shutil.chown(base, "postgres")
+    port = free_port()
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(base / "data"), "-A", "trust", "-U", "app"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(base / "data"), "-w", "-o",
+                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=60",
+                    "-l", str(base / "log"), "start"], check=True, capture_output=True)
+    yield {"host": "127.0.0.1", "port": port, "user": "app"}
+    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(base / "data"), "-m", "fast", "stop"],
+                   capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def create_database(pg: dict, name: str) -> str:
+    """Create a database on the test server; returns its SQLAlchemy URL."""
+    import psycopg2
+
+    conn = psycopg2.connect(host=pg["host"], port=pg["port"], user=pg["user"], dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return f"postgresql+psycopg2://{pg['user']}@{pg['host']}:{pg['port']}/{name}"
