@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,10 @@ def parser(step: str, doc: str | None) -> argparse.ArgumentParser:
 def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a step's main(); a PipelineError becomes one line on stderr and exit code 2."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    warnings.filterwarnings("ignore", message=r".*shuffle=True.*was passed")
+    warnings.filterwarnings("ignore", message=r".*is an experimental feature")
+    warnings.filterwarnings("ignore", message=r".*is experimental \(supported from")
     try:
         main(argv)
     except PipelineError as exc:

@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` runs them; results land in benchmarks/results/."""

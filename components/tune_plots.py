@@ -1,0 +1,113 @@
+"""The tuning plots: optimization history, parameter importances, and the transferability curve.
+
+The transferability curve is validation accuracy against the share of the backbone kept frozen: the
+Yosinski et al. (2014) "how transferable are features" picture for this backbone and data.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from components.common import pyplot
+
+TRIAL_COLUMNS = ("number", "state", "value", "freeze_ratio", "learning_rate", "epochs_run", "mode")
+
+
+def write_trials_csv(trials, path: Path) -> None:
+    """One row per finished trial (the data behind `dvc plots`)."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(TRIAL_COLUMNS)
+        for t in sorted(trials, key=lambda t: t.number):
+            last = t.value if t.value is not None else (
+                t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else "")
+            writer.writerow([t.number, t.state.name.lower(), last, t.user_attrs.get("freeze_ratio", ""),
+                             t.params.get("learning_rate", ""), t.user_attrs.get("epochs_run", 0),
+                             t.user_attrs.get("mode", "")])
+
+
+def _history(trials, path: Path, metric: str, maximize: bool) -> None:
+    plt = pyplot()
+    done = sorted((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.number)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    xs = [t.number for t in done]
+    ys = [t.value for t in done]
+    ax.plot(xs, ys, "o", label="trial")
+    best = np.maximum.accumulate(ys) if maximize else np.minimum.accumulate(ys)
+    ax.step(xs, best, where="post", label="best so far")
+    pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
+    ax.plot([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+            "x", color="grey", label="pruned (last epoch)")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.set_title("optimization history")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _importances(study, path: Path) -> None:
+    import optuna
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    try:
+        scores = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError) as exc:  # too few complete trials or a constant parameter
+        scores = {}
+        ax.text(0.5, 0.5, f"importances unavailable: {exc}", ha="center", va="center", wrap=True, fontsize=8)
+    if scores:
+        names = list(scores)[::-1]
+        ax.barh(names, [scores[n] for n in names])
+        ax.set_xlabel("importance (fANOVA)")
+    ax.set_title("hyperparameter importances")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _transferability(trials, path: Path, metric: str, maximize: bool) -> None:
+    plt = pyplot()
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ratios = np.array([t.user_attrs["freeze_ratio"] for t in done])
+    values = np.array([t.value for t in done])
+    lrs = np.array([t.params["learning_rate"] for t in done])
+    points = ax.scatter(ratios, values, c=np.log10(lrs), cmap="viridis", label="trial")
+    fig.colorbar(points, ax=ax, label="log10 learning rate")
+    pick = max if maximize else min
+    best = {r: pick(values[ratios == r]) for r in sorted(set(ratios))}
+    ax.plot(list(best), list(best.values()), "-", color="black", label="best per freeze point")
+    ax.set_xlabel("share of backbone layers frozen")
+    ax.set_ylabel(metric)
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_title("transferability: validation metric vs freeze ratio")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_all(study, trials, out_dir: Path, metric: str) -> None:
+    """history.png, importances.png, transferability.png and trials.csv."""
+    maximize = metric.endswith("accuracy")
+    write_trials_csv(trials, out_dir / "trials.csv")
+    _history(trials, out_dir / "history.png", metric, maximize)
+    _importances(study, out_dir / "importances.png")
+    _transferability(trials, out_dir / "transferability.png", metric, maximize)
+
+
+def plot_disabled(out_dir: Path) -> None:
+    """The same files when tuning is off, saying so."""
+    plt = pyplot()
+    write_trials_csv([], out_dir / "trials.csv")
+    for name in ("history", "importances", "transferability"):
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{name}: tuning disabled (tune.enabled: false)", ha="center", va="center")
+        fig.savefig(out_dir / f"{name}.png", dpi=90)
+        plt.close(fig)

@@ -1,0 +1,51 @@
+"""The data fingerprint given to the first tasks at submit time, so that changed data busts the KFP cache.
+
+KFP caches a task on its inputs: parameter values, input artifacts and the component itself. `data.source` is
+a URI that stays the same when the files behind it change, so `submit`/`run-local` compute a fingerprint of
+what is there now and pass it as the `data_fingerprint` parameter of `make_digits` and `make_subset`. Every
+later task depends on their artifacts, so a new fingerprint re-runs the whole pipeline; the same data and
+params reuse the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from components.config import Params
+
+
+def s3_listing_hash(uri: str, endpoint_url: str | None = None) -> str:
+    """sha256 over key, size and ETag of every object under an s3:// prefix (one listing, no downloads)."""
+    from components.storage import s3_client, split_s3_uri
+
+    bucket, prefix = split_s3_uri(uri)
+    if prefix and not prefix.endswith("/") and not prefix.lower().endswith(".zip"):
+        prefix += "/"
+    digest = hashlib.sha256()
+    pages = s3_client(endpoint_url).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    for page in pages:
+        for obj in page.get("Contents", []):
+            digest.update(f"{obj['Key']}\0{obj['Size']}\0{obj['ETag']}\n".encode())
+    return digest.hexdigest()
+
+
+def local_hash(path: Path) -> str:
+    """sha256 over relative paths and contents of a file or folder."""
+    from components.tracking import content_hash
+
+    return content_hash(path)
+
+
+def data_fingerprint(params: Params, data_source: str) -> str:
+    """`<kind>:<sha256>` for the data the run will read; `data_source` "" means the embedded digits."""
+    if not data_source:
+        blob = json.dumps(params.make_digits.model_dump(mode="json"), sort_keys=True).encode()
+        return "embedded:" + hashlib.sha256(blob).hexdigest()
+    if data_source.startswith("s3://"):
+        return "s3:" + s3_listing_hash(data_source, params.storage.endpoint_url)
+    path = Path(data_source)
+    if not path.exists():
+        raise FileNotFoundError(f"data source {data_source} not found (a folder, a .zip or s3://bucket/prefix)")
+    return "local:" + local_hash(path)
