@@ -53,7 +53,8 @@ run: venv ## run the pipeline (dvc repro) on the embedded default data
 	TLPIPE_RUN_GROUP=$${TLPIPE_RUN_GROUP:-repro-$$(date +%Y%m%d-%H%M%S)} dvc repro
 	dvc metrics show
 
-test: venv tools system-deps ## the whole test suite (slow end-to-end tests included)
+test: venv tools system-deps ## ruff, then the whole test suite (slow end-to-end tests included)
+	ruff check components pipelines tests benchmarks
 	pytest $(PYTEST_ARGS)
 
 test-fast: venv ## unit tests only (skips tests marked slow/servers/infra)
@@ -61,6 +62,46 @@ test-fast: venv ## unit tests only (skips tests marked slow/servers/infra)
 
 lint: venv ## ruff
 	ruff check components pipelines tests benchmarks
+
+review: venv ## promotion review of @challenger (VERSION=N for another) -> reports/review/review.html
+	python -m components.review --version $${VERSION:-@challenger} --out reports/review
+
+promote: venv ## make a version @champion: make promote VERSION=3 REASON="why" [FORCE=1]
+	@test -n "$(VERSION)" -a -n "$(REASON)" || { echo 'usage: make promote VERSION=N REASON="why" [FORCE=1]'; exit 2; }
+	python -m components.registry promote $(VERSION) --reason "$(REASON)" $(if $(FORCE),--force)
+
+rollback: venv ## point @champion back at @previous: make rollback REASON="why"
+	@test -n "$(REASON)" || { echo 'usage: make rollback REASON="why"'; exit 2; }
+	python -m components.registry rollback --reason "$(REASON)"
+
+status: venv ## registry versions with aliases, gate status and test accuracy
+	python -m components.registry status
+
+predict: venv ## predictions of @champion on a folder: make predict IMAGES=dir [VERSION=N] [OUT=predictions.csv]
+	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES=folder [VERSION=N|@alias] [OUT=file.csv]'; exit 2; }
+	python -m components.registry predict "$(IMAGES)" --version $${VERSION:-@champion} --out $${OUT:-predictions.csv}
+
+compile: venv ## compile the Kubeflow pipeline -> pipelines/training_pipeline.yaml
+	python -m pipelines.training_pipeline compile
+
+run-local: venv ## run the whole Kubeflow pipeline here through kfp.local (small settings)
+	python -m pipelines.training_pipeline run-local
+
+submit: venv ## start a run on a cluster: make submit HOST=http://localhost:8080 [EXPERIMENT=tlpipe] [WAIT=1]
+	@test -n "$(HOST)" || { echo 'usage: make submit HOST=http://KFP-API [EXPERIMENT=name] [NAMESPACE=ns] [WAIT=1]'; exit 2; }
+	python -m pipelines.training_pipeline submit --host "$(HOST)" --experiment $${EXPERIMENT:-tlpipe} \
+	  $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(WAIT),--wait)
+
+bench: venv ## benchmarks (input pipeline, tuning trials) -> benchmarks/results/
+	pip install --quiet --no-deps -r benchmarks/requirements.txt
+	python -m benchmarks.input_pipeline --out benchmarks/results/input_pipeline.json
+	python -m benchmarks.tune_trials --out benchmarks/results/tune_trials.json
+
+image: ## build the CPU image (needs a Docker engine; none here)
+	docker build --build-arg VARIANT=cpu -t $(IMAGE):$(TAG) .
+
+image-gpu: ## build the GPU image (tensorflow[and-cuda])
+	docker build --build-arg VARIANT=gpu -t $(IMAGE):$(TAG)-gpu .
 
 clean: ## remove pipeline outputs (keeps the virtual environment)
 	rm -rf data reports models checkpoints mlflow.db mlartifacts optuna.db .dvc/tmp

@@ -160,10 +160,15 @@ def freeze_plan(backbone: keras.Model, ratio: float) -> FreezePlan:
 
 
 def apply_freeze(backbone: keras.Model, plan: FreezePlan) -> None:
-    """Freeze layers 1..plan.frozen; the rest train (BatchNorm stays in inference mode via training=False)."""
+    """Freeze layers 1..plan.frozen; the rest train, except BatchNormalization, which stays in inference mode.
+
+    Keras 3 replaces the `training=False` recorded on a nested model call with fit()'s training=True, so
+    the keras.io rule is enforced the way Keras 3 honours it: a BatchNormalization layer with
+    trainable=False always runs in inference mode (its moving statistics, scale and offset stay fixed).
+    """
     backbone.trainable = True
     for index, layer in enumerate(backbone.layers):
-        layer.trainable = index > plan.frozen
+        layer.trainable = index > plan.frozen and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def split_at(backbone: keras.Model, frozen: int) -> tuple[keras.Model, keras.Model]:

@@ -213,6 +213,8 @@ class RegistryConfig(_Section):
     min_improvement: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0
     min_class_recall: Fraction | None = None
     auto_promote: bool = False
+    http_retries: NonNegInt = 3
+    http_timeout: PositiveInt = 30
 
 
 class Params(_Section):

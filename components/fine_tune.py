@@ -19,8 +19,15 @@ import keras
 import numpy as np
 
 from components.augment import build_augmenter
-from components.backbones import (FreezePlan, apply_freeze, build_classifier, build_head, freeze_plan,
-                                  load_backbone, preprocess_mode)
+from components.backbones import (
+    FreezePlan,
+    apply_freeze,
+    build_classifier,
+    build_head,
+    freeze_plan,
+    load_backbone,
+    preprocess_mode,
+)
 from components.cli import atomic_dir, params_from, parser, run_main
 from components.common import plot_history, read_json, set_determinism, write_json
 from components.config import Params

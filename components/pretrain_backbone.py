@@ -56,7 +56,8 @@ def pretrain(params: Params, root: Path) -> tuple[keras.Model, dict]:
     train, val = order[:cut], order[cut:]
     backbone = vgg_style(params.model.image_size, cfg.filters)
     model = keras.Sequential([backbone, keras.layers.Dense(len(classes), activation="softmax")])
-    model.compile(keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
     from components.tracking import EpochLogger
 
     history = model.fit(batches(images[train], labels[train], cfg.batch_size, shuffle_seed=params.seed),

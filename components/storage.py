@@ -36,12 +36,17 @@ def fetch(uri: str, endpoint_url: str | None = None, cache_dir: str | Path | Non
             raise PipelineError(f"{uri}: file not found")
         return path
     bucket, key = split_s3_uri(uri)
+    client = s3_client(endpoint_url)
+    try:
+        etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+    except Exception as exc:  # botocore ClientError (404/403) or connection errors
+        raise PipelineError(f"{uri}: cannot read it ({exc})") from None
     base = Path(cache_dir or os.path.join(tempfile.gettempdir(), "tlpipe-s3"))
-    target = base / bucket / key
+    # Keyed by ETag: a changed object is fetched again, an unchanged one is not.
+    target = base / bucket / etag / key
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    client = s3_client(endpoint_url)
     partial = target.with_name(target.name + ".partial")
     try:
         client.download_file(bucket, key, str(partial))

@@ -94,11 +94,15 @@ def _client_setup(params: Params):
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(params))
-    try:
-        experiment = mlflow.set_experiment(params.tracking.experiment)
-    except Exception as exc:  # connection refused, HTTP 5xx, bad URI: all mean tracking is unusable
-        raise PipelineError(f"MLflow tracking at {tracking_uri(params)} is not reachable ({exc})") from None
-    return mlflow, experiment
+    for attempt in (1, 2):
+        try:
+            return mlflow, mlflow.set_experiment(params.tracking.experiment)
+        except Exception as exc:  # connection refused, HTTP 5xx, bad URI: all mean tracking is unusable
+            if attempt == 1 and "already exists" in str(exc):
+                continue  # another worker created it between our lookup and our create
+            raise PipelineError(f"MLflow tracking at {tracking_uri(params)} is not usable "
+                                f"({str(exc).splitlines()[0]})") from None
+    raise AssertionError("unreachable")
 
 
 def _parent_run(mlflow, experiment_id: str, group: str) -> str:
@@ -142,6 +146,8 @@ class EpochLogger:
 
         class _Logger(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
+                if mlflow.active_run() is None:
+                    return  # a core called outside a tracked step: nothing to log to
                 mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in (logs or {}).items()}, step=epoch)
 
         return _Logger()

@@ -154,6 +154,8 @@ class Worker:
 
         cfg = self.params.tune
         ratio, lr, dropout, units = suggest(trial, cfg, self.points)
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("pid", os.getpid())
         hp = HyperParams(ratio, lr, self.params.model.dropout if dropout is None else dropout,
                          self.params.model.head_units if units is None else units)
 

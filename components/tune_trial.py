@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.backbones import FreezePlan, apply_freeze, preprocessing, preprocess_mode, split_at
+from components.backbones import FreezePlan, apply_freeze, preprocess_mode, preprocessing, split_at
 from components.config import Params
 from components.datasets import load_split
 from components.fine_tune import HyperParams, make_head
@@ -101,8 +101,12 @@ class ActivationCache:
         return cached.reshape(*images.shape[:-3], *cached.shape[1:])
 
 
-def _prefix_model(backbone: keras.Model, frozen: int, size: int, mode: str) -> tuple[keras.Model, keras.Model]:
-    prefix, suffix = split_at(backbone, frozen)
+def _prefix_model(backbone: keras.Model, frozen: int, size: int, mode: str) -> tuple[keras.Model, keras.Model | None]:
+    """(image -> activations at the boundary, boundary -> features); no suffix when all is frozen."""
+    if frozen == len(backbone.layers) - 1:
+        prefix, suffix = backbone, None
+    else:
+        prefix, suffix = split_at(backbone, frozen)
     inputs = keras.Input((size, size, 3))
     layer = preprocessing(mode)
     x = layer(inputs) if layer is not None else inputs
@@ -117,7 +121,8 @@ def compile_for(model: keras.Model, hp: HyperParams) -> keras.Model:
 
 
 def cached_model(backbone: keras.Model, plan: FreezePlan, head: keras.Model, params: Params,
-                 cache: ActivationCache, identity: str, data: TrialData) -> tuple[keras.Model, np.ndarray, np.ndarray] | None:
+                 cache: ActivationCache, identity: str,
+                 data: TrialData) -> tuple[keras.Model, np.ndarray, np.ndarray] | None:
     """(suffix + head model, train activations, val activations), or None when over the cache cap."""
     prefix_model, suffix = _prefix_model(backbone, plan.frozen, params.model.image_size, preprocess_mode(params.model))
     shape = tuple(prefix_model.output.shape[1:])
@@ -128,7 +133,8 @@ def cached_model(backbone: keras.Model, plan: FreezePlan, head: keras.Model, par
     train = cache.get(key, "train", prefix_model, data.variants)
     val = cache.get(key, "val", prefix_model, data.val_images)
     inputs = keras.Input(shape, name="activations")
-    model = keras.Model(inputs, head(suffix(inputs, training=False)), name="cached_trial")
+    features = suffix(inputs, training=False) if suffix is not None else inputs
+    model = keras.Model(inputs, head(features), name="cached_trial")
     return model, train, val
 
 

@@ -63,7 +63,7 @@ def configure(task: dsl.PipelineTask, step: str, cluster: ClusterConfig) -> dsl.
     if res.gpus:
         task.set_accelerator_type(cluster.gpu_resource).set_accelerator_limit(res.gpus)
         kubernetes.add_toleration(task, key=cluster.gpu_resource, operator="Exists", effect="NoSchedule")
-        kubernetes.add_node_selector(task, label_key=cluster.gpu_label_key, label_value=cluster.gpu_label_value)
+        kubernetes.add_node_selector(task, cluster.gpu_label_key, cluster.gpu_label_value)
     kubernetes.add_pod_label(task, *POD_LABEL)
     secrets = [S3_SECRET] + ([OPTUNA_SECRET] if step in TUNE_STEPS else [])
     for name, keys in secrets:

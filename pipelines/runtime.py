@@ -1,4 +1,4 @@
-"""What runs inside a KFP task: resolve the run's params once, then call a step's `main()` with artifact paths.
+"""What runs inside a KFP task: resolve the run's params once, then call a step's `main()` on artifact paths.
 
 The component bodies in `pipelines/training_pipeline.py` import this module (it ships in the image with
 `components/`), so the same CLI core that `dvc repro` runs is what each task runs. Nothing here is read at
@@ -24,10 +24,17 @@ HEAD_FILE = "head.keras"
 
 
 def packaged_params() -> Path:
-    """The params.yaml the image carries in its working directory (/app), else the checkout's own."""
+    """The params.yaml a task starts from.
+
+    TLPIPE_PARAMS (set by run-local), else params.yaml in the working directory (the image's /app), else the
+    one next to components/ (a checkout).
+    """
     import components
 
-    for candidate in (Path.cwd() / "params.yaml", Path(components.__file__).resolve().parents[1] / "params.yaml"):
+    if os.environ.get("TLPIPE_PARAMS"):
+        return Path(os.environ["TLPIPE_PARAMS"])
+    checkout = Path(components.__file__).resolve().parents[1]
+    for candidate in (Path.cwd() / "params.yaml", checkout / "params.yaml"):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError("params.yaml is neither in the working directory nor next to components/")
@@ -46,7 +53,7 @@ def dotted(overrides: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]
 
 
 def resolve_params(out_file: str, typed: dict[str, Any], params_overrides: dict[str, Any] | None) -> dict:
-    """Write the run's validated params: packaged params.yaml <- typed pipeline parameters <- params_overrides.
+    """Write the run's validated params: packaged params.yaml <- typed parameters <- params_overrides.
 
     `params_overrides` is applied last, so an explicit dotted key there wins over a typed parameter.
 

@@ -9,7 +9,7 @@ Every task after `make_digits` takes `params`, the run's resolved params.yaml (t
 artifacts: a `dsl.Model` is a folder holding `<name>.keras`, a `dsl.Dataset` the step's output folder.
 """
 
-from typing import List
+
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
@@ -22,7 +22,7 @@ GPU_IMAGE = "ghcr.io/tlpipe/tlpipe:0.1.0-gpu"
 def make_digits(data_source: str, backbone: str, image_size: int, train_per_class: int, pretrain_epochs: int,
                 fine_tune_epochs: int, tune_n_trials: int, params_overrides: dict, data_fingerprint: str,
                 digits: Output[Dataset], params: Output[Artifact]):
-    """Resolve this run's params (the `params` artifact), then write the embedded digits (source/, target/)."""
+    """Resolve the run's params (`params` artifact), then write the embedded digits (source/, target/)."""
     import os
 
     from pipelines.runtime import PRETRAINED_BACKBONE, resolve_params, run_step
@@ -114,11 +114,12 @@ def train_head(params: Input[Artifact], features: Input[Dataset], validation: In
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def tune_create_study(params: Input[Artifact], backbone: Input[Model], storage: str,
-                      n_workers: int) -> List[int]:
+                      n_workers: int) -> list[int]:
     """Create the Optuna study (idempotent); returns the worker indices the ParallelFor fans out over."""
     from pipelines.runtime import backbone_file, run_step
 
-    run_step("tune", ["create-study", "--storage", storage], params.path, backbone_file(params.path, backbone.path))
+    run_step("tune", ["create-study", "--storage", storage], params.path,
+             backbone_file(params.path, backbone.path))
     return list(range(n_workers))
 
 
@@ -133,7 +134,8 @@ def tune_worker(params: Input[Artifact], backbone: Input[Model], subset: Input[D
 
     run_step("tune", ["worker", "--subset", subset.path, "--head", os.path.join(head.path, HEAD_FILE),
                       "--augmented", os.path.join(augmented.path, "train.npz"), "--storage", storage,
-                      "--worker-index", str(worker_index), "--cache-dir", tempfile.mkdtemp(prefix="tune-cache-")],
+                      "--worker-index", str(worker_index),
+                      "--cache-dir", tempfile.mkdtemp(prefix="tune-cache-")],
              params.path, backbone_file(params.path, backbone.path))
 
 
@@ -148,8 +150,8 @@ def tune_summarize(params: Input[Artifact], backbone: Input[Model], storage: str
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def fine_tune(params: Input[Artifact], backbone: Input[Model], subset: Input[Dataset], head: Input[Model],
-              tune: Input[Artifact], validation: Input[Artifact], model: Output[Model], metrics: Output[Metrics],
-              report: Output[Artifact]):
+              tune: Input[Artifact], validation: Input[Artifact], model: Output[Model],
+              metrics: Output[Metrics], report: Output[Artifact]):
     """Fine-tune backbone + head with the best tuned hyperparameters."""
     import os
     import tempfile
@@ -159,7 +161,8 @@ def fine_tune(params: Input[Artifact], backbone: Input[Model], subset: Input[Dat
     run_step("fine_tune", ["--subset", subset.path, "--head", os.path.join(head.path, HEAD_FILE),
                            "--best-params", os.path.join(tune.path, "best_params.json"), "--out", model.path,
                            "--report-dir", report.path, "--workdir", tempfile.mkdtemp(prefix="fine_tune-"),
-                           "--validation", validation.path], params.path, backbone_file(params.path, backbone.path))
+                           "--validation", validation.path],
+             params.path, backbone_file(params.path, backbone.path))
     log_metrics(metrics, os.path.join(report.path, "metrics.json"))
 
 
@@ -183,16 +186,18 @@ def evaluate(params: Input[Artifact], subset: Input[Dataset], model: Input[Model
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def register(params: Input[Artifact], model: Input[Model], evaluation: Input[Artifact], subset: Input[Dataset],
-             validation: Input[Artifact], tune: Input[Artifact], registration: Output[Artifact]):
+def register(params: Input[Artifact], model: Input[Model], evaluation: Input[Artifact],
+             subset: Input[Dataset], validation: Input[Artifact], tune: Input[Artifact],
+             registration: Output[Artifact]):
     """Register the fine-tuned model as a challenger if it passes the gate (registration.json says which)."""
     import json
     import os
 
     from pipelines.runtime import run_step
 
-    run_step("register", ["--model-dir", model.path, "--eval-dir", evaluation.path, "--subset", subset.path,
-                          "--validation", validation.path, "--tune-dir", tune.path, "--out", registration.path],
-             params.path)
+    run_step("register", ["--model-dir", model.path, "--eval-dir", evaluation.path,
+                          "--subset", subset.path, "--validation", validation.path, "--tune-dir", tune.path,
+                          "--out", registration.path], params.path)
     with open(os.path.join(registration.path, "registration.json"), encoding="utf-8") as fh:
-        registration.metadata.update({k: v for k, v in json.load(fh).items() if isinstance(v, (str, int, float))})
+        result = json.load(fh)
+    registration.metadata.update({k: v for k, v in result.items() if isinstance(v, (str, int, float))})

@@ -1,6 +1,4 @@
 import csv
-import io
-import shutil
 import zipfile
 from pathlib import Path
 

@@ -1,0 +1,102 @@
+"""`dvc repro` end to end on the embedded default, in a temporary copy of the repo, with small params.
+
+Runs every stage of dvc.yaml (make_digits ... register) as a user's `make run` would, then checks that a
+second `dvc repro` does nothing, that `dvc metrics show` has the numbers, that MLflow holds the step runs
+of one pipeline run with their lineage, and that the review of the new challenger renders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "make_subset.train_per_class": 30, "make_subset.val_per_class": 10, "make_subset.test_per_class": 12,
+    "model.image_size": 16, "pretrain_backbone.epochs": 3, "pretrain_backbone.filters": [8, 16],
+    "train_head.epochs": 8, "fine_tune.epochs": 2, "tune.n_trials": 3, "tune.epochs": 2, "augment.copies": 1,
+    "registry.min_accuracy": 0.0,
+}
+
+
+def run(cmd, cwd, env, timeout=900):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory):
+    """The tracked files of this repo in a fresh git repo, params shrunk, `dvc repro` run once."""
+    root = tmp_path_factory.mktemp("repro") / "tlpipe"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (REPO / rel).is_file() and rel != "dvc.lock":
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, root / rel)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    for key, value in SMALL.items():
+        section, leaf = key.split(".")
+        raw[section][leaf] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    bindir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PYTHONPATH": str(root), "PATH": f"{bindir}:{os.environ['PATH']}",
+           "TLPIPE_RUN_GROUP": "repro-test", "DVC_NO_ANALYTICS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the embedded store inside the copy
+    run(["git", "init", "-q"], root, env)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root, env)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], root, env)
+    first = run([sys.executable, "-m", "dvc", "repro"], root, env, timeout=1500)
+    return root, env, first
+
+
+def test_every_stage_ran_and_metrics_show(repo_copy):
+    root, env, first = repo_copy
+    for stage in ("make_digits", "make_subset", "validate_data", "augment", "pretrain_backbone",
+                  "extract_features", "train_head", "tune", "fine_tune", "evaluate", "register"):
+        assert f"'{stage}'" in first, stage
+    metrics = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env))
+    shown = json.dumps(metrics)
+    assert "reports/evaluate/metrics.json" in shown and "frozen_features" in shown
+    evaluate = json.loads((root / "reports/evaluate/metrics.json").read_text())
+    assert evaluate["accuracy"] > 0.5  # 5 classes: chance is 0.2
+    best = json.loads((root / "reports/tune/best_params.json").read_text())
+    ft_run = json.loads((root / "models/fine_tune/run.json").read_text())
+    assert ft_run["hyperparameters"]["learning_rate"] == best["params"]["learning_rate"]  # tuned params used
+    for plot in ("history.png", "importances.png", "transferability.png"):
+        assert (root / "reports/tune" / plot).stat().st_size > 0
+
+
+def test_second_repro_does_nothing(repo_copy):
+    root, env, _ = repo_copy
+    again = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    assert "Running stage" not in again and "up to date" in again
+
+
+def test_mlflow_has_one_pipeline_run_with_lineage_and_a_challenger(repo_copy):
+    import mlflow
+
+    root, env, _ = repo_copy
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tlpipe")
+    runs = client.search_runs([experiment.experiment_id], "tags.`tlpipe.run_group` = 'repro-test'")
+    steps = {r.info.run_name: r for r in runs}
+    assert {"pretrain_backbone", "train_head", "tune", "fine_tune", "evaluate", "register"} <= set(steps)
+    fine = steps["fine_tune"]
+    assert fine.data.tags["git_commit"] and fine.data.tags["data_validation"] == "passed"
+    assert any(k.startswith("data.subset") for k in fine.data.tags)
+    registration = json.loads((root / "reports/register/registration.json").read_text())
+    version = client.get_model_version("tlpipe-classifier", registration["version"])
+    assert "challenger" in version.aliases and version.tags["validation_status"] == "passed"
+    review = run([sys.executable, "-m", "components.review", "--out", str(root / "reports/review")], root, env)
+    assert "review.html" in review and (root / "reports/review/review.html").stat().st_size > 10_000
