@@ -117,6 +117,16 @@ def _parent_run(mlflow, experiment_id: str, group: str) -> str:
     return run.info.run_id
 
 
+def prepare(params: Params) -> None:
+    """Create the store, the experiment and this group's pipeline run once, before parallel workers.
+
+    N tuning workers starting together on a fresh embedded SQLite store would race on its schema
+    migration and on creating the parent run; `tune create-study` calls this first.
+    """
+    mlflow, experiment = _client_setup(params)
+    _parent_run(mlflow, experiment.experiment_id, run_group(params))
+
+
 @contextlib.contextmanager
 def step_run(params: Params, step: str, inputs: dict[str, str] | None = None,
              validation: str | None = None) -> Iterator[object]:

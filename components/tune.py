@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"tune: disabled (tune.enabled: false); fine_tune uses its params -> {args.out}")
         return
     if args.command == "create-study":
+        from components.tracking import prepare
+
+        prepare(params)  # the tracking store and pipeline run exist before the workers race to make them
         study = create_study(params, args.storage)
         print(f"tune: study {study.study_name} ready ({counts(study) or 'no trials yet'})")
         return

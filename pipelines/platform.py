@@ -46,6 +46,7 @@ class ClusterConfig:
     mlflow_tracking_uri: str = "http://mlflow.tlpipe.svc.cluster.local:5000"
     aws_endpoint_url: str = ""  # "" = AWS S3; dev overlay: http://minio.tlpipe.svc.cluster.local:9000
     tune_storage: str = "postgresql://postgres.tlpipe.svc.cluster.local:5432/optuna"
+    pipeline_root: str = ""  # "" = the KFP deployment's default; e.g. s3://pipeline-root/tlpipe or minio://...
     task_env: bool = True  # False for kfp.local, which would pass these variables to the local processes
     resources: dict[str, Resources] = field(default_factory=dict)  # per display name, else CPU_TASK/GPU_TASK
 

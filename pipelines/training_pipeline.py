@@ -63,7 +63,8 @@ def build_pipeline(params: Params, cluster: ClusterConfig | None = None):
         metrics: dsl.Metrics
         registration: dsl.Artifact
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Transfer learning: pretrain, tune, fine-tune, register")
+    @dsl.pipeline(name=PIPELINE_NAME, description="Transfer learning: pretrain, tune, fine-tune, register",
+                  pipeline_root=cluster.pipeline_root or None)
     def training_pipeline(
         data_source: str = d["data_source"],
         backbone: str = d["backbone"],
@@ -186,7 +187,8 @@ def _pairs(items: list[str], what: str) -> dict[str, Any]:
 def _cluster(args: argparse.Namespace) -> ClusterConfig:
     key, _, value = args.gpu_pool.partition("=")
     return ClusterConfig(gpu_label_key=key, gpu_label_value=value, mlflow_tracking_uri=args.mlflow_uri,
-                         aws_endpoint_url=args.aws_endpoint_url, tune_storage=args.tune_storage)
+                         aws_endpoint_url=args.aws_endpoint_url, tune_storage=args.tune_storage,
+                         pipeline_root=args.pipeline_root)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -205,6 +207,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="S3 endpoint of the tasks (MinIO); empty = AWS")
     cluster.add_argument("--tune-storage", default=base.tune_storage,
                          help="Optuna storage URL (no credentials)")
+    cluster.add_argument("--pipeline-root", default=base.pipeline_root,
+                         help="where task artifacts go, e.g. s3://pipeline-root/tlpipe (default: the deployment's)")
     c = sub.add_parser("compile", parents=[cluster], help="write the pipeline package")
     c.add_argument("--output", type=Path, default=DEFAULT_PACKAGE)
     values = argparse.ArgumentParser(add_help=False)

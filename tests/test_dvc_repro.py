@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 SMALL = {
     "make_subset.train_per_class": 30, "make_subset.val_per_class": 10, "make_subset.test_per_class": 12,
-    "model.image_size": 16, "pretrain_backbone.epochs": 3, "pretrain_backbone.filters": [8, 16],
+    "model.image_size": 16, "pretrain_backbone.epochs": 8, "pretrain_backbone.filters": [8, 16],
+    "pretrain_backbone.learning_rate": 0.003,
     "train_head.epochs": 8, "fine_tune.epochs": 2, "tune.n_trials": 3, "tune.epochs": 2, "augment.copies": 1,
     "registry.min_accuracy": 0.0,
 }

@@ -30,7 +30,8 @@ def compiled(tmp_path_factory):
     """The pipeline package as compiled by the CLI, with a non-default GPU pool label."""
     out = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
     tp.main(["--params", PARAMS_FILE, "compile", "--output", str(out), "--gpu-pool", "pool=a100",
-             "--aws-endpoint-url", "http://minio.tlpipe.svc.cluster.local:9000"])
+             "--aws-endpoint-url", "http://minio.tlpipe.svc.cluster.local:9000",
+             "--pipeline-root", "s3://pipeline-root/tlpipe"])
     spec, platform = list(yaml.safe_load_all(out.read_text()))
     tasks = dict(spec["root"]["dag"]["tasks"])
     for comp in spec["components"].values():  # tasks inside the ParallelFor sub-DAG
@@ -105,6 +106,7 @@ def test_defaults_from_params_and_fingerprint_on_first_tasks(compiled):
         assert fp["componentInputParameter"] == "data_fingerprint"
     assert compiled.tasks["register"]["cachingOptions"] == {}  # never replayed from cache
     assert compiled.tasks["evaluate"]["cachingOptions"] == {"enableCache": True}
+    assert compiled.spec["defaultPipelineRoot"] == "s3://pipeline-root/tlpipe"  # task artifacts on S3
 
 
 def test_local_build_has_no_endpoint_env():

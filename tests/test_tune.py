@@ -203,7 +203,14 @@ def test_workers_share_a_postgres_study_and_survive_a_killed_worker(tiny_project
         trials = study().get_trials()
         return any(t.state.name == "RUNNING" and t.user_attrs.get("worker") == 1 for t in trials)
 
-    wait_for(victim_running, 240, "worker 1 to be mid-trial", interval=0.2)
+    try:
+        wait_for(victim_running, 240, "worker 1 to be mid-trial", interval=0.2)
+    except AssertionError:
+        for w in workers:
+            w.kill()
+        states = [(t.number, t.state.name, t.user_attrs.get("worker")) for t in study().get_trials()]
+        raise AssertionError(f"worker 1 never seen mid-trial; trials {states}; worker 1 said: "
+                             f"{workers[1].communicate()[1][-2000:]}") from None
     workers[1].send_signal(signal.SIGKILL)
     for i in (0, 2):
         _, err = workers[i].communicate(timeout=500)
