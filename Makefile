@@ -25,7 +25,9 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): requirements.lock
+# No file prerequisites on purpose: a fresh clone's files are all newer than the stamp, and the folder name
+# already carries the lock's hash, so an existing stamp means "this exact lock is installed".
+$(STAMP):
 	@echo "creating $(VENV) (once per requirements.lock; takes a few minutes)"
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +37,7 @@ $(STAMP): requirements.lock
 
 venv: $(STAMP) ## create/reuse the virtual environment (no reinstall when nothing changed)
 
-$(TOOLS_VENV)/.installed: infra/requirements-tools.txt
+$(TOOLS_VENV)/.installed:
 	rm -rf $(TOOLS_VENV)
 	$(PYTHON) -m venv $(TOOLS_VENV)
 	$(TOOLS_VENV)/bin/pip install --quiet -r infra/requirements-tools.txt
