@@ -98,6 +98,7 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
     import mlflow
 
     mlflow.set_tracking_uri(params.tracking.default_uri)
+    mlflow.set_experiment(params.tracking.experiment)  # not whatever experiment an earlier test left active
     with mlflow.start_run():
         assert worker.work(study) == 4
     states = [t.state.name for t in study.get_trials()]
