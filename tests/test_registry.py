@@ -31,7 +31,9 @@ def start_mlflow(root: Path, port: int, artifacts: str, env: dict) -> subprocess
     """`mlflow server` with a SQLite backend (the registry needs SQL); waits for /health."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=open(root / "server.log", "ab"),
+    # Job execution (GenAI background jobs) spawns seven extra worker processes the registry does not use.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **env}
+    proc = subprocess.Popen(cmd, env=env, stdout=open(root / "server.log", "ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -245,12 +247,14 @@ def test_tracking_server_down_fails_fast_without_partial_state(tiny_project, cha
     proc = start_mlflow(root, port, str(root / "artifacts"), {})
     uri = f"http://127.0.0.1:{port}"
     subset = tiny_project / "data/subset"
-    c = {"params": challengers["params"], "env": {"MLFLOW_TRACKING_URI": uri},
-         "a": knock_out(challengers["best"], [], tmp_path / "a", challengers["params"], uri, subset),
-         "b": knock_out(challengers["best"], [2], tmp_path / "b", challengers["params"], uri, subset)}
-    first = register(tiny_project, c, "a", tmp_path / "r1")
-    assert first.returncode == 0, first.stderr[-3000:]
-    stop(proc)
+    try:
+        c = {"params": challengers["params"], "env": {"MLFLOW_TRACKING_URI": uri},
+             "a": knock_out(challengers["best"], [], tmp_path / "a", challengers["params"], uri, subset),
+             "b": knock_out(challengers["best"], [2], tmp_path / "b", challengers["params"], uri, subset)}
+        first = register(tiny_project, c, "a", tmp_path / "r1")
+        assert first.returncode == 0, first.stderr[-3000:]
+    finally:
+        stop(proc)
     started = time.time()
     down = register(tiny_project, c, "b", tmp_path / "r2")
     assert down.returncode == 2, down.stderr[-3000:]
