@@ -152,7 +152,7 @@ def status_rows(client, name: str) -> list[dict]:
     by_version = aliases(client, name)
     rows = []
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
-        rows.append({"version": v.version, "aliases": ",".join(by_version.get(v.version, [])) or "-",
+        rows.append({"version": v.version, "aliases": ",".join(by_version.get(str(v.version), [])) or "-",
                      "validation_status": v.tags.get("validation_status", "-"),
                      "test_accuracy": v.tags.get("test_accuracy", "-"),
                      "backbone": v.tags.get("backbone", "-"), "freeze_ratio": v.tags.get("freeze_ratio", "-"),
