@@ -94,9 +94,9 @@ def describe(run: dict, metrics: dict, status: str, champion: dict | None, champ
     hp = run.get("hyperparameters", {})
     versus = (f"The champion (v{champion_version}) scores {champion['accuracy']:.3f} on the same test set."
               if champion else "There was no champion to compare with.")
-    return (f"{params.model.backbone} backbone fine-tuned with freeze ratio {hp.get('freeze_ratio')} "
+    return (f"{params.model.backbone} backbone fine-tuned with freeze ratio {hp.get('freeze_ratio', 0):.3g} "
             f"({run['freeze']['frozen']}/{run['freeze']['total']} layers frozen) and learning rate "
-            f"{hp.get('learning_rate')} on {len(run['classes'])} classes ({', '.join(run['classes'])}). "
+            f"{hp.get('learning_rate', 0):.3g} on {len(run['classes'])} classes ({', '.join(run['classes'])}). "
             f"Test accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} on "
             f"{sum(r['support'] for r in metrics['per_class'].values())} images. {versus} "
             f"Gate: {status}.")
