@@ -64,3 +64,17 @@ def test_best_params_file_overrides_params(tiny_project, tmp_path):
     best.write_text(json.dumps({"params": {"freeze_ratio": 0.25, "learning_rate": 0.005, "head_units": 32}}))
     hp = HyperParams.from_file(best, params)
     assert (hp.freeze_ratio, hp.learning_rate, hp.head_units, hp.dropout) == (0.25, 0.005, 32, params.model.dropout)
+
+
+def test_deterministic_runs_repeat_exactly(tiny_project, tmp_path):
+    """`deterministic: true`: same params + same data give the same history and the same weights."""
+    import numpy as np
+
+    params = load_params(tiny_project / "params.yaml", {"fine_tune.epochs": 2, "deterministic": True})
+    hp = HyperParams.from_params(params)
+    runs = [fine_tune(params, hp, tiny_project / "data/subset", tiny_project / "models/head.keras",
+                      tmp_path / f"work{i}") for i in range(2)]
+    (first, info1), (second, info2) = runs
+    assert info1["history"] == info2["history"]
+    for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
