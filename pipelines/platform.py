@@ -19,6 +19,9 @@ POD_LABEL = ("tlpipe.io/role", "pipeline")  # infra/k8s NetworkPolicies admit po
 S3_SECRET = ("s3-credentials", {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
                                 "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
 OPTUNA_SECRET = ("optuna-db", {"PGUSER": "PGUSER", "PGPASSWORD": "PGPASSWORD"})
+# Optional: only a tracking server behind basic auth needs it; pods start without it.
+MLFLOW_SECRET = ("mlflow-credentials", {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+                                        "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"})
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ def configure(task: dsl.PipelineTask, step: str, cluster: ClusterConfig) -> dsl.
     secrets = [S3_SECRET] + ([OPTUNA_SECRET] if step in TUNE_STEPS else [])
     for name, keys in secrets:
         kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys)
+    kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET[0], secret_key_to_env=MLFLOW_SECRET[1],
+                                 optional=True)
     if cluster.task_env:
         task.set_env_variable("MLFLOW_TRACKING_URI", cluster.mlflow_tracking_uri)
         task.set_env_variable("TLPIPE_RUN_GROUP", dsl.PIPELINE_JOB_ID_PLACEHOLDER)

@@ -74,7 +74,9 @@ def test_secrets_only_through_secret_as_env(compiled):
         secrets = {s["secretName"]: {k["secretKey"]: k["envVar"] for k in s["keyToEnv"]}
                    for s in t.k8s["secretAsEnv"]}
         expected = {"s3-credentials": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-                                       "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}}
+                                       "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+                    "mlflow-credentials": {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+                                           "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}}
         if step in TUNE_STEPS:
             expected["optuna-db"] = {"PGUSER": "PGUSER", "PGPASSWORD": "PGPASSWORD"}
         assert secrets == expected, step
@@ -82,7 +84,10 @@ def test_secrets_only_through_secret_as_env(compiled):
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.tlpipe.svc.cluster.local:5000"
         assert env["AWS_ENDPOINT_URL"] == "http://minio.tlpipe.svc.cluster.local:9000"
         assert env["TLPIPE_RUN_GROUP"] == "{{$.pipeline_job_uuid}}"
-        assert not {"AWS_SECRET_ACCESS_KEY", "PGPASSWORD", "AWS_ACCESS_KEY_ID", "PGUSER"} & set(env)
+        assert not {"AWS_SECRET_ACCESS_KEY", "PGPASSWORD", "AWS_ACCESS_KEY_ID", "PGUSER",
+                    "MLFLOW_TRACKING_PASSWORD"} & set(env)
+        optional = {s["secretName"]: s.get("optional", False) for s in t.k8s["secretAsEnv"]}
+        assert optional["mlflow-credentials"] and not optional["s3-credentials"]
     inputs = compiled.spec["root"]["inputDefinitions"]["parameters"]
     assert not [n for n in inputs if any(w in n.lower() for w in ("secret", "password", "key", "token"))]
     assert "mlflow-db" not in compiled.text
