@@ -233,7 +233,9 @@ class DatasetLoader(Loader):
         from components.datasets import batches, decode_images
 
         super().__init__(
-            name, "decode_images (parallel decode + bilinear antialiased resize, once) + batches()"
+            name,
+            "decode_images (parallel decode + area resize when shrinking, once) + batches() "
+            "(index shuffle + gather, one XLA-compiled resampling per batch for FusedAugment)",
         )
         if decoded is None:
             self.images, decode_seconds = self.timed(lambda: decode_images(paths, size))
@@ -396,7 +398,9 @@ def markdown(result: dict) -> str:
         f"Machine: {m['usable_cores']} usable cores ({m['cpu_model']}), TensorFlow {m['tensorflow']}, "
         f"Keras {m['keras']}, tf_keras {m['tf_keras']}, GPUs: {len(m['gpus'])}. "
         f"Run took {result['wall_seconds']:.0f} s. Load average (1 min) at start "
-        f"{result['load_average_1_5_15']['start'][0]}, at end {result['load_average_1_5_15']['end'][0]}.",
+        f"{result['load_average_1_5_15']['start'][0]}, after the input-pipeline part "
+        f"{result['load_average_1_5_15'].get('after_input_pipeline', ['n/a'])[0]}, "
+        f"at end {result['load_average_1_5_15']['end'][0]}.",
         "",
         f"## Input pipeline: {p['images']} JPEGs of {p['jpeg_width']}x{p['jpeg_height']} -> {p['size']} px, "
         f"batch {p['batch']}, {p['epochs']} epochs",
@@ -478,6 +482,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"generated {len(paths)} JPEGs in {generate_seconds:.1f} s", flush=True)
 
         measured = bench_loaders(tmp / "jpegs", paths, args.size, args.batch, args.epochs)
+        load_after_pipeline = os.getloadavg()
         idg, fused, layers = (
             measured[k] for k in ("imagedatagenerator", "tlpipe_fused", "tfdata_keras_layers")
         )
@@ -583,15 +588,16 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         "load_average_1_5_15": {
             "start": [round(v, 2) for v in load_before],
+            "after_input_pipeline": [round(v, 2) for v in load_after_pipeline],
             "end": [round(v, 2) for v in os.getloadavg()],
         },
         "notes": [
             "Every batch is materialised as numpy (x.numpy() for tf.data) so no loader gets lazy credit.",
             "The three loaders are set up in turn, then their epochs run interleaved (epoch 1 of each, then "
             "epoch 2 of each, ...), so load from other processes falls on all of them alike.",
-            "imagedatagenerator resizes with its default 'nearest'; decode_images resizes bilinear + "
-            "antialias "
-            "(more work), so the comparison does not favour tlpipe.",
+            "imagedatagenerator resizes with its default 'nearest' (aliasing); decode_images resizes with an "
+            "area (box) filter when shrinking (antialiased, more work), so the comparison does not favour "
+            "tlpipe. Both augment with bilinear resampling and nearest fill.",
             "tfdata_keras_layers reuses tlpipe_fused's decoded cache and charges its decode time; it differs "
             "only in the augmentation (4 Keras layers, 4 resamplings, vs 1 fused affine).",
             f"Feature extraction uses the first {len(fx_paths)} of the {args.images} JPEGs, "
