@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PYTHON ?= python3.11
-LOCK_HASH := $(shell sha256sum requirements.lock | cut -c1-12)
+LOCK_HASH := $(shell cat requirements.lock benchmarks/requirements.txt | sha256sum | cut -c1-12)
 CACHE_DIR ?= $(HOME)/.cache/tlpipe
 VENV ?= $(CACHE_DIR)/venv-$(LOCK_HASH)
 TOOLS_VENV ?= $(CACHE_DIR)/tools-venv-$(shell sha256sum infra/requirements-tools.txt 2>/dev/null | cut -c1-12)
@@ -33,6 +33,8 @@ $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.lock
+	# tf_keras: the benchmarks' ImageDataGenerator baseline only (not in the image); --no-deps keeps tensorflow-cpu
+	$(VENV)/bin/pip install --quiet --no-deps -r benchmarks/requirements.txt
 	touch $(STAMP)
 
 venv: $(STAMP) ## create/reuse the virtual environment (no reinstall when nothing changed)
@@ -95,7 +97,6 @@ submit: venv ## start a run on a cluster: make submit HOST=http://localhost:8080
 	  $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(WAIT),--wait)
 
 bench: venv ## benchmarks (input pipeline, tuning trials) -> benchmarks/results/
-	pip install --quiet --no-deps -r benchmarks/requirements.txt
 	python -m benchmarks.input_pipeline --out benchmarks/results/input_pipeline.json
 	python -m benchmarks.tune_trials --out benchmarks/results/tune_trials.json
 

@@ -14,8 +14,7 @@ import pytest
 
 from tests.conftest import REPO
 
-# Benchmark-only dependency (`make bench` installs it): pip install --no-deps -r benchmarks/requirements.txt
-pytest.importorskip("tf_keras", reason="tf_keras (benchmarks/requirements.txt) is not installed")
+# tf_keras (benchmarks/requirements.txt) is a benchmark-only dependency: `make venv` installs it beside the lock.
 
 TINY = ["--images", "8", "--jpeg-width", "40", "--jpeg-height", "30", "--size", "32", "--batch", "4",
         "--epochs", "1", "--fx-images", "8", "--fx-batch", "4", "--fx-repeats", "1", "--mobilenet-size", "32"]
