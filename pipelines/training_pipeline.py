@@ -160,10 +160,16 @@ def submit(host: str, experiment: str, package: Path, arguments: dict[str, Any],
     """Upload `package` as a run of `experiment` on the KFP API server at `host`; optionally wait for it."""
     import kfp
 
-    client = kfp.Client(host=host, namespace=namespace) if namespace else kfp.Client(host=host)
-    run = client.create_run_from_pipeline_package(
-        str(package), arguments=arguments, experiment_name=experiment, namespace=namespace,
-        run_name=run_name or f"{PIPELINE_NAME} {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    from components.errors import PipelineError
+
+    try:
+        client = kfp.Client(host=host, namespace=namespace) if namespace else kfp.Client(host=host)
+        run = client.create_run_from_pipeline_package(
+            str(package), arguments=arguments, experiment_name=experiment, namespace=namespace,
+            run_name=run_name or f"{PIPELINE_NAME} {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    except Exception as exc:  # connection refused, auth, HTTP errors from the KFP API: one line for a person
+        raise PipelineError(f"KFP API at {host}: {str(exc).splitlines()[0][:300]}; check --host (e.g. a "
+                            "port-forward to ml-pipeline-ui) and that you are logged in to the cluster") from None
     print(f"submitted run {run.run_id} to experiment {experiment!r} on {host}")
     if wait:
         done = client.wait_for_run_completion(run.run_id, timeout=timeout)

@@ -262,3 +262,14 @@ def test_dvc_push_pull_to_s3_remote(tmp_path, s3_server):
     shutil.rmtree(repo / ".dvc" / "cache")
     run(*dvc, "pull")
     assert {p.relative_to(data): p.read_bytes() for p in data.rglob("*.png")} == original
+
+
+def test_submit_to_unreachable_host_is_one_line(tmp_path):
+    from tests.conftest import free_port
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.training_pipeline", "--params", PARAMS_FILE, "submit",
+         "--host", f"http://127.0.0.1:{free_port()}", "--experiment", "x"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "error: KFP API at http://127.0.0.1:" in proc.stderr
