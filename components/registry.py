@@ -183,17 +183,40 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def predict(model, classes: list[str], files: list[Path]) -> list[dict]:
-    """Class and confidence for each file, resized to the model's input size."""
+def predict(model, classes: list[str], files: list[Path], max_pixels: int) -> list[dict]:
+    """Class and confidence for each file, resized to the model's input size.
+
+    Files go through the same checks and conversions as make_subset (CMYK, 16-bit, RGBA are converted;
+    empty, corrupt or oversized files are not predicted): an unusable file gets a row with its reason.
+    """
+    import tempfile
+
     from components.datasets import decode_images
+    from components.images import BadImage, normalise
 
     size = int(model.inputs[0].shape[1])
-    images = decode_images([str(f) for f in files], size, desc="predict")
-    probs = np.asarray(model.predict(images.astype("float32"), verbose=0))
+    with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
+        usable, reasons = {}, {}
+        for i, path in enumerate(files):
+            try:
+                data, facts = normalise(path.read_bytes(), max_pixels)
+            except BadImage as exc:
+                reasons[i] = str(exc)
+                continue
+            usable[i] = Path(tmp) / f"{i}{facts.suffix}"
+            usable[i].write_bytes(data)
+        images = decode_images([str(p) for p in usable.values()], size, desc="predict")
+        probs = {}
+        if usable:
+            probs = dict(zip(usable, np.asarray(model.predict(images.astype("float32"), verbose=0)), strict=True))
     rows = []
-    for path, p in zip(files, probs, strict=True):
-        rows.append({"path": str(path), "predicted": classes[int(p.argmax())], "confidence": float(p.max()),
-                     **{f"p_{c}": float(v) for c, v in zip(classes, p, strict=True)}})
+    for i, path in enumerate(files):
+        p = probs.get(i)
+        row = {"path": str(path), "predicted": "", "confidence": "", "error": reasons.get(i, "")}
+        if p is not None:
+            row.update(predicted=classes[int(p.argmax())], confidence=float(p.max()))
+        row.update({f"p_{c}": float(p[k]) if p is not None else "" for k, c in enumerate(classes)})
+        rows.append(row)
     return rows
 
 
@@ -244,12 +267,14 @@ def main(argv: list[str] | None = None) -> None:
     else:
         version = get_version(client, name, args.version)
         model, classes = load_version_model(client, name, version)
-        rows = predict(model, classes, files)
+        rows = predict(model, classes, files, params.make_subset.max_pixels)
         with atomic_file(args.out) as staged, open(staged, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-        print(f"registry: {len(rows)} predictions by {name} v{version.version} -> {args.out}")
+        bad = sum(1 for r in rows if r["error"])
+        print(f"registry: {len(rows) - bad} predictions by {name} v{version.version} -> {args.out}"
+              + (f"; {bad} unusable files listed with their reason" if bad else ""))
 
 
 if __name__ == "__main__":

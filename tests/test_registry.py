@@ -224,16 +224,24 @@ def test_lifecycle_first_better_worse_promote_rollback(tiny_project, challengers
     assert forced.returncode == 0, forced.stderr
     assert client.get_model_version("digits", r2["version"]).tags["promoted_forced"] == "true"
 
-    # 7. predict runs @champion over a folder and writes a CSV with one row per image.
+    # 7. predict runs @champion over a folder and writes a CSV with one row per image: a CMYK JPEG is
+    # converted and predicted, a text file named .png gets its reason instead of failing the run.
+    from PIL import Image
+
     images = tmp_path / "mine"
     shutil.copytree(tiny_project / "data/subset/test", images)
+    Image.open(next(images.rglob("*.png"))).convert("CMYK").save(images / "cmyk.jpg")
+    (images / "notes.png").write_text("not an image")
     out = tmp_path / "pred.csv"
     pred = registry(tiny_project, c, "predict", str(images), "--out", str(out))
     assert pred.returncode == 0, pred.stderr[-3000:]
     import pandas as pd
 
-    frame = pd.read_csv(out)
-    assert len(frame) == len(list(images.rglob("*.png"))) and {"path", "predicted", "confidence"} <= set(frame)
+    frame = pd.read_csv(out, keep_default_na=False).set_index("path")
+    assert len(frame) == len(list(images.rglob("*.png"))) + 1
+    assert frame.loc[str(images / "notes.png"), "error"].startswith("not an image")
+    assert frame.loc[str(images / "cmyk.jpg"), "predicted"] != "" and frame.loc[str(images / "cmyk.jpg"), "error"] == ""
+    assert (frame.drop(index=str(images / "notes.png"))["confidence"].astype(float) > 0).all()
 
 
 def test_tracking_server_down_fails_fast_without_partial_state(tiny_project, challengers, tmp_path):
