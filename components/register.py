@@ -32,8 +32,8 @@ def test_set_id(subset: Path) -> str:
     return hashlib.sha256("\n".join(files).encode()).hexdigest()
 
 
-def score_model(model, subset: Path, classes: list[str]) -> tuple[dict, np.ndarray]:
-    """Test-split scores of a Keras model at its own input size; also returns the predicted classes."""
+def score_model(model, subset: Path, classes: list[str]) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """Test-split scores of a Keras model at its own input size, with its predictions, images and labels."""
     from components.datasets import load_split
     from components.evaluate import scores
 
@@ -43,7 +43,7 @@ def score_model(model, subset: Path, classes: list[str]) -> tuple[dict, np.ndarr
         raise PipelineError(f"the model predicts classes {classes} but the test split has {found}; "
                             "the two cannot be compared")
     probs = np.asarray(model.predict(images.astype("float32"), verbose=0))
-    return scores(labels, probs, classes), probs.argmax(axis=1)
+    return scores(labels, probs, classes), probs.argmax(axis=1), images, labels
 
 
 def gate(challenger: dict, champion: dict | None, cfg: RegistryConfig) -> tuple[str, list[str]]:
@@ -161,20 +161,18 @@ def register(params: Params, model_dir: Path, subset: Path, validation: Path | N
     import keras
 
     import components.augment  # noqa: F401 - registers the custom augmentation layer for deserialization
-    from components.datasets import load_split
 
     run = read_json(model_dir / "run.json")
     classes = run["classes"]
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
-    challenger, predicted = score_model(model, subset, classes)
+    challenger, predicted, images, labels = score_model(model, subset, classes)
     champ = alias_version(client, cfg.model_name, CHAMPION)
     champion = None
     if champ is not None and champ.tags.get("training_run_id") != run["run_id"]:
         champion_model, champion_classes = load_version_model(client, cfg.model_name, champ)
-        champion, _ = score_model(champion_model, subset, champion_classes)
+        champion = score_model(champion_model, subset, champion_classes)[0]
     status, reasons = gate(challenger, champion, cfg)
     facts = lineage(subset, validation)
-    images, labels, _ = load_split(subset, "test", int(model.inputs[0].shape[1]))
     wrong = np.flatnonzero(predicted != labels)[:32]
     evidence(work, challenger, champion, (images[wrong], labels[wrong], predicted[wrong]), classes, tune_dir,
              eval_dir)
