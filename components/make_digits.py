@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from components.cli import atomic_dir, params_from, parser, run_main
-from components.config import MakeDigitsConfig
+from tlpipe.cli import atomic_dir, parser, run_main, step_params
+from tlpipe.config import MakeDigitsConfig
+
+PARAMS = ("make_digits",)
 
 
 def digits_images(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,14 +42,19 @@ def make_digits(cfg: MakeDigitsConfig, out_dir: Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m components.make_digits --out data/raw/digits`."""
+    """CLI: `python -m components.make_digits --digits data/raw/digits`."""
     p = parser("make_digits", __doc__)
-    p.add_argument("--out", required=True, help="folder to write source/ and target/ into")
+    p.add_argument("--digits", required=True, help="folder to write source/ and target/ into")
     args = p.parse_args(argv)
-    params = params_from(args)
-    with atomic_dir(args.out) as staged:
+    params = step_params(args, "make_digits", PARAMS)
+    from tlpipe.tracking.runs import step_run
+
+    with step_run(params, "make_digits") as _, atomic_dir(args.digits) as staged:
+        import mlflow
+
         counts = make_digits(params.make_digits, staged)
-    print(f"make_digits: {counts['source']} source and {counts['target']} target images in {args.out}")
+        mlflow.log_metrics({f"{part}_images": n for part, n in counts.items()})
+    print(f"make_digits: {counts['source']} source and {counts['target']} target images in {args.digits}")
 
 
 if __name__ == "__main__":

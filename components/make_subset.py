@@ -8,7 +8,6 @@ decoded in full, odd formats are converted to 8-bit PNG, and unusable or duplica
 from __future__ import annotations
 
 import csv
-import json
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,13 +15,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from components.cli import atomic_dir, params_from, parser, run_main
-from components.config import MakeSubsetConfig, Params
-from components.errors import DataError
-from components.images import BadImage, ImageFacts, normalise
-from components.sources import Source, classify, open_source
+from tlpipe.cli import atomic_dir, parser, run_main, step_params
+from tlpipe.config import MakeSubsetConfig, StorageConfig
+from tlpipe.contracts import MANIFEST, QUARANTINE, SPLITS, SubsetSummary
+from tlpipe.data.images import BadImage, ImageFacts, normalise
+from tlpipe.data.sources import Source, classify, open_source
+from tlpipe.errors import DataError
 
-SPLITS = ("train", "val", "test")
+PARAMS = ("data.layout", "make_subset", "storage")
 MANIFEST_COLUMNS = ("path", "class", "split", "sha256", "width", "height", "channels", "bytes",
                     "source_path", "source_mode")
 
@@ -91,7 +91,8 @@ def _target_name(chosen: Chosen, used: set[str]) -> str:
     return name
 
 
-def make_subset(source: Source, layout: str, cfg: MakeSubsetConfig, out_dir: Path) -> dict:
+def make_subset(source: Source, layout: str, cfg: MakeSubsetConfig,
+                out_dir: Path) -> tuple[SubsetSummary, list[Quarantined]]:
     """Write `out_dir/{train,val,test}/<class>/*`, `manifest.csv`, `quarantine.csv` and `summary.json`."""
     listing = classify(source, layout)
     counts = {"train": cfg.train_per_class, "val": cfg.val_per_class, "test": cfg.test_per_class}
@@ -122,28 +123,22 @@ def make_subset(source: Source, layout: str, cfg: MakeSubsetConfig, out_dir: Pat
                              "source_path": item.source_path, "source_mode": item.facts.source_mode})
             start += counts[split]
     rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["class"], r["path"]))
-    with open(out_dir / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+    with open(out_dir / MANIFEST, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     _write_quarantine(source, quarantine, out_dir)
-    summary = {
-        "source": source.description,
-        "layout": listing.layout,
-        "classes": list(listing.files),
-        "requested": counts,
-        "images": len(rows),
-        "quarantined": len(quarantine),
-        "ignored_files": len(listing.ignored),
-    }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return summary
+    summary = SubsetSummary(source=source.description, layout=listing.layout, classes=list(listing.files),
+                            requested=counts, images=len(rows), quarantined=len(quarantine),
+                            ignored_files=len(listing.ignored))
+    summary.write(out_dir)
+    return summary, quarantine
 
 
 def _write_quarantine(source: Source, items: list[Quarantined], out_dir: Path) -> None:
     """List rejected files (and keep a copy of each under quarantine/ for inspection)."""
     items = sorted(items, key=lambda q: (q.cls, q.source_path))
-    with open(out_dir / "quarantine.csv", "w", newline="", encoding="utf-8") as fh:
+    with open(out_dir / QUARANTINE, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=("class", "source_path", "reason"), lineterminator="\n")
         writer.writeheader()
         writer.writerows({"class": q.cls, "source_path": q.source_path, "reason": q.reason} for q in items)
@@ -153,25 +148,36 @@ def _write_quarantine(source: Source, items: list[Quarantined], out_dir: Path) -
         target.write_bytes(source.read(item.source_path))
 
 
-def run(params: Params, out_dir: Path) -> dict:
-    """Open `data.source` and build the subset into `out_dir` atomically."""
-    source = open_source(params.data.source, endpoint_url=params.storage.endpoint_url,
-                         max_attempts=params.storage.max_attempts,
-                         max_zip_bytes=params.make_subset.max_zip_bytes)
+def run(raw: str, layout: str, cfg: MakeSubsetConfig, storage: StorageConfig,
+        out_dir: Path) -> tuple[SubsetSummary, list[Quarantined]]:
+    """Open the raw source (folder, zip or s3://) and build the subset into `out_dir` atomically."""
+    source = open_source(raw, endpoint_url=storage.endpoint_url, max_attempts=storage.max_attempts,
+                         max_zip_bytes=cfg.max_zip_bytes)
     with atomic_dir(out_dir) as staged:
-        return make_subset(source, params.data.layout, params.make_subset, staged)
+        return make_subset(source, layout, cfg, staged)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m components.make_subset --out data/subset`."""
+    """CLI: `python -m components.make_subset --raw data/raw/digits/target --subset data/subset`."""
     p = parser("make_subset", __doc__)
-    p.add_argument("--out", required=True, help="subset folder to write")
+    p.add_argument("--raw", required=True, help="the raw images: a folder, a .zip, or s3://bucket/prefix[.zip]")
+    p.add_argument("--subset", required=True, help="subset folder to write")
     args = p.parse_args(argv)
-    summary = run(params_from(args), Path(args.out))
-    print(f"make_subset: {summary['images']} images in {len(summary['classes'])} classes "
-          f"({summary['layout']} layout), {summary['quarantined']} quarantined -> {args.out}")
-    if summary["quarantined"]:
-        print(f"make_subset: quarantined files are listed in {args.out}/quarantine.csv")
+    params = step_params(args, "make_subset", PARAMS)
+    from tlpipe.tracking.runs import step_run
+
+    with step_run(params, "make_subset") as _:
+        import mlflow
+
+        summary, quarantine = run(args.raw, params.data.layout, params.make_subset, params.storage,
+                                  Path(args.subset))
+        mlflow.log_metrics({"images": summary.images, "quarantined": summary.quarantined})
+    print(f"make_subset: {summary.images} images in {len(summary.classes)} classes "
+          f"({summary.layout} layout), {summary.quarantined} quarantined -> {args.subset}")
+    for item in quarantine[:5]:
+        print(f"make_subset: quarantined {item.cls}/{Path(item.source_path).name}: {item.reason}")
+    if len(quarantine) > 5:
+        print(f"make_subset: ... and {len(quarantine) - 5} more, listed in {Path(args.subset) / QUARANTINE}")
 
 
 if __name__ == "__main__":

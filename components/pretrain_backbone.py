@@ -11,12 +11,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from components.cli import atomic_file, params_from, parser, run_main
-from components.common import plot_history, set_determinism, write_json
-from components.config import Params
-from components.datasets import batches, decode_images
-from components.errors import DataError
-from components.images import is_image_name
+from tlpipe.cli import atomic_dir, parser, run_main, step_params
+from tlpipe.config import PretrainBackboneConfig
+from tlpipe.contracts import BACKBONE_FILE, METRICS_FILE, BackboneInfo, write_json
+from tlpipe.data.datasets import batches, decode_images
+from tlpipe.data.images import is_image_name
+from tlpipe.errors import DataError
+from tlpipe.models.training import compile_for, set_determinism
+from tlpipe.reports.plots import plot_history
+
+PARAMS = ("pretrain_backbone", "model.image_size", "seed", "deterministic")
 
 
 def vgg_style(size: int, filters: list[int]) -> keras.Model:
@@ -37,7 +41,8 @@ def source_images(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[s
     """Decode every image of a class-folder tree."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
     if not classes:
-        raise DataError(f"pretrain_backbone.source {root}: no class folders; run make_digits first")
+        raise DataError(f"pretrain_backbone source {root}: no class folders; point pretrain_backbone.source at a "
+                        "folder of <class>/<image> or use builtin:digits")
     paths, labels = [], []
     for index, cls in enumerate(classes):
         files = sorted(str(f) for f in (root / cls).iterdir() if is_image_name(f.name))
@@ -46,50 +51,57 @@ def source_images(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[s
     return decode_images(paths, size, desc="decode source"), np.array(labels, np.int32), classes
 
 
-def pretrain(params: Params, root: Path) -> tuple[keras.Model, dict]:
+def pretrain(cfg: PretrainBackboneConfig, size: int, seed: int, deterministic: bool,
+             root: Path) -> tuple[keras.Model, dict]:
     """Train backbone + a softmax layer on the source classes; return the backbone and its metrics."""
-    cfg = params.pretrain_backbone
-    set_determinism(params)
-    images, labels, classes = source_images(root, params.model.image_size)
-    order = np.random.default_rng(params.seed).permutation(len(labels))
+    set_determinism(seed, deterministic)
+    images, labels, classes = source_images(root, size)
+    order = np.random.default_rng(seed).permutation(len(labels))
     cut = int(len(order) * 0.85)
     train, val = order[:cut], order[cut:]
-    backbone = vgg_style(params.model.image_size, cfg.filters)
-    model = keras.Sequential([backbone, keras.layers.Dense(len(classes), activation="softmax")])
-    model.compile(keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    from components.tracking import EpochLogger
+    backbone = vgg_style(size, cfg.filters)
+    model = compile_for(keras.Sequential([backbone, keras.layers.Dense(len(classes), activation="softmax")]),
+                        cfg.learning_rate)
+    from tlpipe.tracking.runs import EpochLogger
 
-    history = model.fit(batches(images[train], labels[train], cfg.batch_size, shuffle_seed=params.seed),
+    history = model.fit(batches(images[train], labels[train], cfg.batch_size, shuffle_seed=seed),
                         validation_data=batches(images[val], labels[val], cfg.batch_size),
                         epochs=cfg.epochs, verbose=2, callbacks=[EpochLogger()])
-    metrics = {"source_classes": classes, "val_accuracy": float(history.history["val_accuracy"][-1]),
+    metrics = {"source_classes": classes, "source_images": int(len(labels)),
+               "val_accuracy": float(history.history["val_accuracy"][-1]),
                "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
     return backbone, metrics
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m components.pretrain_backbone --source ... --out models/backbone.keras --report-dir ...`."""
+    """CLI: `python -m components.pretrain_backbone --source ... --backbone models/backbone --report ...`."""
     p = parser("pretrain_backbone", __doc__)
     p.add_argument("--source", required=True, help="class folders of the source classes")
-    p.add_argument("--out", required=True, help="where the backbone .keras file goes")
-    p.add_argument("--report-dir", required=True, help="metrics.json and training curves")
+    p.add_argument("--backbone", required=True, help="folder for backbone.keras and backbone.json")
+    p.add_argument("--report", required=True, help="folder for metrics.json and training curves")
     args = p.parse_args(argv)
-    params = params_from(args)
-    from components.tracking import step_run
+    params = step_params(args, "pretrain_backbone", PARAMS)
+    from tlpipe.tracking.lineage import content_hash
+    from tlpipe.tracking.runs import step_run
 
     with step_run(params, "pretrain_backbone", {"source": args.source}) as _:
         import mlflow
 
-        backbone, metrics = pretrain(params, Path(args.source))
-        report = Path(args.report_dir)
-        write_json(report / "metrics.json", {k: v for k, v in metrics.items() if k != "history"})
-        plot_history(metrics["history"], report / "history.png", "pretrain_backbone on source classes")
-        mlflow.log_artifact(str(report / "history.png"))
-        with atomic_file(args.out) as staged:
-            backbone.save(staged)
+        size = params.model.image_size
+        backbone, metrics = pretrain(params.pretrain_backbone, size, params.seed, params.deterministic,
+                                     Path(args.source))
+        with atomic_dir(args.report) as report:
+            write_json(report / METRICS_FILE, {k: v for k, v in metrics.items() if k != "history"})
+            plot_history(metrics["history"], report / "history.png", "pretrain_backbone on source classes")
+        mlflow.log_artifact(str(Path(args.report) / "history.png"))
+        with atomic_dir(args.backbone) as staged:
+            backbone.save(staged / BACKBONE_FILE)
+            BackboneInfo(architecture=f"vgg_style{list(params.pretrain_backbone.filters)}",
+                         source_classes=metrics["source_classes"], source_images=metrics["source_images"],
+                         image_size=size, sha256=content_hash(staged / BACKBONE_FILE),
+                         val_accuracy=metrics["val_accuracy"]).write(staged)
     print(f"pretrain_backbone: val accuracy {metrics['val_accuracy']:.3f} on source classes "
-          f"{', '.join(metrics['source_classes'])} -> {args.out}")
+          f"{', '.join(metrics['source_classes'])} -> {args.backbone}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """train_head: the classifier head (dense + dropout) trained on cached frozen features, in seconds.
 
-This is the seeds' "feature extractor" scenario and the warm start for `fine_tune`'s head.
+This is the seeds' "feature extractor" scenario, the frozen-features baseline evaluate reports, and the
+warm start for `fine_tune`'s head.
 """
 
 from __future__ import annotations
@@ -10,27 +11,30 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from components.backbones import build_head
-from components.cli import atomic_file, params_from, parser, run_main
-from components.common import plot_history, read_json, set_determinism, write_json
-from components.config import Params
+from tlpipe.cli import atomic_dir, parser, run_main, step_params
+from tlpipe.config import TrainHeadConfig
+from tlpipe.contracts import HEAD_FILE, METRICS_FILE, FeaturesInfo, features_file, write_json
+from tlpipe.models.backbones import build_head
+from tlpipe.models.training import compile_for, set_determinism
+from tlpipe.reports.plots import plot_history
+
+PARAMS = ("train_head", "model.head_units", "model.dropout", "seed", "deterministic")
 
 
 def load_features(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Features and labels of one split."""
-    data = np.load(folder / f"{split}.npz")
+    data = np.load(Path(folder) / features_file(split))
     return data["features"], data["labels"]
 
 
-def train_head(params: Params, features: Path, callbacks=()) -> tuple[keras.Model, dict]:
+def train_head(cfg: TrainHeadConfig, units: int, dropout: float, seed: int, deterministic: bool, features: Path,
+               callbacks=()) -> tuple[keras.Model, dict]:
     """Fit the head on train features (best epoch by validation accuracy); return it and its metrics."""
-    cfg = params.train_head
-    set_determinism(params)
-    meta = read_json(features / "classes.json")
+    set_determinism(seed, deterministic)
+    info = FeaturesInfo.read(features)
     x_train, y_train = load_features(features, "train")
     x_val, y_val = load_features(features, "val")
-    head = build_head(x_train.shape[1], len(meta["classes"]), params.model.head_units, params.model.dropout)
-    head.compile(keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    head = compile_for(build_head(x_train.shape[1], len(info.classes), units, dropout), cfg.learning_rate)
     best = keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.epochs, restore_best_weights=True)
     history = head.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=cfg.epochs,
                        batch_size=cfg.batch_size, verbose=0, callbacks=[best, *callbacks])
@@ -41,28 +45,29 @@ def train_head(params: Params, features: Path, callbacks=()) -> tuple[keras.Mode
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m components.train_head --features data/features --out models/head.keras --report-dir ...`."""
+    """CLI: `python -m components.train_head --features ... --validation ... --head models/head --report ...`."""
     p = parser("train_head", __doc__)
     p.add_argument("--features", required=True, help="folder written by extract_features")
-    p.add_argument("--out", required=True, help="where the head .keras goes")
-    p.add_argument("--report-dir", required=True, help="metrics.json and training curves")
-    p.add_argument("--validation", help="validate_data result, tagged on the MLflow run")
+    p.add_argument("--validation", required=True, help="validate_data's result, tagged on the MLflow run")
+    p.add_argument("--head", required=True, help="folder for head.keras")
+    p.add_argument("--report", required=True, help="folder for metrics.json and training curves")
     args = p.parse_args(argv)
-    params = params_from(args)
-    from components.tracking import EpochLogger, step_run
+    params = step_params(args, "train_head", PARAMS)
+    from tlpipe.tracking.runs import EpochLogger, step_run
 
     with step_run(params, "train_head", {"features": args.features}, args.validation):
         import mlflow
 
-        head, metrics = train_head(params, Path(args.features), callbacks=[EpochLogger()])
-        report = Path(args.report_dir)
-        write_json(report / "metrics.json", {k: v for k, v in metrics.items() if k != "history"})
-        plot_history(metrics["history"], report / "history.png", "train_head on frozen features")
+        head, metrics = train_head(params.train_head, params.model.head_units, params.model.dropout, params.seed,
+                                   params.deterministic, Path(args.features), callbacks=[EpochLogger()])
+        with atomic_dir(args.report) as report:
+            write_json(report / METRICS_FILE, {k: v for k, v in metrics.items() if k != "history"})
+            plot_history(metrics["history"], report / "history.png", "train_head on frozen features")
         mlflow.log_metrics({"best_val_accuracy": metrics["val_accuracy"], "best_val_loss": metrics["val_loss"]})
-        mlflow.log_artifact(str(report / "history.png"))
-        with atomic_file(args.out) as staged:
-            head.save(staged)
-    print(f"train_head: val accuracy {metrics['val_accuracy']:.3f} on frozen features -> {args.out}")
+        mlflow.log_artifact(str(Path(args.report) / "history.png"))
+        with atomic_dir(args.head) as staged:
+            head.save(staged / HEAD_FILE)
+    print(f"train_head: val accuracy {metrics['val_accuracy']:.3f} on frozen features -> {args.head}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ validation result that later steps and MLflow read only when every expectation h
 
 from __future__ import annotations
 
-import html
 import json
 import os
 from dataclasses import dataclass
@@ -16,10 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.cli import atomic_file, params_from, parser, run_main
-from components.config import Params, ValidateDataConfig
-from components.errors import DataError
-from components.images import BadImage, normalise
+from tlpipe.cli import atomic_dir, parser, run_main, step_params
+from tlpipe.config import ValidateDataConfig
+from tlpipe.contracts import MANIFEST, QUARANTINE, SubsetSummary, ValidationResult
+from tlpipe.data.images import BadImage, normalise
+from tlpipe.errors import DataError
+from tlpipe.reports.html import render
+
+PARAMS = ("validate_data", "make_subset.max_pixels")
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class Check:
 
 def image_table(subset: Path, max_pixels: int) -> pd.DataFrame:
     """The manifest with per-image facts recomputed from the files themselves."""
-    manifest = subset / "manifest.csv"
+    manifest = subset / MANIFEST
     if not manifest.is_file():
         raise DataError(f"{manifest}: manifest not found; run make_subset first")
     df = pd.read_csv(manifest, dtype={"class": str}, keep_default_na=False)
@@ -126,43 +129,14 @@ def run_expectations(tables: dict[str, pd.DataFrame], cfg: ValidateDataConfig, c
     return checks
 
 
-def render_html(report: dict) -> str:
-    """A self-contained HTML page of the report."""
-    rows = "".join(
-        f"<tr class={'ok' if c['success'] else 'bad'}><td>{'pass' if c['success'] else 'FAIL'}</td>"
-        f"<td>{html.escape(c['table'])}</td><td>{html.escape(c['name'])}</td><td>{c['unexpected']}</td>"
-        f"<td>{html.escape(', '.join(c['examples']))}</td></tr>" for c in report["checks"])
-    quarantine = "".join(
-        f"<tr><td>{html.escape(q['class'])}</td><td>{html.escape(q['source_path'])}</td>"
-        f"<td>{html.escape(q['reason'])}</td></tr>" for q in report["quarantine"]) or "<tr><td colspan=3>none</td></tr>"
-    counts = "".join(f"<tr><td>{html.escape(r['split'])}</td><td>{html.escape(r['class'])}</td><td>{r['count']}</td>"
-                     f"<td>{r['requested']}</td></tr>" for r in report["class_counts"])
-    verdict = "PASSED" if report["success"] else "FAILED"
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>validate_data: {verdict}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:2em}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.ok td:first-child{{color:#080}}
-.bad td:first-child{{color:#c00;font-weight:bold}}</style></head><body>
-<h1>validate_data: {verdict}</h1><p>{report['images']} images, {len(report['quarantine'])} quarantined,
-subset {html.escape(report['subset'])}</p>
-<h2>Expectations</h2><table><tr><th>result</th><th>table</th><th>expectation</th><th>unexpected</th>
-<th>examples</th></tr>{rows}</table>
-<h2>Quarantined files</h2><table><tr><th>class</th><th>file</th><th>reason</th></tr>{quarantine}</table>
-<h2>Images per class and split</h2><table><tr><th>split</th><th>class</th><th>count</th><th>requested</th></tr>
-{counts}</table></body></html>"""
-
-
-def validate(subset: Path, params: Params) -> dict:
+def validate(subset: Path, cfg: ValidateDataConfig, max_pixels: int) -> dict:
     """Validate a subset folder; return the report (success flag included)."""
-    summary_file = subset / "summary.json"
-    if not summary_file.is_file():
-        raise DataError(f"{summary_file}: not found; run make_subset first")
-    summary = json.loads(summary_file.read_text(encoding="utf-8"))
-    cfg = params.validate_data
-    classes = list(cfg.expected_classes) or list(summary["classes"])
-    images = image_table(subset, params.make_subset.max_pixels)
-    counts = class_table(images, summary["requested"], classes)
+    summary = SubsetSummary.read(subset)
+    classes = list(cfg.expected_classes) or list(summary.classes)
+    images = image_table(subset, max_pixels)
+    counts = class_table(images, summary.requested, classes)
     checks = run_expectations({"images": images, "class_counts": counts}, cfg, classes)
-    quarantine = pd.read_csv(subset / "quarantine.csv", dtype=str, keep_default_na=False).to_dict("records")
+    quarantine = pd.read_csv(subset / QUARANTINE, dtype=str, keep_default_na=False).to_dict("records")
     return {
         "success": all(c.success for c in checks),
         "subset": str(subset),
@@ -174,31 +148,46 @@ def validate(subset: Path, params: Params) -> dict:
     }
 
 
+def write_report(report: dict, folder: Path) -> None:
+    """report.json and report.html (rendered from templates/validation.html.j2)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    html = render("validation.html.j2", report=report, verdict="PASSED" if report["success"] else "FAILED")
+    (folder / "report.html").write_text(html, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m components.validate_data --subset data/subset --report-dir ... --result ...`."""
+    """CLI: `python -m components.validate_data --subset data/subset --validation ... --report ...`."""
     p = parser("validate_data", __doc__)
     p.add_argument("--subset", required=True, help="folder written by make_subset")
-    p.add_argument("--report-dir", required=True, help="where report.json and report.html go (always written)")
-    p.add_argument("--result", required=True, help="validation result JSON, written only on success")
+    p.add_argument("--validation", required=True, help="folder for validation.json, written only on success")
+    p.add_argument("--report", required=True, help="folder for report.json and report.html (always written)")
     args = p.parse_args(argv)
-    report = validate(Path(args.subset), params_from(args))
-    report_dir = Path(args.report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (report_dir / "report.html").write_text(render_html(report), encoding="utf-8")
-    failed = [c for c in report["checks"] if not c["success"]]
-    for c in failed:
-        print(f"validate_data: FAILED {c['name']} ({c['unexpected']} unexpected; e.g. {', '.join(c['examples'])})")
-    if failed:
-        Path(args.result).unlink(missing_ok=True)
-        raise DataError(f"{len(failed)} of {len(report['checks'])} data expectations failed; "
-                        f"see {report_dir / 'report.html'}")
-    result = {k: report[k] for k in ("success", "images", "classes")}
-    result.update(expectations=len(report["checks"]), quarantined=len(report["quarantine"]))
-    with atomic_file(args.result) as staged:
-        staged.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"validate_data: all {len(report['checks'])} expectations passed on {report['images']} images "
-          f"({len(report['quarantine'])} quarantined) -> {args.result}")
+    params = step_params(args, "validate_data", PARAMS)
+    from tlpipe.tracking.runs import step_run
+
+    with step_run(params, "validate_data", {"subset": args.subset}) as _:
+        import mlflow
+
+        report = validate(Path(args.subset), params.validate_data, params.make_subset.max_pixels)
+        write_report(report, Path(args.report))
+        mlflow.log_artifact(str(Path(args.report) / "report.html"))
+        failed = [c for c in report["checks"] if not c["success"]]
+        mlflow.log_metrics({"expectations": len(report["checks"]), "failed": len(failed)})
+        for c in failed:
+            print(f"validate_data: FAILED {c['name']} ({c['unexpected']} unexpected; e.g. {', '.join(c['examples'])})")
+        if failed:
+            import shutil
+
+            shutil.rmtree(args.validation, ignore_errors=True)
+            raise DataError(f"{len(failed)} of {len(report['checks'])} data expectations failed; "
+                            f"see {Path(args.report) / 'report.html'}")
+        result = ValidationResult(success=True, images=report["images"], classes=report["classes"],
+                                  expectations=len(report["checks"]), quarantined=len(report["quarantine"]))
+        with atomic_dir(args.validation) as staged:
+            result.write(staged)
+    print(f"validate_data: all {result.expectations} expectations passed on {result.images} images "
+          f"({result.quarantined} quarantined) -> {args.validation}")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from components.config import Params
+from tlpipe.config import BUILTIN, Params
 
 
 def s3_listing_hash(uri: str, endpoint_url: str | None = None) -> str:
     """sha256 over key, size and ETag of every object under an s3:// prefix (one listing, no downloads)."""
-    from components.storage import s3_client, split_s3_uri
+    from tlpipe.data.storage import s3_client, split_s3_uri
 
     bucket, prefix = split_s3_uri(uri)
     if prefix and not prefix.endswith("/") and not prefix.lower().endswith(".zip"):
@@ -33,19 +33,22 @@ def s3_listing_hash(uri: str, endpoint_url: str | None = None) -> str:
 
 def local_hash(path: Path) -> str:
     """sha256 over relative paths and contents of a file or folder."""
-    from components.tracking import content_hash
+    from tlpipe.tracking.lineage import content_hash
 
     return content_hash(path)
 
 
-def data_fingerprint(params: Params, data_source: str) -> str:
-    """`<kind>:<sha256>` for the data the run will read; `data_source` "" means the embedded digits."""
-    if not data_source:
+def data_fingerprint(params: Params) -> str:
+    """`<kind>:<sha256>` for the data the run will read (`data.source`)."""
+    data_source = params.data.source
+    if data_source == BUILTIN:
         blob = json.dumps(params.make_digits.model_dump(mode="json"), sort_keys=True).encode()
         return "embedded:" + hashlib.sha256(blob).hexdigest()
     if data_source.startswith("s3://"):
         return "s3:" + s3_listing_hash(data_source, params.storage.endpoint_url)
     path = Path(data_source)
     if not path.exists():
-        raise FileNotFoundError(f"data source {data_source} not found (a folder, a .zip or s3://bucket/prefix)")
+        from tlpipe.errors import DataError
+
+        raise DataError(f"data.source {data_source}: not found (a folder, a .zip, s3://bucket/prefix or {BUILTIN})")
     return "local:" + local_hash(path)

@@ -1,43 +1,24 @@
-"""What runs inside a KFP task: resolve the run's params once, then call a step's `main()` on artifact paths.
+"""What runs inside a KFP task: write the run's params once, then call a step's `main()` on artifact paths.
 
-The component bodies in `pipelines/training_pipeline.py` import this module (it ships in the image with
-`components/`), so the same CLI core that `dvc repro` runs is what each task runs. Nothing here is read at
-import time; every function is called inside a task.
+The component bodies that `pipelines/kfp_build.py` generates import this module (it ships in the image), so
+the same step CLI that `dvc repro` runs is what each task runs. Nothing here is read at import time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-# params.yaml's own model.backbone: in dvc.yaml it is pretrain_backbone's output. In the pipeline the same
-# value means "the pretrain_backbone artifact of this run" and is wired per task (`backbone_file`).
-PRETRAINED_BACKBONE = "models/backbone.keras"
-BACKBONE_FILE = "backbone.keras"
-HEAD_FILE = "head.keras"
-
-
-def packaged_params() -> Path:
-    """The params.yaml a task starts from.
-
-    TLPIPE_PARAMS (set by run-local), else params.yaml in the working directory (the image's /app), else the
-    one next to components/ (a checkout).
-    """
-    import components
-
-    if os.environ.get("TLPIPE_PARAMS"):
-        return Path(os.environ["TLPIPE_PARAMS"])
-    checkout = Path(components.__file__).resolve().parents[1]
-    for candidate in (Path.cwd() / "params.yaml", checkout / "params.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError("params.yaml is neither in the working directory nor next to components/")
+PARAMS_FILE = "params.yaml"
+ISOLATE_ENV = "TLPIPE_ISOLATE"  # run-local sets it to the pipeline root: tasks run as on a cluster
 
 
 def dotted(overrides: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]:
@@ -52,53 +33,97 @@ def dotted(overrides: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]
     return out
 
 
-def resolve_params(out_file: str, typed: dict[str, Any], params_overrides: dict[str, Any] | None) -> dict:
-    """Write the run's validated params: packaged params.yaml <- typed parameters <- params_overrides.
-
-    `params_overrides` is applied last, so an explicit dotted key there wins over a typed parameter.
+def resolve_params(out_dir: str, base: dict[str, Any], typed: dict[str, Any],
+                   overrides: dict[str, Any] | None) -> dict:
+    """Write `out_dir/params.yaml`: the compile-time params <- typed pipeline parameters <- params_overrides.
 
     Returns:
         The resolved params as a plain mapping.
     """
-    from components.config import load_params
+    from tlpipe.config import parse_params
 
-    params = load_params(packaged_params(), {**typed, **dotted(params_overrides)})
-    resolved = params.model_dump(mode="json")
-    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_file).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    raw = json.loads(json.dumps(base))
+    for key, value in {**typed, **dotted(overrides)}.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    resolved = parse_params(raw, origin="pipeline parameters").model_dump(mode="json")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / PARAMS_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
     return resolved
 
 
-def backbone_file(params_file: str, backbone_dir: str) -> dict[str, str]:
-    """The model.backbone wiring: the pretrained artifact when the run uses our own backbone, else nothing."""
-    from components.config import load_params
+def run_step(step: str, params_dir: str, inputs: dict[str, str], outputs: dict[str, str],
+             scratch: tuple[str, ...] = (), command: str = "", module: str = "") -> None:
+    """Run `python -m components.<step> [command] --params P --input path ... --output path ...` in this process.
 
-    if load_params(params_file).model.backbone == PRETRAINED_BACKBONE:
-        return {"model.backbone": os.path.join(backbone_dir, BACKBONE_FILE)}
-    return {}
-
-
-def run_step(step: str, argv: list[str], params_file: str, wiring: dict[str, Any] | None = None) -> None:
-    """Run `python -m components.<step> [--params P] argv` in this process, P = params_file + wiring.
-
-    A `PipelineError` becomes one line on stderr and exit code 2, which fails the task.
+    `scratch` flags get a fresh temporary folder (checkpoints that live as long as the task). A
+    `PipelineError` becomes one line on stderr and exit code 2, which fails the task. With TLPIPE_ISOLATE set
+    to the pipeline root (run-local), the step runs as on a cluster: see `isolated`.
     """
-    from components.cli import run_main
-    from components.config import load_params
+    from tlpipe.cli import run_main
 
-    params = load_params(params_file, wiring)
-    fd, merged = tempfile.mkstemp(prefix=f"{step}-params-", suffix=".yaml")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(params.model_dump(mode="json"), fh, sort_keys=False)
-    if os.environ.get("TLPIPE_RUN_GROUP", "").startswith("{{"):
-        # A backend that leaves the job-id placeholder unresolved in env: group by commit + params instead.
-        os.environ.pop("TLPIPE_RUN_GROUP")
-    module = importlib.import_module(f"components.{step}")
-    # Subcommands (tune) come first: argparse takes positionals before or after the options alike.
-    full = [*argv[:1], "--params", merged, *argv[1:]] if argv and not argv[0].startswith("-") else \
-        ["--params", merged, *argv]
-    print(f"{step}: python -m components.{step} {' '.join(full)}", flush=True)
-    run_main(module.main, full)
+    module = module or f"components.{step}"
+    root = os.environ.get(ISOLATE_ENV)
+    with isolated(Path(root), params_dir, inputs, outputs) if root else _as_is(params_dir, inputs, outputs) as (
+            params_dir, inputs, local_outputs):
+        argv = ([command] if command else []) + ["--params", str(Path(params_dir) / PARAMS_FILE)]
+        for flag, value in {**inputs, **local_outputs}.items():
+            argv += [f"--{flag}", value]
+        for flag in scratch:
+            argv += [f"--{flag}", tempfile.mkdtemp(prefix=f"{step}-{flag}-")]
+        print(f"{step}: python -m {module} {' '.join(argv)}", flush=True)
+        run_main(importlib.import_module(module).main, argv)
+
+
+@contextlib.contextmanager
+def _as_is(params_dir: str, inputs: dict[str, str], outputs: dict[str, str]):
+    yield params_dir, inputs, outputs
+
+
+@contextlib.contextmanager
+def isolated(root: Path, params_dir: str, inputs: dict[str, str], outputs: dict[str, str]):
+    """Run a step the way the KFP launcher does: it sees copies of its declared inputs and nothing else.
+
+    Declared inputs (and the params) are copied into a private folder, the pipeline root is moved out of
+    reach while the step runs, the working directory is empty, and the outputs are moved into place after.
+    A step that reads another task's output through an undeclared path fails here as it would on a
+    cluster. kfp.local runs one task at a time, which is what makes moving the root safe.
+    """
+    work = Path(tempfile.mkdtemp(prefix="tlpipe-task-"))
+    hidden = root.with_name(f"{root.name}.hidden-{os.getpid()}")
+    local_inputs = {}
+    for name, value in inputs.items():
+        source = Path(value)
+        if value.startswith(str(root)) and source.exists():
+            target = work / "inputs" / name / source.name
+            shutil.copytree(source, target) if source.is_dir() else (target.parent.mkdir(parents=True),
+                                                                      shutil.copy2(source, target))
+            local_inputs[name] = str(target)
+        else:
+            local_inputs[name] = value  # a URI or a name: reachable on a cluster too
+    local_params = work / "params"
+    shutil.copytree(params_dir, local_params)
+    local_outputs = {name: str(work / "outputs" / name) for name in outputs}
+    (work / "outputs").mkdir()
+    cwd = os.getcwd()
+    os.rename(root, hidden)
+    os.chdir(work / "outputs")
+    try:
+        yield str(local_params), local_inputs, local_outputs
+    finally:
+        os.chdir(cwd)
+        os.rename(hidden, root)
+    for name, target in outputs.items():
+        produced = Path(local_outputs[name])
+        if produced.exists():
+            if Path(target).is_dir():
+                shutil.rmtree(target)
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(produced), target)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def numeric_metrics(data: dict, prefix: str = "") -> dict[str, float]:

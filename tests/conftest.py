@@ -49,7 +49,7 @@ def write_params(path: Path, source: str | Path, **sections) -> Path:
         "deterministic": True,
         "data": {"source": str(source), "layout": "auto"},
         "make_subset": {"train_per_class": 4, "val_per_class": 2, "test_per_class": 2, "seed": 3},
-        "model": {"backbone": "models/backbone.keras", "image_size": 16, "head_units": 8, "dropout": 0.1},
+        "model": {"backbone": "pretrain", "image_size": 16, "head_units": 8, "dropout": 0.1},
         "tracking": {"experiment": "tests", "default_uri": f"sqlite:///{path.parent / 'mlflow.db'}"},
     }
     for key, value in sections.items():
@@ -132,8 +132,8 @@ def create_database(pg: dict, name: str) -> str:
 TINY = {
     "make_digits": {"source_classes": [0, 1, 2], "target_classes": [5, 6, 7], "image_size": 16},
     "make_subset": {"train_per_class": 24, "val_per_class": 10, "test_per_class": 10, "seed": 3},
-    "model": {"backbone": "models/backbone.keras", "image_size": 16, "head_units": 16, "dropout": 0.1},
-    "pretrain_backbone": {"source": "data/raw/digits/source", "filters": [8, 16], "epochs": 4, "batch_size": 32},
+    "model": {"backbone": "pretrain", "image_size": 16, "head_units": 16, "dropout": 0.1},
+    "pretrain_backbone": {"source": "builtin:digits", "filters": [8, 16], "epochs": 4, "batch_size": 32},
     "train_head": {"epochs": 10, "batch_size": 16},
     "fine_tune": {"epochs": 3, "batch_size": 16, "patience": 2, "freeze_ratio": 0.5, "learning_rate": 0.001},
     "augment": {"copies": 1, "preview_samples": 3},
@@ -143,39 +143,19 @@ TINY = {
 
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory):
-    """A small real project (digits at 16 px, 3 + 3 classes) built with the step cores: subset, augmented
-    copies, pretrained backbone, features and head. Tests copy what they modify."""
+    """A small real project (digits at 16 px, 3 + 3 classes) built by the real steps through the pipeline
+    declaration, up to train_head: subset, validation, augmented copies, backbone, features and head.
+    Tests copy what they modify. Layout as in dvc.yaml (data/subset, models/backbone, models/head, ...)."""
     import keras
 
-    from components.augment import augmented_copies, build_augmenter
-    from components.config import load_params
-    from components.datasets import load_split
-    from components.extract_features import extract
-    from components.make_digits import make_digits
-    from components.make_subset import run as make_subset_run
-    from components.pretrain_backbone import pretrain
-    from components.train_head import train_head
+    from pipelines.local import run_steps
 
     root = tmp_path_factory.mktemp("tiny")
-    params_file = write_params(root / "params.yaml", root / "data/raw/digits/target", **TINY)
+    params_file = write_params(root / "params.yaml", "builtin:digits", **TINY)
     raw = yaml.safe_load(params_file.read_text())
-    raw["model"]["backbone"] = str(root / "models/backbone.keras")
-    raw["pretrain_backbone"]["source"] = str(root / "data/raw/digits/source")
     raw["tune"]["storage"] = f"sqlite:///{root / 'optuna.db'}"
     params_file.write_text(yaml.safe_dump(raw))
-    params = load_params(params_file)
-    make_digits(params.make_digits, root / "data/raw/digits")
-    make_subset_run(params, root / "data/subset")
-    images, labels, _ = load_split(root / "data/subset", "train", 16)
-    copies = augmented_copies(images, build_augmenter(params.augment, params.seed), params.augment.copies)
-    (root / "data/augmented").mkdir(parents=True)
-    np.savez(root / "data/augmented/train.npz", images=copies, labels=np.tile(labels, params.augment.copies))
-    backbone, _ = pretrain(params, root / "data/raw/digits/source")
-    (root / "models").mkdir()
-    backbone.save(root / "models/backbone.keras")
-    (root / "data/features").mkdir()
-    extract(params, root / "data/subset", root / "data/features")
-    head, _ = train_head(params, root / "data/features")
-    head.save(root / "models/head.keras")
+    run_steps(root, ["make_digits", "make_subset", "validate_data", "augment", "pretrain_backbone",
+                     "extract_features", "train_head"])
     keras.backend.clear_session()
     return root

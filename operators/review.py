@@ -1,6 +1,6 @@
 """review: one self-contained HTML report (and a Markdown summary) for a promotion review.
 
-    python -m components.review [--version N | --version @challenger] --out reports/review
+    python -m operators.review [--version N | --version @challenger] --out reports/review
 
 For the given version (default `@challenger`) against the champion it was gated against: metrics with
 deltas, per-class precision/recall/F1 side by side, both confusion matrices, the test images the challenger
@@ -17,9 +17,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from components.cli import atomic_dir, params_from, parser, run_main
-from components.common import read_json
-from components.errors import PipelineError
+from tlpipe.cli import atomic_dir, params_from, parser, run_main
+from tlpipe.contracts import BestParams
+from tlpipe.errors import PipelineError
 
 IMAGES = {"confusion_challenger": "evidence/confusion_challenger.png",
           "confusion_champion": "evidence/confusion_champion.png", "mistakes": "evidence/mistakes.png",
@@ -128,7 +128,7 @@ def render_markdown(ctx: dict) -> str:
 
 def collect(client, name: str, version_ref: str, work: Path) -> dict:
     """Everything the report shows, downloaded from the registry and the runs into `work`."""
-    from components.registry import aliases, get_version
+    from tlpipe.tracking.registry import aliases, get_version
 
     version = get_version(client, name, version_ref)
     register_run = version.tags.get("register_run_id")
@@ -140,25 +140,25 @@ def collect(client, name: str, version_ref: str, work: Path) -> dict:
         client.download_artifacts(training.info.run_id, "history.png", str(work))
     except Exception as exc:  # an older run without curves still gets a report, saying so
         print(f"review: no training curves for {name} v{version.version} ({str(exc).splitlines()[0][:120]})")
-    gate = read_json(work / "evidence/gate.json")
+    gate = json.loads((work / "evidence/gate.json").read_text(encoding="utf-8"))
     champion_params: dict[str, str] = {}
     if gate.get("champion_version"):
         champ = client.get_model_version(name, gate["champion_version"])
         champion_params = client.get_run(champ.tags["training_run_id"]).data.params
     tuning_file = work / "evidence/tune/best_params.json"
     named = {alias: v for v, names in aliases(client, name).items() for alias in names}
-    return {"version": version.version, "gate": gate, "lineage": read_json(work / "evidence/lineage.json"),
-            "tuning": read_json(tuning_file) if tuning_file.is_file() else {"tuning": "not run"},
+    return {"version": version.version, "gate": gate, "lineage": json.loads((work / "evidence/lineage.json").read_text(encoding="utf-8")),
+            "tuning": BestParams.read(tuning_file.parent).model_dump() if tuning_file.is_file() else {"tuning": "not run"},
             "diff": params_diff(training.data.params, champion_params) if champion_params else [],
             "description": version.description or "", "aliases": named, "register_run_id": register_run,
             "title": f"Promotion review: {name} v{version.version}"}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m components.review [--version N|@alias] --out reports/review`."""
-    from components.registry import connect
+    """CLI: `python -m operators.review [--version N|@alias] --out reports/review`."""
+    from tlpipe.tracking.registry import connect
 
-    p = parser("review", __doc__)
+    p = parser("review", __doc__, package="operators")
     p.add_argument("--version", default="@challenger", help="version number or @alias (default: @challenger)")
     p.add_argument("--out", required=True, help="folder for review.html and review.md")
     args = p.parse_args(argv)

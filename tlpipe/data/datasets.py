@@ -14,12 +14,13 @@ import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
 
-from components.errors import DataError
+from tlpipe.contracts import MANIFEST
+from tlpipe.errors import DataError
 
 
 def read_manifest(subset: Path) -> pd.DataFrame:
     """The subset's manifest (written by make_subset)."""
-    path = Path(subset) / "manifest.csv"
+    path = Path(subset) / MANIFEST
     if not path.is_file():
         raise DataError(f"{path}: manifest not found; run make_subset first")
     return pd.read_csv(path, dtype={"class": str}, keep_default_na=False)
@@ -109,7 +110,7 @@ def load_split(subset: Path, split: str, size: int) -> tuple[np.ndarray, np.ndar
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, augmenter=None,
             shuffle_seed: int | None = None) -> tf.data.Dataset:
     """Batches of (float32 images, labels); shuffled each epoch when a seed is given, augmented if asked."""
-    from components.augment import FusedAugment
+    from tlpipe.data.augmentation import FusedAugment
 
     # The cache stays one tensor: the pipeline shuffles and batches indices and gathers each batch, rather
     # than slicing the cache into per-image elements that the shuffle buffer copies around (same order).

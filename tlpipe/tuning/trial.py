@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.backbones import FreezePlan, apply_freeze, preprocess_mode, preprocessing, split_at
-from components.config import Params
-from components.datasets import load_split
-from components.fine_tune import HyperParams, make_head
+from tlpipe.contracts import COPIES_FILE, HyperParams
+from tlpipe.data.datasets import load_split
+from tlpipe.models.backbones import FreezePlan, apply_freeze, preprocessing, split_at
+from tlpipe.models.training import compile_for, make_head
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What every trial of a study shares: seeds, input size and preprocessing, batch size, epochs."""
+
+    seed: int
+    image_size: int
+    preprocess: str
+    batch_size: int
+    epochs: int
 
 
 @dataclass(frozen=True)
@@ -40,8 +52,8 @@ def load_trial_data(subset: Path, augmented: Path | None, size: int) -> TrialDat
     """The original training split plus the pre-augmented copies, and the validation split."""
     x, y, classes = load_split(subset, "train", size)
     variants = [x]
-    if augmented is not None and Path(augmented).exists():
-        copies = np.load(augmented)["images"]
+    if augmented is not None and (Path(augmented) / COPIES_FILE).exists():
+        copies = np.load(Path(augmented) / COPIES_FILE)["images"]
         if len(copies):
             if len(copies) % len(x) or copies.shape[1:] != x.shape[1:]:
                 raise ValueError(f"{augmented} does not match the training split; rerun augment")
@@ -89,7 +101,8 @@ class ActivationCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             flat = images.reshape(-1, *images.shape[-3:])
             out_shape = tuple(model.output.shape[1:])
-            staged = path.with_suffix(".partial.npy")
+            # A unique staging name: two workers computing the same key publish the same bytes atomically.
+            staged = path.with_name(f".{name}.{uuid.uuid4().hex[:8]}.partial.npy")
             array = np.lib.format.open_memmap(staged, mode="w+", dtype=self.dtype, shape=(len(flat), *out_shape))
             for start in range(0, len(flat), batch):
                 chunk = flat[start : start + batch].astype("float32")
@@ -113,18 +126,11 @@ def _prefix_model(backbone: keras.Model, frozen: int, size: int, mode: str) -> t
     return keras.Model(inputs, prefix(x, training=False)), suffix
 
 
-def compile_for(model: keras.Model, hp: HyperParams) -> keras.Model:
-    """Adam at the trial's learning rate; sparse labels."""
-    model.compile(keras.optimizers.Adam(hp.learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    return model
-
-
-def cached_model(backbone: keras.Model, plan: FreezePlan, head: keras.Model, params: Params,
+def cached_model(backbone: keras.Model, plan: FreezePlan, head: keras.Model, recipe: Recipe,
                  cache: ActivationCache, identity: str,
                  data: TrialData) -> tuple[keras.Model, np.ndarray, np.ndarray] | None:
     """(suffix + head model, train activations, val activations), or None when over the cache cap."""
-    prefix_model, suffix = _prefix_model(backbone, plan.frozen, params.model.image_size, preprocess_mode(params.model))
+    prefix_model, suffix = _prefix_model(backbone, plan.frozen, recipe.image_size, recipe.preprocess)
     shape = tuple(prefix_model.output.shape[1:])
     images = data.variants.shape[0] * data.variants.shape[1] + len(data.val_images)
     if cache.bytes_needed(images, shape) > cache.max_bytes:
@@ -138,18 +144,18 @@ def cached_model(backbone: keras.Model, plan: FreezePlan, head: keras.Model, par
     return model, train, val
 
 
-def run_trial(params: Params, hp: HyperParams, data: TrialData, backbone: keras.Model, head_path: Path | None,
-              cache: ActivationCache | None, identity: str, epochs: int, callbacks=()) -> dict:
+def run_trial(recipe: Recipe, hp: HyperParams, data: TrialData, backbone: keras.Model, head_path: Path | None,
+              cache: ActivationCache | None, identity: str, callbacks=()) -> dict:
     """Train one trial; returns history, the freeze plan and whether the cache was used."""
-    from components.backbones import build_classifier, freeze_plan
+    from tlpipe.models.backbones import build_classifier, freeze_plan
 
-    keras.utils.set_random_seed(params.seed)
+    keras.utils.set_random_seed(recipe.seed)
     plan = freeze_plan(backbone, hp.freeze_ratio)
     apply_freeze(backbone, plan)
     head = make_head(head_path, backbone.output.shape[-1], len(data.classes), hp)
     built = None
     if cache is not None and plan.frozen > 0:
-        built = cached_model(backbone, plan, head, params, cache, identity, data)
+        built = cached_model(backbone, plan, head, recipe, cache, identity, data)
         if built is None:
             print(f"tune: activations at {plan.boundary} would exceed tune.cache_max_bytes={cache.max_bytes}; "
                   "this trial trains the full model")
@@ -157,11 +163,12 @@ def run_trial(params: Params, hp: HyperParams, data: TrialData, backbone: keras.
         model, train, val = built
         mode = "cached"
     else:
-        model = build_classifier(backbone, head, params.model.image_size, preprocess_mode(params.model))
+        model = build_classifier(backbone, head, recipe.image_size, recipe.preprocess)
         train, val, mode = data.variants, data.val_images, "full"
-    compile_for(model, hp)
-    keras.utils.set_random_seed(params.seed)
-    dataset, steps = variant_batches(train, data.labels, params.fine_tune.batch_size, epochs, params.seed)
+    compile_for(model, hp.learning_rate)
+    keras.utils.set_random_seed(recipe.seed)
+    epochs = recipe.epochs
+    dataset, steps = variant_batches(train, data.labels, recipe.batch_size, epochs, recipe.seed)
     val_ds = tf.data.Dataset.from_tensor_slices((np.asarray(val), data.val_labels)).batch(256).map(
         lambda x, y: (tf.cast(x, tf.float32), y))
     history = model.fit(dataset, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps, verbose=0,

@@ -12,8 +12,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.errors import ConfigError
+from tlpipe.errors import ConfigError
 
+BUILTIN = "builtin:digits"  # data.source / pretrain_backbone.source: the embedded digits (make_digits)
+PRETRAIN = "pretrain"  # model.backbone: our own backbone, trained by pretrain_backbone
 APPLICATION_BACKBONES = ("vgg16", "inception_v3", "mobilenet_v2", "resnet50", "efficientnet_b0")
 # Smallest input side each keras.applications backbone accepts with include_top=False.
 MIN_IMAGE_SIZE = {"vgg16": 32, "inception_v3": 75, "mobilenet_v2": 32, "resnet50": 32, "efficientnet_b0": 32}
@@ -31,7 +33,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the raw images come from (shared by make_subset and validate_data)."""
 
-    source: str = Field(min_length=1)
+    source: str = Field(default=BUILTIN, min_length=1)
     layout: Literal["auto", "folders", "flat"] = "auto"
 
 
@@ -94,7 +96,7 @@ class AugmentConfig(_Section):
 class ModelConfig(_Section):
     """Backbone, its weights, the input size and the classifier head."""
 
-    backbone: str = Field(min_length=1)
+    backbone: str = Field(default=PRETRAIN, min_length=1)
     weights: str = "none"
     image_size: Annotated[int, Field(ge=8, le=1024)] = 32
     head_units: PositiveInt = 64
@@ -102,13 +104,16 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if self.backbone in APPLICATION_BACKBONES:
+        if self.backbone == PRETRAIN:
+            if self.weights != "none":
+                raise ValueError(f"weights {self.weights!r} given for backbone pretrain, which trains its own; use none")
+        elif self.backbone in APPLICATION_BACKBONES:
             low = MIN_IMAGE_SIZE[self.backbone]
             if self.image_size < low:
                 raise ValueError(f"image_size {self.image_size} is below {low}, the minimum for {self.backbone}")
         elif not self.backbone.endswith(".keras"):
             raise ValueError(
-                f"backbone {self.backbone!r} is neither one of {', '.join(APPLICATION_BACKBONES)} "
+                f"backbone {self.backbone!r} is neither {PRETRAIN}, one of {', '.join(APPLICATION_BACKBONES)} "
                 "nor a path/URI to a saved .keras model"
             )
         elif self.weights != "none":
@@ -119,7 +124,7 @@ class ModelConfig(_Section):
 class PretrainBackboneConfig(_Section):
     """The embedded default backbone: a small VGG-style CNN trained on the source classes."""
 
-    source: str = "data/raw/digits/source"
+    source: str = BUILTIN  # or a class-folder tree of your own source classes
     filters: list[PositiveInt] = [16, 32, 64]
     epochs: PositiveInt = 6
     batch_size: PositiveInt = 64
@@ -212,6 +217,7 @@ class RegistryConfig(_Section):
     min_accuracy: Fraction = 0.8
     min_improvement: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0
     min_class_recall: Fraction | None = None
+    require_significant: bool = False  # the gain's 95% CI lower bound must exceed min_improvement
     auto_promote: bool = False
     http_retries: NonNegInt = 3
     http_timeout: PositiveInt = 30
@@ -222,13 +228,13 @@ class Params(_Section):
 
     seed: int = 42
     deterministic: bool = True
-    data: DataConfig
+    data: DataConfig = DataConfig()
     storage: StorageConfig = StorageConfig()
     make_digits: MakeDigitsConfig = MakeDigitsConfig()
     make_subset: MakeSubsetConfig = MakeSubsetConfig()
     validate_data: ValidateDataConfig = ValidateDataConfig()
     augment: AugmentConfig = AugmentConfig()
-    model: ModelConfig
+    model: ModelConfig = ModelConfig()
     pretrain_backbone: PretrainBackboneConfig = PretrainBackboneConfig()
     extract_features: ExtractFeaturesConfig = ExtractFeaturesConfig()
     train_head: TrainHeadConfig = TrainHeadConfig()

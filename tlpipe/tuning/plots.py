@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.common import pyplot
+from tlpipe.reports.plots import pyplot
 
 TRIAL_COLUMNS = ("number", "state", "value", "freeze_ratio", "learning_rate", "epochs_run", "mode")
 
@@ -29,42 +29,26 @@ def write_trials_csv(trials, path: Path) -> None:
                              t.user_attrs.get("mode", "")])
 
 
-def _history(trials, path: Path, metric: str, maximize: bool) -> None:
-    plt = pyplot()
-    done = sorted((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.number)
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    xs = [t.number for t in done]
-    ys = [t.value for t in done]
-    ax.plot(xs, ys, "o", label="trial")
-    best = np.maximum.accumulate(ys) if maximize else np.minimum.accumulate(ys)
-    ax.step(xs, best, where="post", label="best so far")
-    pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
-    ax.plot([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-            "x", color="grey", label="pruned (last epoch)")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(metric)
-    ax.set_title("optimization history")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+def _save_optuna_plot(draw, study, path: Path, title: str) -> None:
+    """Save one of optuna.visualization.matplotlib's plots; a study too small for it gets a note instead."""
+    import warnings
 
-
-def _importances(study, path: Path) -> None:
-    import optuna
+    from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3))
-    try:
-        scores = optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError) as exc:  # too few complete trials or a constant parameter
-        scores = {}
-        ax.text(0.5, 0.5, f"importances unavailable: {exc}", ha="center", va="center", wrap=True, fontsize=8)
-    if scores:
-        names = list(scores)[::-1]
-        ax.barh(names, [scores[n] for n in names])
-        ax.set_xlabel("importance (fANOVA)")
-    ax.set_title("hyperparameter importances")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
+        try:
+            ax = draw(study)
+            fig = ax.figure
+            if "history" in title:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers are integers
+        except (RuntimeError, ValueError) as exc:  # too few complete trials, or a constant parameter
+            fig, ax = plt.subplots(figsize=(6, 3))
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"{title} unavailable: {exc}", ha="center", va="center", wrap=True, fontsize=8)
+    fig.set_size_inches(6.4, 3.8)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -96,8 +80,11 @@ def plot_all(study, trials, out_dir: Path, metric: str) -> None:
     """history.png, importances.png, transferability.png and trials.csv."""
     maximize = metric.endswith("accuracy")
     write_trials_csv(trials, out_dir / "trials.csv")
-    _history(trials, out_dir / "history.png", metric, maximize)
-    _importances(study, out_dir / "importances.png")
+    from optuna.visualization import matplotlib as optuna_plots
+
+    _save_optuna_plot(optuna_plots.plot_optimization_history, study, out_dir / "history.png", "optimization history")
+    _save_optuna_plot(optuna_plots.plot_param_importances, study, out_dir / "importances.png",
+                      "hyperparameter importances")
     _transferability(trials, out_dir / "transferability.png", metric, maximize)
 
 

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from components.errors import PipelineError
+from tlpipe.errors import PipelineError
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

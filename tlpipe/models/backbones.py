@@ -7,13 +7,15 @@ Models are built from built-in Keras layers only (preprocessing included), so a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
 
-from components.config import APPLICATION_BACKBONES, ModelConfig
-from components.errors import PipelineError
-from components.storage import fetch
+from tlpipe.config import APPLICATION_BACKBONES
+from tlpipe.contracts import BACKBONE_FILE
+from tlpipe.data.storage import fetch
+from tlpipe.errors import PipelineError
 
 _CONSTRUCTORS = {
     "vgg16": "VGG16",
@@ -30,9 +32,28 @@ _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _ATTACHED = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU)
 
 
-def preprocess_mode(cfg: ModelConfig) -> str:
+def preprocess_mode(spec: str) -> str:
     """The input preprocessing a backbone expects (a .keras backbone carries its own)."""
-    return PREPROCESS_MODE.get(cfg.backbone, "none")
+    return PREPROCESS_MODE.get(spec, "none")
+
+
+def backbone_file(spec: str) -> str:
+    """A backbone input as a file or URI: pretrain_backbone's folder holds backbone.keras; others are as given."""
+    if spec not in APPLICATION_BACKBONES and Path(spec).is_dir():
+        return str(Path(spec) / BACKBONE_FILE)
+    return spec
+
+
+def backbone_identity(spec: str, weights: str, image_size: int) -> str:
+    """What the backbone is, by content: the file's sha256, or the application, weights and input size."""
+    from tlpipe.tracking.lineage import content_hash
+
+    source = backbone_file(spec)
+    if source not in APPLICATION_BACKBONES and Path(source).is_file():
+        return "sha256:" + content_hash(source)
+    if weights not in ("none", "imagenet") and Path(weights).is_file():
+        weights = "sha256:" + content_hash(weights)
+    return f"{source}:{weights}:{image_size}"
 
 
 def preprocessing(mode: str) -> keras.layers.Layer | None:
@@ -72,36 +93,38 @@ def _weights_from_mlflow(uri: str) -> list[np.ndarray]:
         raise PipelineError(f"model.weights={uri}: that model has no layer named 'backbone'") from None
 
 
-def load_backbone(cfg: ModelConfig, endpoint_url: str | None = None) -> keras.Model:
-    """The feature extractor named by `model.backbone`/`model.weights`, pooled to a vector, named 'backbone'."""
-    size = cfg.image_size
-    if cfg.backbone not in APPLICATION_BACKBONES:
-        path = fetch(cfg.backbone, endpoint_url)
+def load_backbone(spec: str, weights: str, size: int, endpoint_url: str | None = None) -> keras.Model:
+    """The feature extractor named by the backbone input and `model.weights`, pooled, named 'backbone'.
+
+    `spec` is pretrain_backbone's folder, a .keras path or s3:// URI, or a keras.applications name.
+    """
+    if spec not in APPLICATION_BACKBONES:
+        source = backbone_file(spec)
+        path = fetch(source, endpoint_url)
         try:
             model = keras.saving.load_model(path, compile=False, safe_mode=True)
         except Exception as exc:  # a corrupt or foreign file raises many kinds; the user needs the file name
-            raise PipelineError(f"model.backbone={cfg.backbone}: not a loadable .keras model ({exc})") from None
+            raise PipelineError(f"backbone {source}: not a loadable .keras model ({exc})") from None
         if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
-            raise PipelineError(f"model.backbone={cfg.backbone}: must output one pooled feature vector per image")
+            raise PipelineError(f"backbone {source}: must output one pooled feature vector per image")
         return keras.Model(model.input, model.output, name="backbone")
-    constructor = getattr(keras.applications, _CONSTRUCTORS[cfg.backbone])
+    constructor = getattr(keras.applications, _CONSTRUCTORS[spec])
     kwargs = dict(include_top=False, input_shape=(size, size, 3), pooling="avg")
-    if cfg.weights == "imagenet":
+    if weights == "imagenet":
         try:
             model = constructor(weights="imagenet", **kwargs)
         except Exception as exc:  # urllib/HTTP/SSL errors all mean the download failed
-            raise _imagenet_error(cfg.backbone, exc) from None
+            raise _imagenet_error(spec, exc) from None
     else:
         model = constructor(weights=None, **kwargs)
-        if cfg.weights.startswith("models:/"):
-            weights = _weights_from_mlflow(cfg.weights)
-            model.set_weights(weights)
-        elif cfg.weights != "none":
-            path = fetch(cfg.weights, endpoint_url)
+        if weights.startswith("models:/"):
+            model.set_weights(_weights_from_mlflow(weights))
+        elif weights != "none":
+            path = fetch(weights, endpoint_url)
             try:
                 model.load_weights(path)
             except Exception as exc:  # h5py/ValueError on a mismatched or corrupt file
-                raise PipelineError(f"model.weights={cfg.weights}: does not fit {cfg.backbone} ({exc})") from None
+                raise PipelineError(f"model.weights={weights}: does not fit {spec} ({exc})") from None
     return keras.Model(model.input, model.output, name="backbone")
 
 

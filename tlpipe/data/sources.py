@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from components.errors import DataError
-from components.images import is_image_name
-from components.storage import s3_client, split_s3_uri
+from tlpipe.data.images import is_image_name
+from tlpipe.data.storage import s3_client, split_s3_uri
+from tlpipe.errors import DataError
 
 _IGNORED_PARTS = ("__MACOSX", ".DS_Store", "Thumbs.db")
 

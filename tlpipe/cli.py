@@ -12,13 +12,15 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from components.config import Params, load_params
-from components.errors import PipelineError
+from tlpipe.config import Params, load_params
+from tlpipe.errors import PipelineError
+from tlpipe.redact import redact_text
 
 
-def parser(step: str, doc: str | None) -> argparse.ArgumentParser:
+def parser(step: str, doc: str | None, package: str = "components") -> argparse.ArgumentParser:
     """An argument parser with the shared `--params` flag."""
-    p = argparse.ArgumentParser(prog=f"python -m components.{step}", description=(doc or "").strip())
+    p = argparse.ArgumentParser(prog=f"python -m {package}.{step}", description=(doc or "").strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return p
 
@@ -33,7 +35,7 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = 
     try:
         main(argv)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -41,12 +43,29 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = 
 
 
 def params_from(args: argparse.Namespace) -> Params:
-    """Load the params file named by `--params`."""
+    """Load the whole params file named by `--params` (operator commands; steps use `step_params`)."""
     return load_params(args.params)
 
 
+def step_params(args: argparse.Namespace, step: str, keys: tuple[str, ...]):
+    """The view of the params file holding exactly `keys` (a step's PARAMS)."""
+    from tlpipe.step_params import load_step_params
+
+    return load_step_params(args.params, step, keys)
+
+
 def _staging(path: Path) -> Path:
+    _remove_stale(path)
     return path.with_name(f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+def _remove_stale(path: Path) -> None:
+    """Staging leftovers of a killed earlier run of the same output (one step writes an output at a time)."""
+    for stale in path.parent.glob(f".{path.stem}.partial-*{path.suffix}"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def _replace(staged: Path, final: Path) -> None:

@@ -1,0 +1,191 @@
+"""The pipeline, declared once: steps, what each reads and writes, its params keys and whether it needs a GPU.
+
+`dvc.yaml` is generated from this (`python -m pipelines.dvc_yaml`), the Kubeflow pipeline is built from it
+(`pipelines/kfp_build.py`), and the tests and benchmarks run steps through it. A step's CLI takes one flag per
+input and output, named as here (`--subset data/subset`), plus `--params`. Every artifact is a folder; the file
+names inside it belong to `tlpipe/contracts.py`.
+
+The shape depends on params in two places, decided when dvc.yaml is generated or the pipeline compiled:
+`data.source: builtin:digits` (the embedded default) adds `make_digits`; `model.backbone: pretrain` adds
+`pretrain_backbone`, trained on `pretrain_backbone.source`. Any other value is an external input: a local
+path (a DVC dependency, hashed by DVC) or a URI (s3://, models:/, a keras.applications name).
+
+The params keys a step reads are declared in the step module itself (`PARAMS = (...)`) and read from its
+source here without importing it, so each stage's `params:` list is exactly what the step reads (a test
+records the keys every step touches in a real run and compares).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from tlpipe.config import BUILTIN, PRETRAIN, Params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An input produced by another step: its output `output`, optionally a sub-folder of it."""
+
+    step: str
+    output: str
+    sub: str = ""
+
+
+@dataclass(frozen=True)
+class External:
+    """An input that no step produces: a local path (DVC tracks it) or a URI / model name (passed as is)."""
+
+    value: str
+
+    @property
+    def is_local_path(self) -> bool:
+        """Whether DVC can hash it as a local file or folder dependency."""
+        return "://" not in self.value and ("/" in self.value or self.value.endswith((".zip", ".keras")))
+
+    @property
+    def is_s3(self) -> bool:
+        """Whether it is an s3:// object or prefix (a DVC external dependency)."""
+        return self.value.startswith("s3://")
+
+
+@dataclass(frozen=True)
+class Out:
+    """One output folder. `cache=False`: a report DVC leaves in the workspace (not in its cache)."""
+
+    name: str
+    path: str
+    kind: str = "Dataset"  # the KFP artifact type: Dataset | Model | Artifact
+    cache: bool = True
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: `components/<name>.py`, its dvc stage, its params section, its KFP task and its MLflow run."""
+
+    name: str
+    inputs: dict[str, Ref | External] = field(default_factory=dict)
+    outputs: tuple[Out, ...] = ()
+    gpu: bool = False
+    scratch: dict[str, str] = field(default_factory=dict)  # flag -> local folder kept between runs (persist)
+    metrics: tuple[str, ...] = ()  # "output/file.json": shown by `dvc metrics` and KFP's Metrics
+    plots: tuple[tuple[str, dict], ...] = ()  # ("output/file", dvc plot options)
+    command: str = ""  # a subcommand placed before the flags (tune: "run")
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The params keys the step reads (its module's PARAMS)."""
+        return declared_params(self.name)
+
+    def output(self, name: str) -> Out:
+        """The output called `name`."""
+        for out in self.outputs:
+            if out.name == name:
+                return out
+        raise KeyError(f"step {self.name} has no output {name!r}")
+
+
+@cache
+def declared_params(step: str) -> tuple[str, ...]:
+    """`PARAMS` of components/<step>.py, read from the source (the module is not imported)."""
+    tree = ast.parse((REPO / "components" / f"{step}.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PARAMS" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    raise ValueError(f"components/{step}.py declares no PARAMS tuple")
+
+
+def build(params: Params) -> list[Step]:
+    """The steps for these params, in run order."""
+    digits = params.data.source == BUILTIN
+    own_backbone = params.model.backbone == PRETRAIN
+    pretrain_digits = own_backbone and params.pretrain_backbone.source == BUILTIN
+    steps: list[Step] = []
+    if digits or pretrain_digits:
+        steps.append(Step("make_digits", outputs=(Out("digits", "data/raw/digits"),)))
+    raw = Ref("make_digits", "digits", "target") if digits else External(params.data.source)
+    steps += [
+        Step("make_subset", {"raw": raw}, (Out("subset", "data/subset"),)),
+        Step("validate_data", {"subset": Ref("make_subset", "subset")},
+             (Out("validation", "data/validation", "Artifact"), Out("report", "reports/validate_data", "Artifact",
+                                                                    cache=False))),
+        Step("augment", {"subset": Ref("make_subset", "subset"), "validation": Ref("validate_data", "validation")},
+             (Out("augmented", "data/augmented"), Out("preview", "reports/augment", "Artifact", cache=False))),
+    ]
+    if own_backbone:
+        source = (Ref("make_digits", "digits", "source") if pretrain_digits
+                  else External(params.pretrain_backbone.source))
+        steps.append(Step("pretrain_backbone", {"source": source},
+                          (Out("backbone", "models/backbone", "Model"),
+                           Out("report", "reports/pretrain_backbone", "Artifact", cache=False)),
+                          gpu=True, metrics=("report/metrics.json",)))
+        backbone: Ref | External = Ref("pretrain_backbone", "backbone")
+    else:
+        backbone = External(params.model.backbone)
+    subset, validation = Ref("make_subset", "subset"), Ref("validate_data", "validation")
+    head, tuning = Ref("train_head", "head"), Ref("tune", "tuning")
+    steps += [
+        Step("extract_features", {"subset": subset, "validation": validation, "backbone": backbone},
+             (Out("features", "data/features"),), gpu=True),
+        Step("train_head", {"features": Ref("extract_features", "features"), "validation": validation},
+             (Out("head", "models/head", "Model"), Out("report", "reports/train_head", "Artifact", cache=False)),
+             metrics=("report/metrics.json",)),
+        Step("tune", {"subset": subset, "augmented": Ref("augment", "augmented"), "head": head,
+                      "backbone": backbone},
+             (Out("tuning", "reports/tune", "Artifact", cache=False),), gpu=True,
+             scratch={"cache-dir": "checkpoints/tune_cache"}, command="run",
+             plots=(("tuning/trials.csv", {"x": "freeze_ratio", "y": "value", "template": "scatter",
+                                           "title": "transferability: validation metric vs freeze ratio"}),
+                    ("tuning/transferability.png", {}), ("tuning/history.png", {}))),
+        Step("fine_tune", {"subset": subset, "validation": validation, "head": head, "backbone": backbone,
+                           "tuning": tuning},
+             (Out("model", "models/fine_tune", "Model"), Out("report", "reports/fine_tune", "Artifact", cache=False)),
+             gpu=True, scratch={"workdir": "checkpoints/fine_tune"}, metrics=("report/metrics.json",),
+             plots=(("report/history.json", {"x": "epoch", "y": "val_accuracy"}),)),
+        Step("evaluate", {"subset": subset, "validation": validation, "model": Ref("fine_tune", "model"),
+                          "head": head, "features": Ref("extract_features", "features")},
+             (Out("evaluation", "reports/evaluate", "Artifact", cache=False),),
+             metrics=("evaluation/metrics.json",),
+             plots=(("evaluation/confusion.csv", {"template": "confusion", "x": "actual", "y": "predicted"}),)),
+        Step("register", {"model": Ref("fine_tune", "model"), "evaluation": Ref("evaluate", "evaluation"),
+                          "subset": subset, "validation": validation, "tuning": tuning},
+             (Out("registration", "reports/register", "Artifact", cache=False),)),
+    ]
+    return steps
+
+
+def by_name(steps: list[Step]) -> dict[str, Step]:
+    """Steps keyed by name."""
+    return {s.name: s for s in steps}
+
+
+def path_of(steps: list[Step], ref: Ref | External) -> str:
+    """The local path (dvc) of an input: the producing step's output folder (+ sub-folder), or the value."""
+    if isinstance(ref, External):
+        return ref.value
+    out = by_name(steps)[ref.step].output(ref.output)
+    return f"{out.path}/{ref.sub}" if ref.sub else out.path
+
+
+def file_path(step: Step, spec: str) -> str:
+    """`output/file` of a step -> the file's local path."""
+    output, _, name = spec.partition("/")
+    return f"{step.output(output).path}/{name}"
+
+
+def argv(step: Step, steps: list[Step], root: str = "") -> list[str]:
+    """The step's CLI arguments (after `python -m components.<step>`), paths under `root` when given."""
+    def at(path: str) -> str:
+        return f"{root}/{path}" if root and not isinstance(path, External) else path
+
+    args = [step.command] if step.command else []
+    for name, ref in step.inputs.items():
+        value = path_of(steps, ref)
+        args += [f"--{name}", value if isinstance(ref, External) else at(value)]
+    args += [part for out in step.outputs for part in (f"--{out.name}", at(out.path))]
+    args += [part for flag, folder in step.scratch.items() for part in (f"--{flag}", at(folder))]
+    return args

@@ -1,0 +1,154 @@
+"""Start a run of a compiled pipeline package on a Kubeflow Pipelines API server, with credentials.
+
+Multi-user Kubeflow answers only authenticated requests (kubeflow/pipelines#7133). Credentials come from
+the environment or a file, never from pipeline parameters, and are never printed (error messages are
+redacted):
+
+- a bearer token: `--token-file FILE`, else `$KF_PIPELINES_TOKEN`;
+- else the projected service-account token that Kubeflow mounts into notebooks and pods
+  (`$KF_PIPELINES_SA_TOKEN_PATH`, default /var/run/secrets/kubeflow/pipelines/token) when it exists;
+  it is re-read on every request, so kubelet refreshes are picked up;
+- a session cookie, e.g. `authservice_session=...` from a browser login: `$KF_PIPELINES_COOKIE`;
+- the profile namespace: `--namespace`, else `$KF_PIPELINES_NAMESPACE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+TOKEN_ENV = "KF_PIPELINES_TOKEN"
+COOKIE_ENV = "KF_PIPELINES_COOKIE"
+NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"
+SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"  # the variable kfp itself reads
+SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
+AUTH_HINT = ("check the token (--token-file, $KF_PIPELINES_TOKEN) or session cookie ($KF_PIPELINES_COOKIE) "
+             "and --namespace")
+
+
+def credentials_from_env(token_file: str | None) -> dict[str, Any]:
+    """Keyword arguments for `kfp.Client` that authenticate it: a token, token-file credentials, a cookie.
+
+    Args:
+        token_file: A file holding a bearer token; it takes precedence over `$KF_PIPELINES_TOKEN`.
+
+    Returns:
+        Some of `existing_token`, `credentials` (a ServiceAccountTokenVolumeCredentials) and `cookies`;
+        empty when nothing is configured.
+
+    Raises:
+        PipelineError: `token_file` cannot be read or is empty.
+    """
+    from tlpipe.errors import PipelineError
+
+    kwargs: dict[str, Any] = {}
+    if token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise PipelineError(f"--token-file {token_file}: cannot read it ({exc.strerror})") from None
+        if not token:
+            raise PipelineError(f"--token-file {token_file} is empty")
+        kwargs["existing_token"] = token
+    elif os.environ.get(TOKEN_ENV, "").strip():
+        kwargs["existing_token"] = os.environ[TOKEN_ENV].strip()
+    else:
+        sa_path = os.environ.get(SA_TOKEN_PATH_ENV) or SA_TOKEN_PATH
+        if os.path.isfile(sa_path):
+            from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
+            kwargs["credentials"] = ServiceAccountTokenVolumeCredentials(path=sa_path)
+    if os.environ.get(COOKIE_ENV, "").strip():
+        kwargs["cookies"] = os.environ[COOKIE_ENV].strip()
+    return kwargs
+
+
+def submit(host: str, experiment: str, package: Path | str, arguments: dict[str, Any], namespace: str | None = None,
+           wait: bool = False, timeout: int = 6 * 3600, run_name: str | None = None, token: str | None = None,
+           cookies: str | None = None, token_file: str | None = None):
+    """Upload `package` as a run of `experiment` on the KFP API server at `host`; optionally wait for it.
+
+    Args:
+        host: The KFP API URL, e.g. http://localhost:8080 (a port-forward) or https://kubeflow.example.com/pipeline.
+        experiment: The experiment name (created if missing).
+        package: A compiled pipeline package (IR YAML).
+        arguments: Pipeline parameters.
+        namespace: The Kubeflow profile namespace; None = `$KF_PIPELINES_NAMESPACE`, else the server's default.
+        wait: Wait for the run and exit non-zero unless it succeeds.
+        timeout: Seconds to wait.
+        run_name: Name of the run; default "tlpipe-training <time>".
+        token: A bearer token; overrides `token_file` and the environment.
+        cookies: A Cookie header value; overrides `$KF_PIPELINES_COOKIE`.
+        token_file: A file holding a bearer token (see `credentials_from_env`).
+
+    Returns:
+        The run (`run.run_id`).
+
+    Raises:
+        PipelineError: The API could not be reached or refused the request (one line, no credentials).
+        SystemExit: With `wait`, the run ended in a state other than SUCCEEDED.
+    """
+    import kfp
+    from kfp_server_api import ApiException
+
+    from tlpipe.errors import PipelineError
+    from tlpipe.redact import redact, redact_text
+
+    auth = credentials_from_env(token_file)
+    if token:
+        auth.pop("credentials", None)
+        auth["existing_token"] = token
+    if cookies:
+        auth["cookies"] = cookies
+    secrets = _secret_values(auth)
+    namespace = namespace or os.environ.get(NAMESPACE_ENV) or None
+
+    def one_line(exc: Exception) -> str:
+        if isinstance(exc, ApiException):
+            hint = f"; {AUTH_HINT}" if exc.status in (401, 403) else ""
+            return redact_text(f"HTTP {exc.status} {exc.reason}", secrets) + hint
+        return redact_text((str(exc).splitlines() or [type(exc).__name__])[0][:300], secrets)
+
+    where = redact(host)
+    try:
+        with warnings.catch_warnings():  # kfp warns on every Client() that it needs a v2 backend
+            warnings.simplefilter("ignore", FutureWarning)
+            client = kfp.Client(host=host, namespace=namespace, **auth) if namespace else kfp.Client(host=host, **auth)
+        run = client.create_run_from_pipeline_package(
+            str(package), arguments=arguments, experiment_name=experiment, namespace=namespace,
+            run_name=run_name or f"tlpipe-training {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    except Exception as exc:  # connection refused, auth, HTTP errors from the KFP API: one line for a person
+        raise PipelineError(f"KFP API at {where}: {one_line(exc)}; check --host (e.g. a port-forward to "
+                            "ml-pipeline-ui) and that you are logged in to the cluster") from None
+    print(f"submitted run {run.run_id} to experiment {experiment!r} on {where}")
+    if wait:
+        try:
+            done = client.wait_for_run_completion(run.run_id, timeout=timeout)
+        except Exception as exc:  # timeout or API errors while polling
+            raise PipelineError(f"waiting for run {run.run_id} on {where}: {one_line(exc)}") from None
+        state = getattr(done, "state", None) or getattr(getattr(done, "run", None), "status", "unknown")
+        print(f"run {run.run_id} finished: {state}")
+        if str(state).upper() not in ("SUCCEEDED", "SUCCESS"):
+            raise SystemExit(1)
+    return run
+
+
+def _secret_values(auth: dict[str, Any]) -> tuple[str, ...]:
+    """The strings a message must never show: the token, the whole cookie header and each cookie value."""
+    values = [auth.get("existing_token") or ""]
+    cookie = auth.get("cookies") or ""
+    values += [cookie] + [part.partition("=")[2].strip() for part in cookie.split(";")]
+    return tuple(v for v in values if v)
+
+
+def auth_arguments() -> argparse.ArgumentParser:
+    """A parent parser with the credential flags (`--namespace`, `--token-file`); the rest comes from env."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--namespace", help=f"Kubeflow profile namespace (default: ${NAMESPACE_ENV})")
+    p.add_argument("--token-file", help=f"file holding a bearer token (default: ${TOKEN_ENV}, else the "
+                                        f"service-account token at ${SA_TOKEN_PATH_ENV} or {SA_TOKEN_PATH})")
+    return p

@@ -1,0 +1,194 @@
+"""Typed contracts of the files that pass between steps: one model per file, with its name and read/write.
+
+Every artifact is a folder (a DVC output, a KFP artifact's `.path`); the names of the files inside it are
+written here and nowhere else. A step reads an upstream file with `Model.read(folder)` and writes its own
+with `model.write(folder)`; a missing or malformed file is one line naming it and the step that makes it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tlpipe.errors import DataError
+
+# Binary files inside artifact folders (their formats are Keras' and NumPy's own).
+MANIFEST = "manifest.csv"  # make_subset: one row per image (tlpipe.data.datasets reads it)
+QUARANTINE = "quarantine.csv"
+BACKBONE_FILE = "backbone.keras"
+HEAD_FILE = "head.keras"
+MODEL_FILE = "model.keras"
+COPIES_FILE = "train.npz"  # augment: pre-augmented copies of the training split
+METRICS_FILE = "metrics.json"
+SPLITS = ("train", "val", "test")
+
+
+def features_file(split: str) -> str:
+    """extract_features' file for one split."""
+    return f"{split}.npz"
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Pretty JSON, creating the folder (reports that no other step reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+class Contract(BaseModel):
+    """A JSON file inside an artifact folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    FILE: ClassVar[str]
+    PRODUCER: ClassVar[str]
+
+    @classmethod
+    def read(cls, folder: str | Path):
+        """Load and validate `folder/FILE`."""
+        path = Path(folder) / cls.FILE
+        if not path.is_file():
+            raise DataError(f"{path}: not found; run {cls.PRODUCER} first")
+        try:
+            return cls.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise DataError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}; rerun {cls.PRODUCER}") from None
+
+    def write(self, folder: str | Path) -> Path:
+        """Write `folder/FILE`; returns its path."""
+        path = Path(folder) / self.FILE
+        write_json(path, self.model_dump(mode="json"))
+        return path
+
+
+class SubsetSummary(Contract):
+    """make_subset: what was read and how many images each split holds."""
+
+    FILE: ClassVar[str] = "summary.json"
+    PRODUCER: ClassVar[str] = "make_subset"
+    source: str
+    layout: str
+    classes: list[str]
+    requested: dict[str, int]
+    images: int
+    quarantined: int
+    ignored_files: int
+
+
+class ValidationResult(Contract):
+    """validate_data: written only when every expectation held."""
+
+    FILE: ClassVar[str] = "validation.json"
+    PRODUCER: ClassVar[str] = "validate_data"
+    success: bool
+    images: int
+    classes: list[str]
+    expectations: int
+    quarantined: int
+
+
+class BackboneInfo(Contract):
+    """pretrain_backbone: what the backbone is and what it was trained on."""
+
+    FILE: ClassVar[str] = "backbone.json"
+    PRODUCER: ClassVar[str] = "pretrain_backbone"
+    architecture: str
+    source_classes: list[str]
+    source_images: int
+    image_size: int
+    sha256: str
+    val_accuracy: float
+
+
+class FeaturesInfo(Contract):
+    """extract_features: classes in output order and the feature width."""
+
+    FILE: ClassVar[str] = "features.json"
+    PRODUCER: ClassVar[str] = "extract_features"
+    classes: list[str]
+    feature_dim: int
+    backbone: str
+    backbone_sha256: str
+
+
+class HyperParams(BaseModel):
+    """What tuning searches over and fine-tuning uses."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    freeze_ratio: float
+    learning_rate: float
+    dropout: float
+    head_units: int
+    regime: Literal["frozen", "fine_tune", "full", "scratch"] = "fine_tune"
+
+
+class BestParams(Contract):
+    """tune: the hyperparameters fine_tune trains with, and where they came from."""
+
+    FILE: ClassVar[str] = "best_params.json"
+    PRODUCER: ClassVar[str] = "tune"
+    source: Literal["study", "params"]  # params: tuning was off; fine_tune uses its own params
+    params: HyperParams | None = None
+    study_name: str = ""
+    metric: str = ""
+    value: float | None = None
+    trial: int | None = None
+    boundary: str | None = None
+    states: dict[str, int] = {}
+    epochs_run: int = 0
+    stopped_by: Literal["n_trials", "timeout", "disabled"] = "n_trials"
+
+
+class TrainedModel(Contract):
+    """fine_tune: the MLflow run and model URI of the trained model, its classes and freeze plan."""
+
+    FILE: ClassVar[str] = "run.json"
+    PRODUCER: ClassVar[str] = "fine_tune"
+    run_id: str
+    model_uri: str
+    classes: list[str]
+    freeze: dict[str, Any]
+    hyperparameters: HyperParams
+    resumed: bool
+    best_epoch: int
+    backbone: str = ""  # the backbone's identity (content hash, or application:weights:size)
+    chance_level: bool = False
+
+
+class EvalMetrics(Contract):
+    """evaluate: test-split scores of the final model and the baselines (what `dvc metrics show` shows)."""
+
+    FILE: ClassVar[str] = METRICS_FILE
+    PRODUCER: ClassVar[str] = "evaluate"
+    accuracy: float
+    loss: float
+    macro_f1: float
+    accuracy_ci95: list[float]
+    macro_f1_ci95: list[float]
+    frozen_features: dict[str, Any]
+    fine_tune_gain: float
+    test_images: int
+
+
+class Registration(Contract):
+    """register: the version made (or reused) and the gate's decision."""
+
+    FILE: ClassVar[str] = "registration.json"
+    PRODUCER: ClassVar[str] = "register"
+    model_name: str
+    version: str
+    reused: bool
+    validation_status: Literal["passed", "failed"]
+    reasons: list[str]
+    test_accuracy: float
+    champion_version: str | None
+    champion_test_accuracy: float | None
+    auto_promoted: bool
+    register_run_id: str
+    test_set_sha256: str
+    # With a champion: tlpipe.reports.stats.compare() on the shared test images (fixed, broken, mcnemar_p,
+    # gain, gain_ci95, recall_change_ci95, min_detectable_gain, ...); None when there was no champion.
+    comparison: dict[str, Any] | None = None

@@ -1,0 +1,65 @@
+"""Lineage facts tying a run to its code and data: git commit, content hashes, dvc.lock hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tlpipe.contracts import ValidationResult
+
+
+def git_commit() -> str:
+    """The current commit (with '-dirty' when the tree has changes); TLPIPE_GIT_COMMIT (the image's) outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("TLPIPE_GIT_COMMIT", "unknown")
+    return head + ("-dirty" if dirty else "")
+
+
+def content_hash(path: str | Path) -> str:
+    """A sha256 over a file, or over a folder's relative paths and file contents (sorted)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() if file != path else b"")
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dvc_lock_hashes(paths: list[str], lock: Path = Path("dvc.lock")) -> dict[str, str]:
+    """md5 that dvc.lock records for each path (as an output of an earlier stage), where it has one."""
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    recorded = {}
+    for stage in stages.values():
+        for item in stage.get("outs", []) + stage.get("deps", []):
+            recorded.setdefault(os.path.normpath(item["path"]), item.get("md5", ""))
+    return {p: recorded[os.path.normpath(p)] for p in paths if os.path.normpath(p) in recorded}
+
+
+def lineage_tags(inputs: dict[str, str], validation: str | None) -> dict[str, str]:
+    """Tags tying a run to its code and data: git commit, dvc.lock md5 and content hash of each input."""
+    tags = {"git_commit": git_commit()}
+    lock = dvc_lock_hashes(list(inputs.values()))
+    for name, path in inputs.items():
+        if Path(path).exists():
+            tags[f"data.{name}.sha256"] = content_hash(path)
+        if path in lock:
+            tags[f"data.{name}.dvc_md5"] = lock[path]
+    if validation and (Path(validation) / ValidationResult.FILE).is_file():
+        result = ValidationResult.read(validation)
+        tags["data_validation"] = "passed" if result.success else "failed"
+        tags["data_validation.expectations"] = str(result.expectations)
+        tags["data_validation.quarantined"] = str(result.quarantined)
+    return tags

@@ -1,0 +1,167 @@
+"""The model registry: aliases (@champion, @challenger, @previous), gated promotion, rollback, status.
+
+Every move is recorded on the versions as tags: who, when and why. Operator commands (operators/registry.py)
+and the register step use these functions; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import time
+
+from tlpipe.errors import PipelineError
+from tlpipe.redact import redact, redact_text
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+
+
+def connect(params):
+    """An MlflowClient on the tracking URI, checked to answer (bounded retries), or a one-line error.
+
+    MLflow's HTTP retries are capped from `registry.http_retries` / `registry.http_timeout` so a server that
+    is down fails in seconds, before anything is written.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from tlpipe.tracking.runs import tracking_uri
+
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(params.registry.http_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(params.registry.http_timeout)
+    import mlflow
+
+    uri = tracking_uri(params)
+    if uri.startswith("postgresql") and "psycopg2" not in uri:
+        uri = uri.replace("postgresql://", "postgresql+psycopg2://", 1)  # the driver this project ships
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        client = mlflow.MlflowClient(uri, uri)
+        client.search_registered_models(max_results=1)
+    except (MlflowException, OSError, ImportError, ValueError) as exc:  # down, refused, missing driver, bad URI
+        reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        raise PipelineError(f"MLflow registry at {redact(uri)} did not answer after {params.registry.http_retries} "
+                            f"retries ({reason}); start the server or set MLFLOW_TRACKING_URI") from None
+    return client
+
+
+def alias_version(client, name: str, alias: str):
+    """The model version an alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def get_version(client, name: str, version: str | int):
+    """A model version by number or by `@alias`; a one-line error if there is none."""
+    from mlflow.exceptions import MlflowException
+
+    text = str(version)
+    if text.startswith("@"):
+        found = alias_version(client, name, text[1:])
+        if found is None:
+            raise PipelineError(f"model {name!r} has no version with alias {text}; see `registry status`")
+        return found
+    try:
+        return client.get_model_version(name, text)
+    except MlflowException:
+        raise PipelineError(f"model {name!r} has no version {text}; see `registry status`") from None
+
+
+def whoami() -> str:
+    """Who is acting: TLPIPE_USER, else the login name."""
+    return os.environ.get("TLPIPE_USER") or getpass.getuser()
+
+
+def _stamp(client, name: str, version: str, action: str, reason: str, **extra: str) -> None:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    tags = {f"{action}_by": whoami(), f"{action}_at": now, f"{action}_reason": reason, **extra}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def promote(client, name: str, version: str | int, reason: str, force: bool = False) -> dict:
+    """Move `@champion` to `version`; the old champion stays reachable as `@previous`.
+
+    Raises:
+        PipelineError: no reason, or the version's gate did not pass and `force` is not set.
+    """
+    if not reason.strip():
+        raise PipelineError("promote needs --reason \"...\": the registry records why a model went to production")
+    target = get_version(client, name, version)
+    status = target.tags.get("validation_status", "missing")
+    if status != "passed" and not force:
+        raise PipelineError(f"version {target.version} has validation_status={status} "
+                            f"({target.tags.get('validation_reasons', 'no gate result')}); "
+                            "fix it, or force it with a reason: make promote VERSION=N REASON=\"...\" FORCE=1 "
+                            "(python -m operators.registry promote N --reason ... --force)")
+    current = alias_version(client, name, CHAMPION)
+    if current is not None and current.version == target.version:
+        raise PipelineError(f"version {target.version} is already @champion")
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS, current.version)
+    client.set_registered_model_alias(name, CHAMPION, target.version)
+    _stamp(client, name, target.version, "promoted", reason, promoted_forced=str(bool(force)).lower())
+    return {"champion": target.version, "previous": current.version if current else None}
+
+
+def rollback(client, name: str, reason: str) -> dict:
+    """Point `@champion` back at `@previous`; the demoted version is tagged with who, when and why."""
+    if not reason.strip():
+        raise PipelineError("rollback needs --reason \"...\"")
+    previous = alias_version(client, name, PREVIOUS)
+    if previous is None:
+        raise PipelineError(f"model {name!r} has no @previous version to roll back to")
+    current = alias_version(client, name, CHAMPION)
+    client.set_registered_model_alias(name, CHAMPION, previous.version)
+    client.delete_registered_model_alias(name, PREVIOUS)
+    if current is not None:
+        _stamp(client, name, current.version, "rolled_back", reason)
+    _stamp(client, name, previous.version, "restored", reason)
+    return {"champion": previous.version, "demoted": current.version if current else None}
+
+
+def aliases(client, name: str) -> dict[str, list[str]]:
+    """Version -> its `@aliases` (search results do not carry aliases; the registered model does)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return {}
+    out: dict[str, list[str]] = {}
+    for alias, version in sorted(model.aliases.items()):
+        out.setdefault(str(version), []).append(f"@{alias}")
+    return out
+
+
+def status_rows(client, name: str) -> list[dict]:
+    """Every version, newest first, with its aliases, gate status and test accuracy."""
+    versions = client.search_model_versions(f"name = '{name}'")
+    by_version = aliases(client, name)
+    rows = []
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        rows.append({"version": v.version, "aliases": ",".join(by_version.get(str(v.version), [])) or "-",
+                     "validation_status": v.tags.get("validation_status", "-"),
+                     "test_accuracy": v.tags.get("test_accuracy", "-"),
+                     "backbone": v.tags.get("backbone", "-"), "freeze_ratio": v.tags.get("freeze_ratio", "-"),
+                     "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(v.creation_timestamp / 1000))})
+    return rows
+
+
+def load_version_model(client, name: str, version):
+    """The Keras model of a registry version and its class names (from the version's `classes` tag)."""
+    import mlflow
+
+    import tlpipe.data.augmentation  # noqa: F401 - registers the custom augmentation layer for deserialization
+
+    classes = json.loads(version.tags.get("classes", "[]"))
+    if not classes:
+        raise PipelineError(f"version {version.version} of {name!r} has no classes tag; register it with tlpipe")
+    model = mlflow.keras.load_model(f"models:/{name}/{version.version}")
+    return model, classes

@@ -1,0 +1,148 @@
+"""MLflow tracking shared by the steps: one run per step, grouped under one pipeline run.
+
+Default store: SQLite inside the project (`mlflow ui --backend-store-uri sqlite:///mlflow.db`);
+MLFLOW_TRACKING_URI, read at run time, points it at a server instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Iterator
+
+from tlpipe.errors import PipelineError
+from tlpipe.redact import redact, redact_text
+from tlpipe.step_params import StepParams
+from tlpipe.tracking.lineage import git_commit, lineage_tags
+
+GROUP_ENV = "TLPIPE_RUN_GROUP"
+GROUP_TAG = "tlpipe.run_group"
+OWNER_TAG = "tlpipe.owner"  # host:pid of the process that holds a run open
+
+
+def tracking_uri(params: StepParams) -> str:
+    """MLFLOW_TRACKING_URI if set, else the embedded store from params."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.default_uri
+
+
+def run_group(params: StepParams) -> str:
+    """The id shared by all steps of one pipeline run: TLPIPE_RUN_GROUP, else commit + params file hash."""
+    explicit = os.environ.get(GROUP_ENV, "")
+    if explicit and not explicit.startswith("{{"):  # a backend that left the job-id placeholder unresolved
+        return explicit
+    return f"{git_commit()[:12]}-{params.source_hash}"
+
+
+def _client_setup(params: StepParams):
+    import mlflow
+
+    uri = tracking_uri(params)
+    if uri.startswith("postgresql") and "psycopg2" not in uri:
+        uri = uri.replace("postgresql://", "postgresql+psycopg2://", 1)  # the driver this project ships
+    mlflow.set_tracking_uri(uri)
+    for attempt in (1, 2):
+        try:
+            return mlflow, mlflow.set_experiment(params.tracking.experiment)
+        except Exception as exc:  # connection refused, HTTP 5xx, bad URI, missing driver: tracking is unusable
+            if attempt == 1 and "already exists" in str(exc):
+                continue  # another worker created it between our lookup and our create
+            reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            raise PipelineError(f"MLflow tracking at {redact(uri)} is not usable ({reason}); "
+                                "check MLFLOW_TRACKING_URI or tracking.default_uri") from None
+    raise AssertionError("unreachable")
+
+
+def _parent_run(mlflow, experiment_id: str, group: str) -> str:
+    found = mlflow.search_runs([experiment_id], filter_string=f"tags.`{GROUP_TAG}` = '{group}' "
+                               "and tags.`tlpipe.role` = 'pipeline'", max_results=1, output_format="list")
+    if found:
+        return found[0].info.run_id
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, run_name=f"pipeline {group}",
+                            tags={GROUP_TAG: group, "tlpipe.role": "pipeline"})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's process: not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_orphans(mlflow, experiment_id: str, step: str) -> int:
+    """Runs of `step` (and their nested runs) left RUNNING by a killed process on this host -> KILLED."""
+    client = mlflow.MlflowClient()
+    stale = mlflow.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                               output_format="list", max_results=500)
+    closed = 0
+    for run in stale:
+        owner = run.data.tags.get(OWNER_TAG, "")
+        if owner and run.data.tags.get("tlpipe.step") == step and not _alive(owner):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed += 1
+    return closed
+
+
+def prepare(params: StepParams) -> None:
+    """Create the store, the experiment and this group's pipeline run once, before parallel workers.
+
+    N tuning workers starting together on a fresh embedded SQLite store would race on its schema
+    migration and on creating the parent run; `tune create-study` calls this first.
+    """
+    mlflow, experiment = _client_setup(params)
+    _parent_run(mlflow, experiment.experiment_id, run_group(params))
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt  # unwinds the run context: the run is closed (KILLED), staging folders removed
+
+
+@contextlib.contextmanager
+def step_run(params: StepParams, step: str, inputs: dict[str, str] | None = None,
+             validation: str | None = None) -> Iterator[object]:
+    """An MLflow run named after the step, nested under the pipeline run of this group, its params logged."""
+    mlflow, experiment = _client_setup(params)
+    closed = close_orphans(mlflow, experiment.experiment_id, step)
+    if closed:
+        print(f"{step}: closed {closed} MLflow run(s) left RUNNING by a killed {step} as KILLED")
+    group = run_group(params)
+    parent = _parent_run(mlflow, experiment.experiment_id, group)
+    tags = {GROUP_TAG: group, "tlpipe.step": step, "tlpipe.role": "step",
+            OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}", **lineage_tags(inputs or {}, validation)}
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        with mlflow.start_run(run_name=step, parent_run_id=parent, tags=tags) as run:
+            mlflow.log_params({k: str(v)[:500] for k, v in params.declared().items()})
+            try:
+                yield run
+            except KeyboardInterrupt:
+                mlflow.end_run("KILLED")
+                raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class EpochLogger:
+    """A Keras callback that logs every epoch's metrics to the active MLflow run."""
+
+    def __new__(cls, prefix: str = ""):
+        import keras
+        import mlflow
+
+        class _Logger(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if mlflow.active_run() is None:
+                    return  # a core called outside a tracked step: nothing to log to
+                mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in (logs or {}).items()}, step=epoch)
+
+        return _Logger()

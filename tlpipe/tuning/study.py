@@ -1,0 +1,134 @@
+"""The Optuna study: its identity, storage, sampler, pruner and search space.
+
+The study name carries a fingerprint of everything a trial's value depends on: the training and
+validation images (the manifest's hashes), the augmented copies, the backbone's bytes (or application +
+weights), the warm-start head, the search space and the trial recipe. Same fingerprint = the same study,
+resumed; any change = a new study, so trials of two datasets or two backbones never mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from tlpipe.config import TuneConfig
+from tlpipe.errors import PipelineError
+from tlpipe.redact import redact, redact_text
+
+FINISHED = ("COMPLETE", "PRUNED")
+# Keys of `tune` that decide how long or where a study runs, not what a trial computes.
+VOLATILE = ("n_trials", "timeout", "storage", "enabled", "study_name", "heartbeat_interval", "max_retries",
+            "pool_size", "cache_max_bytes")
+
+
+def study_fingerprint(cfg: TuneConfig, recipe: dict, subset: Path, augmented: Path | None, head: Path | None,
+                      backbone_identity: str) -> str:
+    """sha256 (12 hex) over the data, backbone, head, search space and recipe."""
+    from tlpipe.data.datasets import read_manifest
+    from tlpipe.tracking.lineage import content_hash
+
+    manifest = read_manifest(subset)
+    used = manifest[manifest["split"].isin(["train", "val"])][["split", "class", "sha256"]]
+    parts = {
+        "data": hashlib.sha256(used.to_csv(index=False).encode()).hexdigest(),
+        "augmented": content_hash(augmented) if augmented and Path(augmented).exists() else "",
+        "head": content_hash(head) if head and Path(head).exists() else "",
+        "backbone": backbone_identity,
+        "space": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in VOLATILE},
+        "recipe": recipe,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def make_storage(cfg: TuneConfig, url: str | None = None):
+    """RDB storage (SQLite/PostgreSQL, heartbeats + retries) or a journal file (no heartbeats)."""
+    import optuna
+
+    url = url or cfg.storage
+    if "@" in url.split("//", 1)[-1].split("/", 1)[0]:
+        raise PipelineError(f"tune storage {redact(url)} holds credentials; put them in PGUSER/PGPASSWORD "
+                            "(environment), not in the URL")
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    kwargs = {}
+    if url.startswith("postgresql"):
+        # Credentials come from PGUSER/PGPASSWORD (libpq reads them); a small pool per worker keeps
+        # N workers x pool_size under PostgreSQL's max_connections (infra/README.md has the arithmetic).
+        url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
+        kwargs["engine_kwargs"] = {"pool_size": cfg.pool_size, "max_overflow": 0, "pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.heartbeat_interval * 3,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=cfg.max_retries), **kwargs)
+    except Exception as exc:  # SQLAlchemy/psycopg2 raise many types; all mean "storage unusable"
+        reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        raise PipelineError(f"tune storage {redact(url)}: cannot open the study storage ({reason})") from None
+
+
+def sampler(cfg: TuneConfig, seed: int):
+    """TPE (constant liar, so concurrent workers do not propose the same point) or random, seeded."""
+    import optuna
+
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, max(1, cfg.n_trials // 3)),
+                                      constant_liar=True)
+
+
+def pruner(cfg: TuneConfig):
+    """The configured pruner (median after a warm-up epoch, hyperband, or none)."""
+    import optuna
+
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def create_study(cfg: TuneConfig, name: str, seed: int, storage_url: str | None = None, worker: int = 0):
+    """Create the study if it does not exist yet (once, before workers start), or load it."""
+    import optuna
+
+    direction = "maximize" if cfg.metric.endswith("accuracy") else "minimize"
+    return optuna.create_study(study_name=name, storage=make_storage(cfg, storage_url), direction=direction,
+                               sampler=sampler(cfg, seed + worker), pruner=pruner(cfg), load_if_exists=True)
+
+
+def counts(study) -> dict[str, int]:
+    """Trials per state name."""
+    out: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        out[trial.state.name] = out.get(trial.state.name, 0) + 1
+    return out
+
+
+def finished(study) -> int:
+    """Complete + pruned trials."""
+    state = counts(study)
+    return sum(state.get(s, 0) for s in FINISHED)
+
+
+def freeze_points(backbone) -> list[float]:
+    """The effective freeze ratios of the backbone's valid boundaries."""
+    from tlpipe.models.backbones import cut_points
+
+    total = len(backbone.layers) - 1
+    return [k / total for k in cut_points(backbone)]
+
+
+def suggest(trial, cfg: TuneConfig, points: list[float]) -> tuple[float, float, float | None, int | None]:
+    """Sample a trial's hyperparameters; freeze ratio is an index into the real boundaries in range."""
+    low, high = cfg.freeze_ratio
+    inside = [p for p in points if low - 1e-9 <= p <= high + 1e-9] or [min(points, key=lambda p: abs(p - low))]
+    index = trial.suggest_int("freeze_point", 0, len(inside) - 1)
+    ratio = inside[index]
+    trial.set_user_attr("freeze_ratio", ratio)
+    lr = trial.suggest_float("learning_rate", *cfg.learning_rate, log=True)
+    dropout = trial.suggest_float("dropout", *cfg.dropout) if cfg.dropout else None
+    units = trial.suggest_int("head_units", *cfg.head_units, log=True) if cfg.head_units else None
+    return ratio, lr, dropout, units

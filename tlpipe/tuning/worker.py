@@ -1,0 +1,133 @@
+"""A tuning worker: loads data and backbone once, then takes trials of the shared study until its budget.
+
+The budget is a trial count (`tune.n_trials` finished trials over all workers; Optuna's MaxTrialsCallback),
+so the result does not depend on machine load; `tune.timeout` is an optional wall-clock cap per worker, and
+best_params.json says when it cut the study short. Each trial is a nested MLflow run; pruned trials are
+tagged `optuna.state=pruned`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlpipe.config import TuneConfig
+from tlpipe.contracts import BestParams, HyperParams
+from tlpipe.errors import PipelineError
+from tlpipe.tuning.study import FINISHED, counts, finished, freeze_points, suggest
+from tlpipe.tuning.trial import ActivationCache, Recipe, load_trial_data, run_trial
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Hyperparameters a study does not search, taken from params."""
+
+    dropout: float
+    head_units: int
+
+
+class Worker:
+    """One worker process (or pod) of a study."""
+
+    def __init__(self, cfg: TuneConfig, recipe: Recipe, defaults: Defaults, subset: Path, head: Path,
+                 augmented: Path | None, cache_dir: Path, load_backbone, identity: str, worker: int = 0):
+        self.cfg, self.recipe, self.defaults, self.head, self.worker = cfg, recipe, defaults, head, worker
+        self.data = load_trial_data(subset, augmented, recipe.image_size)
+        self.load_backbone, self.identity = load_backbone, identity
+        self.points = freeze_points(load_backbone())
+        self.cache = ActivationCache(cache_dir, cfg.cache_max_bytes, cfg.cache_dtype) if cfg.cache else None
+
+    def objective(self, trial) -> float:
+        """Train one trial (pruned on the per-epoch metric), logged as a nested MLflow run."""
+        import keras
+        import mlflow
+        import optuna
+        from optuna_integration import KerasPruningCallback
+
+        from tlpipe.tracking.runs import EpochLogger
+
+        cfg = self.cfg
+        ratio, lr, dropout, units = suggest(trial, cfg, self.points)
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("dropout", self.defaults.dropout if dropout is None else dropout)
+        trial.set_user_attr("head_units", self.defaults.head_units if units is None else units)
+        hp = HyperParams(freeze_ratio=ratio, learning_rate=lr,
+                         dropout=self.defaults.dropout if dropout is None else dropout,
+                         head_units=self.defaults.head_units if units is None else units)
+
+        class Epochs(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                trial.set_user_attr("epochs_run", epoch + 1)
+
+        with mlflow.start_run(run_name=f"trial {trial.number}", nested=True,
+                              tags={"tlpipe.step": "tune", "optuna.trial": str(trial.number),
+                                    "optuna.study": trial.study.study_name, "tlpipe.worker": str(self.worker)}):
+            mlflow.log_params(hp.model_dump())
+            state = "failed"
+            try:
+                result = run_trial(self.recipe, hp, self.data, self.load_backbone(), self.head, self.cache,
+                                   self.identity,
+                                   callbacks=[Epochs(), EpochLogger(), KerasPruningCallback(trial, cfg.metric)])
+                values = result["history"][cfg.metric]
+                best = max(values) if cfg.metric.endswith("accuracy") else min(values)
+                trial.set_user_attr("mode", result["mode"])
+                trial.set_user_attr("frozen_layers", result["plan"].frozen)
+                trial.set_user_attr("boundary", result["plan"].boundary)
+                mlflow.log_metric(f"best_{cfg.metric}", best)
+                state = "complete"
+                return best
+            except optuna.TrialPruned:
+                state = "pruned"
+                raise
+            finally:
+                mlflow.set_tag("optuna.state", state)
+
+    def _progress(self, study, trial) -> None:
+        try:
+            best = f"{study.best_value:.4f}"
+        except ValueError:  # no complete trial yet
+            best = "-"
+        print(f"tune: trial {trial.number} {trial.state.name.lower()} ({finished(study)} of {self.cfg.n_trials} "
+              f"finished; best so far {best})", flush=True)
+
+    def work(self, study) -> tuple[int, bool]:
+        """Take trials until tune.n_trials are finished in the study; returns (trials run, stopped by timeout)."""
+        import optuna
+        from optuna.study import MaxTrialsCallback
+        from optuna.trial import TrialState
+
+        if finished(study) >= self.cfg.n_trials:
+            return 0, False
+        before = len(study.get_trials(deepcopy=False))
+        started = time.monotonic()
+        study.optimize(self.objective, timeout=self.cfg.timeout, catch=(ValueError, ArithmeticError),
+                       callbacks=[MaxTrialsCallback(self.cfg.n_trials, states=(TrialState.COMPLETE,
+                                                                               TrialState.PRUNED)),
+                                  self._progress], gc_after_trial=True)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        timed_out = bool(self.cfg.timeout) and time.monotonic() - started >= self.cfg.timeout \
+            and finished(study) < self.cfg.n_trials
+        return len(study.get_trials(deepcopy=False)) - before, timed_out
+
+
+def summarize(study, cfg: TuneConfig, out_dir: Path, stopped_by: str) -> BestParams:
+    """Write best_params.json, trials.csv and the plots of this study's trials; return the summary."""
+    from tlpipe.tuning.plots import plot_all
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED + ("FAIL",)]
+    if not any(t.state.name == "COMPLETE" for t in trials):
+        raise PipelineError(f"study {study.study_name}: no trial completed ({counts(study)}); see the MLflow runs")
+    best = study.best_trial
+    hp = {"freeze_ratio": best.user_attrs["freeze_ratio"], "learning_rate": best.params["learning_rate"],
+          "dropout": best.params.get("dropout", best.user_attrs.get("dropout")),
+          "head_units": best.params.get("head_units", best.user_attrs.get("head_units"))}
+    summary = BestParams(source="study", study_name=study.study_name, metric=cfg.metric, value=best.value,
+                         trial=best.number, params=HyperParams(**hp), boundary=best.user_attrs.get("boundary"),
+                         states=counts(study), stopped_by=stopped_by,
+                         epochs_run=sum(t.user_attrs.get("epochs_run", 0) for t in trials))
+    summary.write(out_dir)
+    plot_all(study, trials, out_dir, cfg.metric)
+    return summary
