@@ -17,9 +17,11 @@ export GX_ANALYTICS_ENABLED ?= false
 export MPLBACKEND ?= Agg
 IMAGE ?= ghcr.io/tlpipe/tlpipe
 TAG ?= 0.1.0
+DIGEST ?=
+IMAGE_REF = $(IMAGE)$(if $(DIGEST),@$(DIGEST),:$(TAG))
 PYTEST_ARGS ?=
 
-.PHONY: help venv tools system-deps run test test-fast lint review promote rollback status predict \
+.PHONY: help venv tools system-deps dvc.yaml clean-cache run test test-fast lint review promote rollback status predict \
         compile run-local submit bench image image-gpu clean
 
 help: ## list the targets
@@ -47,53 +49,59 @@ $(TOOLS_VENV)/.installed:
 
 tools: $(TOOLS_VENV)/.installed ## infra linters (checkov) in their own environment
 
-system-deps: ## Debian packages the tests use (PostgreSQL server, kubectl)
+system-deps: ## Debian packages the tests use (PostgreSQL server, Chromium, kubectl)
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing postgresql"; apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "installing chromium (review page browser test)"; apt-get update -qq && apt-get install -y -qq chromium >/dev/null; fi
 	@if ! command -v kubectl >/dev/null 2>&1; then \
 	  echo "installing kubectl"; apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null; fi
 
-run: venv ## run the pipeline (dvc repro) on the embedded default data
+dvc.yaml: venv ## validate params.yaml, then regenerate dvc.yaml from pipelines/graph.py and params.yaml
+	python -m pipelines.dvc_yaml
+
+run: venv ## run the pipeline (dvc repro) on data.source (default: the embedded digits)
+	python -m pipelines.dvc_yaml  # checks params.yaml first: a typo stops here, before DVC deletes outputs
 	TLPIPE_RUN_GROUP=$${TLPIPE_RUN_GROUP:-repro-$$(date +%Y%m%d-%H%M%S)} dvc repro
 	dvc metrics show
 
 test: venv tools system-deps ## ruff, then the whole test suite (slow end-to-end tests included)
-	ruff check components pipelines tests benchmarks
+	ruff check components tlpipe operators pipelines tests benchmarks
 	pytest $(PYTEST_ARGS)
 
 test-fast: venv ## unit tests only (skips tests marked slow/servers/infra)
 	pytest -m "not slow and not servers and not infra" $(PYTEST_ARGS)
 
 lint: venv ## ruff
-	ruff check components pipelines tests benchmarks
+	ruff check components tlpipe operators pipelines tests benchmarks
 
 review: venv ## promotion review of @challenger (VERSION=N for another) -> reports/review/review.html
-	python -m components.review --version $${VERSION:-@challenger} --out reports/review
+	python -m operators.review --version $${VERSION:-@challenger} --out reports/review
 
 promote: venv ## make a version @champion: make promote VERSION=3 REASON="why" [FORCE=1]
 	@test -n "$(VERSION)" -a -n "$(REASON)" || { echo 'usage: make promote VERSION=N REASON="why" [FORCE=1]'; exit 2; }
-	python -m components.registry promote $(VERSION) --reason "$(REASON)" $(if $(FORCE),--force)
+	python -m operators.registry promote $(VERSION) --reason "$(REASON)" $(if $(FORCE),--force)
 
 rollback: venv ## point @champion back at @previous: make rollback REASON="why"
 	@test -n "$(REASON)" || { echo 'usage: make rollback REASON="why"'; exit 2; }
-	python -m components.registry rollback --reason "$(REASON)"
+	python -m operators.registry rollback --reason "$(REASON)"
 
 status: venv ## registry versions with aliases, gate status and test accuracy
-	python -m components.registry status
+	python -m operators.registry status
 
-predict: venv ## predictions of @champion on a folder: make predict IMAGES=dir [VERSION=N] [OUT=predictions.csv]
+predict: venv ## predictions of @champion on a folder: make predict IMAGES=dir [VERSION=N] [OUT=file.csv]
 	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES=folder [VERSION=N|@alias] [OUT=file.csv]'; exit 2; }
-	python -m components.registry predict "$(IMAGES)" --version $${VERSION:-@champion} --out $${OUT:-predictions.csv}
+	python -m operators.registry predict "$(IMAGES)" --version $${VERSION:-@champion} --out $${OUT:-reports/predict/predictions.csv}
 
-compile: venv ## compile the Kubeflow pipeline -> pipelines/training_pipeline.yaml
-	python -m pipelines.training_pipeline compile
+compile: venv ## compile the Kubeflow pipeline: make compile [IMAGE=repo/name] [TAG=x | DIGEST=sha256:...]
+	python -m pipelines.training_pipeline compile --image $(IMAGE_REF)
 
-run-local: venv ## run the whole Kubeflow pipeline here through kfp.local (small settings)
+run-local: venv ## run the Kubeflow pipeline here (kfp.local, each task sees only its declared inputs)
 	python -m pipelines.training_pipeline run-local
 
-submit: venv ## start a run on a cluster: make submit HOST=http://localhost:8080 [EXPERIMENT=tlpipe] [WAIT=1]
+submit: compile ## compile, then start a run on a cluster: make submit HOST=http://localhost:8080 [EXPERIMENT=tlpipe] [WAIT=1]
 	@test -n "$(HOST)" || { echo 'usage: make submit HOST=http://KFP-API [EXPERIMENT=name] [NAMESPACE=ns] [WAIT=1]'; exit 2; }
-	python -m pipelines.training_pipeline submit --host "$(HOST)" --experiment $${EXPERIMENT:-tlpipe} \
+	python -m pipelines.training_pipeline submit --package pipelines/training_pipeline.yaml --host "$(HOST)" --experiment $${EXPERIMENT:-tlpipe} \
 	  $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(WAIT),--wait)
 
 bench: venv ## benchmarks (input pipeline, tuning trials) -> benchmarks/results/
@@ -105,6 +113,9 @@ image: ## build the CPU image (needs a Docker engine; none here)
 
 image-gpu: ## build the GPU image (tensorflow[and-cuda])
 	docker build --build-arg VARIANT=gpu -t $(IMAGE):$(TAG)-gpu .
+
+clean-cache: ## remove the tuning activation cache and fine_tune checkpoints
+	rm -rf checkpoints
 
 clean: ## remove pipeline outputs (keeps the virtual environment)
 	rm -rf data reports models checkpoints mlflow.db mlartifacts optuna.db .dvc/tmp

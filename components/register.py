@@ -1,30 +1,29 @@
 """register: the fine-tuned model becomes a registry version with its evidence, `@challenger`, and a gate.
 
-The current `@champion` (if any) is scored on this run's test split next to the challenger, so the two
-numbers always come from the same images, and the paired comparison (McNemar's exact test on the images one
-model fixes and the other breaks, a bootstrap 95% CI of the gain) says whether the test set can tell them
-apart. MLflow's `MetricThreshold` / `validate_evaluation_results` decide `validation_status` (passed /
-failed, with reasons) from `registry.*`; `registry.require_significant` adds that the gain's CI lower bound
-exceed `min_improvement`. The step never moves `@champion`
-unless `registry.auto_promote: true` and the gate passed. Running it again for the same training run reuses
-the version it made. The evidence (both score sets, confusion matrices, the challenger's mistakes, tuning
-summary, lineage, comparison) is logged to the step's MLflow run, where `operators.review` finds it.
+The current `@champion` (if any) is scored on this run's test split next to the challenger, so both numbers
+come from the same images; the paired comparison (McNemar's exact test on the images one model fixes and the
+other breaks, a bootstrap 95% CI of the gain) says whether this test set can tell them apart. MLflow's
+`MetricThreshold` / `validate_evaluation_results` decide `validation_status` (passed / failed, with reasons)
+from `registry.*`; `registry.require_significant` also asks the gain's CI to lie above `min_improvement`.
+The step never moves `@champion` unless `registry.auto_promote: true` and the gate passed. Running it again
+for the same training run reuses the version it made. The evidence (both score sets, the comparison,
+confusion matrices, the challenger's mistakes, tuning summary, lineage) is logged to the step's MLflow run,
+where `operators.review` finds it.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.config import RegistryConfig
-from tlpipe.contracts import (MODEL_FILE, BestParams, Registration, SubsetSummary, TrainedModel, ValidationResult,
-                              write_json)
+from tlpipe.contracts import MODEL_FILE, BestParams, Registration, SubsetSummary, TrainedModel, ValidationResult
 from tlpipe.errors import PipelineError
 from tlpipe.reports.evaluation import test_set_id
+from tlpipe.reports.review import write_evidence
 
 PARAMS = ("registry",)
 # The bootstrap's seed is fixed rather than `seed`: the gate's decision on the same predictions must not move
@@ -78,7 +77,7 @@ def gate(challenger: dict, champion: dict | None, cfg: RegistryConfig,
         low, high = comparison["gain_ci95"]
         reasons.append(f"the gain's 95% CI [{100 * low:+.1f}, {100 * high:+.1f}] points does not lie above "
                        f"min_improvement ({100 * cfg.min_improvement:+.1f} points): the test set cannot show the "
-                       "challenger is better (registry.require_significant)")
+                       "challenger beats the champion by more than that (registry.require_significant)")
     return ("failed" if reasons else "passed"), reasons
 
 
@@ -128,7 +127,8 @@ def version_tags(run: TrainedModel, metrics: dict, status: str, reasons: list[st
             "data_validation": lineage["validation"].get("status", "unknown"), "data_source": lineage["data_source"]}
     tags.update({f"data.{k}": v for k, v in lineage["dvc_lock"].items()})
     if comparison:
-        tags.update({"mcnemar_p": f"{comparison['mcnemar_p']:.4g}", "fixed_broken": "{fixed}/{broken}".format(**comparison),
+        tags.update({"mcnemar_p": f"{comparison['mcnemar_p']:.4g}",
+                     "fixed_broken": f"{comparison['fixed']}/{comparison['broken']}",
                      "accuracy_gain_ci95": "[{:.4f}, {:.4f}]".format(*comparison["gain_ci95"])})
     return tags
 
@@ -148,23 +148,6 @@ def lineage(subset: Path, validation: Path, inputs: list[str], backbone: str) ->
             "validation": {"status": "passed" if result.pop("success") else "failed", **result}}
 
 
-def evidence(out: Path, challenger: dict, champion: dict | None, images_wrong: tuple, classes: list[str],
-             tune_dir: Path | None, eval_dir: Path | None) -> None:
-    """Plots and files the review shows: both confusion matrices, the mistakes grid, tuning, evaluate."""
-    from tlpipe.reports.plots import plot_confusion, plot_samples
-
-    plot_confusion(np.array(challenger["confusion"]), classes, out / "confusion_challenger.png", "challenger")
-    if champion is not None:
-        plot_confusion(np.array(champion["confusion"]), classes, out / "confusion_champion.png", "champion")
-    images, truth, guess = images_wrong
-    if len(images):
-        plot_samples(images, truth, guess, classes, out / "mistakes.png", 32,
-                     title=f"challenger mistakes on the test split ({len(images)} shown)")
-    for folder, name in ((tune_dir, "tune"), (eval_dir, "evaluate")):
-        if folder and folder.is_dir():
-            shutil.copytree(folder, out / name, ignore=shutil.ignore_patterns(".*"))
-
-
 def versus_champion(client, name: str, run: TrainedModel, subset: Path, predicted: np.ndarray,
                     labels: np.ndarray) -> tuple[str | None, dict | None, dict | None]:
     """The `@champion`'s version, its scores and the paired comparison on the same test images.
@@ -182,7 +165,8 @@ def versus_champion(client, name: str, run: TrainedModel, subset: Path, predicte
     if not np.array_equal(champion_labels, labels):
         raise PipelineError(f"champion v{champ.version} and the challenger were read different test labels from "
                             f"{subset}; the comparison needs the same images in the same order")
-    comparison = compare(champion_predicted == labels, predicted == labels, labels, run.classes, BOOTSTRAP_SEED)
+    comparison = compare(champion_predicted == labels, predicted == labels, labels, run.classes,
+                         seed=BOOTSTRAP_SEED)
     return str(champ.version), champion, comparison
 
 
@@ -203,15 +187,14 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
     champion_version, champion, comparison = versus_champion(client, cfg.model_name, run, subset, predicted, labels)
     status, reasons = gate(challenger, champion, cfg, comparison)
     facts = lineage(subset, validation, [str(subset), str(model_dir), str(validation)], run.backbone)
+    summary = {"model_name": cfg.model_name, "validation_status": status, "reasons": reasons,
+               "challenger": challenger, "champion": champion, "champion_version": champion_version,
+               "comparison": comparison, "test_set_sha256": facts["test_set_sha256"], "training_run_id": run.run_id,
+               "thresholds": cfg.model_dump()}
     wrong = np.flatnonzero(predicted != labels)[:32]
-    evidence(work, challenger, champion, (images[wrong], labels[wrong], predicted[wrong]), classes, tune_dir,
-             eval_dir)
+    write_evidence(work, summary, facts, (images[wrong], labels[wrong], predicted[wrong]), classes, tune_dir,
+                   eval_dir)
     study = BestParams.read(tune_dir).study_name
-    write_json(work / "gate.json", {
-        "model_name": cfg.model_name, "validation_status": status, "reasons": reasons, "challenger": challenger,
-        "champion": champion, "champion_version": champion_version, "comparison": comparison,
-        "test_set_sha256": facts["test_set_sha256"], "training_run_id": run.run_id, "thresholds": cfg.model_dump()})
-    write_json(work / "lineage.json", facts)
     tags = version_tags(run, challenger, status, reasons, facts, study, comparison)
     description = describe(run, challenger, status, champion, champion_version, comparison)
     version, reused = _record(client, params, run, work, tags, description, model_dir, subset, validation)
@@ -261,7 +244,8 @@ def _record(client, params, run: TrainedModel, work: Path, tags: dict, descripti
             client.set_registered_model_alias(name, CHALLENGER, version.version)
             mlflow.set_tags({"registered_version": version.version, "validation_status": tags["validation_status"]})
     except MlflowException as exc:
-        raise PipelineError(f"MLflow registry at {redact(client.tracking_uri)}: {str(exc).splitlines()[0][:300]}") from None
+        first = str(exc).splitlines()[0][:300]
+        raise PipelineError(f"MLflow registry at {redact(client.tracking_uri)}: {first}") from None
     return version, reused
 
 

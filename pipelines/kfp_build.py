@@ -10,8 +10,8 @@ those; KFP ships a component's source text, so the generated source is registere
 `inspect.getsource`. `tune` fans out: create-study, a ParallelFor of workers, summarize.
 """
 
-from __future__ import annotations
 
+import json
 import linecache
 import textwrap
 from typing import Any
@@ -44,13 +44,18 @@ def _signature(step: Step, steps: dict[str, Step], inputs: tuple[str, ...] | Non
     return args
 
 
+def _values(step: Step, inputs: tuple[str, ...] | None = None) -> list[str]:
+    return [f"{name!r}: {name}" for name, ref in step.inputs.items()
+            if isinstance(ref, External) and (inputs is None or name in inputs)]
+
+
 def _flags(step: Step, inputs: tuple[str, ...] | None = None) -> list[str]:
     flags = []
     for name, ref in step.inputs.items():
         if inputs is None or name in inputs:
             if isinstance(ref, External):
-                flags.append(f"{name!r}: {name}")
-            elif ref.sub:
+                continue  # a string argument (`_values`), not an artifact
+            if ref.sub:
                 flags.append(f"{name!r}: os.path.join({name}.path, {ref.sub!r})")
             else:
                 flags.append(f"{name!r}: {name}.path")
@@ -64,7 +69,7 @@ def _component(name: str, source: str, image: str):
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     scope: dict[str, Any] = {"Input": Input, "Output": Output, "Artifact": Artifact, "Dataset": Dataset,
                              "Model": Model, "Metrics": Metrics, "__name__": "tlpipe_components"}
-    exec(compile(source, filename, "exec"), scope)  # noqa: S102 - our own generated source, see the docstring
+    exec(compile(source, filename, "exec", dont_inherit=True), scope)  # noqa: S102 - generated above
     return dsl.component(base_image=image, install_kfp_package=False)(scope[name])
 
 
@@ -75,8 +80,9 @@ def step_component(step: Step, steps: dict[str, Step], image: str):
     outs = ", ".join(f"{o.name!r}: {o.name}.path" for o in step.outputs)
     if step.name == "make_subset":
         args.append("data_fingerprint: str")  # the raw data's content: busts KFP's cache when the data changes
+    values = ", ".join(_values(step))
     body = [f"run_step({step.name!r}, params.path, {{{', '.join(flags)}}}, {{{outs}}}, {tuple(step.scratch)!r}, "
-            f"{step.command!r})"]
+            f"{step.command!r}, values={{{values}}})"]
     if step.metrics:
         args.append("metrics: Output[Metrics]")
         output, _, file = step.metrics[0].partition("/")
@@ -97,27 +103,32 @@ def {step.name}({", ".join(args)}):
 def tune_components(step: Step, steps: dict[str, Step], image: str, gpu_image: str) -> dict[str, Any]:
     """create-study (returns the worker indices), worker, summarize: one study shared through its storage."""
     args = ", ".join(_signature(step, steps, TUNE_INPUTS) + ["storage: str"])
-    flags = ", ".join(_flags(step, TUNE_INPUTS) + ["'storage': storage"])
+    # summarize may run after a failed worker (ignore_upstream_failure), which KFP allows only for inputs
+    # with a default; its inputs all come from tasks that succeeded before the workers started.
+    optional = ", ".join(f"{a} = None" for a in _signature(step, steps, TUNE_INPUTS)) + ", storage: str = ''"
+    flags = ", ".join(_flags(step, TUNE_INPUTS))
+    values = ", ".join(_values(step, TUNE_INPUTS) + ["'storage': storage"])
     header = "import os\n\n    from pipelines.runtime import run_step\n"
     sources = {
         "tune_create_study": (f'''
 def tune_create_study({args}, n_workers: int) -> list:
     """Create the Optuna study (idempotent); returns the worker indices the ParallelFor fans out over."""
     {header}
-    run_step("tune", params.path, {{{flags}}}, {{}}, (), "create-study")
+    run_step("tune", params.path, {{{flags}}}, {{}}, (), "create-study", values={{{values}}})
     return list(range(n_workers))
 ''', image),
         "tune_worker": (f'''
 def tune_worker({args}, worker_index: int):
     """Take trials of the shared study until tune.n_trials have finished in total."""
     {header}
-    run_step("tune", params.path, {{{flags}, "worker-index": str(worker_index)}}, {{}}, ("cache-dir",), "worker")
+    run_step("tune", params.path, {{{flags}}}, {{}}, ("cache-dir",), "worker",
+             values={{{values}, "worker-index": str(worker_index)}})
 ''', gpu_image),
         "tune_summarize": (f'''
-def tune_summarize({args}, tuning: Output[Artifact]):
+def tune_summarize(tuning: Output[Artifact], {optional}):
     """The fan-in: best_params.json (what fine_tune reads) and the study's plots."""
     {header}
-    run_step("tune", params.path, {{{flags}}}, {{"tuning": tuning.path}}, (), "summarize")
+    run_step("tune", params.path, {{{flags}}}, {{"tuning": tuning.path}}, (), "summarize", values={{{values}}})
 ''', image),
     }
     return {name: _component(name, src, img) for name, (src, img) in sources.items()}
@@ -128,12 +139,15 @@ def params_component(image: str):
     typed = ", ".join(f"{name!r}: {name}" for name in TYPED)
     keys = ", ".join(f"{name}: int" for name in TYPED)
     source = f'''
-def resolve_params(base: dict, {keys}, params_overrides: dict, params: Output[Artifact]):
+def resolve_params(base: str, {keys}, params_overrides: dict, params: Output[Artifact]):
     """params.yaml for every task: configuration only, never a path to another artifact."""
+    import json
+
     from pipelines.runtime import resolve_params
 
     typed_keys = {TYPED!r}
-    resolve_params(params.path, base, {{typed_keys[k]: v for k, v in {{{typed}}}.items()}}, params_overrides)
+    resolve_params(params.path, json.loads(base), {{typed_keys[k]: v for k, v in {{{typed}}}.items()}},
+                   params_overrides)
 '''
     return _component("resolve_params", source, image)
 
@@ -146,7 +160,7 @@ def build_pipeline(params: Params, cluster: ClusterConfig | None = None, tolerat
     image = cluster.image_for("resolve_params")
     tasks = {s.name: step_component(s, named, cluster.image_for(s.name)) for s in steps if s.name != "tune"}
     tune = tune_components(named["tune"], named, image, cluster.image_for("tune worker"))
-    base = params.model_dump(mode="json")
+    base = json.dumps(params.model_dump(mode="json"), sort_keys=True)  # a string: KFP constants hold no null
     defaults = {name: _get(params, key) for name, key in TYPED.items()}
     description = (f"Transfer learning: {', '.join(named)}. Needs a KFP backend >= {MIN_KFP_BACKEND} "
                    "(see pipelines/README.md).")

@@ -120,7 +120,16 @@ def _tag(image: str) -> str:
 
 
 def configure(task: dsl.PipelineTask, step: str, cluster: ClusterConfig) -> dsl.PipelineTask:
-    """Name the task after its step and give it its pod settings; returns the task."""
+    """Name the task after its step and give it its pod settings.
+
+    Args:
+        task: The task of one step (its component's base image comes from `cluster.image_for(step)`).
+        step: The step's display name, e.g. "fine_tune" or "tune worker".
+        cluster: The compile-time cluster settings.
+
+    Returns:
+        The same task, configured.
+    """
     task.set_display_name(step)
     res = cluster.resources_for(step)
     task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu_limit)

@@ -56,8 +56,12 @@ def resolve_params(out_dir: str, base: dict[str, Any], typed: dict[str, Any],
 
 
 def run_step(step: str, params_dir: str, inputs: dict[str, str], outputs: dict[str, str],
-             scratch: tuple[str, ...] = (), command: str = "", module: str = "") -> None:
+             scratch: tuple[str, ...] = (), command: str = "", module: str = "",
+             values: dict[str, str] | None = None) -> None:
     """Run `python -m components.<step> [command] --params P --input path ... --output path ...` in this process.
+
+    `inputs` are the task's declared input artifacts (paths), `values` its plain string arguments (URIs,
+    names, numbers): on a cluster only the first are downloaded into the pod.
 
     `scratch` flags get a fresh temporary folder (checkpoints that live as long as the task). A
     `PipelineError` becomes one line on stderr and exit code 2, which fails the task. With TLPIPE_ISOLATE set
@@ -70,7 +74,7 @@ def run_step(step: str, params_dir: str, inputs: dict[str, str], outputs: dict[s
     with isolated(Path(root), params_dir, inputs, outputs) if root else _as_is(params_dir, inputs, outputs) as (
             params_dir, inputs, local_outputs):
         argv = ([command] if command else []) + ["--params", str(Path(params_dir) / PARAMS_FILE)]
-        for flag, value in {**inputs, **local_outputs}.items():
+        for flag, value in {**inputs, **(values or {}), **local_outputs}.items():
             argv += [f"--{flag}", value]
         for flag in scratch:
             argv += [f"--{flag}", tempfile.mkdtemp(prefix=f"{step}-{flag}-")]
@@ -95,15 +99,15 @@ def isolated(root: Path, params_dir: str, inputs: dict[str, str], outputs: dict[
     work = Path(tempfile.mkdtemp(prefix="tlpipe-task-"))
     hidden = root.with_name(f"{root.name}.hidden-{os.getpid()}")
     local_inputs = {}
-    for name, value in inputs.items():
+    for name, value in inputs.items():  # the launcher downloads each declared input artifact into the pod
         source = Path(value)
-        if value.startswith(str(root)) and source.exists():
-            target = work / "inputs" / name / source.name
-            shutil.copytree(source, target) if source.is_dir() else (target.parent.mkdir(parents=True),
-                                                                      shutil.copy2(source, target))
-            local_inputs[name] = str(target)
-        else:
-            local_inputs[name] = value  # a URI or a name: reachable on a cluster too
+        target = work / "inputs" / name / source.name
+        target.parent.mkdir(parents=True)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        elif source.exists():
+            shutil.copy2(source, target)
+        local_inputs[name] = str(target)
     local_params = work / "params"
     shutil.copytree(params_dir, local_params)
     local_outputs = {name: str(work / "outputs" / name) for name in outputs}

@@ -69,7 +69,8 @@ def credentials_from_env(token_file: str | None) -> dict[str, Any]:
 
 def submit(host: str, experiment: str, package: Path | str, arguments: dict[str, Any], namespace: str | None = None,
            wait: bool = False, timeout: int = 6 * 3600, run_name: str | None = None, token: str | None = None,
-           cookies: str | None = None, token_file: str | None = None):
+           cookies: str | None = None, *, token_file: str | None = None, existing_token: str | None = None,
+           credentials: Any = None):
     """Upload `package` as a run of `experiment` on the KFP API server at `host`; optionally wait for it.
 
     Args:
@@ -84,6 +85,9 @@ def submit(host: str, experiment: str, package: Path | str, arguments: dict[str,
         token: A bearer token; overrides `token_file` and the environment.
         cookies: A Cookie header value; overrides `$KF_PIPELINES_COOKIE`.
         token_file: A file holding a bearer token (see `credentials_from_env`).
+        existing_token: Same as `token`; with `credentials` and `cookies` these are the keys
+            `credentials_from_env` returns, so `submit(..., **credentials_from_env(path))` works.
+        credentials: A kfp `TokenCredentialsBase` (e.g. a service-account token file).
 
     Returns:
         The run (`run.run_id`).
@@ -98,10 +102,12 @@ def submit(host: str, experiment: str, package: Path | str, arguments: dict[str,
     from tlpipe.errors import PipelineError
     from tlpipe.redact import redact, redact_text
 
-    auth = credentials_from_env(token_file)
-    if token:
+    auth = credentials_from_env(token_file)  # the environment's, unless given here
+    token = token or existing_token
+    if token or credentials:
+        auth.pop("existing_token", None)
         auth.pop("credentials", None)
-        auth["existing_token"] = token
+        auth.update({"existing_token": token} if token else {"credentials": credentials})
     if cookies:
         auth["cookies"] = cookies
     secrets = _secret_values(auth)

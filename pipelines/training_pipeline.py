@@ -13,7 +13,6 @@ pipelines/README.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import tempfile
@@ -63,13 +62,14 @@ def run_local(workdir: Path, params: Params, arguments: dict[str, Any], isolate:
     arguments = {"tune_storage": f"sqlite:///{workdir / 'optuna.db'}", **arguments}
     arguments.setdefault("data_fingerprint", data_fingerprint(params))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    pipeline = build_pipeline(params, dataclasses.replace(ClusterConfig(), task_env=False))
+    pipeline = build_pipeline(params, ClusterConfig.local())
     with warnings.catch_warnings():
         # Resource/GPU settings and the tlpipe image name are meaningless to a local subprocess; it says so.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         run = pipeline(**arguments)
-    result = {"metrics": dict(run.metadata), "metrics_uri": run.uri}
+    metrics = run.output  # the pipeline's one output: evaluate's Metrics artifact
+    result = {"metrics": dict(metrics.metadata), "metrics_uri": metrics.uri}
     (workdir / "run_local.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
 

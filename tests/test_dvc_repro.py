@@ -2,7 +2,8 @@
 
 Runs every stage of dvc.yaml (make_digits ... register) as a user's `make run` would, then checks that a
 second `dvc repro` does nothing, that `dvc metrics show` has the numbers, that MLflow holds the step runs
-of one pipeline run with their lineage, and that the review of the new challenger renders.
+of one pipeline run with their lineage, that every step read exactly the params keys its stage lists, and
+that the review of the new challenger renders.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ def repo_copy(tmp_path_factory):
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     bindir = os.path.dirname(sys.executable)
     env = {**os.environ, "PYTHONPATH": str(root), "PATH": f"{bindir}:{os.environ['PATH']}",
-           "TLPIPE_RUN_GROUP": "repro-test", "DVC_NO_ANALYTICS": "1"}
+           "TLPIPE_RUN_GROUP": "repro-test", "DVC_NO_ANALYTICS": "1",
+           "TLPIPE_PARAMS_AUDIT": str(root.parent / "params-audit")}
     env.pop("MLFLOW_TRACKING_URI", None)  # the embedded store inside the copy
     run(["git", "init", "-q"], root, env)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root, env)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], root, env)
+    run([sys.executable, "-m", "pipelines.dvc_yaml"], root, env)  # what `make run` does first
     first = run([sys.executable, "-m", "dvc", "repro"], root, env, timeout=1500)
     return root, env, first
 
@@ -71,6 +74,7 @@ def test_every_stage_ran_and_metrics_show(repo_copy):
     assert "reports/evaluate/metrics.json" in shown and "frozen_features" in shown
     evaluate = json.loads((root / "reports/evaluate/metrics.json").read_text())
     assert evaluate["accuracy"] > 0.5  # 5 classes: chance is 0.2
+    assert len(evaluate["accuracy_ci95"]) == 2 and evaluate["accuracy_ci95"][0] <= evaluate["accuracy"]
     best = json.loads((root / "reports/tune/best_params.json").read_text())
     ft_run = json.loads((root / "models/fine_tune/run.json").read_text())
     assert ft_run["hyperparameters"]["learning_rate"] == best["params"]["learning_rate"]  # tuned params used
@@ -99,5 +103,29 @@ def test_mlflow_has_one_pipeline_run_with_lineage_and_a_challenger(repo_copy):
     registration = json.loads((root / "reports/register/registration.json").read_text())
     version = client.get_model_version("tlpipe-classifier", registration["version"])
     assert "challenger" in version.aliases and version.tags["validation_status"] == "passed"
-    review = run([sys.executable, "-m", "components.review", "--out", str(root / "reports/review")], root, env)
+    review = run([sys.executable, "-m", "operators.review", "--out", str(root / "reports/review")], root, env)
     assert "review.html" in review and (root / "reports/review/review.html").stat().st_size > 10_000
+
+
+def test_every_step_read_exactly_the_params_its_stage_lists(repo_copy):
+    """Keys recorded while the steps ran (TLPIPE_PARAMS_AUDIT) == the stage's params in dvc.yaml."""
+    root, _, _ = repo_copy
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    audit = root.parent / "params-audit"
+    for name, stage in stages.items():
+        read = json.loads((audit / f"{name}.json").read_text())
+        assert sorted(read) == sorted(stage["params"]), name
+
+
+def test_a_params_typo_stops_before_dvc_touches_outputs(repo_copy):
+    root, env, _ = repo_copy
+    params = root / "params.yaml"
+    original = params.read_text()
+    params.write_text("finetune:\n  epochs: 3\n" + original)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pipelines.dvc_yaml"], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        params.write_text(original)
+    assert proc.returncode == 2 and "unknown key 'finetune'" in proc.stderr and "Traceback" not in proc.stderr
+    assert (root / "reports/tune/best_params.json").is_file()

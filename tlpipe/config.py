@@ -106,7 +106,8 @@ class ModelConfig(_Section):
     def _check(self) -> ModelConfig:
         if self.backbone == PRETRAIN:
             if self.weights != "none":
-                raise ValueError(f"weights {self.weights!r} given for backbone pretrain, which trains its own; use none")
+                raise ValueError(f"weights {self.weights!r} given for backbone pretrain, which trains its own; "
+                                 "use none")
         elif self.backbone in APPLICATION_BACKBONES:
             low = MIN_IMAGE_SIZE[self.backbone]
             if self.image_size < low:
@@ -295,16 +296,3 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     return parse_params(raw, origin=str(path))
 
 
-def flatten(params: Params) -> dict[str, Any]:
-    """Flatten params to dotted keys (for MLflow)."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            out[prefix] = value
-
-    walk("", params.model_dump())
-    return out

@@ -55,7 +55,8 @@ class Contract(BaseModel):
             return cls.model_validate_json(path.read_text(encoding="utf-8"))
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise DataError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}; rerun {cls.PRODUCER}") from None
+            where = ".".join(map(str, first["loc"]))
+            raise DataError(f"{path}: {where}: {first['msg']}; rerun {cls.PRODUCER}") from None
 
     def write(self, folder: str | Path) -> Path:
         """Write `folder/FILE`; returns its path."""

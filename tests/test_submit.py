@@ -1,0 +1,180 @@
+"""pipelines.submit: credentials from flags or the environment reach kfp.Client and never reach the output."""
+
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pipelines import submit as sub
+from tlpipe.errors import PipelineError
+
+TOKEN = "canary-token-7f3a9c1e"
+COOKIE_VALUE = "canary-cookie-5b8d2e"
+COOKIE = f"authservice_session={COOKIE_VALUE}"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    """No ambient credentials: no env variables, no service-account token file."""
+    for var in (sub.TOKEN_ENV, sub.COOKIE_ENV, sub.NAMESPACE_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(sub.SA_TOKEN_PATH_ENV, str(tmp_path / "no-sa-token"))
+
+
+class FakeClient:
+    """Stands in for kfp.Client: records what it was given, optionally fails like the real API."""
+
+    calls: list = []
+    state = "SUCCEEDED"
+    error: Exception | None = None
+
+    def __init__(self, host=None, namespace="kubeflow", **kwargs):
+        FakeClient.calls.append(("init", host, namespace, kwargs))
+
+    def create_run_from_pipeline_package(self, pipeline_file, arguments=None, run_name=None,
+                                         experiment_name=None, namespace=None, **kwargs):
+        if FakeClient.error is not None:
+            raise FakeClient.error
+        FakeClient.calls.append(("create", Path(pipeline_file).name, arguments, experiment_name, namespace))
+        return SimpleNamespace(run_id="run-1")
+
+    def wait_for_run_completion(self, run_id, timeout):
+        FakeClient.calls.append(("wait", run_id, timeout))
+        return SimpleNamespace(state=FakeClient.state)
+
+
+@pytest.fixture
+def fake_kfp(monkeypatch, tmp_path):
+    import kfp
+
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    FakeClient.calls, FakeClient.state, FakeClient.error = [], "SUCCEEDED", None
+    package = tmp_path / "training_pipeline.yaml"
+    package.write_text("pipelineInfo: {name: tlpipe-training}\n")
+    return package
+
+
+def _assert_no_secrets(text: str) -> None:
+    assert TOKEN not in text and COOKIE_VALUE not in text, text
+
+
+def test_token_cookie_and_namespace_are_passed_through(fake_kfp, capsys):
+    run = sub.submit("http://kfp.example:8080", "tlpipe-dev", fake_kfp, {"fine_tune_epochs": 3},
+                     namespace="team-a", wait=True, timeout=60, token=TOKEN, cookies=COOKIE)
+    assert run.run_id == "run-1"
+    (_, host, namespace, kwargs), create, wait = FakeClient.calls
+    assert (host, namespace) == ("http://kfp.example:8080", "team-a")
+    assert kwargs == {"existing_token": TOKEN, "cookies": COOKIE}
+    assert create == ("create", "training_pipeline.yaml", {"fine_tune_epochs": 3}, "tlpipe-dev", "team-a")
+    assert wait == ("wait", "run-1", 60)
+    out = capsys.readouterr()
+    assert "submitted run run-1" in out.out and "finished: SUCCEEDED" in out.out
+    _assert_no_secrets(out.out + out.err)
+
+
+def test_credentials_and_namespace_from_the_environment(fake_kfp, monkeypatch, capsys):
+    monkeypatch.setenv(sub.TOKEN_ENV, TOKEN)
+    monkeypatch.setenv(sub.COOKIE_ENV, COOKIE)
+    monkeypatch.setenv(sub.NAMESPACE_ENV, "team-b")
+    sub.submit("http://kfp.example:8080", "e", fake_kfp, {})
+    (_, _, namespace, kwargs), (*_, create_namespace) = FakeClient.calls
+    assert namespace == create_namespace == "team-b"
+    assert kwargs == {"existing_token": TOKEN, "cookies": COOKIE}
+    _assert_no_secrets("".join(capsys.readouterr()))
+
+
+def test_credentials_from_env_feed_submit(fake_kfp, tmp_path, monkeypatch):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    monkeypatch.setenv(sub.COOKIE_ENV, COOKIE)
+    sub.submit("http://kfp.example", "e", fake_kfp, {}, **sub.credentials_from_env(str(token_file)))
+    assert FakeClient.calls[0][3] == {"existing_token": TOKEN, "cookies": COOKIE}
+    FakeClient.calls = []
+    sub.submit("http://kfp.example", "e", fake_kfp, {}, token_file=str(token_file))
+    assert FakeClient.calls[0][3] == {"existing_token": TOKEN, "cookies": COOKIE}
+
+
+def test_token_file_wins_over_the_environment(tmp_path, monkeypatch):
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+    monkeypatch.setenv(sub.TOKEN_ENV, "from-env-token")
+    assert sub.credentials_from_env(str(token_file)) == {"existing_token": TOKEN}
+    assert sub.credentials_from_env(None) == {"existing_token": "from-env-token"}
+
+
+def test_service_account_token_file_when_present(tmp_path, monkeypatch):
+    from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
+    assert sub.credentials_from_env(None) == {}  # nothing configured: kfp.Client's own defaults
+    sa_token = tmp_path / "sa-token"
+    sa_token.write_text(TOKEN)
+    monkeypatch.setenv(sub.SA_TOKEN_PATH_ENV, str(sa_token))
+    creds = sub.credentials_from_env(None)["credentials"]
+    assert isinstance(creds, ServiceAccountTokenVolumeCredentials)
+    config = SimpleNamespace(api_key={})
+    creds.refresh_api_key_hook(config)  # re-read on every request, as kfp.Client does
+    assert config.api_key["authorization"] == TOKEN
+
+
+def test_unreadable_token_file_names_the_file_only(tmp_path):
+    with pytest.raises(PipelineError, match="--token-file .*missing"):
+        sub.credentials_from_env(str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(PipelineError, match="is empty"):
+        sub.credentials_from_env(str(empty))
+
+
+def test_api_errors_are_one_redacted_line(fake_kfp, capsys):
+    from kfp_server_api import ApiException
+
+    FakeClient.error = ApiException(status=401, reason="Unauthorized")
+    FakeClient.error.body = f'{{"error": "bad token {TOKEN}"}}'
+    with pytest.raises(PipelineError) as err:
+        sub.submit("https://kfp.example", "e", fake_kfp, {}, token=TOKEN, cookies=COOKIE)
+    message = str(err.value)
+    assert "\n" not in message and "HTTP 401 Unauthorized" in message and "--token-file" in message
+    _assert_no_secrets(message)
+
+    FakeClient.error = RuntimeError(f"proxy said: Authorization: Bearer {TOKEN}; Cookie: {COOKIE}\nmore")
+    with pytest.raises(PipelineError) as err:
+        sub.submit("https://user:hunter22@kfp.example", "e", fake_kfp, {}, token=TOKEN, cookies=COOKIE)
+    message = str(err.value)
+    assert "\n" not in message and "hunter22" not in message
+    _assert_no_secrets(message)
+    _assert_no_secrets("".join(capsys.readouterr()))
+
+
+def test_failed_run_exits_non_zero(fake_kfp):
+    FakeClient.state = "FAILED"
+    with pytest.raises(SystemExit):
+        sub.submit("http://kfp.example", "e", fake_kfp, {}, wait=True)
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again on leaving the block: nothing listens there
+
+
+@pytest.mark.parametrize("namespace", [None, "team-a"])
+def test_unreachable_host_is_one_line_with_the_real_client(tmp_path, capsys, namespace):
+    package = tmp_path / "p.yaml"
+    package.write_text("pipelineInfo: {name: tlpipe-training}\n")
+    host = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(PipelineError) as err:
+        sub.submit(host, "e", package, {}, namespace=namespace, token=TOKEN, cookies=COOKIE)
+    message = str(err.value)
+    assert message.startswith(f"KFP API at {host}: ") and "\n" not in message, message
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    _assert_no_secrets(message + out.out + out.err)
+
+
+def test_auth_flags_parse():
+    import argparse
+
+    parser = argparse.ArgumentParser(parents=[sub.auth_arguments()])
+    args = parser.parse_args(["--namespace", "team-a", "--token-file", "/run/token"])
+    assert (args.namespace, args.token_file) == ("team-a", "/run/token")
