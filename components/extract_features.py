@@ -1,7 +1,8 @@
 """extract_features: run the frozen backbone once over train/val/test and keep the pooled features.
 
 The backbone runs with `training=False` (BatchNorm in inference mode) on a tf.data pipeline (parallel
-decode, resize, batch, prefetch). Features are written per split with their labels.
+decode, resize, batch, prefetch). Features are written per split with their labels, batch by batch: memory
+holds a few batches of images whatever the size of the split.
 """
 
 from __future__ import annotations
@@ -12,29 +13,37 @@ import numpy as np
 
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.contracts import SPLITS, FeaturesInfo, ValidationResult, features_file
-from tlpipe.data.datasets import load_split
+from tlpipe.data.datasets import NpzWriter, decoded_chunks, split_files
 from tlpipe.models.backbones import backbone_identity, feature_extractor, load_backbone, preprocess_mode
 
 PARAMS = ("model.weights", "model.image_size", "extract_features", "storage.endpoint_url")
 
 
+def _features(model, paths: list[str], size: int, batch: int, desc: str):
+    """Features of `paths`, one float32 block per batch; decoding of the next batches overlaps the forward pass.
+
+    There is no separate in-memory path for small splits: decoding everything first and then running the model
+    was no faster (benchmarks/README.md, "Scale"), since streaming overlaps the two.
+    """
+    for images in decoded_chunks(paths, size, batch, desc=desc):
+        yield np.asarray(model.predict_on_batch(images.astype("float32")), np.float32)
+
+
 def extract(backbone_spec: str, weights: str, size: int, batch: int, endpoint_url: str | None, subset: Path,
             out_dir: Path) -> dict[str, int]:
     """Write `<split>.npz` (features, labels) for each split and features.json; return rows per split."""
-    from tqdm import tqdm
-
     backbone = load_backbone(backbone_spec, weights, size, endpoint_url)
     model = feature_extractor(backbone, size, preprocess_mode(backbone_spec))
+    dim = int(model.outputs[0].shape[-1])
     rows = {}
     for split in SPLITS:
-        images, labels, classes = load_split(subset, split, size)
-        chunks = []
-        for start in tqdm(range(0, len(images), batch), desc=f"extract_features {split}", unit="batch", leave=False):
-            chunks.append(np.asarray(model(images[start : start + batch].astype("float32"), training=False)))
-        features = np.concatenate(chunks).astype(np.float32)
-        np.savez(out_dir / features_file(split), features=features, labels=labels)
+        paths, labels, classes = split_files(subset, split)
+        with NpzWriter(out_dir / features_file(split)) as npz:
+            npz.write("features", _features(model, paths, size, batch, f"extract_features {split}"),
+                      (len(paths), dim), np.float32)
+            npz.write("labels", [labels], labels.shape, labels.dtype)
         rows[split] = len(labels)
-    FeaturesInfo(classes=classes, feature_dim=int(features.shape[1]), backbone=Path(backbone_spec).name,
+    FeaturesInfo(classes=classes, feature_dim=dim, backbone=Path(backbone_spec).name,
                  backbone_sha256=backbone_identity(backbone_spec, weights, size)).write(out_dir)
     return rows
 

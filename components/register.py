@@ -20,10 +20,11 @@ import numpy as np
 
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.config import RegistryConfig
-from tlpipe.contracts import MODEL_FILE, BestParams, Registration, SubsetSummary, TrainedModel, ValidationResult
+from tlpipe.contracts import MODEL_FILE, BestParams, Registration, TrainedModel
 from tlpipe.errors import PipelineError
-from tlpipe.reports.evaluation import test_set_id
 from tlpipe.reports.review import write_evidence
+from tlpipe.tracking import registry as registry_lib
+from tlpipe.tracking.lineage import subset_lineage
 
 PARAMS = ("registry",)
 # The bootstrap's seed is fixed rather than `seed`: the gate's decision on the same predictions must not move
@@ -81,20 +82,6 @@ def gate(challenger: dict, champion: dict | None, cfg: RegistryConfig,
     return ("failed" if reasons else "passed"), reasons
 
 
-def existing_version(client, name: str, run_id: str):
-    """The version already registered from this training run, if any (re-running register reuses it)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    for version in versions:
-        if version.tags.get("training_run_id") == run_id:
-            return version
-    return None
-
-
 def describe(run: TrainedModel, metrics: dict, status: str, champion: dict | None,
              champion_version: str | None, comparison: dict | None = None) -> str:
     """The version's one-paragraph description."""
@@ -131,21 +118,6 @@ def version_tags(run: TrainedModel, metrics: dict, status: str, reasons: list[st
                      "fixed_broken": f"{comparison['fixed']}/{comparison['broken']}",
                      "accuracy_gain_ci95": "[{:.4f}, {:.4f}]".format(*comparison["gain_ci95"])})
     return tags
-
-
-def lineage(subset: Path, validation: Path, inputs: list[str], backbone: str) -> dict:
-    """Git commit, data source, backbone, dvc.lock hashes, sizes per class and split, validation, test-set id."""
-    from tlpipe.data.datasets import read_manifest
-    from tlpipe.tracking.lineage import dvc_lock_hashes, git_commit
-
-    manifest = read_manifest(subset)
-    sizes = manifest.groupby(["split", "class"]).size()
-    result = ValidationResult.read(validation).model_dump()
-    return {"git_commit": git_commit(), "test_set_sha256": test_set_id(subset), "backbone": backbone,
-            "data_source": SubsetSummary.read(subset).source,
-            "dvc_lock": dvc_lock_hashes(inputs),
-            "subset_sizes": {s: {c: int(n) for c, n in sizes[s].items()} for s in sizes.index.levels[0]},
-            "validation": {"status": "passed" if result.pop("success") else "failed", **result}}
 
 
 def versus_champion(client, name: str, run: TrainedModel, subset: Path, predicted: np.ndarray,
@@ -186,7 +158,9 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
     challenger, predicted, images, labels = score_model(model, subset, classes)
     champion_version, champion, comparison = versus_champion(client, cfg.model_name, run, subset, predicted, labels)
     status, reasons = gate(challenger, champion, cfg, comparison)
-    facts = lineage(subset, validation, [str(subset), str(model_dir), str(validation)], run.backbone)
+    if run.chance_level:  # fine_tune flagged it: a model that learned nothing never passes, whatever the floor
+        status, reasons = "failed", [*reasons, "the model is at chance level (fine_tune flagged it)"]
+    facts = subset_lineage(subset, validation, [str(subset), str(model_dir), str(validation)], run.backbone)
     summary = {"model_name": cfg.model_name, "validation_status": status, "reasons": reasons,
                "challenger": challenger, "champion": champion, "champion_version": champion_version,
                "comparison": comparison, "test_set_sha256": facts["test_set_sha256"], "training_run_id": run.run_id,
@@ -233,7 +207,7 @@ def _record(client, params, run: TrainedModel, work: Path, tags: dict, descripti
             mlflow.log_artifacts(str(work), "evidence")
             mlflow.log_metric("test_accuracy", float(tags["test_accuracy"]))
             tags["register_run_id"] = step.info.run_id
-            version = existing_version(client, name, run.run_id)
+            version = registry_lib.existing_version(client, name, run.run_id)
             reused = version is not None
             if version is None:
                 version = mlflow.register_model(run.model_uri, name, tags=tags)

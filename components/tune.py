@@ -41,6 +41,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def regimes(searched: list[str], backbone: str, weights: str) -> list[str]:
+    """The regimes worth searching: an application backbone without weights has nothing to transfer."""
+    from tlpipe.config import APPLICATION_BACKBONES
+
+    if backbone in APPLICATION_BACKBONES and weights == "none":
+        return ["scratch"]  # freezing random layers (BatchNormalization in inference mode) learns nothing
+    return list(searched)
+
+
 class Context:
     """The study's inputs, recipe and name, computed the same way by every subcommand."""
 
@@ -53,7 +62,9 @@ class Context:
         self.params, self.args = params, args
         self.cfg = params.tune
         self.recipe = Recipe(seed=params.seed, image_size=model.image_size, preprocess=preprocess_mode(args.backbone),
-                             batch_size=params.fine_tune.batch_size, epochs=self.cfg.epochs)
+                             batch_size=params.fine_tune.batch_size, epochs=self.cfg.epochs,
+                             patience=self.cfg.patience, monitor=self.cfg.metric)
+        self.regimes = regimes(self.cfg.regimes, args.backbone, model.weights)
         self.identity = backbone_identity(args.backbone, model.weights, model.image_size)
         self.head = Path(args.head) / HEAD_FILE
         self.load_backbone = lambda: load_backbone(args.backbone, model.weights, model.image_size,
@@ -71,15 +82,21 @@ class Context:
         return create_study(self.cfg, self.study_name, self.params.seed, self.args.storage, self.args.worker_index)
 
 
-def _work(ctx: Context) -> bool:
-    from tlpipe.tuning.study import counts
+def _worker(ctx: Context):
     from tlpipe.tuning.worker import Defaults, Worker
 
     args, model = ctx.args, ctx.params.model
+    return Worker(ctx.cfg, ctx.recipe, Defaults(model.dropout, model.head_units), Path(args.subset), ctx.head,
+                  Path(args.augmented), Path(args.cache_dir), ctx.load_backbone, ctx.identity, args.worker_index,
+                  ctx.regimes)
+
+
+def _work(ctx: Context) -> bool:
+    from tlpipe.tuning.study import counts
+
+    args = ctx.args
     study = ctx.study()
-    worker = Worker(ctx.cfg, ctx.recipe, Defaults(model.dropout, model.head_units), Path(args.subset), ctx.head,
-                    Path(args.augmented), Path(args.cache_dir), ctx.load_backbone, ctx.identity, args.worker_index)
-    ran, timed_out = worker.work(study)
+    ran, timed_out = _worker(ctx).work(study)
     print(f"tune: worker {args.worker_index} ran {ran} trials; study {study.study_name}: {counts(study)}"
           + (f"; stopped by tune.timeout={ctx.cfg.timeout}s" if timed_out else ""))
     return timed_out
@@ -95,6 +112,12 @@ def _summarize(ctx: Context, timed_out: bool) -> BestParams:
     stopped_by = "timeout" if timed_out or finished(study) < ctx.cfg.n_trials else "n_trials"
     with atomic_dir(ctx.args.tuning) as staged:
         summary = summarize(study, ctx.cfg, staged, stopped_by)
+        if ctx.cfg.sweep:
+            from tlpipe.tuning.sweep import sweep
+
+            cost = sweep(_worker(ctx), study, ctx.cfg, staged)
+            mlflow.log_metrics({"sweep_seconds": cost["seconds"], "sweep_trainings": cost["trainings"]})
+            mlflow.log_artifact(str(staged / "transferability.csv"))
         mlflow.log_dict(summary.model_dump(mode="json"), BestParams.FILE)
         for png in sorted(staged.glob("*.png")):
             mlflow.log_artifact(str(png))

@@ -20,12 +20,20 @@ from kfp import dsl, kubernetes
 MIN_KFP_BACKEND = "2.15.0"
 LEGACY_KFP_BACKEND = "2.3.0"
 
-GPU_STEPS = ("pretrain_backbone", "extract_features", "tune worker", "fine_tune")
+def _gpu_steps() -> tuple[str, ...]:
+    """The task display names of the steps pipelines/graph.py declares as needing a GPU (tune: its workers)."""
+    from pipelines.graph import build
+    from tlpipe.config import Params
+
+    return tuple("tune worker" if s.name == "tune" else s.name for s in build(Params()) if s.gpu)
+
+
+GPU_STEPS = _gpu_steps()
 TUNE_STEPS = ("tune create-study", "tune worker", "tune summarize")
 # Steps that write large artifacts or scratch files (subset, augmented copies, features, checkpoints, the
 # tuning activation cache): they get a size-limited emptyDir at /tmp (KFP v2 has no ephemeral-storage
 # request, kubeflow/pipelines#11137).
-SCRATCH_STEPS = ("make_subset", "augment", "extract_features", "fine_tune", "tune worker")
+SCRATCH_STEPS = ("make_subset", "augment", "extract_features", "fine_tune", "train_scratch", "tune worker")
 SCRATCH_MOUNT = "/tmp"
 POD_LABEL = ("tlpipe.io/role", "pipeline")  # infra/k8s NetworkPolicies admit pods carrying it
 DEFAULT_IMAGE = "ghcr.io/tlpipe/tlpipe:0.1.0"

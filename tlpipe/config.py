@@ -7,221 +7,39 @@ raises `ConfigError` with one line naming the key, the bad value and what is all
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
 from tlpipe.errors import ConfigError
-
-BUILTIN = "builtin:digits"  # data.source / pretrain_backbone.source: the embedded digits (make_digits)
-PRETRAIN = "pretrain"  # model.backbone: our own backbone, trained by pretrain_backbone
-APPLICATION_BACKBONES = ("vgg16", "inception_v3", "mobilenet_v2", "resnet50", "efficientnet_b0")
-# Smallest input side each keras.applications backbone accepts with include_top=False.
-MIN_IMAGE_SIZE = {"vgg16": 32, "inception_v3": 75, "mobilenet_v2": 32, "resnet50": 32, "efficientnet_b0": 32}
-
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0.0)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataConfig(_Section):
-    """Where the raw images come from (shared by make_subset and validate_data)."""
-
-    source: str = Field(default=BUILTIN, min_length=1)
-    layout: Literal["auto", "folders", "flat"] = "auto"
-
-
-class StorageConfig(_Section):
-    """S3 access; credentials never live here (boto3's standard chain reads them)."""
-
-    endpoint_url: str | None = None
-    max_attempts: PositiveInt = 5
-
-
-class MakeDigitsConfig(_Section):
-    """The embedded default data set: scikit-learn's bundled digits, split into source/target classes."""
-
-    source_classes: list[Annotated[int, Field(ge=0, le=9)]] = [0, 1, 2, 3, 4]
-    target_classes: list[Annotated[int, Field(ge=0, le=9)]] = [5, 6, 7, 8, 9]
-    image_size: Annotated[int, Field(ge=8, le=256)] = 32
-
-    @model_validator(mode="after")
-    def _disjoint(self) -> MakeDigitsConfig:
-        both = set(self.source_classes) & set(self.target_classes)
-        if both:
-            raise ValueError(f"source_classes and target_classes overlap on {sorted(both)}; make them disjoint")
-        return self
-
-
-class MakeSubsetConfig(_Section):
-    """How many images per class and split, and the safety caps for reading untrusted input."""
-
-    train_per_class: PositiveInt = 100
-    val_per_class: PositiveInt = 30
-    test_per_class: PositiveInt = 40
-    seed: int = 42
-    max_pixels: PositiveInt = 40_000_000
-    max_zip_bytes: PositiveInt = 20 * 1024**3
-
-
-class ValidateDataConfig(_Section):
-    """Expectations the subset must meet before any training runs."""
-
-    expected_classes: list[str] = []
-    min_width: PositiveInt = 8
-    min_height: PositiveInt = 8
-    max_width: PositiveInt = 8000
-    max_height: PositiveInt = 8000
-    min_class_ratio: Fraction = 0.5
-
-
-class AugmentConfig(_Section):
-    """Training-time augmentation (the seeds' set). Zero or false turns one off."""
-
-    horizontal_flip: bool = False
-    rotation_degrees: Annotated[float, Field(ge=0.0, le=180.0)] = 10.0
-    zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    width_shift: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    height_shift: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    copies: NonNegInt = 2
-    preview_samples: Annotated[int, Field(ge=1, le=64)] = 8
-
-
-class ModelConfig(_Section):
-    """Backbone, its weights, the input size and the classifier head."""
-
-    backbone: str = Field(default=PRETRAIN, min_length=1)
-    weights: str = "none"
-    image_size: Annotated[int, Field(ge=8, le=1024)] = 32
-    head_units: PositiveInt = 64
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
-
-    @model_validator(mode="after")
-    def _check(self) -> ModelConfig:
-        if self.backbone == PRETRAIN:
-            if self.weights != "none":
-                raise ValueError(f"weights {self.weights!r} given for backbone pretrain, which trains its own; "
-                                 "use none")
-        elif self.backbone in APPLICATION_BACKBONES:
-            low = MIN_IMAGE_SIZE[self.backbone]
-            if self.image_size < low:
-                raise ValueError(f"image_size {self.image_size} is below {low}, the minimum for {self.backbone}")
-        elif not self.backbone.endswith(".keras"):
-            raise ValueError(
-                f"backbone {self.backbone!r} is neither {PRETRAIN}, one of {', '.join(APPLICATION_BACKBONES)} "
-                "nor a path/URI to a saved .keras model"
-            )
-        elif self.weights != "none":
-            raise ValueError(f"weights {self.weights!r} given for a .keras backbone, which carries its own; use none")
-        return self
-
-
-class PretrainBackboneConfig(_Section):
-    """The embedded default backbone: a small VGG-style CNN trained on the source classes."""
-
-    source: str = BUILTIN  # or a class-folder tree of your own source classes
-    filters: list[PositiveInt] = [16, 32, 64]
-    epochs: PositiveInt = 6
-    batch_size: PositiveInt = 64
-    learning_rate: PositiveFloat = 1e-3
-
-
-class ExtractFeaturesConfig(_Section):
-    """Frozen-feature extraction."""
-
-    batch_size: PositiveInt = 64
-
-
-class TrainHeadConfig(_Section):
-    """The classifier head on cached features."""
-
-    epochs: PositiveInt = 40
-    batch_size: PositiveInt = 32
-    learning_rate: PositiveFloat = 1e-3
-
-
-class FineTuneConfig(_Section):
-    """Fine-tuning the backbone + head; freeze_ratio is the share of backbone layers kept frozen."""
-
-    freeze_ratio: Fraction = 0.5
-    learning_rate: PositiveFloat = 1e-4
-    epochs: PositiveInt = 10
-    batch_size: PositiveInt = 32
-    patience: PositiveInt = 4
-    monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
-    mixed_precision: bool = False
-
-
-class EvaluateConfig(_Section):
-    """Evaluation on the test split."""
-
-    grid_samples: Annotated[int, Field(ge=1, le=64)] = 16
-
-
-class TuneConfig(_Section):
-    """The Optuna study over freeze ratio and learning rate."""
-
-    enabled: bool = True
-    n_trials: PositiveInt = 10
-    timeout: PositiveInt | None = 240
-    sampler: Literal["tpe", "random"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
-    study_name: str = Field(default="tlpipe", min_length=1)
-    storage: str = "sqlite:///optuna.db"
-    freeze_ratio: tuple[Fraction, Fraction] = (0.0, 1.0)
-    learning_rate: tuple[PositiveFloat, PositiveFloat] = (1e-5, 1e-2)
-    dropout: tuple[Fraction, Fraction] | None = None
-    head_units: tuple[PositiveInt, PositiveInt] | None = None
-    epochs: PositiveInt = 6
-    cache: bool = True
-    cache_dtype: Literal["float16", "float32"] = "float16"
-    cache_max_bytes: PositiveInt = 2 * 1024**3
-    heartbeat_interval: PositiveInt = 10
-    max_retries: NonNegInt = 2
-    pool_size: PositiveInt = 2
-
-    @field_validator("freeze_ratio", "learning_rate", "dropout", "head_units")
-    @classmethod
-    def _ordered(cls, value: Any) -> Any:
-        if value is not None and value[0] > value[1]:
-            raise ValueError(f"range {list(value)} is reversed; write [low, high]")
-        return value
-
-    @field_validator("storage")
-    @classmethod
-    def _storage(cls, value: str) -> str:
-        if "@" in value.split("//", 1)[-1].split("/", 1)[0]:
-            raise ValueError("storage holds credentials; put them in PGUSER/PGPASSWORD (environment), not params")
-        if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://", "journal:")):
-            raise ValueError(f"storage {value!r}: use sqlite:///FILE, postgresql://HOST/DB or journal:FILE")
-        return value
-
-
-class TrackingConfig(_Section):
-    """MLflow: an embedded SQLite store unless MLFLOW_TRACKING_URI says otherwise."""
-
-    experiment: str = Field(default="tlpipe", min_length=1)
-    default_uri: str = "sqlite:///mlflow.db"
-
-
-class RegistryConfig(_Section):
-    """Model registry gate and promotion policy."""
-
-    model_name: str = Field(default="tlpipe-classifier", min_length=1)
-    min_accuracy: Fraction = 0.8
-    min_improvement: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0
-    min_class_recall: Fraction | None = None
-    require_significant: bool = False  # the gain's 95% CI lower bound must exceed min_improvement
-    auto_promote: bool = False
-    http_retries: NonNegInt = 3
-    http_timeout: PositiveInt = 30
+from tlpipe.sections import (  # noqa: F401 - the section models are part of this module's interface
+    APPLICATION_BACKBONES,
+    BUILTIN,
+    MIN_IMAGE_SIZE,
+    PRETRAIN,
+    AugmentConfig,
+    DataConfig,
+    EvaluateConfig,
+    ExtractFeaturesConfig,
+    FineTuneConfig,
+    Fraction,
+    MakeDigitsConfig,
+    MakeSubsetConfig,
+    ModelConfig,
+    NonNegInt,
+    PositiveFloat,
+    PositiveInt,
+    PretrainBackboneConfig,
+    RegistryConfig,
+    StorageConfig,
+    TrackingConfig,
+    TrainHeadConfig,
+    TrainScratchConfig,
+    TuneConfig,
+    ValidateDataConfig,
+    _Section,
+)
 
 
 class Params(_Section):
@@ -240,6 +58,7 @@ class Params(_Section):
     extract_features: ExtractFeaturesConfig = ExtractFeaturesConfig()
     train_head: TrainHeadConfig = TrainHeadConfig()
     fine_tune: FineTuneConfig = FineTuneConfig()
+    train_scratch: TrainScratchConfig = TrainScratchConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tune: TuneConfig = TuneConfig()
     tracking: TrackingConfig = TrackingConfig()

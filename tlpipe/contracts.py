@@ -123,7 +123,8 @@ class HyperParams(BaseModel):
     learning_rate: float
     dropout: float
     head_units: int
-    regime: Literal["frozen", "fine_tune", "full", "scratch"] = "fine_tune"
+    regime: Literal["transfer", "scratch"] = "transfer"  # transfer: pretrained, frozen up to freeze_ratio
+    train_bn: bool = False  # let unfrozen BatchNormalization layers adapt (always on for scratch)
 
 
 class BestParams(Contract):
@@ -170,8 +171,13 @@ class EvalMetrics(Contract):
     accuracy_ci95: list[float]
     macro_f1_ci95: list[float]
     frozen_features: dict[str, Any]
+    scratch: dict[str, Any] = {}
     fine_tune_gain: float
     test_images: int
+    regime: str = "transfer"  # the final model's regime
+    best_baseline: str = ""  # frozen_features or scratch, whichever scored higher on the test split
+    final_minus_best_baseline: float = 0.0
+    baseline_won: bool = False  # the final model trails the best baseline by more than one test image
 
 
 class Registration(Contract):

@@ -1,12 +1,16 @@
 """The input pipeline: tf.data decodes and resizes images in parallel once, then batches come from memory.
 
-Decoded uint8 images are kept in memory (a subset is thousands of images, not millions), so every epoch
-after the first costs only shuffling, one fused augmentation per batch, and the model.
+Training keeps decoded uint8 images in memory, so every epoch after the first costs only shuffling, one
+fused augmentation per batch, and the model. Steps that pass over a split once (feature extraction, the
+pre-augmented copies) stream it instead: `decoded_chunks` yields bounded chunks and `NpzWriter` writes an
+.npz chunk by chunk, so their memory does not grow with the dataset.
 """
 
 from __future__ import annotations
 
 import functools
+import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +22,12 @@ from tlpipe.contracts import MANIFEST
 from tlpipe.errors import DataError
 
 
-def read_manifest(subset: Path) -> pd.DataFrame:
-    """The subset's manifest (written by make_subset)."""
+def read_manifest(subset: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The subset's manifest (written by make_subset), optionally only some columns."""
     path = Path(subset) / MANIFEST
     if not path.is_file():
         raise DataError(f"{path}: manifest not found; run make_subset first")
-    return pd.read_csv(path, dtype={"class": str}, keep_default_na=False)
+    return pd.read_csv(path, dtype={"class": str}, keep_default_na=False, usecols=columns)
 
 
 def class_names(manifest: pd.DataFrame) -> list[str]:
@@ -33,7 +37,7 @@ def class_names(manifest: pd.DataFrame) -> list[str]:
 
 def split_files(subset: Path, split: str) -> tuple[list[str], np.ndarray, list[str]]:
     """File paths, integer labels and class names of one split."""
-    manifest = read_manifest(subset)
+    manifest = read_manifest(subset, ["path", "class", "split"])  # the sha256 etc. of 100k rows are not needed
     classes = class_names(manifest)
     rows = manifest[manifest["split"] == split]
     if rows.empty:
@@ -84,21 +88,67 @@ def _decoder(size: int):
                        input_signature=[tf.TensorSpec([], tf.string)])
 
 
+def decoded_chunks(paths: list[str], size: int, batch_size: int = 256, desc: str = "decode") -> Iterator[np.ndarray]:
+    """Decode + resize files in parallel, yielding uint8 (<= batch_size, size, size, 3) chunks in file order.
+
+    Only a couple of chunks are in flight (prefetch 2), so memory is bounded whatever the number of files.
+    """
+    if not len(paths):
+        return
+    ds = (tf.data.Dataset.from_tensor_slices(paths)
+          .map(_decoder(size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .batch(batch_size).prefetch(2))
+    with tqdm(total=len(paths), desc=desc, unit="img", leave=False) as bar:
+        for batch in ds:
+            bar.update(len(batch))
+            yield batch.numpy()
+
+
 def decode_images(paths: list[str], size: int, batch_size: int = 256, desc: str = "decode") -> np.ndarray:
     """Decode + resize files to uint8 (N, size, size, 3), in parallel, in file order."""
     out = np.empty((len(paths), size, size, 3), np.uint8)  # filled chunk by chunk: no concatenate copy
-    if not len(paths):
-        return out
-    ds = (tf.data.Dataset.from_tensor_slices(paths)
-          .map(_decoder(size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .batch(batch_size).prefetch(tf.data.AUTOTUNE))
     done = 0
-    with tqdm(total=len(paths), desc=desc, unit="img", leave=False) as bar:
-        for batch in ds:
-            out[done : done + len(batch)] = batch.numpy()
-            done += len(batch)
-            bar.update(len(batch))
+    for batch in decoded_chunks(paths, size, batch_size, desc):
+        out[done : done + len(batch)] = batch
+        done += len(batch)
     return out
+
+
+class NpzWriter:
+    """An .npz (uncompressed, as np.savez writes it) whose arrays are written chunk by chunk.
+
+    Each array goes straight into its zip member through a stream, so memory holds one chunk, not the array;
+    `np.load` reads the file like any other .npz.
+    """
+
+    def __init__(self, path: str | Path):
+        self._zip = zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True)
+
+    def write(self, name: str, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> None:
+        """Write array `name` of `shape` from `chunks` (row blocks, in order, together exactly shape[0] rows)."""
+        dtype = np.dtype(dtype)
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+        rows = 0
+        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array_header_1_0(fh, header)
+            for chunk in chunks:
+                chunk = np.ascontiguousarray(chunk, dtype)
+                if chunk.shape[1:] != tuple(shape[1:]):
+                    raise ValueError(f"{name}: chunk of shape {chunk.shape} does not fit {shape}")
+                fh.write(chunk.reshape(-1).view(np.uint8).data)
+                rows += len(chunk)
+        if rows != shape[0]:
+            raise ValueError(f"{name}: {rows} rows written, {shape[0]} declared")
+
+    def close(self) -> None:
+        """Finish the zip (its central directory)."""
+        self._zip.close()
+
+    def __enter__(self) -> NpzWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def load_split(subset: Path, split: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:

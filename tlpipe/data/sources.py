@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from tlpipe.data.images import is_image_name
-from tlpipe.data.storage import s3_client, split_s3_uri
+from tlpipe.data.storage import fetch, s3_client, split_s3_uri
 from tlpipe.errors import DataError
 
 _IGNORED_PARTS = ("__MACOSX", ".DS_Store", "Thumbs.db")
@@ -51,8 +51,8 @@ class LocalSource:
 class ZipSource:
     """A .zip read member by member: entries are checked and never extracted outside our control."""
 
-    def __init__(self, path: Path, max_bytes: int):
-        self.description = str(path)
+    def __init__(self, path: Path, max_bytes: int, description: str | None = None):
+        self.description = description or str(path)
         try:
             self._zip = zipfile.ZipFile(path)
         except zipfile.BadZipFile:
@@ -115,7 +115,10 @@ class S3Source:
 
 
 def open_source(spec: str, *, endpoint_url: str | None, max_attempts: int, max_zip_bytes: int) -> Source:
-    """Open `data.source`: a folder, a .zip file, or an s3://bucket/prefix."""
+    """Open `data.source`: a folder, a .zip file, an s3://bucket/prefix or an s3://bucket/key.zip object."""
+    if spec.startswith("s3://") and spec.lower().endswith(".zip"):
+        # A zip object, not a prefix: downloaded once per ETag (storage.fetch), then read member by member.
+        return ZipSource(fetch(spec, endpoint_url, max_attempts=max_attempts), max_zip_bytes, description=spec)
     if spec.startswith("s3://"):
         return S3Source(spec, endpoint_url, max_attempts)
     path = Path(spec)

@@ -28,15 +28,16 @@ def s3_client(endpoint_url: str | None = None, max_attempts: int = 5):
     return boto3.client("s3", endpoint_url=endpoint_url or None, config=config)
 
 
-def fetch(uri: str, endpoint_url: str | None = None, cache_dir: str | Path | None = None) -> Path:
-    """Return a local path for a local path or an s3:// URI (downloaded once into cache_dir)."""
+def fetch(uri: str, endpoint_url: str | None = None, cache_dir: str | Path | None = None,
+          max_attempts: int = 5) -> Path:
+    """Return a local path for a local path or an s3:// URI (downloaded once per ETag into cache_dir)."""
     if not uri.startswith("s3://"):
         path = Path(uri)
         if not path.exists():
             raise PipelineError(f"{uri}: file not found")
         return path
     bucket, key = split_s3_uri(uri)
-    client = s3_client(endpoint_url)
+    client = s3_client(endpoint_url, max_attempts)
     try:
         etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
     except Exception as exc:  # botocore ClientError (404/403) or connection errors

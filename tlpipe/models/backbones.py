@@ -182,16 +182,36 @@ def freeze_plan(backbone: keras.Model, ratio: float) -> FreezePlan:
     return FreezePlan(ratio, frozen, total, backbone.layers[frozen].name)
 
 
-def apply_freeze(backbone: keras.Model, plan: FreezePlan) -> None:
-    """Freeze layers 1..plan.frozen; the rest train, except BatchNormalization, which stays in inference mode.
+def apply_freeze(backbone: keras.Model, plan: FreezePlan, train_bn: bool = False) -> None:
+    """Freeze layers 1..plan.frozen; the rest train. BatchNormalization stays in inference mode unless `train_bn`.
 
     Keras 3 replaces the `training=False` recorded on a nested model call with fit()'s training=True, so
     the keras.io rule is enforced the way Keras 3 honours it: a BatchNormalization layer with
     trainable=False always runs in inference mode (its moving statistics, scale and offset stay fixed).
+    `train_bn` lets the unfrozen BatchNormalization layers adapt (a backbone trained from scratch must).
     """
     backbone.trainable = True
     for index, layer in enumerate(backbone.layers):
-        layer.trainable = index > plan.frozen and not isinstance(layer, keras.layers.BatchNormalization)
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = index > plan.frozen and (train_bn or not is_bn)
+
+
+def fresh_copy(backbone: keras.Model) -> keras.Model:
+    """The same architecture with newly initialised weights: the from-scratch regime."""
+    copy = keras.models.clone_model(backbone)  # clone_model builds new layers from their initialisers
+    return keras.Model(copy.input, copy.output, name="backbone")
+
+
+def regime_plan(backbone: keras.Model, regime: str, ratio: float) -> tuple[keras.Model, FreezePlan, bool]:
+    """(backbone to train, freeze plan, train BatchNormalization?) for a regime.
+
+    scratch: a fresh copy, nothing frozen, BatchNormalization trains. Otherwise the pretrained backbone
+    frozen up to the boundary nearest `ratio` (1.0 = frozen features, 0.0 = full fine-tuning).
+    """
+    if regime == "scratch":
+        fresh = fresh_copy(backbone)
+        return fresh, FreezePlan(0.0, 0, len(fresh.layers) - 1, fresh.layers[0].name), True
+    return backbone, freeze_plan(backbone, ratio), False
 
 
 def split_at(backbone: keras.Model, frozen: int) -> tuple[keras.Model, keras.Model]:

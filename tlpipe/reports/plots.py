@@ -66,3 +66,18 @@ def plot_samples(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, cla
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def training_report(history: dict[str, list[float]], monitor: str, folder: Path, title: str) -> dict:
+    """metrics.json (best epoch and its values), history.json (for `dvc plots`) and history.png in `folder`."""
+    from tlpipe.contracts import METRICS_FILE, write_json
+
+    pick = max if monitor.endswith("accuracy") else min
+    values = history.get(monitor, [])
+    best = values.index(pick(values)) if values else 0
+    metrics = {"best_epoch": best + 1, "epochs_run": len(history.get("loss", [])),
+               **{f"best_{k}": v[best] for k, v in history.items() if v}}
+    write_json(folder / METRICS_FILE, metrics)
+    write_json(folder / "history.json", {"epoch": list(range(1, len(history.get("loss", [])) + 1)), **history})
+    plot_history(history, folder / "history.png", title)
+    return metrics

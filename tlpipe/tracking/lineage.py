@@ -63,3 +63,19 @@ def lineage_tags(inputs: dict[str, str], validation: str | None) -> dict[str, st
         tags["data_validation.expectations"] = str(result.expectations)
         tags["data_validation.quarantined"] = str(result.quarantined)
     return tags
+
+
+def subset_lineage(subset: Path, validation: Path, inputs: list[str], backbone: str) -> dict:
+    """Git commit, data source, backbone, dvc.lock hashes, sizes per class and split, validation, test-set id."""
+    from tlpipe.contracts import SubsetSummary
+    from tlpipe.data.datasets import read_manifest
+    from tlpipe.reports.evaluation import test_set_id
+
+    manifest = read_manifest(subset)
+    sizes = manifest.groupby(["split", "class"]).size()
+    result = ValidationResult.read(validation).model_dump()
+    return {"git_commit": git_commit(), "test_set_sha256": test_set_id(subset), "backbone": backbone,
+            "data_source": SubsetSummary.read(subset).source,
+            "dvc_lock": dvc_lock_hashes(inputs),
+            "subset_sizes": {s: {c: int(n) for c, n in sizes[s].items()} for s in sizes.index.levels[0]},
+            "validation": {"status": "passed" if result.pop("success") else "failed", **result}}

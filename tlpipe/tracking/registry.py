@@ -165,3 +165,17 @@ def load_version_model(client, name: str, version):
         raise PipelineError(f"version {version.version} of {name!r} has no classes tag; register it with tlpipe")
     model = mlflow.keras.load_model(f"models:/{name}/{version.version}")
     return model, classes
+
+
+def existing_version(client, name: str, run_id: str):
+    """The version already registered from this training run, if any (re-running register reuses it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    for version in versions:
+        if version.tags.get("training_run_id") == run_id:
+            return version
+    return None

@@ -146,3 +146,16 @@ class EpochLogger:
                 mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in (logs or {}).items()}, step=epoch)
 
         return _Logger()
+
+
+def log_keras_model(model, sample) -> str:
+    """Log a Keras model with its signature (inferred from two sample images); returns its models:/ URI."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    example = np.asarray(sample[:2]).astype("float32")
+    signature = infer_signature(example, np.asarray(model(example, training=False)))
+    info = mlflow.keras.log_model(model, name="model", signature=signature,
+                                  pip_requirements=["tensorflow-cpu==2.21.0", "keras==3.15.1"])
+    return info.model_uri

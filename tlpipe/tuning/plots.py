@@ -13,7 +13,8 @@ import numpy as np
 
 from tlpipe.reports.plots import pyplot
 
-TRIAL_COLUMNS = ("number", "state", "value", "freeze_ratio", "learning_rate", "epochs_run", "mode")
+TRIAL_COLUMNS = ("number", "state", "value", "regime", "freeze_ratio", "learning_rate", "train_bn", "epochs_run",
+                 "mode")
 
 
 def write_trials_csv(trials, path: Path) -> None:
@@ -24,8 +25,9 @@ def write_trials_csv(trials, path: Path) -> None:
         for t in sorted(trials, key=lambda t: t.number):
             last = t.value if t.value is not None else (
                 t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else "")
-            writer.writerow([t.number, t.state.name.lower(), last, t.user_attrs.get("freeze_ratio", ""),
-                             t.params.get("learning_rate", ""), t.user_attrs.get("epochs_run", 0),
+            writer.writerow([t.number, t.state.name.lower(), last, t.user_attrs.get("regime", "transfer"),
+                             t.user_attrs.get("freeze_ratio", ""), t.params.get("learning_rate", ""),
+                             t.user_attrs.get("train_bn", ""), t.user_attrs.get("epochs_run", 0),
                              t.user_attrs.get("mode", "")])
 
 
@@ -56,7 +58,7 @@ def _save_optuna_plot(draw, study, path: Path, title: str) -> None:
 
 def _transferability(trials, path: Path, metric: str, maximize: bool) -> None:
     plt = pyplot()
-    done = [t for t in trials if t.state.name == "COMPLETE"]
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("regime", "transfer") == "transfer"]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ratios = np.array([t.user_attrs["freeze_ratio"] for t in done])
     values = np.array([t.value for t in done])
@@ -69,7 +71,7 @@ def _transferability(trials, path: Path, metric: str, maximize: bool) -> None:
     ax.set_xlabel("share of backbone layers frozen")
     ax.set_ylabel(metric)
     ax.set_xlim(-0.03, 1.03)
-    ax.set_title("transferability: validation metric vs freeze ratio")
+    ax.set_title("this study's transfer trials by freeze ratio")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -85,7 +87,17 @@ def plot_all(study, trials, out_dir: Path, metric: str) -> None:
     _save_optuna_plot(optuna_plots.plot_optimization_history, study, out_dir / "history.png", "optimization history")
     _save_optuna_plot(optuna_plots.plot_param_importances, study, out_dir / "importances.png",
                       "hyperparameter importances")
-    _transferability(trials, out_dir / "transferability.png", metric, maximize)
+    _transferability(trials, out_dir / "trials.png", metric, maximize)
+    _note(out_dir / "transferability.png", "transferability sweep: off (tune.sweep: false)")  # the sweep replaces it
+
+
+def _note(path: Path, text: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def plot_disabled(out_dir: Path) -> None:

@@ -19,7 +19,7 @@ from tlpipe.redact import redact, redact_text
 FINISHED = ("COMPLETE", "PRUNED")
 # Keys of `tune` that decide how long or where a study runs, not what a trial computes.
 VOLATILE = ("n_trials", "timeout", "storage", "enabled", "study_name", "heartbeat_interval", "max_retries",
-            "pool_size", "cache_max_bytes")
+            "pool_size", "cache_max_bytes", "sweep", "sweep_points", "sweep_seeds")
 
 
 def study_fingerprint(cfg: TuneConfig, recipe: dict, subset: Path, augmented: Path | None, head: Path | None,
@@ -121,14 +121,25 @@ def freeze_points(backbone) -> list[float]:
     return [k / total for k in cut_points(backbone)]
 
 
-def suggest(trial, cfg: TuneConfig, points: list[float]) -> tuple[float, float, float | None, int | None]:
-    """Sample a trial's hyperparameters; freeze ratio is an index into the real boundaries in range."""
-    low, high = cfg.freeze_ratio
-    inside = [p for p in points if low - 1e-9 <= p <= high + 1e-9] or [min(points, key=lambda p: abs(p - low))]
-    index = trial.suggest_int("freeze_point", 0, len(inside) - 1)
-    ratio = inside[index]
-    trial.set_user_attr("freeze_ratio", ratio)
-    lr = trial.suggest_float("learning_rate", *cfg.learning_rate, log=True)
-    dropout = trial.suggest_float("dropout", *cfg.dropout) if cfg.dropout else None
-    units = trial.suggest_int("head_units", *cfg.head_units, log=True) if cfg.head_units else None
-    return ratio, lr, dropout, units
+def suggest(trial, cfg: TuneConfig, points: list[float], regimes: list[str]) -> dict:
+    """Sample a trial's hyperparameters: the regime, then (for transfer) a real freeze boundary in range.
+
+    Returns:
+        HyperParams fields without the defaults a study does not search (dropout, head_units when fixed).
+    """
+    regime = trial.suggest_categorical("regime", regimes) if len(regimes) > 1 else regimes[0]
+    out: dict = {"regime": regime, "freeze_ratio": 0.0, "train_bn": regime == "scratch"}
+    if regime == "transfer":
+        low, high = cfg.freeze_ratio
+        inside = [p for p in points if low - 1e-9 <= p <= high + 1e-9] or [min(points, key=lambda p: abs(p - low))]
+        out["freeze_ratio"] = inside[trial.suggest_int("freeze_point", 0, len(inside) - 1)]
+        if cfg.search_bn:
+            out["train_bn"] = trial.suggest_categorical("train_bn", [False, True])
+    trial.set_user_attr("freeze_ratio", out["freeze_ratio"])
+    trial.set_user_attr("regime", regime)
+    out["learning_rate"] = trial.suggest_float("learning_rate", *cfg.learning_rate, log=True)
+    if cfg.dropout:
+        out["dropout"] = trial.suggest_float("dropout", *cfg.dropout)
+    if cfg.head_units:
+        out["head_units"] = trial.suggest_int("head_units", *cfg.head_units, log=True)
+    return out

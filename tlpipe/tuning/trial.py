@@ -34,7 +34,9 @@ class Recipe:
     image_size: int
     preprocess: str
     batch_size: int
-    epochs: int
+    epochs: int  # the cap; early stopping on `monitor` with `patience` ends a trial sooner
+    patience: int = 3
+    monitor: str = "val_accuracy"
 
 
 @dataclass(frozen=True)
@@ -147,12 +149,13 @@ def cached_model(backbone: keras.Model, plan: FreezePlan, head: keras.Model, rec
 def run_trial(recipe: Recipe, hp: HyperParams, data: TrialData, backbone: keras.Model, head_path: Path | None,
               cache: ActivationCache | None, identity: str, callbacks=()) -> dict:
     """Train one trial; returns history, the freeze plan and whether the cache was used."""
-    from tlpipe.models.backbones import build_classifier, freeze_plan
+    from tlpipe.models.backbones import build_classifier, regime_plan
 
     keras.utils.set_random_seed(recipe.seed)
-    plan = freeze_plan(backbone, hp.freeze_ratio)
-    apply_freeze(backbone, plan)
-    head = make_head(head_path, backbone.output.shape[-1], len(data.classes), hp)
+    backbone, plan, train_bn = regime_plan(backbone, hp.regime, hp.freeze_ratio)
+    apply_freeze(backbone, plan, train_bn or hp.train_bn)
+    warm = head_path if hp.regime != "scratch" else None  # a scratch backbone's features are new: fresh head
+    head = make_head(warm, backbone.output.shape[-1], len(data.classes), hp)
     built = None
     if cache is not None and plan.frozen > 0:
         built = cached_model(backbone, plan, head, recipe, cache, identity, data)
@@ -171,7 +174,9 @@ def run_trial(recipe: Recipe, hp: HyperParams, data: TrialData, backbone: keras.
     dataset, steps = variant_batches(train, data.labels, recipe.batch_size, epochs, recipe.seed)
     val_ds = tf.data.Dataset.from_tensor_slices((np.asarray(val), data.val_labels)).batch(256).map(
         lambda x, y: (tf.cast(x, tf.float32), y))
+    # Train to convergence under the epoch cap: stop when the validation metric stops improving.
+    stop = keras.callbacks.EarlyStopping(recipe.monitor, patience=recipe.patience, mode="auto")
     history = model.fit(dataset, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps, verbose=0,
-                        callbacks=list(callbacks))
+                        callbacks=[*callbacks, stop])
     return {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()}, "plan": plan,
             "mode": mode, "model": model}

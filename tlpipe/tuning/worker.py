@@ -32,8 +32,10 @@ class Worker:
     """One worker process (or pod) of a study."""
 
     def __init__(self, cfg: TuneConfig, recipe: Recipe, defaults: Defaults, subset: Path, head: Path,
-                 augmented: Path | None, cache_dir: Path, load_backbone, identity: str, worker: int = 0):
+                 augmented: Path | None, cache_dir: Path, load_backbone, identity: str, worker: int = 0,
+                 regimes: list[str] | None = None):
         self.cfg, self.recipe, self.defaults, self.head, self.worker = cfg, recipe, defaults, head, worker
+        self.regimes = list(regimes or cfg.regimes)
         self.data = load_trial_data(subset, augmented, recipe.image_size)
         self.load_backbone, self.identity = load_backbone, identity
         self.points = freeze_points(load_backbone())
@@ -49,14 +51,13 @@ class Worker:
         from tlpipe.tracking.runs import EpochLogger
 
         cfg = self.cfg
-        ratio, lr, dropout, units = suggest(trial, cfg, self.points)
+        hp = HyperParams(**{"dropout": self.defaults.dropout, "head_units": self.defaults.head_units,
+                            **suggest(trial, cfg, self.points, self.regimes)})
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("dropout", self.defaults.dropout if dropout is None else dropout)
-        trial.set_user_attr("head_units", self.defaults.head_units if units is None else units)
-        hp = HyperParams(freeze_ratio=ratio, learning_rate=lr,
-                         dropout=self.defaults.dropout if dropout is None else dropout,
-                         head_units=self.defaults.head_units if units is None else units)
+        trial.set_user_attr("dropout", hp.dropout)
+        trial.set_user_attr("head_units", hp.head_units)
+        trial.set_user_attr("train_bn", hp.train_bn)
 
         class Epochs(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
@@ -123,7 +124,8 @@ def summarize(study, cfg: TuneConfig, out_dir: Path, stopped_by: str) -> BestPar
     best = study.best_trial
     hp = {"freeze_ratio": best.user_attrs["freeze_ratio"], "learning_rate": best.params["learning_rate"],
           "dropout": best.params.get("dropout", best.user_attrs.get("dropout")),
-          "head_units": best.params.get("head_units", best.user_attrs.get("head_units"))}
+          "head_units": best.params.get("head_units", best.user_attrs.get("head_units")),
+          "regime": best.user_attrs.get("regime", "transfer"), "train_bn": best.user_attrs.get("train_bn", False)}
     summary = BestParams(source="study", study_name=study.study_name, metric=cfg.metric, value=best.value,
                          trial=best.number, params=HyperParams(**hp), boundary=best.user_attrs.get("boundary"),
                          states=counts(study), stopped_by=stopped_by,
