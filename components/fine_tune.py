@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> None:
                                       f"fine_tune ({hp.regime}, freeze {info['freeze']['boundary']})")
         mlflow.log_artifact(str(Path(args.report) / "history.png"))
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
-        chance = chance_level(metrics.get(f"best_{monitor}", 0.0), len(info["classes"]))
+        chance = chance_level(metrics.get("best_val_accuracy", 0.0), len(info["classes"]))
         if chance:
-            print(f"fine_tune: WARNING: best {monitor} is at chance level for {len(info['classes'])} classes; "
+            print(f"fine_tune: WARNING: validation accuracy is at chance level for {len(info['classes'])} classes; "
                   "the model learned nothing (check the learning rate, the weights and the data)")
         model_uri = log_keras_model(model, info["sample"])
         with atomic_dir(args.model) as staged:

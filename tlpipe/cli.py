@@ -32,6 +32,8 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = 
     warnings.filterwarnings("ignore", message=r".*shuffle=True.*was passed")
     warnings.filterwarnings("ignore", message=r".*is an experimental feature")
     warnings.filterwarnings("ignore", message=r".*is experimental \(supported from")
+    # Optuna's TPE with a log-uniform range warns about its quantile estimate; it is expected, not an error.
+    warnings.filterwarnings("ignore", message=r".*quantile.*", category=UserWarning)
     try:
         main(argv)
     except PipelineError as exc:

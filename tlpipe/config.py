@@ -78,7 +78,9 @@ def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
         return f"unknown key {key!r}{where}; allowed: {allowed}"
     if error["type"] == "missing":
         return f"{key} is missing; add it"
-    return f"{key} = {error.get('input')!r}: {msg}"
+    from tlpipe.redact import redact_text
+
+    return redact_text(f"{key} = {error.get('input')!r}: {msg}")  # a URI's password never reaches the console
 
 
 def parse_params(raw: dict[str, Any], origin: str = "params") -> Params:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +94,21 @@ class ActivationCache:
             digest.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
         return digest.hexdigest()[:20]
 
+    def evict(self, needed: int, keep: str = "") -> int:
+        """Delete least-recently-used entries until the folder plus `needed` bytes fits `max_bytes`."""
+        entries = [d for d in self.folder.glob("*") if d.is_dir() and d.name != keep] if self.folder.is_dir() else []
+        sizes = {d: sum(f.stat().st_size for f in d.glob("*") if f.is_file()) for d in entries}
+        own = self.folder / keep
+        kept = sum(f.stat().st_size for f in own.glob("*")) if keep and own.is_dir() else 0
+        total, removed = sum(sizes.values()) + kept, 0
+        for entry in sorted(entries, key=lambda d: d.stat().st_mtime):
+            if total + needed <= self.max_bytes:
+                break
+            shutil.rmtree(entry, ignore_errors=True)
+            total -= sizes[entry]
+            removed += 1
+        return removed
+
     def bytes_needed(self, images: int, shape: tuple[int, ...]) -> int:
         """Bytes for `images` activations of `shape`."""
         return images * int(np.prod(shape)) * self.dtype.itemsize
@@ -100,9 +117,10 @@ class ActivationCache:
         """The activations of `model` on `images` (leading dims kept), computed once."""
         path = self.folder / key / f"{name}.npy"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
             flat = images.reshape(-1, *images.shape[-3:])
             out_shape = tuple(model.output.shape[1:])
+            self.evict(self.bytes_needed(len(flat), out_shape), keep=key)
+            path.parent.mkdir(parents=True, exist_ok=True)
             # A unique staging name: two workers computing the same key publish the same bytes atomically.
             staged = path.with_name(f".{name}.{uuid.uuid4().hex[:8]}.partial.npy")
             array = np.lib.format.open_memmap(staged, mode="w+", dtype=self.dtype, shape=(len(flat), *out_shape))
@@ -112,6 +130,7 @@ class ActivationCache:
             array.flush()
             del array
             staged.replace(path)
+        os.utime(path.parent)  # recently used: the last to be evicted
         cached = np.load(path, mmap_mode="r")
         return cached.reshape(*images.shape[:-3], *cached.shape[1:])
 
