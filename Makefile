@@ -18,6 +18,7 @@ export MPLBACKEND ?= Agg
 IMAGE ?= ghcr.io/tlpipe/tlpipe
 TAG ?= 0.1.0
 DIGEST ?=
+GPU_DIGEST ?=
 IMAGE_REF = $(IMAGE)$(if $(DIGEST),@$(DIGEST),:$(TAG))
 PYTEST_ARGS ?=
 
@@ -93,8 +94,8 @@ predict: venv ## predictions of @champion on a folder: make predict IMAGES=dir [
 	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES=folder [VERSION=N|@alias] [OUT=file.csv]'; exit 2; }
 	python -m operators.registry predict "$(IMAGES)" --version $${VERSION:-@champion} --out $${OUT:-reports/predict/predictions.csv}
 
-compile: venv ## compile the Kubeflow pipeline: make compile [IMAGE=repo/name] [TAG=x | DIGEST=sha256:...]
-	python -m pipelines.training_pipeline compile --image $(IMAGE_REF)
+compile: venv ## compile the Kubeflow pipeline: make compile [IMAGE=repo/name] [TAG=x | DIGEST=sha256:.. GPU_DIGEST=sha256:..]
+	python -m pipelines.training_pipeline compile --image $(IMAGE_REF) $(if $(GPU_DIGEST),--gpu-image $(IMAGE)@$(GPU_DIGEST))
 
 run-local: venv ## run the Kubeflow pipeline here (kfp.local, each task sees only its declared inputs)
 	python -m pipelines.training_pipeline run-local

@@ -96,6 +96,9 @@ def train(cfg: FineTuneConfig, augment: AugmentConfig, hp: HyperParams, seed: in
         keras.mixed_precision.set_global_policy("mixed_float16")
     set_determinism(seed, deterministic)
     job.mkdir(parents=True, exist_ok=True)
+    # The checkpoint folder outlives the job folder (removed on success); a note keeps DVC from calling the
+    # persisted output "empty" on every run.
+    (job.parent / "README.txt").write_text("resumable checkpoints of unfinished training jobs live here\n")
     state = _State(job, cfg.monitor)
     with strategy().scope():
         model, plan = build_model(load(), preprocess, size, hp, len(classes), head_path)

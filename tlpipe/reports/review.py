@@ -17,6 +17,15 @@ import numpy as np
 from tlpipe.contracts import METRICS_FILE, BestParams, write_json
 from tlpipe.errors import PipelineError
 from tlpipe.reports.html import data_uri, render
+from tlpipe.reports.review_rows import (
+    baseline_rows,
+    champion_history,
+    class_rows,
+    lineage_rows,
+    metric_rows,
+    tuning_rows,
+    verdict,
+)
 
 EVIDENCE = "evidence"  # the artifact folder on the register run
 GATE, LINEAGE = "gate.json", "lineage.json"
@@ -128,7 +137,8 @@ def context(data: dict) -> dict:
             "challenger_label": f"challenger v{data['version']}",
             "champion_label": f"champion v{champion_version}" if champion_version else "no champion",
             "has_champion": bool(champion_version), "metrics": metric_rows(gate),
-            "baselines": baseline_rows(data["evaluation"]), "classes": class_rows(gate),
+            "baselines": baseline_rows(data["evaluation"], data["lineage"].get("subset_sizes")),
+            "classes": class_rows(gate),
             "perfect": gate["challenger"]["accuracy"] >= 1.0, "images": images,
             "tuning": tuning_rows(data["tuning"], data["version_tags"]),
             "tuned": (data["tuning"] or {}).get("source") == "study",
@@ -137,123 +147,6 @@ def context(data: dict) -> dict:
                       for cls, n in per.items()],
             "champion": champion_history(champion_version, data["champion_tags"], data["current_champion"]),
             "diff": data["diff"]}
-
-
-def _points(value: float) -> str:
-    return f"{100 * value:+.1f}"
-
-
-def verdict(gate: dict) -> str:
-    """The paired comparison in plain words: what the reviewer can and cannot conclude from this test set."""
-    if not gate.get("champion_version"):
-        return "There is no champion to compare with: the gate checked the challenger's own thresholds only."
-    c = gate.get("comparison")
-    if not c:
-        return "This registration has no paired comparison (it predates it); compare the accuracies with care."
-    if c["fixed"] + c["broken"] == 0:
-        return (f"The two models are right and wrong on exactly the same {c['n']} test images: this test set "
-                "cannot tell them apart.")
-    low, high = c["gain_ci95"]
-    text = (f"The challenger fixes {c['fixed']} images and breaks {c['broken']} (of {c['n']}); McNemar p = "
-            f"{c['mcnemar_p']:.2g}; the gain's 95% CI is [{_points(low)}, {_points(high)}] points: ")
-    if c["significant"]:
-        better = "better" if c["gain"] > 0 else "worse"
-        return text + f"the challenger is {better} than the champion beyond chance on this test set."
-    return (text + "the test set is too small to tell the two models apart; with "
-            f"{c['n']} images it could detect a difference of about {100 * c['min_detectable_gain']:.1f} points.")
-
-
-def _cell(value) -> str:
-    return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-
-
-def metric_rows(gate: dict) -> list[tuple[str, str, str, str]]:
-    """(metric, challenger, champion, delta) on the same test set; '-' without a champion."""
-    ch, cp = gate["challenger"], gate.get("champion")
-    rows = []
-    for key in ("accuracy", "macro_f1", "loss"):
-        base = cp[key] if cp else None
-        rows.append((key, _cell(ch[key]), _cell(base), f"{ch[key] - base:+.4f}" if base is not None else "-"))
-    return rows
-
-
-def class_rows(gate: dict) -> list[dict]:
-    """Per class: support, precision/recall/F1 (champion → challenger) and the recall change's 95% CI."""
-    ch, cp = gate["challenger"]["per_class"], (gate.get("champion") or {}).get("per_class", {})
-    ci = (gate.get("comparison") or {}).get("recall_change_ci95", {})
-    rows = []
-    for cls, row in ch.items():
-        other = cp.get(cls)
-        cells = [f"{other[m]:.3f} → {row[m]:.3f}" if other else f"{row[m]:.3f}" for m in ("precision", "recall", "f1")]
-        interval = ci.get(cls)
-        rows.append({"name": cls, "support": row["support"], "cells": cells,
-                     "recall_ci": f"[{_points(interval[0])}, {_points(interval[1])}]" if interval else "-"})
-    return rows
-
-
-def baseline_rows(evaluation: dict | None) -> list[tuple[str, str]]:
-    """Test accuracies from evaluate: the fine-tuned model, the frozen-features baseline and, if run, scratch."""
-    if not evaluation:
-        return []
-    low, high = evaluation.get("accuracy_ci95", [None, None])
-    rows = [("fine-tuned (this pipeline run)", f"{evaluation['accuracy']:.4f}"
-             + (f" (95% CI {low:.4f}-{high:.4f})" if low is not None else ""))]
-    frozen = evaluation.get("frozen_features") or {}
-    if "accuracy" in frozen:
-        rows.append(("frozen backbone features + head", f"{frozen['accuracy']:.4f}"))
-    scratch = evaluation.get("scratch")
-    if scratch is not None:
-        value = scratch.get("accuracy") if isinstance(scratch, dict) else scratch
-        rows.append(("trained from scratch", _cell(value)))
-    return rows
-
-
-def tuning_rows(tuning: dict | None, tags: dict[str, str]) -> list[tuple[str, str]]:
-    """The tuning summary as (item, value) rows, with the hyperparameters the challenger was trained with."""
-    trained = [("trained with", ", ".join(f"{k} {tags[k]}" for k in ("freeze_ratio", "learning_rate", "regime")
-                                          if k in tags) or "-")]
-    if not tuning:
-        return [("tuning", "no tuning summary in the evidence"), *trained]
-    if tuning["source"] == "params":
-        return [("tuning", "off (tune.enabled: false): fine_tune used its own params"), *trained]
-    best = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                     for k, v in (tuning.get("params") or {}).items())
-    states = ", ".join(f"{n} {state.lower()}" for state, n in sorted(tuning.get("states", {}).items()))
-    return [("study", tuning.get("study_name") or "-"),
-            ("best", f"{tuning.get('metric')} {_cell(tuning.get('value'))} (trial {_cell(tuning.get('trial'))})"),
-            ("best hyperparameters", best or "-"), ("freeze boundary", _cell(tuning.get("boundary"))),
-            ("trials", states or "-"), ("epochs per trial", _cell(tuning.get("epochs_run"))),
-            ("stopped by", tuning.get("stopped_by", "-")), *trained]
-
-
-def lineage_rows(lineage: dict, tags: dict[str, str], test_set: str) -> list[tuple[str, str]]:
-    """Code, data and backbone identity (from lineage.json, else the version's tags)."""
-    rows = [("git commit", lineage.get("git_commit") or tags.get("git_commit", "-")),
-            ("data source", lineage.get("data_source") or tags.get("data_source", "not recorded")),
-            ("backbone", lineage.get("backbone") or tags.get("backbone", "not recorded")),
-            ("data validation", (lineage.get("validation") or {}).get("status", tags.get("data_validation", "-"))),
-            ("test set sha256", test_set or "-")]
-    return rows + [(f"dvc.lock md5 of {k}", v) for k, v in lineage.get("dvc_lock", {}).items()]
-
-
-def champion_history(version: str | None, tags: dict[str, str] | None, current: str | None) -> dict:
-    """The champion the challenger was compared with: its own gate, and how it got promoted."""
-    if not version:
-        return {"summary": "No champion: nothing was in production when this version was registered.",
-                "rows": [], "forced": False}
-    if tags is None:
-        return {"summary": f"Champion v{version} no longer exists in the registry.", "rows": [], "forced": False}
-    forced = tags.get("promoted_forced") == "true"
-    rows = [("validation status", tags.get("validation_status", "not recorded")),
-            ("gate reasons", tags.get("validation_reasons", "-")), ("test accuracy", tags.get("test_accuracy", "-")),
-            ("promoted", f"by {tags.get('promoted_by', '?')} at {tags.get('promoted_at', '?')}"
-             if "promoted_at" in tags else "no promotion recorded"),
-            ("promotion reason", tags.get("promoted_reason", "-")),
-            ("forced past a failed gate", "yes (--force)" if forced else "no")]
-    now = (f" The current @champion is v{current}." if current and current != version
-           else "" if current else " There is no @champion now.")
-    return {"summary": f"Champion v{version}, the model this challenger was gated against.{now}", "rows": rows,
-            "forced": forced}
 
 
 def render_html(ctx: dict) -> str:

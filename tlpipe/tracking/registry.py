@@ -24,23 +24,23 @@ def connect(params):
     is down fails in seconds, before anything is written.
     """
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError  # a SQL tracking store that cannot be reached
 
-    from tlpipe.tracking.runs import tracking_uri
+    from tlpipe.tracking.runs import check_sql_store, sql_uri, tracking_uri
 
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(params.registry.http_retries)
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(params.registry.http_timeout)
     import mlflow
 
-    uri = tracking_uri(params)
-    if uri.startswith("postgresql") and "psycopg2" not in uri:
-        uri = uri.replace("postgresql://", "postgresql+psycopg2://", 1)  # the driver this project ships
+    uri = sql_uri(tracking_uri(params))
+    check_sql_store(uri, params.registry.http_retries)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         client = mlflow.MlflowClient(uri, uri)
         client.search_registered_models(max_results=1)
-    except (MlflowException, OSError, ImportError, ValueError) as exc:  # down, refused, missing driver, bad URI
+    except (MlflowException, SQLAlchemyError, OSError, ImportError, ValueError) as exc:  # down, refused, no driver
         reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
         raise PipelineError(f"MLflow registry at {redact(uri)} did not answer after {params.registry.http_retries} "
                             f"retries ({reason}); start the server or set MLFLOW_TRACKING_URI") from None

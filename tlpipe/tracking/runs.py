@@ -35,12 +35,45 @@ def run_group(params: StepParams) -> str:
     return f"{git_commit()[:12]}-{params.source_hash}"
 
 
+def sql_uri(uri: str) -> str:
+    """A PostgreSQL tracking URI with the driver this project ships (psycopg2)."""
+    if uri.startswith("postgresql://"):
+        return uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+    return uri
+
+
+def check_sql_store(uri: str, retries: int = 2) -> None:
+    """Fail in one line, within seconds, when a PostgreSQL tracking store does not answer.
+
+    MLflow retries a SQL store that is down for minutes, logging each attempt; a direct connection
+    attempt with a short timeout answers first.
+    """
+    if not uri.startswith("postgresql"):
+        return
+    import time
+
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 5})
+    for attempt in range(retries + 1):
+        try:
+            with engine.connect():
+                return
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if attempt == retries:
+                reason = redact_text(str(exc).splitlines()[0][:200])
+                raise PipelineError(f"MLflow tracking at {redact(uri)} did not answer after {retries} retries "
+                                    f"({reason}); start the database or set MLFLOW_TRACKING_URI") from None
+            time.sleep(1 + attempt)
+        finally:
+            engine.dispose()
+
+
 def _client_setup(params: StepParams):
     import mlflow
 
-    uri = tracking_uri(params)
-    if uri.startswith("postgresql") and "psycopg2" not in uri:
-        uri = uri.replace("postgresql://", "postgresql+psycopg2://", 1)  # the driver this project ships
+    uri = sql_uri(tracking_uri(params))
+    check_sql_store(uri)
     mlflow.set_tracking_uri(uri)
     for attempt in (1, 2):
         try:
