@@ -12,10 +12,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.config import APPLICATION_BACKBONES, AugmentConfig, FineTuneConfig
 from tlpipe.contracts import HEAD_FILE, MODEL_FILE, BestParams, HyperParams, TrainedModel
-from tlpipe.data.datasets import load_split
+from tlpipe.data.datasets import decode_images, split_source
 from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
 from tlpipe.models.fitting import chance_level, job_id, train
 from tlpipe.reports.plots import training_report
@@ -39,15 +41,15 @@ def fine_tune(cfg: FineTuneConfig, augment: AugmentConfig, hp: HyperParams, seed
               size: int, load, preprocess: str, identity: str, subset: Path, head_path: Path | None, workdir: Path,
               callbacks=()):
     """Train and return the best model with what happened; resumes from `workdir` if a previous run died."""
-    x_train, y_train, classes = load_split(subset, "train", size)
-    x_val, y_val, _ = load_split(subset, "val", size)
+    x_train, y_train, classes = split_source(subset, "train", size, cfg.input)
+    x_val, y_val, _ = split_source(subset, "val", size, cfg.input)
     job = workdir / job_id({"fine_tune": cfg.model_dump(), "augment": augment.model_dump(), "hp": hp.model_dump(),
                             "seed": seed, "size": size, "backbone": identity,
                             "data": content_hash(subset / "manifest.csv"),
                             "head": content_hash(head_path) if head_path and head_path.exists() else ""})
     model, info = train(cfg, augment, hp, seed, deterministic, size, load, preprocess,
                         (x_train, y_train, x_val, y_val, classes), head_path, job, callbacks)
-    info["sample"] = x_val[:2]
+    info["sample"] = x_val[:2] if isinstance(x_val, np.ndarray) else decode_images(x_val[:2], size)
     return model, info
 
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.contracts import MODEL_FILE, HyperParams, ValidationResult
-from tlpipe.data.datasets import load_split
+from tlpipe.data.datasets import split_source
 from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
 from tlpipe.models.fitting import job_id, train
 from tlpipe.reports.plots import training_report
 
 PARAMS = ("train_scratch", "fine_tune.epochs", "fine_tune.batch_size", "fine_tune.patience", "fine_tune.monitor",
-          "fine_tune.mixed_precision", "model.weights", "model.image_size", "model.head_units", "model.dropout",
-          "augment", "seed", "deterministic", "storage.endpoint_url")
+          "fine_tune.mixed_precision", "fine_tune.input", "model.weights", "model.image_size", "model.head_units",
+          "model.dropout", "augment", "seed", "deterministic", "storage.endpoint_url")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     with step_run(params, "train_scratch", {"subset": args.subset}, args.validation):
         import mlflow
 
-        x_train, y_train, classes = load_split(Path(args.subset), "train", size)
-        x_val, y_val, _ = load_split(Path(args.subset), "val", size)
+        x_train, y_train, classes = split_source(Path(args.subset), "train", size, cfg.input)
+        x_val, y_val, _ = split_source(Path(args.subset), "val", size, cfg.input)
         identity = backbone_identity(args.backbone, weights, size)
         job = Path(args.workdir) / job_id({"hp": hp.model_dump(), "seed": params.seed, "size": size,
                                            "arch": identity, "epochs": cfg.epochs, "patience": cfg.patience,

@@ -45,7 +45,9 @@ class External:
     @property
     def is_local_path(self) -> bool:
         """Whether DVC can hash it as a local file or folder dependency."""
-        return "://" not in self.value and ("/" in self.value or self.value.endswith((".zip", ".keras")))
+        if "://" in self.value or self.value.startswith("models:/"):
+            return False
+        return "/" in self.value or self.value.endswith((".zip", ".keras")) or Path(self.value).exists()
 
     @property
     def is_s3(self) -> bool:

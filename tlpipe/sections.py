@@ -148,6 +148,7 @@ class FineTuneConfig(_Section):
     patience: PositiveInt = 4
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     mixed_precision: bool = False
+    input: Literal["auto", "memory", "stream"] = "auto"  # auto: memory up to 20,000 images per split
 
 
 class TrainScratchConfig(_Section):

@@ -181,3 +181,42 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, augmente
     if augmenter is not None and augmenter.active and not isinstance(augmenter, FusedAugment):
         ds = ds.map(lambda x, y: (augmenter(x, training=True), y))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# Up to this many images a split is decoded once and kept in memory (every later epoch costs only the
+# model); above it, each epoch decodes from the files, so memory stays flat whatever the dataset size.
+IN_MEMORY_MAX_IMAGES = 20_000
+
+
+def file_batches(paths: list[str], labels: np.ndarray, size: int, batch_size: int, *, augmenter=None,
+                 shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """Batches decoded from the files every epoch (bounded memory): the streaming twin of `batches`."""
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths), np.asarray(labels)))
+    if shuffle_seed is not None:  # shuffling the paths, not the pixels: a full shuffle costs little memory
+        ds = ds.shuffle(max(1, len(paths)), seed=shuffle_seed, reshuffle_each_iteration=True)
+    decode = _decoder(size)
+    ds = ds.map(lambda path, label: (decode(path), label), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True).batch(batch_size)
+    if augmenter is not None and augmenter.active:
+        ds = ds.map(lambda x, y: (augmenter.augment(x, "float32"), y))
+    else:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def split_source(subset: Path, split: str, size: int, mode: str = "auto"):
+    """(images or file paths, labels, classes): decoded in memory for small splits, paths for large ones.
+
+    `mode` is "memory", "stream" or "auto" (memory up to IN_MEMORY_MAX_IMAGES images).
+    """
+    paths, labels, classes = split_files(subset, split)
+    if mode == "memory" or (mode == "auto" and len(paths) <= IN_MEMORY_MAX_IMAGES):
+        return decode_images(paths, size, desc=f"decode {split}"), labels, classes
+    return paths, labels, classes
+
+
+def any_batches(source, labels: np.ndarray, size: int, batch_size: int, **kwargs) -> tf.data.Dataset:
+    """`batches` for decoded images, `file_batches` for paths."""
+    if isinstance(source, np.ndarray):
+        return batches(source, labels, batch_size, **kwargs)
+    return file_batches(source, labels, size, batch_size, **kwargs)

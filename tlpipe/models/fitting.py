@@ -21,7 +21,7 @@ import numpy as np
 from tlpipe.config import AugmentConfig, FineTuneConfig
 from tlpipe.contracts import HyperParams
 from tlpipe.data.augmentation import build_augmenter
-from tlpipe.data.datasets import batches
+from tlpipe.data.datasets import any_batches
 from tlpipe.models.backbones import FreezePlan, apply_freeze, build_classifier, regime_plan
 from tlpipe.models.training import compile_for, make_head, set_determinism
 
@@ -45,10 +45,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
 
 
-def strategy():
-    """MirroredStrategy over the visible GPUs when there are several, else the default strategy."""
+def strategy(devices: list[str] | None = None):
+    """MirroredStrategy over `devices`, else over the visible GPUs when there are several, else the default."""
     import tensorflow as tf
 
+    if devices:
+        return tf.distribute.MirroredStrategy(devices)
     gpus = tf.config.list_logical_devices("GPU")
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
@@ -85,11 +87,12 @@ class _State:
 
 def train(cfg: FineTuneConfig, augment: AugmentConfig, hp: HyperParams, seed: int, deterministic: bool,
           size: int, load, preprocess: str, data: tuple, head_path: Path | None, job: Path,
-          callbacks=()) -> tuple[keras.Model, dict]:
+          callbacks=(), devices: list[str] | None = None) -> tuple[keras.Model, dict]:
     """Train to convergence (early stopping under `cfg.epochs`); returns the best model and what happened.
 
-    `data` is (x_train, y_train, x_val, y_val, classes). A `job` folder holding a checkpoint of the same job
-    resumes from its last finished epoch.
+    `data` is (x_train, y_train, x_val, y_val, classes), images decoded in memory or file paths to stream
+    (tlpipe/data/datasets.split_source). A `job` folder holding a checkpoint of the same job resumes from
+    its last finished epoch.
     """
     x_train, y_train, x_val, y_val, classes = data
     if cfg.mixed_precision:
@@ -100,7 +103,7 @@ def train(cfg: FineTuneConfig, augment: AugmentConfig, hp: HyperParams, seed: in
     # persisted output "empty" on every run.
     (job.parent / "README.txt").write_text("resumable checkpoints of unfinished training jobs live here\n")
     state = _State(job, cfg.monitor)
-    with strategy().scope():
+    with strategy(devices).scope():
         model, plan = build_model(load(), preprocess, size, hp, len(classes), head_path)
     resumed = state.data["epoch"] > 0 and (job / "last.keras").is_file()
     if resumed:
@@ -110,13 +113,14 @@ def train(cfg: FineTuneConfig, augment: AugmentConfig, hp: HyperParams, seed: in
         model.optimizer.build(model.trainable_variables)
         for mine, theirs in zip(model.optimizer.variables, saved.optimizer.variables, strict=True):
             mine.assign(theirs)
-    val = batches(x_val, y_val, cfg.batch_size)
+    val = any_batches(x_val, y_val, size, cfg.batch_size)
     for epoch in range(state.data["epoch"], cfg.epochs):
         if state.data["wait"] >= cfg.patience:
             break
         keras.utils.set_random_seed(epoch_seed(seed, epoch))
         augmenter = build_augmenter(augment, epoch_seed(seed, epoch))
-        train_ds = batches(x_train, y_train, cfg.batch_size, augmenter=augmenter, shuffle_seed=epoch_seed(seed, epoch))
+        train_ds = any_batches(x_train, y_train, size, cfg.batch_size, augmenter=augmenter,
+                               shuffle_seed=epoch_seed(seed, epoch))
         history = model.fit(train_ds, validation_data=val, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
                             callbacks=list(callbacks))
         logs = {k: v[-1] for k, v in history.history.items()}

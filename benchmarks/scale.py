@@ -1,0 +1,229 @@
+"""Scale benchmark: peak memory, throughput and disk of the data steps at 1k / 10k / 100k images.
+
+For each size the benchmark writes a seeded synthetic dataset (10 classes, JPEGs of 64-96 px per side, a
+class-coloured shape on noise) and runs, each as its own process as `dvc repro` does, with the arguments the
+pipeline declaration gives (pipelines/graph.py): `make_subset` (80/10/10 % of every class), `augment`,
+`extract_features` (a VGG-style backbone at 32 px saved by the benchmark) and `fine_tune_epoch`, one epoch of
+what `components/fine_tune.py` does (`tlpipe.models.fitting.build_model`, `load_split`, `batches`, augmented).
+`validate_data` is not run: the benchmark writes its passed result so the next steps accept the subset.
+
+Per step: peak RSS of the process (`os.wait4`'s rusage), images per second net of the process start-up
+(the same module run with `--help`, timed once per step), and the disk its outputs use.
+
+`python -m benchmarks.scale --sizes 1000 10000 100000 --out benchmarks/results/scale.json` (also writes
+scale.md next to it). `python -m benchmarks.scale epoch ...` is the fine_tune-like child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = ("make_subset", "augment", "extract_features", "fine_tune_epoch")
+RSS_GOAL, SPEED_GOAL = 1.5, 0.8  # largest size vs smallest: peak RSS <= 1.5x, img/s >= 0.8x
+CLASSES, SIZE, FILTERS = 10, 32, [16, 32, 64]
+
+
+def _image(args: tuple[Path, int, int, int]) -> None:
+    from PIL import Image, ImageDraw
+
+    root, seed, cls, i = args
+    rng = np.random.default_rng([seed, cls, i])
+    w, h = (int(v) for v in rng.integers(64, 97, 2))
+    pixels = rng.normal(127, 40, (h, w, 3)).clip(0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    colour = tuple(int(v) for v in np.array([cls * 25, 255 - cls * 25, (cls * 97) % 256]))
+    x, y = rng.integers(0, w // 3), rng.integers(0, h // 3)
+    box = (int(x), int(y), int(x + w // 2), int(y + h // 2))
+    (ImageDraw.Draw(image).ellipse if cls % 2 else ImageDraw.Draw(image).rectangle)(box, fill=colour)
+    image.save(root / f"c{cls}" / f"{i:06d}.jpg", quality=90)
+
+
+def make_dataset(root: Path, images: int, seed: int = 0) -> None:
+    """`images` JPEGs in class folders c0..c9 under `root` (same seed, same files)."""
+    for cls in range(CLASSES):
+        (root / f"c{cls}").mkdir(parents=True, exist_ok=True)
+    jobs = [(root, seed, i % CLASSES, i // CLASSES) for i in range(images)]
+    with Pool(os.cpu_count() or 1) as pool:
+        pool.map(_image, jobs, chunksize=500)
+
+
+def du_mb(*paths: Path) -> float:
+    """Disk used by files under `paths`, MB."""
+    return round(sum(f.stat().st_blocks * 512 for p in paths if p.exists() for f in [p, *p.rglob("*")]
+                     if f.is_file()) / 2**20, 2)
+
+
+def measure(cmd: list[str], cwd: Path, log: Path) -> tuple[float, float]:
+    """Run `cmd`; returns (wall seconds, peak RSS MB of that process)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "TQDM_DISABLE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    start = time.perf_counter()
+    with open(log, "a") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def project(work: Path, raw: Path, images: int, backbone: Path) -> tuple[Path, dict]:
+    """params.yaml for this size; returns it and the commands of the steps (from the pipeline declaration)."""
+    from pipelines.graph import argv, build
+    from tlpipe.config import load_params
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    per_class = images // CLASSES
+    val = test = max(1, per_class // 10)
+    params["data"]["source"] = str(raw)
+    params["make_subset"].update(train_per_class=per_class - val - test, val_per_class=val, test_per_class=test)
+    params["model"].update(backbone=str(backbone), weights="none", image_size=SIZE)
+    params["tracking"]["default_uri"] = f"sqlite:///{work / 'mlflow.db'}"
+    params_file = work / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    steps = {s.name: s for s in build(load_params(params_file))}
+    every = list(steps.values())
+    cmds = {name: [sys.executable, "-m", f"components.{name}", "--params", str(params_file),
+                   *argv(steps[name], every)] for name in ("make_subset", "augment", "extract_features")}
+    cmds["fine_tune_epoch"] = [sys.executable, "-m", "benchmarks.scale", "epoch", "--subset", "data/subset",
+                               "--backbone", str(backbone)]
+    images_of = {"make_subset": images, "augment": CLASSES * (per_class - val - test), "extract_features": images,
+                 "fine_tune_epoch": CLASSES * (per_class - test)}
+    outs = {"make_subset": ["data/subset"], "augment": ["data/augmented", "reports/augment"],
+            "extract_features": ["data/features"], "fine_tune_epoch": []}
+    return params_file, {n: (cmds[n], images_of[n], outs[n]) for n in STEPS}
+
+
+def run_size(images: int, work: Path, backbone: Path, startup: dict, load: list) -> list[dict]:
+    """Dataset, then every step in its own process; one row per step."""
+    from tlpipe.contracts import ValidationResult
+
+    raw = work / "raw"
+    make_dataset(raw, images)
+    _, plan = project(work, raw, images, backbone)
+    rows = []
+    for step, (cmd, n, outs) in plan.items():
+        if step not in startup:  # interpreter start-up and the imports (mlflow too), without the work
+            module = cmd[2] if step != "fine_tune_epoch" else "tlpipe.models.fitting"
+            startup[step] = measure([sys.executable, "-c", f"import mlflow, {module}"], work,
+                                    work / "startup.log")[0]
+        load.append({"images": images, "before": step, "load1": os.getloadavg()[0]})
+        wall, rss = measure(cmd, work, work / f"{step}.log")
+        rows.append({"images": images, "step": step, "step_images": n, "peak_rss_mb": round(rss, 1),
+                     "img_per_s": round(n / max(wall - startup[step], 1e-3), 1), "img_per_s_wall": round(n / wall, 1),
+                     "wall_s": round(wall, 2), "startup_s": round(startup[step], 2),
+                     "disk_mb": du_mb(*(work / o for o in outs))})
+        print(json.dumps(rows[-1]), flush=True)
+        if step == "make_subset":
+            ValidationResult(success=True, images=images, classes=[f"c{c}" for c in range(CLASSES)],
+                             expectations=0, quarantined=0).write(work / "data" / "validation")
+    rows.append({"images": images, "step": "raw_dataset", "disk_mb": du_mb(raw)})
+    return rows
+
+
+def verdict(rows: list[dict]) -> dict:
+    """Largest size vs smallest, per step: RSS and throughput ratios against the goals."""
+    out = {}
+    for step in STEPS:
+        mine = sorted((r for r in rows if r["step"] == step), key=lambda r: r["images"])
+        if len(mine) < 2:
+            continue
+        small, large = mine[0], mine[-1]
+        rss, speed = large["peak_rss_mb"] / small["peak_rss_mb"], large["img_per_s"] / small["img_per_s"]
+        out[step] = {"compared": f"{large['images']} vs {small['images']}", "rss_ratio": round(rss, 3),
+                     "speed_ratio": round(speed, 3), "rss_ok": rss <= RSS_GOAL, "speed_ok": speed >= SPEED_GOAL}
+    return out
+
+
+def write_md(result: dict, path: Path) -> None:
+    """A table of the rows and the verdict."""
+    lines = ["| images | step | peak RSS MB | img/s (net of start-up) | img/s (wall) | wall s | disk MB |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['images']} | {r['step']} | {r.get('peak_rss_mb', '')} | {r.get('img_per_s', '')} | "
+              f"{r.get('img_per_s_wall', '')} | {r.get('wall_s', '')} | {r['disk_mb']} |" for r in result["rows"]]
+    lines += ["", f"Goals: peak RSS <= {RSS_GOAL}x and img/s >= {SPEED_GOAL}x of the smallest size.", "",
+              "| step | compared | RSS ratio | speed ratio | RSS ok | speed ok |", "|---|---|---|---|---|---|"]
+    lines += [f"| {s} | {v['compared']} | {v['rss_ratio']} | {v['speed_ratio']} | {v['rss_ok']} | {v['speed_ok']} |"
+              for s, v in result["verdict"].items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def epoch(argv: list[str]) -> None:
+    """Child process: one epoch of fine_tune's training on the subset (its model, data path and augmentation)."""
+    from tlpipe.config import AugmentConfig
+    from tlpipe.contracts import HyperParams
+    from tlpipe.data.augmentation import build_augmenter
+    from tlpipe.data.datasets import batches, load_split
+    from tlpipe.models.backbones import load_backbone
+    from tlpipe.models.fitting import build_model  # what fine_tune trains
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scale epoch")
+    p.add_argument("--subset", required=True)
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--batch", type=int, default=32)
+    args = p.parse_args(argv)
+
+    x, y, classes = load_split(Path(args.subset), "train", SIZE)
+    x_val, y_val, _ = load_split(Path(args.subset), "val", SIZE)
+    hp = HyperParams(freeze_ratio=0.5, learning_rate=1e-4, dropout=0.3, head_units=64)
+    model, _ = build_model(load_backbone(args.backbone, "none", SIZE), "none", SIZE, hp, len(classes), None)
+    augmenter = build_augmenter(AugmentConfig(), 42)
+    model.fit(batches(x, y, args.batch, augmenter=augmenter, shuffle_seed=42),
+              validation_data=batches(x_val, y_val, args.batch), epochs=1, verbose=0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: run the sizes, write the JSON and the .md."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["epoch"]:
+        return epoch(argv[1:])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/scale.json")
+    p.add_argument("--work", type=Path, help="keep the projects here (default: a temporary folder, removed)")
+    args = p.parse_args(argv)
+    from benchmarks.input_pipeline import machine_facts
+    from components.pretrain_backbone import vgg_style
+
+    base = args.work or Path(tempfile.mkdtemp(prefix="tlpipe-scale-"))
+    base.mkdir(parents=True, exist_ok=True)
+    vgg_style(SIZE, FILTERS).save(base / "backbone.keras")
+    rows, load, startup = [], [], {}
+    machine = machine_facts()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for images in args.sizes:
+            work = base / str(images)
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            rows += run_size(images, work, base / "backbone.keras", startup, load)
+            if not args.work:
+                shutil.rmtree(work, ignore_errors=True)  # 100k images and their outputs are gigabytes
+            # Written after every size, so a long run that is stopped still leaves the sizes it finished.
+            result = {"rows": rows, "machine": machine, "load": [*load, {"after": images, "load1": os.getloadavg()[0]}],
+                      "parameters": {"sizes": args.sizes, "classes": CLASSES, "image_size": SIZE,
+                                     "filters": FILTERS}, "verdict": verdict(rows)}
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+            write_md(result, args.out.with_suffix(".md"))
+    finally:
+        if not args.work:
+            shutil.rmtree(base, ignore_errors=True)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
