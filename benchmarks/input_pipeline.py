@@ -6,8 +6,8 @@ iterated for --epochs epochs by three loaders:
 
 * ``imagedatagenerator``: ``tf_keras.preprocessing.image.ImageDataGenerator(...).flow_from_directory``,
   the seeds' loader (decodes, resizes and augments every image with scipy on every epoch);
-* ``tlpipe_fused``: ``components.datasets.decode_images`` once (parallel decode + resize), then
-  ``components.datasets.batches(..., augmenter=FusedAugment(...), shuffle_seed=1)`` for every epoch;
+* ``tlpipe_fused``: ``tlpipe.data.datasets.decode_images`` once (parallel decode + resize), then
+  ``tlpipe.data.datasets.batches(..., augmenter=FusedAugment(...), shuffle_seed=1)`` for every epoch;
 * ``tfdata_keras_layers``: the same decoded cache and ``batches``, but augmented per batch by four separate
   Keras layers (RandomRotation, RandomZoom, RandomTranslation, RandomFlip): four resamplings, not one.
 
@@ -230,7 +230,7 @@ class DatasetLoader(Loader):
     """Our loader: decode_images once (unless `decoded` = (images, seconds) is shared), then batches()."""
 
     def __init__(self, name: str, paths: list[str], size: int, batch: int, augmenter, decoded=None):
-        from components.datasets import batches, decode_images
+        from tlpipe.data.datasets import batches, decode_images
 
         super().__init__(
             name,
@@ -286,7 +286,7 @@ class _KerasLayersAugment:
 def bench_loaders(root: Path, paths: list[str], size: int, batch: int, epochs: int) -> dict[str, dict]:
     """Set the three loaders up, then run their epochs interleaved (round-robin), so that load from other
     processes on a shared machine falls on all of them alike rather than on whichever ran last."""
-    from components.augment import FusedAugment
+    from tlpipe.data.augmentation import FusedAugment
 
     idg = GeneratorLoader(root, size, batch)
     fused = DatasetLoader(
@@ -323,7 +323,7 @@ def bench_extract(
     name: str, model, paths: list[str], size: int, batch: int, repeats: int, counts_for_pass: bool = True
 ) -> dict:
     """extract()-style (decode files + forward) vs forward only on in-memory images; best of `repeats`."""
-    from components.datasets import decode_images
+    from tlpipe.data.datasets import decode_images
 
     def forward(images: np.ndarray) -> np.ndarray:
         chunks = [
@@ -369,18 +369,18 @@ def bench_extract(
 
 def mobilenet_extractor(size: int):
     """MobileNetV2 (weights=None), built as extract_features builds it (load_backbone + preprocessing)."""
-    from components.backbones import feature_extractor, load_backbone, preprocess_mode
-    from components.config import ModelConfig
+    from tlpipe.config import ModelConfig
+    from tlpipe.models.backbones import feature_extractor, load_backbone, preprocess_mode
 
-    cfg = ModelConfig(backbone="mobilenet_v2", weights="none", image_size=size)
-    return feature_extractor(load_backbone(cfg), size, preprocess_mode(cfg))
+    cfg = ModelConfig(backbone="mobilenet_v2", weights="none", image_size=size)  # validates the size
+    return feature_extractor(load_backbone(cfg.backbone, cfg.weights, size), size, preprocess_mode(cfg.backbone))
 
 
 def vgg_extractor(size: int):
     """The pipeline's default backbone architecture (untrained weights: speed does not depend on them)."""
-    from components.backbones import feature_extractor
-    from components.config import PretrainBackboneConfig
-    from components.pretrain_backbone import vgg_style
+    from components.pretrain_backbone import vgg_style  # the architecture is the pretrain_backbone step's own
+    from tlpipe.config import PretrainBackboneConfig
+    from tlpipe.models.backbones import feature_extractor
 
     return feature_extractor(vgg_style(size, list(PretrainBackboneConfig().filters)), size, "none")
 
@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = os.getloadavg()
     import tensorflow as tf
 
-    from components.common import write_json
+    from tlpipe.contracts import write_json
 
     tf.get_logger().setLevel("ERROR")
     out = Path(args.out)

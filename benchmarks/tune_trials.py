@@ -1,11 +1,12 @@
 """Tuning-trial benchmark: cached-activation trials vs full-model trials (P1), median pruning vs none (P5).
 
-The project is the embedded default, built by the step cores: ``make_digits`` -> ``make_subset`` ->
-pre-augmented copies (``augment``) -> ``pretrain_backbone`` (the VGG-style CNN) -> ``extract_features`` ->
-``train_head``. It is built in a child process, as dvc runs each step in its own process, so the measuring
-process has TensorFlow op determinism off, as the ``tune`` step has.
+The project is the embedded default, built by the real steps through the pipeline declaration
+(``pipelines.local.run_steps``): ``make_digits`` -> ``make_subset`` -> ``validate_data`` -> pre-augmented
+copies (``augment``) -> ``pretrain_backbone`` (the VGG-style CNN) -> ``extract_features`` -> ``train_head``. It
+is built in a child process, as dvc runs each step in its own process, so the measuring process has
+TensorFlow op determinism off, as the ``tune`` step has.
 
-P1 (one trial, ``components.tune_trial.run_trial``): the same trial on activations cached at the freeze
+P1 (one trial, ``tlpipe.tuning.trial.run_trial``): the same trial on activations cached at the freeze
 boundary vs on the full model, at freeze ratios 0.25 / 0.5 / 0.75 / 0.9. With F the backbone's forward
 FLOPs per image and u the share of them above the boundary (computed per layer from the layer shapes), a
 full-model training step costs ~ F + 2uF per image (forward everything, backward the unfrozen part) and a
@@ -18,7 +19,8 @@ A head-only cached trial (ratio 1.0) measures the fixed per-step cost that no FL
 the project's 32 px and again at 64 px (the same pretrained weights on the digits resized), where F is 4x
 larger and the per-step cost is not.
 
-P5 (a study, ``components.tune.create_study`` + ``Worker``): the median pruner vs no pruning, same seed and
+P5 (a study, ``tlpipe.tuning.study.create_study`` + ``tlpipe.tuning.worker.Worker``, with the tune step's
+recipe and search space): the median pruner vs no pruning, same seed and
 trial budget, each in its own temporary SQLite storage and activation cache: epochs spent and best value.
 One pair of studies per seed (42, 43, 44), each pair judged on its own.
 
@@ -29,7 +31,6 @@ to the JSON).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import math
 import multiprocessing
@@ -67,15 +68,21 @@ def quiet() -> None:
 
 
 def project_params(root: Path, args: argparse.Namespace) -> Path:
-    """The repo's params.yaml with paths under `root` and the benchmark's size knobs; returns its path."""
+    """The repo's params.yaml with the benchmark's size knobs and stores under `root`; returns its path.
+
+    The embedded default: builtin digits and our own pretrained backbone, laid out as dvc.yaml lays it out
+    (data/subset, data/augmented, models/backbone, models/head, ...).
+    """
+    from tlpipe.config import BUILTIN, PRETRAIN
+
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    raw["data"]["source"] = str(root / "data/raw/digits/target")
+    raw["data"]["source"] = BUILTIN
     raw["make_digits"]["image_size"] = args.image_size
     raw["make_subset"].update(train_per_class=args.train_per_class, val_per_class=args.val_per_class,
                               test_per_class=args.val_per_class)
     raw["augment"]["copies"] = args.copies
-    raw["model"].update(backbone=str(root / "models/backbone.keras"), image_size=args.image_size)
-    raw["pretrain_backbone"].update(source=str(root / "data/raw/digits/source"), epochs=args.pretrain_epochs)
+    raw["model"].update(backbone=PRETRAIN, weights="none", image_size=args.image_size)
+    raw["pretrain_backbone"].update(source=BUILTIN, epochs=args.pretrain_epochs)
     raw["tracking"]["default_uri"] = f"sqlite:///{root / 'mlflow.db'}"
     raw["tune"].update(storage=f"sqlite:///{root / 'optuna.db'}", timeout=None)
     path = root / "params.yaml"
@@ -83,53 +90,34 @@ def project_params(root: Path, args: argparse.Namespace) -> Path:
     return path
 
 
+PROJECT_STEPS = ("make_digits", "make_subset", "validate_data", "augment", "pretrain_backbone", "extract_features",
+                 "train_head")
+
+
 def prepare_project(root: Path, params_file: Path) -> dict:
-    """Build the embedded default project under `root` with the step cores; return what each step took.
+    """Build the embedded default project under `root` by running the real steps through the pipeline
+    declaration (pipelines.local.run_steps) up to train_head; return what each step took.
 
     Runs in a child process: pretraining turns TensorFlow op determinism on for its whole process.
     """
-    import numpy as np
+    import json
 
-    from components.augment import augmented_copies, build_augmenter
-    from components.config import load_params
-    from components.datasets import load_split
-    from components.extract_features import extract
-    from components.make_digits import make_digits
-    from components.make_subset import run as make_subset_run
-    from components.pretrain_backbone import pretrain
-    from components.train_head import train_head
+    from pipelines.local import run_steps
 
     quiet()
-    params = load_params(params_file)
-    size = params.model.image_size
     seconds = {}
-
-    def step(name, fn):
+    for name in PROJECT_STEPS:
         start = time.perf_counter()
-        out = fn()
+        ran = run_steps(root, [name], params_file)
+        if ran != [name]:
+            raise SystemExit(f"the pipeline declaration has no step {name} for these params (ran {ran})")
         seconds[name] = round(time.perf_counter() - start, 2)
-        return out
 
-    step("make_digits", lambda: make_digits(params.make_digits, root / "data/raw/digits"))
-    step("make_subset", lambda: make_subset_run(params, root / "data/subset"))
+    def metric(step: str) -> float:
+        return round(json.loads((root / f"reports/{step}/metrics.json").read_text())["val_accuracy"], 4)
 
-    def augment():
-        images, labels, _ = load_split(root / "data/subset", "train", size)
-        copies = augmented_copies(images, build_augmenter(params.augment, params.seed), params.augment.copies)
-        (root / "data/augmented").mkdir(parents=True)
-        labels = np.tile(labels, params.augment.copies)
-        np.savez(root / "data/augmented/train.npz", images=copies, labels=labels)
-
-    step("augment", augment)
-    backbone, metrics = step("pretrain_backbone", lambda: pretrain(params, root / "data/raw/digits/source"))
-    (root / "models").mkdir()
-    backbone.save(root / "models/backbone.keras")
-    (root / "data/features").mkdir(parents=True)
-    step("extract_features", lambda: extract(params, root / "data/subset", root / "data/features"))
-    head, head_metrics = step("train_head", lambda: train_head(params, root / "data/features"))
-    head.save(root / "models/head.keras")
-    return {"step_seconds": seconds, "pretrain_val_accuracy": round(metrics["val_accuracy"], 4),
-            "head_val_accuracy": round(head_metrics["val_accuracy"], 4)}
+    return {"step_seconds": seconds, "pretrain_val_accuracy": metric("pretrain_backbone"),
+            "head_val_accuracy": metric("train_head")}
 
 
 def build_project(root: Path, params_file: Path) -> dict:
@@ -209,66 +197,78 @@ def epoch_clock():
 
 
 def size_variant(root: Path, params_file: Path, size: int) -> dict:
-    """Params overrides for P1 at another input size: the same pretrained weights, data resized to `size`.
+    """Overrides for P1 at another input size: the same pretrained weights, data resized to `size`.
 
     The VGG-style CNN is convolutions + global pooling, so its weights fit any input size; the backbone is
     rebuilt at `size` with them and the training split's augmented copies are made again at `size`.
     """
     import numpy as np
 
-    from components.augment import augmented_copies, build_augmenter
-    from components.backbones import load_backbone
-    from components.config import load_params
-    from components.datasets import load_split
-    from components.pretrain_backbone import vgg_style
+    from components.pretrain_backbone import vgg_style  # the architecture is the pretrain_backbone step's own
+    from tlpipe.config import load_params
+    from tlpipe.contracts import BACKBONE_FILE, COPIES_FILE
+    from tlpipe.data.augmentation import augmented_copies, build_augmenter
+    from tlpipe.data.datasets import load_split
+    from tlpipe.models.backbones import load_backbone
 
     params = load_params(params_file)
     backbone = vgg_style(size, list(params.pretrain_backbone.filters))
-    backbone.set_weights(load_backbone(params.model).get_weights())
-    model_path = root / f"models/backbone_{size}px.keras"
-    backbone.save(model_path)
+    pretrained = load_backbone(str(root / "models/backbone"), params.model.weights, params.model.image_size)
+    backbone.set_weights(pretrained.get_weights())
+    model_dir = root / f"models/backbone_{size}px"
+    model_dir.mkdir(parents=True)
+    backbone.save(model_dir / BACKBONE_FILE)
     images, labels, _ = load_split(root / "data/subset", "train", size)
     copies = augmented_copies(images, build_augmenter(params.augment, params.seed), params.augment.copies)
-    augmented = root / f"data/augmented/train_{size}px.npz"
-    np.savez(augmented, images=copies, labels=np.tile(labels, params.augment.copies))
-    return {"model.image_size": size, "model.backbone": str(model_path), "augmented": augmented}
+    augmented = root / f"data/augmented_{size}px"
+    augmented.mkdir(parents=True)
+    np.savez(augmented / COPIES_FILE, images=copies, labels=np.tile(labels, params.augment.copies))
+    return {"model.image_size": size, "backbone": str(model_dir), "augmented": augmented}
 
 
 class P1Setup:
     """What every P1 trial at one input size shares: params, data, head, backbone identity, the cache."""
 
     def __init__(self, root: Path, params_file: Path, epochs: int, overrides: dict):
-        from components.config import load_params
-        from components.tracking import content_hash
-        from components.tune_trial import ActivationCache, load_trial_data
+        from tlpipe.config import load_params
+        from tlpipe.contracts import HEAD_FILE
+        from tlpipe.models.backbones import backbone_identity, preprocess_mode
+        from tlpipe.tuning.trial import ActivationCache, Recipe, load_trial_data
 
         overrides = dict(overrides)
-        augmented = overrides.pop("augmented", root / "data/augmented/train.npz")
+        augmented = overrides.pop("augmented", root / "data/augmented")
+        self.spec = overrides.pop("backbone", str(root / "models/backbone"))
         self.params = load_params(params_file, overrides)
-        cfg, size = self.params.tune, self.params.model.image_size
+        cfg, model = self.params.tune, self.params.model
+        size = model.image_size
         self.data = load_trial_data(root / "data/subset", augmented, size)
-        self.head = root / "models/head.keras"
-        self.identity = content_hash(self.params.model.backbone)
+        self.head = root / "models/head" / HEAD_FILE
+        self.identity = backbone_identity(self.spec, model.weights, size)
+        # As the tune step builds it, except patience = epochs: every P1 trial runs all its epochs (no early stop).
+        self.recipe = Recipe(seed=self.params.seed, image_size=size, preprocess=preprocess_mode(self.spec),
+                             batch_size=self.params.fine_tune.batch_size, epochs=epochs, patience=epochs,
+                             monitor=cfg.metric)
         self.cache = ActivationCache(root / f"p1_cache_{size}px", cfg.cache_max_bytes, cfg.cache_dtype)
         self.epochs = epochs
 
     def backbone(self):
         """A fresh copy of the pretrained backbone (the tune Worker loads one per trial too)."""
-        from components.backbones import load_backbone
+        from tlpipe.models.backbones import load_backbone
 
-        return load_backbone(self.params.model)
+        return load_backbone(self.spec, self.params.model.weights, self.params.model.image_size)
 
     def hyper(self, ratio: float):
         """fine_tune's hyperparameters at `ratio` (speed does not depend on the learning rate)."""
-        from components.fine_tune import HyperParams
+        from tlpipe.contracts import HyperParams
 
-        return dataclasses.replace(HyperParams.from_params(self.params), freeze_ratio=ratio)
+        return HyperParams(freeze_ratio=ratio, learning_rate=self.params.fine_tune.learning_rate,
+                           dropout=self.params.model.dropout, head_units=self.params.model.head_units)
 
     def build_cache(self, ratio: float) -> float:
         """Fill the cache at `ratio`'s boundary (train variants + val) as a trial would; return seconds."""
-        from components.backbones import apply_freeze, freeze_plan
-        from components.fine_tune import make_head
-        from components.tune_trial import cached_model
+        from tlpipe.models.backbones import apply_freeze, freeze_plan
+        from tlpipe.models.training import make_head
+        from tlpipe.tuning.trial import cached_model
 
         backbone = self.backbone()
         plan = freeze_plan(backbone, ratio)
@@ -276,7 +276,7 @@ class P1Setup:
         head = make_head(self.head, backbone.output.shape[-1], len(self.data.classes), self.hyper(ratio))
         gc.collect()
         start = time.perf_counter()
-        built = cached_model(backbone, plan, head, self.params, self.cache, self.identity, self.data)
+        built = cached_model(backbone, plan, head, self.recipe, self.cache, self.identity, self.data)
         seconds = time.perf_counter() - start
         if built is None:
             raise SystemExit(f"ratio {ratio}: activations exceed tune.cache_max_bytes; P1 cannot run cached")
@@ -284,14 +284,14 @@ class P1Setup:
 
     def trial(self, ratio: float, cached: bool) -> dict:
         """One timed run_trial: whole wall time and per-epoch training / validation seconds."""
-        from components.tune_trial import run_trial
+        from tlpipe.tuning.trial import run_trial
 
         clock = epoch_clock()
         backbone = self.backbone()
         gc.collect()
         start = time.perf_counter()
-        out = run_trial(self.params, self.hyper(ratio), self.data, backbone, self.head,
-                        self.cache if cached else None, self.identity, self.epochs, callbacks=[clock])
+        out = run_trial(self.recipe, self.hyper(ratio), self.data, backbone, self.head,
+                        self.cache if cached else None, self.identity, callbacks=[clock])
         wall = time.perf_counter() - start
         if out["mode"] != ("cached" if cached else "full"):
             raise SystemExit(f"ratio {ratio}: run_trial ran {out['mode']}, not the arm asked for")
@@ -412,23 +412,35 @@ def run_study(root: Path, params_file: Path, pruner: str, seed: int, trials: int
     """One study through the product's create_study + Worker (own SQLite storage and cache); its facts."""
     import mlflow
 
-    from components.config import load_params
-    from components.tune import FINISHED, Worker, counts, create_study
+    from tlpipe.config import load_params
+    from tlpipe.contracts import HEAD_FILE
+    from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
+    from tlpipe.tuning.study import FINISHED, counts, create_study
+    from tlpipe.tuning.trial import Recipe
+    from tlpipe.tuning.worker import Defaults, Worker
 
     folder = root / f"p5_seed{seed}_{pruner}"
     folder.mkdir()
     params = load_params(params_file, {"seed": seed, "tune.pruner": pruner, "tune.n_trials": trials,
                                        "tune.epochs": epochs,
                                        "tune.storage": f"sqlite:///{folder / 'optuna.db'}"})
+    cfg, model, spec = params.tune, params.model, str(root / "models/backbone")
+    # The tune step's study, recipe and worker (components/tune.py Context), built from the library.
+    recipe = Recipe(seed=params.seed, image_size=model.image_size, preprocess=preprocess_mode(spec),
+                    batch_size=params.fine_tune.batch_size, epochs=cfg.epochs, patience=cfg.patience,
+                    monitor=cfg.metric)
     start = time.perf_counter()
-    study = create_study(params)
-    worker = Worker(params, root / "data/subset", root / "models/head.keras",
-                    root / "data/augmented/train.npz", folder / "cache")
+    study = create_study(cfg, f"{cfg.study_name}-p5-seed{seed}-{pruner}", params.seed)
+    worker = Worker(cfg, recipe, Defaults(model.dropout, model.head_units), root / "data/subset",
+                    root / "models/head" / HEAD_FILE, root / "data/augmented", folder / "cache",
+                    lambda: load_backbone(spec, model.weights, model.image_size),
+                    backbone_identity(spec, model.weights, model.image_size))
     with mlflow.start_run(run_name=f"p5 seed={seed} pruner={pruner}"):
         worker.work(study)
     wall = time.perf_counter() - start
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name in (*FINISHED, "FAIL")]
-    rows = [{"number": t.number, "state": t.state.name,
+    rows = [{"number": t.number, "state": t.state.name, "params": dict(t.params),
+             "regime": t.user_attrs.get("regime", "transfer"),
              "freeze_ratio": round(t.user_attrs["freeze_ratio"], 4),
              "learning_rate": t.params["learning_rate"], "mode": t.user_attrs.get("mode"),
              "epochs_run": t.user_attrs.get("epochs_run", 0), "value": t.value,
@@ -439,7 +451,8 @@ def run_study(root: Path, params_file: Path, pruner: str, seed: int, trials: int
     return {"pruner": pruner, "study_name": study.study_name, "direction": study.direction.name,
             "states": counts(study), "epochs_spent": sum(r["epochs_run"] for r in rows),
             "epochs_budget": trials * epochs, "best_value": best.value, "best_trial": best.number,
-            "best_params": {"freeze_ratio": best.user_attrs["freeze_ratio"],
+            "best_params": {"regime": best.user_attrs.get("regime", "transfer"),
+                            "freeze_ratio": best.user_attrs["freeze_ratio"],
                             "learning_rate": best.params["learning_rate"]},
             "wall_seconds": round(wall, 2), "trials": rows}
 
@@ -453,7 +466,7 @@ def lost_winners(unpruned: dict, pruned: dict) -> list[int]:
         twin = twins.get(t["number"])
         if t["state"] != "PRUNED" or twin is None or twin["value"] is None:
             continue
-        same = (twin["freeze_ratio"], twin["learning_rate"]) == (t["freeze_ratio"], t["learning_rate"])
+        same = twin["params"] == t["params"]  # the same sampled point (regime, boundary, BatchNorm, rate)
         if same and better(twin["value"], pruned["best_value"]):
             lost.append(t["number"])
     return lost
@@ -486,7 +499,7 @@ def bench_p5(root: Path, params_file: Path, trials: int, epochs: int, seeds: lis
     import mlflow
     import optuna
 
-    from components.config import load_params
+    from tlpipe.config import load_params
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = load_params(params_file)
@@ -498,7 +511,7 @@ def bench_p5(root: Path, params_file: Path, trials: int, epochs: int, seeds: lis
         "metric": params.tune.metric,
         "trials": trials,
         "epochs_per_trial": epochs,
-        "pruner_settings": "MedianPruner(n_startup_trials=2, n_warmup_steps=1) from components.tune._pruner",
+        "pruner_settings": "MedianPruner(n_startup_trials=2, n_warmup_steps=1) from tlpipe.tuning.study.pruner",
         "epochs_target": P5_EPOCHS_TARGET,
         "best_tolerance": P5_BEST_TOLERANCE,
         "best_shortfall_is": "(unpruned best - pruned best) / |unpruned best|, sign flipped for minimised "
@@ -578,7 +591,8 @@ def markdown_p1(p1: dict) -> list[str]:
 def _trial_cell(t: dict) -> str:
     value = t["value"] if t["value"] is not None else t["last_value"]
     shown = "-" if value is None else f"{value:.4f}"
-    params = f"{t['freeze_ratio']:.3f}, {t['learning_rate']:.1e}"
+    where = "scratch" if t.get("regime") == "scratch" else f"{t['freeze_ratio']:.3f}"
+    params = f"{where}, {t['learning_rate']:.1e}"
     return f"{params}: {t['state'].lower()}, {t['epochs_run']}, {shown}"
 
 
@@ -612,7 +626,7 @@ def markdown_p5(p5: dict) -> list[str]:
     for pair in p5["pairs"]:
         lines += [
             "",
-            f"Seed {pair['seed']}, every trial (freeze ratio, learning rate: state, epochs, value or last "
+            f"Seed {pair['seed']}, every trial (freeze ratio or scratch, learning rate: state, epochs, value or last "
             "reported value):",
             "",
             "| trial | pruner=none | pruner=median |",
@@ -655,7 +669,7 @@ def notes(result: dict) -> list[str]:
     out = [
         "Expected ratio (1+2u)/(3u) counts backbone FLOPs only: the head, the optimizer update, tf.data, "
         "Python/Keras dispatch and reading the float16 activations are not in it.",
-        "Both P1 arms are components.tune_trial.run_trial: the cached arm with the product's "
+        "Both P1 arms are tlpipe.tuning.trial.run_trial: the cached arm with the product's "
         "ActivationCache, the full arm with no cache. Both train on the same variant per epoch.",
         "The cache build (the frozen prefix's forward over every training variant and the validation split, "
         "written to a memory-mapped .npy) is paid once per boundary and is left out of the per-epoch ratio.",
@@ -733,7 +747,7 @@ def main(argv: list[str] | None = None) -> dict:
     import optuna
     import tensorflow as tf
 
-    from components.common import write_json
+    from tlpipe.contracts import write_json
 
     tf.get_logger().setLevel("ERROR")
     quiet()

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.augment import FusedAugment, augmented_copies
-from components.datasets import batches, decode_images
+from tlpipe.data.augmentation import FusedAugment, augmented_copies
+from tlpipe.data.datasets import batches, decode_images
 
 SEEDS_AUG = (10.0, 0.1, 0.1, 0.1, True)
 

@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from components.config import load_params, parse_params
-from components.errors import ConfigError
+from tlpipe.config import BUILTIN, PRETRAIN, TuneConfig, load_params, parse_params
+from tlpipe.errors import ConfigError
 
 BASE = {"data": {"source": "x"}, "model": {"backbone": "models/backbone.keras"}}
 
@@ -33,7 +33,7 @@ def test_repo_params_load():
         ({"make_subset__train_per_class": 0}, "make_subset.train_per_class = 0: Input should be greater than 0"),
         ({"data__layout": "grid"}, "data.layout = 'grid': Input should be 'auto', 'folders' or 'flat'"),
         ({"fine_tune__freeze_ratio": 1.5}, "fine_tune.freeze_ratio = 1.5"),
-        ({"model__backbone": "alexnet"}, "neither one of vgg16"),
+        ({"model__backbone": "alexnet"}, "is neither pretrain, one of vgg16"),
         ({"model__backbone": "inception_v3", "model__image_size": 32}, "minimum for inception_v3"),
         ({"tune__storage": "postgresql://bob:secret@db/optuna"}, "PGUSER/PGPASSWORD"),
         ({"tune__learning_rate": [0.1, 0.001]}, "reversed"),
@@ -48,9 +48,13 @@ def test_bad_values_name_key_value_and_allowed(changes, expected):
     assert "\n" not in message
 
 
-def test_missing_section_and_bad_yaml(tmp_path):
-    with pytest.raises(ConfigError, match="data is missing"):
-        parse_params({"model": {"backbone": "vgg16"}})
+def test_missing_sections_default_to_the_embedded_project_and_bad_yaml(tmp_path):
+    # data.source and model.backbone are no longer required: without them the embedded digits and our own
+    # pretrained backbone are used (the old "data is missing" error is gone by design).
+    params = parse_params({})
+    assert params.data.source == BUILTIN and params.model.backbone == PRETRAIN
+    with pytest.raises(ConfigError, match="weights 'imagenet' given for backbone pretrain"):
+        parse_params({"model": {"weights": "imagenet"}})
     bad = tmp_path / "params.yaml"
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -63,3 +67,8 @@ def test_overrides_apply_dotted_keys():
     params = load_params("params.yaml", {"fine_tune.epochs": 2, "data.source": "s3://b/p"})
     assert params.fine_tune.epochs == 2
     assert params.data.source == "s3://b/p"
+
+
+def test_tuning_budget_is_a_trial_count_not_a_clock():
+    assert TuneConfig().timeout is None  # tune.n_trials is the budget; timeout is an optional cap
+    assert load_params("params.yaml").tune.timeout is None

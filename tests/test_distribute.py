@@ -60,7 +60,7 @@ def train(strategy_):
 
 single, single_loss = train(tf.distribute.get_strategy())
 devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-mirrored_strategy = tf.distribute.MirroredStrategy(devices)
+mirrored_strategy = strategy(devices)  # what fitting.train uses when given devices
 mirrored, mirrored_loss = train(mirrored_strategy)
 weights = [float(np.max(np.abs(a - b))) for a, b in zip(single.get_weights(), mirrored.get_weights(), strict=True)]
 probe = x[:16]

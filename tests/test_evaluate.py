@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from components.evaluate import confusion, scores, spread
+from tlpipe.reports.evaluation import scores, spread
 
 
 def test_scores_match_a_hand_computed_confusion_matrix():
@@ -29,6 +29,8 @@ def test_class_never_predicted_has_zero_precision_not_nan():
 
 
 def test_confusion_and_spread():
-    assert confusion(np.array([1, 1]), np.array([0, 1]), 2).tolist() == [[0, 0], [1, 1]]
+    # rows = truth, columns = prediction; a class absent from the truth still gets its row
+    predicted = np.array([[0.9, 0.1], [0.2, 0.8]])  # argmax: 0, 1
+    assert scores(np.array([1, 1]), predicted, ["a", "b"])["confusion"] == [[0, 0], [1, 1]]
     picks = spread(np.array([0, 0, 0, 1, 1, 2]), 3, seed=0)
     assert sorted(np.array([0, 0, 0, 1, 1, 2])[picks].tolist()) == [0, 1, 2]

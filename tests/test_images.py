@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.images import BadImage, normalise
+from tlpipe.data.images import BadImage, normalise
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -1,4 +1,5 @@
 import csv
+import re
 import zipfile
 from pathlib import Path
 
@@ -6,31 +7,50 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.config import MakeSubsetConfig
-from components.errors import DataError
 from components.make_subset import choose_class, make_subset
-from components.sources import LocalSource, ZipSource, classify, open_source
 from tests.conftest import make_tree, run_cli, write_params
+from tlpipe.config import MakeSubsetConfig
+from tlpipe.contracts import MANIFEST, QUARANTINE, SubsetSummary
+from tlpipe.data.sources import LocalSource, ZipSource, classify, open_source
+from tlpipe.errors import DataError
 
 CFG = MakeSubsetConfig(train_per_class=3, val_per_class=1, test_per_class=1, seed=1)
 
 
 def rows(out: Path):
-    with open(out / "manifest.csv", encoding="utf-8") as fh:
+    with open(out / MANIFEST, encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
 def build(source, tmp_path, layout="auto", cfg=CFG):
     out = tmp_path / "subset"
     out.mkdir(parents=True)
-    summary = make_subset(source, layout, cfg, out)
+    summary, quarantined = make_subset(source, layout, cfg, out)
+    assert SubsetSummary.read(out) == summary and summary.quarantined == len(quarantined)
     return out, summary
+
+
+MLFLOW_INFO = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow\.")
+
+
+def one_line_error(stderr: str) -> bool:
+    """The failure is one `error:` line, no traceback. The only other lines allowed are MLflow's own INFO logs
+    from creating a fresh tracking store (the step opens its MLflow run before reading the source)."""
+    lines = stderr.strip().splitlines()
+    return (bool(lines) and lines[-1].startswith("error: ") and "Traceback" not in stderr
+            and all(MLFLOW_INFO.match(line) for line in lines[:-1]))
+
+
+def cli(params: Path, raw, subset: Path):
+    """The step as dvc runs it (`--raw DIR --subset OUT`), from the params file's folder."""
+    return run_cli("make_subset", "--params", str(params), "--raw", str(raw), "--subset", str(subset),
+                   cwd=params.parent)
 
 
 def test_folders_layout_counts_and_manifest_columns(tmp_path):
     src = make_tree(tmp_path / "raw", classes=("cat", "dog"), per_class=6)
     out, summary = build(LocalSource(src), tmp_path)
-    assert summary["layout"] == "folders" and summary["classes"] == ["cat", "dog"]
+    assert summary.layout == "folders" and summary.classes == ["cat", "dog"]
     got = rows(out)
     assert len(got) == 10
     assert set(got[0]) == {"path", "class", "split", "sha256", "width", "height", "channels", "bytes",
@@ -43,7 +63,7 @@ def test_folders_layout_counts_and_manifest_columns(tmp_path):
 def test_kaggle_flat_layout(tmp_path):
     src = make_tree(tmp_path / "raw", classes=("cat", "dog"), per_class=5, layout="flat", ext=".jpg")
     out, summary = build(LocalSource(src), tmp_path)
-    assert summary["layout"] == "flat"
+    assert summary.layout == "flat"
     assert {r["class"] for r in rows(out)} == {"cat", "dog"}
 
 
@@ -94,9 +114,9 @@ def test_bad_files_quarantined_listed_and_replaced(tmp_path):
     good = (src / "cat" / "0.png").read_bytes()
     (src / "dog" / "copy_of_cat.png").write_bytes(good)  # the same file in two classes
     out, summary = build(LocalSource(src), tmp_path, cfg=CFG.model_copy(update={"train_per_class": 4}))
-    with open(out / "quarantine.csv", encoding="utf-8") as fh:
+    with open(out / QUARANTINE, encoding="utf-8") as fh:
         quarantined = list(csv.DictReader(fh))
-    assert summary["quarantined"] == len(quarantined)
+    assert summary.quarantined == len(quarantined)
     assert all(q["reason"] for q in quarantined)
     assert len(list((out / "quarantine").rglob("*.*"))) == len(quarantined)
     got = rows(out)
@@ -112,7 +132,7 @@ def test_unicode_class_names_and_odd_modes(tmp_path):
             (src / cls).mkdir(parents=True, exist_ok=True)
             Image.fromarray(arr, "RGBA").save(src / cls / f"{i}.png")
     out, summary = build(LocalSource(src), tmp_path)
-    assert set(summary["classes"]) == {"고양이", "café"}
+    assert set(summary.classes) == {"고양이", "café"}
     assert {r["source_mode"] for r in rows(out)} == {"PNG/RGBA"}
     assert all(Image.open(out / r["path"]).mode == "RGB" for r in rows(out))
 
@@ -129,14 +149,14 @@ def test_zip_of_folders_with_wrapper_dir(tmp_path):
     src = make_tree(tmp_path / "raw", per_class=5)
     archive = zip_tree(src, tmp_path / "raw.zip", wrapper="dataset/train/")
     out, summary = build(open_source(str(archive), endpoint_url=None, max_attempts=1, max_zip_bytes=10**9), tmp_path)
-    assert summary["layout"] == "folders" and summary["classes"] == ["a", "b"]
+    assert summary.layout == "folders" and summary.classes == ["a", "b"]
 
 
 def test_zip_of_flat_layout(tmp_path):
     src = make_tree(tmp_path / "raw", per_class=5, layout="flat")
     archive = zip_tree(src, tmp_path / "flat.zip", wrapper="train/")
     out, summary = build(ZipSource(archive, 10**9), tmp_path)
-    assert summary["layout"] == "flat"
+    assert summary.layout == "flat"
 
 
 @pytest.mark.parametrize("evil", ["../escape.png", "a/../../escape.png", "/etc/passwd.png"])
@@ -166,28 +186,30 @@ def test_layout_forced_flat_on_folders_finds_nothing(tmp_path):
 
 def test_cli_missing_source_one_line_no_traceback_no_output(tmp_path):
     params = write_params(tmp_path / "params.yaml", tmp_path / "does-not-exist")
-    result = run_cli("make_subset", "--params", str(params), "--out", str(tmp_path / "subset"))
+    result = cli(params, tmp_path / "does-not-exist", tmp_path / "subset")
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert one_line_error(result.stderr)
     assert "data.source" in result.stderr and "not found" in result.stderr
     assert not (tmp_path / "subset").exists()
 
 
 def test_cli_failure_leaves_no_partial_output(tmp_path):
-    src = make_tree(tmp_path / "raw", per_class=3)
-    params = write_params(tmp_path / "params.yaml", src)
-    result = run_cli("make_subset", "--params", str(params), "--out", str(tmp_path / "subset"))
+    work = tmp_path / "work"  # raw input and output only; params (and the MLflow store beside them) elsewhere
+    src = make_tree(work / "raw", per_class=3)
+    (tmp_path / "cfg").mkdir()
+    params = write_params(tmp_path / "cfg" / "params.yaml", src)
+    result = cli(params, src, work / "subset")
     assert result.returncode == 2 and "usable images" in result.stderr
-    assert list(tmp_path.iterdir()) == sorted([tmp_path / "raw", tmp_path / "params.yaml"]) or \
-        sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "raw"]
+    assert sorted(p.name for p in work.iterdir()) == ["raw"]  # no subset/, no .subset.partial-* staging
 
 
 def test_cli_ok_on_tiny_dataset(tmp_path):
     src = make_tree(tmp_path / "raw", per_class=9)
     params = write_params(tmp_path / "params.yaml", src)
-    result = run_cli("make_subset", "--params", str(params), "--out", str(tmp_path / "subset"))
+    result = cli(params, src, tmp_path / "subset")
     assert result.returncode == 0, result.stderr
     assert "16 images in 2 classes" in result.stdout
+    assert SubsetSummary.read(tmp_path / "subset").images == 16
 
 
 @pytest.mark.servers
@@ -205,7 +227,7 @@ def test_s3_prefix_downloads_only_chosen_files(tmp_path, s3_server):
     original = source.read
     source.read = lambda rel: fetched.append(rel) or original(rel)
     out, summary = build(source, tmp_path)
-    assert summary["layout"] == "flat" and summary["images"] == 10
+    assert summary.layout == "flat" and summary.images == 10
     assert len(fetched) == 10  # only the chosen files were downloaded, not all 24
     local, _ = build(LocalSource(src), tmp_path / "local")
     assert (out / "manifest.csv").read_text().replace("\r", "") == (local / "manifest.csv").read_text()
@@ -221,8 +243,8 @@ def test_s3_cli_with_endpoint_from_params(tmp_path, s3_server):
     for f in src.rglob("*.png"):
         s3.upload_file(str(f), "cli", f"imgs/{f.relative_to(src).as_posix()}")
     params = write_params(tmp_path / "params.yaml", "s3://cli/imgs", storage={"endpoint_url": s3_server})
-    result = run_cli("make_subset", "--params", str(params), "--out", str(tmp_path / "subset"))
+    result = cli(params, "s3://cli/imgs", tmp_path / "subset")
     assert result.returncode == 0, result.stderr
     missing = write_params(tmp_path / "p2.yaml", "s3://no-such-bucket/x", storage={"endpoint_url": s3_server})
-    result = run_cli("make_subset", "--params", str(missing), "--out", str(tmp_path / "s2"))
+    result = cli(missing, "s3://no-such-bucket/x", tmp_path / "s2")
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr

@@ -54,8 +54,10 @@ def test_no_secret_reaches_a_message_or_a_file(tmp_path):
     no_canary(pg, tmp_path)
     raw = yaml.safe_load(params.read_text())
     raw["tune"] = {"storage": f"postgresql://alice:{CANARY}@{dead}/optuna"}
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
-    storage = cli("pipelines.dvc_yaml", "--params", str(tmp_path / "bad.yaml"), "--out", "dvc.yaml", cwd=tmp_path)
+    inputs = tmp_path.parent / f"{tmp_path.name}-inputs"  # the user's own file holds the canary; outputs must not
+    inputs.mkdir(exist_ok=True)
+    (inputs / "bad.yaml").write_text(yaml.safe_dump(raw))
+    storage = cli("pipelines.dvc_yaml", "--params", str(inputs / "bad.yaml"), "--out", "dvc.yaml", cwd=tmp_path)
     assert storage.returncode == 2 and "PGUSER/PGPASSWORD" in storage.stderr
     no_canary(storage, tmp_path)
     s3 = cli("components.make_subset", "--params", str(params), "--raw", "s3://bucket/photos/", "--subset", "subset",
@@ -74,6 +76,7 @@ def test_redaction_helper():
 
 
 def tiny_run(root: Path, **extra) -> Path:
+    root.mkdir(parents=True)
     sections = {**TINY, "tune": {**TINY["tune"], "storage": f"sqlite:///{root / 'optuna.db'}", "sweep": False},
                 **extra}
     write_params(root / "params.yaml", "builtin:digits", **sections)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -29,6 +30,8 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = 
     """Run a step's main(); a PipelineError becomes one line on stderr and exit code 2."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # store set-up chatter is not the user's business
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*shuffle=True.*was passed")
     warnings.filterwarnings("ignore", message=r".*is an experimental feature")
     warnings.filterwarnings("ignore", message=r".*is experimental \(supported from")

@@ -96,7 +96,16 @@ class S3Source:
             self.prefix += "/"
         self._client = s3_client(endpoint_url, max_attempts)
 
+    def _unreachable(self, exc: Exception) -> DataError:
+        from tlpipe.redact import redact_text
+
+        reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        return DataError(f"data.source {self.description}: cannot read it ({reason}); check the bucket, "
+                         "storage.endpoint_url and the AWS credentials in the environment")
+
     def list_files(self) -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         keys = []
         try:
             for page in self._client.get_paginator("list_objects_v2").paginate(
@@ -105,13 +114,20 @@ class S3Source:
                 keys += [o["Key"][len(self.prefix) :] for o in page.get("Contents", []) if o["Size"] >= 0]
         except self._client.exceptions.NoSuchBucket:
             raise DataError(f"data.source {self.description}: bucket {self.bucket!r} does not exist") from None
+        except (BotoCoreError, ClientError) as exc:  # unreachable endpoint, denied, throttled after retries
+            raise self._unreachable(exc) from None
         return sorted(k for k in keys if k and not k.endswith("/"))
 
     def list_dirs(self) -> list[str]:
         return []
 
     def read(self, rel: str) -> bytes:
-        return self._client.get_object(Bucket=self.bucket, Key=self.prefix + rel)["Body"].read()
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=self.prefix + rel)["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            raise self._unreachable(exc) from None
 
 
 def open_source(spec: str, *, endpoint_url: str | None, max_attempts: int, max_zip_bytes: int) -> Source:

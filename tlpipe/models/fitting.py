@@ -55,6 +55,21 @@ def strategy(devices: list[str] | None = None):
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
+def _reseed_layers(model: keras.Model, seed: int) -> None:
+    """Set every layer's random stream (Dropout, ...) to a state that depends on (seed, epoch) only.
+
+    A layer's SeedGenerator advances as it trains and is not part of the saved model, so without this a
+    resumed run would draw different dropout masks than an uninterrupted one.
+    """
+    todo = list(model.layers)
+    while todo:
+        layer = todo.pop()
+        todo.extend(getattr(layer, "layers", []))
+        generator = getattr(layer, "seed_generator", None)
+        if generator is not None:
+            generator.state.assign(np.array([seed, 0], dtype=generator.state.dtype))
+
+
 class _State:
     """last.keras (weights + optimizer), best.keras and state.json of one job folder."""
 
@@ -118,6 +133,7 @@ def train(cfg: FineTuneConfig, augment: AugmentConfig, hp: HyperParams, seed: in
         if state.data["wait"] >= cfg.patience:
             break
         keras.utils.set_random_seed(epoch_seed(seed, epoch))
+        _reseed_layers(model, epoch_seed(seed, epoch))
         augmenter = build_augmenter(augment, epoch_seed(seed, epoch))
         train_ds = any_batches(x_train, y_train, size, cfg.batch_size, augmenter=augmenter,
                                shuffle_seed=epoch_seed(seed, epoch))

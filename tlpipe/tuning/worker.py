@@ -36,6 +36,7 @@ class Worker:
                  regimes: list[str] | None = None):
         self.cfg, self.recipe, self.defaults, self.head, self.worker = cfg, recipe, defaults, head, worker
         self.regimes = list(regimes or cfg.regimes)
+        self.ran = 0  # trials this worker ran (the study also holds other workers' trials)
         self.data = load_trial_data(subset, augmented, recipe.image_size)
         self.load_backbone, self.identity = load_backbone, identity
         self.points = freeze_points(load_backbone())
@@ -51,6 +52,7 @@ class Worker:
         from tlpipe.tracking.runs import EpochLogger
 
         cfg = self.cfg
+        self.ran += 1
         hp = HyperParams(**{"dropout": self.defaults.dropout, "head_units": self.defaults.head_units,
                             **suggest(trial, cfg, self.points, self.regimes)})
         trial.set_user_attr("worker", self.worker)
@@ -102,7 +104,7 @@ class Worker:
 
         if finished(study) >= self.cfg.n_trials:
             return 0, False
-        before = len(study.get_trials(deepcopy=False))
+        before = self.ran
         started = time.monotonic()
         study.optimize(self.objective, timeout=self.cfg.timeout, catch=(ValueError, ArithmeticError),
                        callbacks=[MaxTrialsCallback(self.cfg.n_trials, states=(TrialState.COMPLETE,
@@ -111,7 +113,7 @@ class Worker:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         timed_out = bool(self.cfg.timeout) and time.monotonic() - started >= self.cfg.timeout \
             and finished(study) < self.cfg.n_trials
-        return len(study.get_trials(deepcopy=False)) - before, timed_out
+        return self.ran - before, timed_out
 
 
 def summarize(study, cfg: TuneConfig, out_dir: Path, stopped_by: str) -> BestParams:
