@@ -1,1 +1,1 @@
-"""tlpipe steps: each module is one pipeline step (pure core + `python -m components.<step>` CLI)."""
+"""tlpipe steps: one module per pipeline step (PARAMS, a pure core, `python -m components.<step>`)."""

@@ -1,0 +1,1 @@
+"""Operator commands (not pipeline steps): registry status/promote/rollback/predict, the promotion review."""

@@ -25,7 +25,8 @@ SMALL = {
     "make_subset.train_per_class": 30, "make_subset.val_per_class": 10, "make_subset.test_per_class": 12,
     "model.image_size": 16, "pretrain_backbone.epochs": 8, "pretrain_backbone.filters": [8, 16],
     "pretrain_backbone.learning_rate": 0.003,
-    "train_head.epochs": 8, "fine_tune.epochs": 2, "tune.n_trials": 3, "tune.epochs": 2, "augment.copies": 1,
+    "train_head.epochs": 8, "fine_tune.epochs": 8, "tune.n_trials": 3, "tune.epochs": 4, "augment.copies": 1,
+    "tune.regimes": ["transfer"], "tune.sweep_points": 3, "tune.sweep_seeds": 2,
     "registry.min_accuracy": 0.0,
 }
 
@@ -78,8 +79,9 @@ def test_every_stage_ran_and_metrics_show(repo_copy):
     best = json.loads((root / "reports/tune/best_params.json").read_text())
     ft_run = json.loads((root / "models/fine_tune/run.json").read_text())
     assert ft_run["hyperparameters"]["learning_rate"] == best["params"]["learning_rate"]  # tuned params used
-    for plot in ("history.png", "importances.png", "transferability.png"):
+    for plot in ("history.png", "importances.png", "transferability.png", "transferability.csv"):
         assert (root / "reports/tune" / plot).stat().st_size > 0
+    assert {"scratch", "frozen_features", "best_baseline"} <= set(evaluate)
 
 
 def test_second_repro_does_nothing(repo_copy):

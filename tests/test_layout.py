@@ -61,6 +61,18 @@ def test_stage_params_are_exactly_the_declared_keys():
         assert "tracking" not in stage["params"]
 
 
+def test_every_stage_param_is_written_in_params_yaml():
+    """DVC refuses a stage whose params key is not in params.yaml, even when the code has a default for it."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        for key in stage["params"]:
+            node = raw
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{name}: {key} is not in params.yaml"
+                node = node[part]
+
+
 def test_steps_never_import_steps_and_the_library_never_imports_steps():
     modules = repo_modules()
     for name, path in modules.items():

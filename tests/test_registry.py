@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.servers, pytest.mark.slow]
 REGISTRY = {"model_name": "digits", "min_accuracy": 0.3, "min_improvement": 0.0, "http_retries": 1,
             "http_timeout": 5}
 # The later steps of the tiny project, kept small: they run once per module.
-LATER = {"tune": {"n_trials": 2, "epochs": 1}, "fine_tune": {"epochs": 2}}
+LATER = {"tune": {"n_trials": 2, "epochs": 2, "regimes": ["transfer"], "sweep": False}, "fine_tune": {"epochs": 4}}
 
 
 def start_mlflow(root: Path, port: int, artifacts: str, env: dict) -> subprocess.Popen:
@@ -103,7 +103,7 @@ def project(tiny_project, tmp_path_factory, s3_mlflow, s3_server):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        run_steps(root, ["tune", "fine_tune", "evaluate"])
+        run_steps(root, ["tune", "fine_tune", "train_scratch", "evaluate"])
     finally:
         for key, value in saved.items():
             if value is None:

@@ -1,0 +1,1 @@
+"""tlpipe: the library the pipeline steps share (never imports a step)."""

@@ -1,0 +1,1 @@
+"""Models: backbones and freezing, heads, training to convergence with exact resume."""

@@ -1,0 +1,1 @@
+"""Reports: scores, statistics, plots, Jinja2 HTML templates, the promotion review."""

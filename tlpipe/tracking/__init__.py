@@ -1,0 +1,1 @@
+"""Tracking: MLflow step runs and lineage, the model registry."""

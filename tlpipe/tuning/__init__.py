@@ -1,0 +1,1 @@
+"""Tuning: the Optuna study, cached-activation trials, workers, the transferability sweep."""
