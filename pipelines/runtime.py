@@ -6,11 +6,12 @@ the same step CLI that `dvc repro` runs is what each task runs. Nothing here is 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,76 +59,84 @@ def resolve_params(out_dir: str, base: dict[str, Any], typed: dict[str, Any],
 def run_step(step: str, params_dir: str, inputs: dict[str, str], outputs: dict[str, str],
              scratch: tuple[str, ...] = (), command: str = "", module: str = "",
              values: dict[str, str] | None = None) -> None:
-    """Run `python -m components.<step> [command] --params P --input path ... --output path ...` in this process.
+    """Run `python -m components.<step> [command] --params P --input path ... --output path ...`.
 
     `inputs` are the task's declared input artifacts (paths), `values` its plain string arguments (URIs,
-    names, numbers): on a cluster only the first are downloaded into the pod.
-
-    `scratch` flags get a fresh temporary folder (checkpoints that live as long as the task). A
-    `PipelineError` becomes one line on stderr and exit code 2, which fails the task. With TLPIPE_ISOLATE set
-    to the pipeline root (run-local), the step runs as on a cluster: see `isolated`.
+    names, numbers): on a cluster only the first are downloaded into the pod. `scratch` flags get a fresh
+    temporary folder (checkpoints that live as long as the task). A `PipelineError` becomes one line on
+    stderr and exit code 2, which fails the task. With TLPIPE_ISOLATE set to the pipeline root (run-local),
+    the step runs as on a cluster: see `run_isolated`.
     """
     from tlpipe.cli import run_main
 
     module = module or f"components.{step}"
     root = os.environ.get(ISOLATE_ENV)
-    with isolated(Path(root), params_dir, inputs, outputs) if root else _as_is(params_dir, inputs, outputs) as (
-            params_dir, inputs, local_outputs):
-        argv = ([command] if command else []) + ["--params", str(Path(params_dir) / PARAMS_FILE)]
-        for flag, value in {**inputs, **(values or {}), **local_outputs}.items():
-            argv += [f"--{flag}", value]
-        for flag in scratch:
-            argv += [f"--{flag}", tempfile.mkdtemp(prefix=f"{step}-{flag}-")]
-        print(f"{step}: python -m {module} {' '.join(argv)}", flush=True)
-        run_main(importlib.import_module(module).main, argv)
+    if root:
+        run_isolated(Path(root), module, params_dir, inputs, outputs, values or {}, scratch, command)
+        return
+    argv = _argv(params_dir, {**inputs, **(values or {}), **outputs}, scratch, command, step)
+    print(f"{step}: python -m {module} {' '.join(argv)}", flush=True)
+    run_main(importlib.import_module(module).main, argv)
 
 
-@contextlib.contextmanager
-def _as_is(params_dir: str, inputs: dict[str, str], outputs: dict[str, str]):
-    yield params_dir, inputs, outputs
+def _argv(params_dir: str, flags: dict[str, str], scratch: tuple[str, ...], command: str, step: str) -> list[str]:
+    argv = ([command] if command else []) + ["--params", str(Path(params_dir) / PARAMS_FILE)]
+    for flag, value in flags.items():
+        argv += [f"--{flag}", value]
+    for flag in scratch:
+        argv += [f"--{flag}", tempfile.mkdtemp(prefix=f"{step}-{flag}-")]
+    return argv
 
 
-@contextlib.contextmanager
-def isolated(root: Path, params_dir: str, inputs: dict[str, str], outputs: dict[str, str]):
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target)
+    elif source.exists():
+        shutil.copy2(source, target)
+
+
+def run_isolated(root: Path, module: str, params_dir: str, inputs: dict[str, str], outputs: dict[str, str],
+                 values: dict[str, str], scratch: tuple[str, ...], command: str) -> None:
     """Run a step the way the KFP launcher does: it sees copies of its declared inputs and nothing else.
 
-    Declared inputs (and the params) are copied into a private folder, the pipeline root is moved out of
-    reach while the step runs, the working directory is empty, and the outputs are moved into place after.
-    A step that reads another task's output through an undeclared path fails here as it would on a
-    cluster. kfp.local runs one task at a time, which is what makes moving the root safe.
+    The declared input artifacts and the params are copied into a private folder (what the launcher
+    downloads into a pod), the step runs in a child process whose view of the pipeline root is an empty
+    tmpfs (a private mount namespace, so tasks that kfp.local runs in parallel are not affected), in an
+    empty working directory, and its outputs are moved into place afterwards (the launcher's upload). A
+    step that reads another task's output through an undeclared path fails here as it would on a cluster.
+    Without the privilege to make a mount namespace (not root), the root stays visible and this says so.
     """
     work = Path(tempfile.mkdtemp(prefix="tlpipe-task-"))
-    hidden = root.with_name(f"{root.name}.hidden-{os.getpid()}")
-    local_inputs = {}
-    for name, value in inputs.items():  # the launcher downloads each declared input artifact into the pod
-        source = Path(value)
-        target = work / "inputs" / name / source.name
-        target.parent.mkdir(parents=True)
-        if source.is_dir():
-            shutil.copytree(source, target)
-        elif source.exists():
-            shutil.copy2(source, target)
-        local_inputs[name] = str(target)
-    local_params = work / "params"
-    shutil.copytree(params_dir, local_params)
-    local_outputs = {name: str(work / "outputs" / name) for name in outputs}
-    (work / "outputs").mkdir()
-    cwd = os.getcwd()
-    os.rename(root, hidden)
-    os.chdir(work / "outputs")
     try:
-        yield str(local_params), local_inputs, local_outputs
+        local_inputs = {}
+        for name, value in inputs.items():
+            local_inputs[name] = str(work / "inputs" / name / Path(value).name)
+            _copy(Path(value), Path(local_inputs[name]))
+        _copy(Path(params_dir), work / "params")
+        local_outputs = {name: str(work / "outputs" / name) for name in outputs}
+        (work / "outputs").mkdir()
+        step = module.rsplit(".", 1)[-1]
+        argv = _argv(str(work / "params"), {**local_inputs, **values, **local_outputs}, scratch, command, step)
+        cmd = [sys.executable, "-m", module, *argv]
+        if os.geteuid() == 0 and shutil.which("unshare"):
+            hide = 'mount -t tmpfs tmpfs "$1" && shift && exec "$@"'
+            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh", str(root), *cmd]
+        else:
+            print(f"{step}: cannot make a private mount namespace (needs root): the pipeline root stays visible")
+        print(f"{step}: isolated: python -m {module} {' '.join(argv)}", flush=True)
+        code = subprocess.run(cmd, cwd=work / "outputs", check=False).returncode
+        if code:
+            raise SystemExit(code)
+        for name, target in outputs.items():
+            produced = Path(local_outputs[name])
+            if produced.exists():
+                if Path(target).is_dir():
+                    shutil.rmtree(target)
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(produced), target)
     finally:
-        os.chdir(cwd)
-        os.rename(hidden, root)
-    for name, target in outputs.items():
-        produced = Path(local_outputs[name])
-        if produced.exists():
-            if Path(target).is_dir():
-                shutil.rmtree(target)
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(produced), target)
-    shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def numeric_metrics(data: dict, prefix: str = "") -> dict[str, float]:

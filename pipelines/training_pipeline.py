@@ -6,7 +6,7 @@
 
 The pipeline's shape comes from params.yaml when compiling (pipelines/graph.py); typed pipeline parameters
 take their defaults from it, and any other key goes in `params_overrides` (dotted keys, applied last).
-`run-local` runs every task the way the KFP launcher does (pipelines/runtime.py `isolated`). See
+`run-local` runs every task the way the KFP launcher does (pipelines/runtime.py `run_isolated`). See
 pipelines/README.md.
 """
 

@@ -15,3 +15,9 @@ def main(argv=None):
     if not found:
         raise PipelineError(f"undeclared path {args.path}: not reachable from this task")
     print(f"read {found[0].read_text()} through an undeclared path")
+
+
+if __name__ == "__main__":
+    from tlpipe.cli import run_main
+
+    run_main(main)
