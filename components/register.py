@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
+from tlpipe.cli import atomic_dir, parser, run_main, scratch_dir, step_params
 from tlpipe.config import RegistryConfig
 from tlpipe.contracts import MODEL_FILE, BestParams, Registration, TrainedModel
 from tlpipe.errors import PipelineError
@@ -225,8 +225,6 @@ def _record(client, params, run: TrainedModel, work: Path, tags: dict, descripti
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: `python -m components.register --model ... --evaluation ... --subset ... --registration ...`."""
-    import tempfile
-
     p = parser("register", __doc__)
     p.add_argument("--model", required=True, help="fine_tune's folder (model.keras, run.json)")
     p.add_argument("--evaluation", required=True, help="evaluate's folder")
@@ -236,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--registration", required=True, help="folder for registration.json")
     args = p.parse_args(argv)
     params = step_params(args, "register", PARAMS)
-    with tempfile.TemporaryDirectory(prefix="register-") as work:
+    with scratch_dir("register") as work:
         result = register(params.registry, params, Path(args.model), Path(args.subset), Path(args.validation),
                           Path(args.tuning), Path(args.evaluation), Path(work))
     with atomic_dir(args.registration) as staged:

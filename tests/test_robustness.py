@@ -178,3 +178,34 @@ def test_activation_cache_evicts_least_recently_used(tmp_path):
         os.utime(tmp_path / name, (1000 + i, 1000 + i))
     assert cache.evict(1000) == 1
     assert not (tmp_path / "old").exists() and (tmp_path / "mid").exists()
+
+
+def test_a_killed_runs_scratch_folder_is_removed_on_the_next_start(tmp_path, monkeypatch):
+    import tempfile
+
+    from tlpipe.cli import scratch_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"tlpipe-register-{dead.pid}-abc"
+    stale.mkdir()
+    with scratch_dir("register") as work:
+        assert work.is_dir() and not stale.exists()
+    assert not work.exists()
+
+
+def test_untrained_application_backbone_means_training_from_scratch():
+    """weights: none on a keras.applications backbone: nothing to transfer, so no freeze ratio is searched."""
+    from components.fine_tune import hyperparams
+    from components.tune import regimes
+    from tlpipe.config import FineTuneConfig
+    from tlpipe.contracts import BestParams
+    from tlpipe.models.fitting import chance_level
+
+    assert regimes(["transfer", "scratch"], "mobilenet_v2", "none") == ["scratch"]
+    assert regimes(["transfer", "scratch"], "mobilenet_v2", "imagenet") == ["transfer", "scratch"]
+    assert regimes(["transfer"], "models/backbone", "none") == ["transfer"]  # our own pretrained backbone
+    hp = hyperparams(BestParams(source="params"), FineTuneConfig(), 0.3, 64, "resnet50", "none")
+    assert hp.regime == "scratch" and hp.freeze_ratio == 0.0
+    assert chance_level(0.2, 5) and chance_level(0.21, 5) and not chance_level(0.6, 5)

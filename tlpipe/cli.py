@@ -108,3 +108,30 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         staged.unlink(missing_ok=True)
         raise
     _replace(staged, final)
+
+
+@contextlib.contextmanager
+def scratch_dir(name: str) -> Iterator[Path]:
+    """A temporary folder `<tmp>/tlpipe-<name>-<pid>-*`, removed at the end; ones left by killed runs go first."""
+    import tempfile
+
+    base = Path(tempfile.gettempdir())
+    for stale in base.glob(f"tlpipe-{name}-*"):
+        pid = stale.name.split("-")[2] if stale.name.count("-") >= 3 else ""
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"tlpipe-{name}-{os.getpid()}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
