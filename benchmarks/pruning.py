@@ -1,0 +1,249 @@
+"""Pruning, judged on the final model: epochs spent, and the test accuracy of fine-tuning the study's best params.
+
+For each seed and pruner candidate, one study runs exactly as the `tune` step runs it (`components.tune.Context`
+for the recipe and search space, `tlpipe.tuning.worker.Worker.work` for the trials, `summarize` for
+best_params.json) with the committed params (val_loss, early stopping, regimes, train_bn search); only the
+pruner differs (the study is created with `tlpipe.tuning.study.sampler` and the candidate). The unpruned
+study (`none`) is the reference. Then `fine_tune`'s code trains the final model from every distinct best
+params and scores the test split (benchmarks.study_cost.fine_tune_test).
+
+Goal per seed: pruned epochs <= 0.6 x the unpruned study's, and final test accuracy >= the unpruned
+study's minus one test image. The project (data, backbone, head: seed 42) is built once; the seed varies
+the study's sampler and the trials' and fine-tune's seeds, as the top-level `seed` does.
+
+    python -m benchmarks.pruning --seeds 42 43 44 45 46
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks.study_cost import REPO, UPSTREAM, _load, fine_tune_test, machine, overrides, run_child
+
+EPOCHS_GOAL = 0.6
+
+
+def candidates(cfg) -> dict:
+    """Pruner name -> factory; `median` is the product's default (tlpipe.tuning.study.pruner)."""
+    import optuna
+    from optuna.pruners import MedianPruner, NopPruner, PatientPruner, SuccessiveHalvingPruner, WilcoxonPruner
+
+    from tlpipe.tuning.study import pruner
+
+    return {
+        "none": NopPruner,
+        "median": lambda: pruner(cfg.model_copy(update={"pruner": "median"})),
+        "median_w2": lambda: MedianPruner(n_startup_trials=2, n_warmup_steps=2),
+        "median_s4_w1": lambda: MedianPruner(n_startup_trials=4, n_warmup_steps=1),
+        "patient_median": lambda: PatientPruner(MedianPruner(n_startup_trials=2, n_warmup_steps=1), patience=1),
+        "wilcoxon": lambda: WilcoxonPruner(p_threshold=0.1, n_startup_steps=2),
+        "sha_r2": lambda: SuccessiveHalvingPruner(min_resource=2, reduction_factor=3),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs),
+    }
+
+
+def write_params(root: Path, seed: int, trials: int | None = None, extra: dict | None = None) -> Path:
+    """params.yaml as committed, with this seed, the stores inside `root` and no sweep (+ smoke-test overrides)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    for key, value in (extra or {}).items():
+        section, _, name = key.partition(".")
+        params[section][name] = value
+    params["seed"] = seed
+    params["tracking"]["default_uri"] = f"sqlite:///{root / 'mlflow.db'}"
+    params["tune"].update(storage=f"sqlite:///{root / 'optuna.db'}", sweep=False)
+    if trials:
+        params["tune"]["n_trials"] = trials
+    path = root / ("params.yaml" if seed == 42 else f"params-{seed}.yaml")
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def studies(root: Path, seed: int, names: list[str], trials: int | None, out: Path, extra: dict) -> None:
+    """Child: one study per candidate for this seed; summaries into `out`."""
+    import mlflow
+    import optuna
+
+    from components.tune import Context, _worker
+    from tlpipe.config import load_params
+    from tlpipe.contracts import BestParams
+    from tlpipe.tuning.study import make_storage, sampler
+    from tlpipe.tuning.worker import summarize
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    params = load_params(write_params(root, seed, trials, extra))
+    mlflow.set_tracking_uri(params.tracking.default_uri)
+    args = argparse.Namespace(subset=str(root / "data/subset"), augmented=str(root / "data/augmented"),
+                              head=str(root / "models/head"), backbone=str(root / "models/backbone"),
+                              cache_dir=str(root / "checkpoints/tune_cache"), worker_index=0, storage=None)
+    ctx = Context(params, args)
+    cfg = ctx.cfg
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for name in names:
+        if name in results:
+            continue
+        storage = root / "studies" / f"{name}-{seed}.db"
+        storage.unlink(missing_ok=True)
+        storage.parent.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(study_name=ctx.study_name, storage=make_storage(cfg, f"sqlite:///{storage}"),
+                                    direction="minimize", sampler=sampler(cfg, seed), pruner=candidates(cfg)[name]())
+        t0 = time.perf_counter()
+        _worker(ctx).work(study)
+        seconds = time.perf_counter() - t0
+        summary_dir = root / "studies" / f"{name}-{seed}"
+        shutil.rmtree(summary_dir, ignore_errors=True)
+        summarize(study, cfg, summary_dir, "n_trials")
+        best = BestParams.read(summary_dir)
+        trials_out = [{"n": t.number, "state": t.state.name, "value": t.value,
+                       "last": (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None),
+                       "epochs": t.user_attrs.get("epochs_run"), "regime": t.user_attrs.get("regime"),
+                       "freeze_ratio": t.user_attrs.get("freeze_ratio"), "lr": t.params.get("learning_rate"),
+                       "train_bn": t.user_attrs.get("train_bn")}
+                      for t in study.get_trials(deepcopy=False)]
+        results[name] = {"seconds": round(seconds, 1), "epochs": best.epochs_run, "best": best.value,
+                         "best_trial": best.trial, "states": best.states,
+                         "params": best.params.model_dump(), "trials": trials_out}
+        out.write_text(json.dumps(results, indent=1))
+        print(f"seed {seed} {name}: {best.epochs_run} epochs, best {best.value:.4f}, {best.states}, "
+              f"{seconds:.0f} s", flush=True)
+
+
+def finals(root: Path, seed: int, trials: int | None, out: Path, extra: dict) -> None:
+    """Child: fine-tune each distinct best params of this seed's studies; test accuracy per candidate."""
+    from tlpipe.config import load_params
+    from tlpipe.contracts import HyperParams
+
+    results = json.loads(out.read_text())
+    params = load_params(write_params(root, seed, trials, extra))
+    done: dict[str, dict] = {}
+    for res in results.values():
+        key = json.dumps(res["params"], sort_keys=True)
+        if key not in done:
+            done[key] = res.get("final") or fine_tune_test(root, params, HyperParams(**res["params"]),
+                                                           root / "fine_tune_work")
+        res["final"] = done[key]
+        out.write_text(json.dumps(results, indent=1))
+
+
+def judge(results: dict[int, dict]) -> list[dict]:
+    rows = []
+    for seed, by in sorted(results.items()):
+        ref = by["none"]
+        for name, res in by.items():
+            n = res["final"]["test_images"]
+            ratio = res["epochs"] / ref["epochs"]
+            short = ref["final"]["test_accuracy"] - res["final"]["test_accuracy"]
+            rows.append({"seed": seed, "pruner": name, "epochs": res["epochs"], "ref_epochs": ref["epochs"],
+                         "epochs_ratio": round(ratio, 3), "best": round(res["best"], 4),
+                         "test": res["final"]["test_accuracy"], "ref_test": ref["final"]["test_accuracy"],
+                         "test_short_images": round(short * n, 1), "states": res["states"],
+                         "params": res["params"], "seconds": res["seconds"],
+                         "ok": ratio <= EPOCHS_GOAL and short <= 1.0 / n + 1e-9})
+    return rows
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    names = list(dict.fromkeys(r["pruner"] for r in result["rows"]))
+    seeds = sorted({r["seed"] for r in result["rows"]})
+    lines = ["# Pruning judged on the final model", "",
+             f"{m['cores']} cores ({m['cpu']}), TensorFlow {m['tensorflow']}, Optuna {m['optuna']}. Load average "
+             f"at start {result['load']['start']}, at end {result['load']['end']}. {result['parameters']}. "
+             f"Run took {result['wall_s']:.0f} s.", "",
+             f"Goal per seed: epochs <= {EPOCHS_GOAL} x unpruned, final test accuracy >= unpruned - 1 test image. "
+             "Cell: epochs (ratio to unpruned), best val_loss, final test accuracy (test images short of the "
+             "unpruned study's final model; negative = better).", "",
+             "| pruner | " + " | ".join(f"seed {s}" for s in seeds) + " | seeds met | mean epochs ratio |",
+             "|---|" + "---|" * len(seeds) + "---|---|"]
+    for name in names:
+        cells, met, ratios = [], 0, []
+        for s in seeds:
+            r = next(x for x in result["rows"] if x["pruner"] == name and x["seed"] == s)
+            met += r["ok"]
+            ratios.append(r["epochs_ratio"])
+            short = "" if name == "none" else f" ({r['test_short_images']:.0f} short)"
+            cells.append(f"{r['epochs']} ({r['epochs_ratio']:.2f}), {r['best']:.4f}, {r['test']:.3f}{short}"
+                         f"{' ✓' if r['ok'] and name != 'none' else ''}")
+        verdict = "reference" if name == "none" else f"{met}/{len(seeds)}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {verdict} | {sum(ratios) / len(ratios):.3f} |")
+    lines += ["", f"Decision: {result['decision']}", "", *[f"- {n}" for n in result.get("notes", [])]]
+    return "\n".join(lines) + "\n"
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", nargs="?", default="bench", choices=("bench", "build", "studies", "finals"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
+    p.add_argument("--pruners", nargs="+", default=["none", "median", "median_w2", "median_s4_w1", "patient_median",
+                                                   "wilcoxon", "sha_r2"])
+    p.add_argument("--trials", type=int, help="override tune.n_trials (smoke tests)")
+    p.add_argument("--set", action="append", default=[], help="params override section.key=value (smoke tests)")
+    p.add_argument("--work", type=Path)
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/pruning.json")
+    p.add_argument("--root", type=Path)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--result", type=Path)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None):
+    args = parse(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.command == "build":
+        from pipelines.local import run_steps
+
+        return run_steps(args.root, UPSTREAM, write_params(args.root, 42, args.trials, overrides(args.set)))
+    if args.command == "studies":
+        return studies(args.root, args.seed, args.pruners, args.trials, args.result, overrides(args.set))
+    if args.command == "finals":
+        return finals(args.root, args.seed, args.trials, args.result, overrides(args.set))
+    started, load_start = time.perf_counter(), _load()
+    work = args.work or Path(tempfile.mkdtemp(prefix="tlpipe-pruning-"))
+    root, log = work / "project", work / "log.txt"
+    root.mkdir(parents=True, exist_ok=True)
+    trials = (["--trials", str(args.trials)] if args.trials else []) + [x for p in args.set for x in ("--set", p)]
+    if not (root / "models/head").is_dir():
+        run_child(["build", "--root", str(root), *trials], log, module="benchmarks.pruning")
+    results, loads = {}, {}
+    for seed in args.seeds:
+        out = work / f"seed{seed}.json"
+        loads[seed] = _load()
+        for command in ("studies", "finals"):
+            run_child([command, "--root", str(root), "--seed", str(seed), "--result", str(out), "--pruners",
+                       *args.pruners, *trials], log, module="benchmarks.pruning")
+        results[seed] = json.loads(out.read_text())
+        result = report(args, results, loads, load_start, work, started)  # after every seed: partial results
+    return result
+
+
+def report(args, results: dict, loads: dict, load_start: list, work: Path, started: float) -> dict:
+    """Judge the seeds run so far; write pruning.json and .md."""
+    rows = judge(results)
+    met = {n: all(r["ok"] for r in rows if r["pruner"] == n) for n in args.pruners if n != "none"}
+    winners = [n for n, ok in met.items() if ok]
+    mean_ratio = {n: sum(r["epochs_ratio"] for r in rows if r["pruner"] == n) / len(results) for n in met}
+    decision = (f"winner {min(winners, key=mean_ratio.get)} (meets the goal on every seed run)" if winners
+                else "no candidate meets the goal on every seed; the default is unchanged")
+    result = {"rows": rows, "machine": machine(), "load": {"start": load_start, "end": _load(), "per_seed": loads},
+              "parameters": {"seeds": sorted(results), "pruners": args.pruners, "overrides": args.set,
+                             "n_trials": args.trials or yaml.safe_load((REPO / "params.yaml").read_text())["tune"][
+                                 "n_trials"]},
+              "goal": {"epochs_ratio_le": EPOCHS_GOAL, "test_within_images": 1}, "met": met, "decision": decision,
+              "studies": {str(s): v for s, v in results.items()}, "work": str(work),
+              "wall_s": round(time.perf_counter() - started, 1)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+    args.out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+    print(f"wrote {args.out} ({result['wall_s']:.0f} s, seeds {sorted(results)}): {decision}", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

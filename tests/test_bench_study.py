@@ -1,0 +1,62 @@
+"""Smoke tests: the study-cost and pruning benchmarks run end to end at a tiny size and write their reports.
+
+Timings are machine-dependent and never asserted; only the shape of the results is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+TINY = ["--set", "make_subset.train_per_class=6", "--set", "make_subset.val_per_class=4",
+        "--set", "make_subset.test_per_class=4", "--set", "pretrain_backbone.epochs=1",
+        "--set", "train_head.epochs=1", "--set", "tune.epochs=2", "--set", "fine_tune.epochs=1",
+        "--set", "augment.copies=1"]
+
+
+def run(module: str, *args: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "GX_ANALYTICS_ENABLED": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_study_cost_benchmark_writes_report(tmp_path):
+    out, work = tmp_path / "results" / "study_cost.json", tmp_path / "work"
+    run("benchmarks.study_cost", "--sizes", "16", "--seeds", "42", "--trials", "2", "--work", str(work),
+        "--out", str(out), *TINY)
+    run("benchmarks.study_cost", "overhead", "--root", str(work / "px16"), "--size", "16", "--out", str(out),
+        "--repeats", "1", "--epochs", "2")
+    result = json.loads(out.read_text())
+    assert {"rows", "machine", "load", "overhead"} <= result.keys()
+    (row,) = result["rows"]
+    assert row["image_size"] == 16 and row["seed"] == 42
+    for key in ("naive_s", "tlpipe_s", "ratio", "naive_best", "tlpipe_best", "naive_test", "tlpipe_test"):
+        assert isinstance(row[key], float) and row[key] >= 0, key
+    assert 0 <= row["naive_test"] <= 1 and sum(row["tlpipe_states"].values()) == 2
+    assert sum(row["naive_states"].values()) == 2 and row["naive_epochs"] == 4  # no pruning, no early stop
+    assert {r["setting"] for r in result["overhead"]["rows"]} >= {"default", "spe16", "jit"}
+    assert out.with_suffix(".md").read_text().startswith("# Study cost")
+
+
+@pytest.mark.slow
+def test_pruning_benchmark_writes_report(tmp_path):
+    out = tmp_path / "results" / "pruning.json"
+    run("benchmarks.pruning", "--seeds", "42", "--pruners", "none", "median", "--trials", "3", "--work",
+        str(tmp_path / "work"), "--out", str(out), "--set", "model.image_size=16",
+        "--set", "make_digits.image_size=16", *TINY)
+    result = json.loads(out.read_text())
+    assert {"rows", "machine", "load", "decision", "met"} <= result.keys()
+    rows = {r["pruner"]: r for r in result["rows"]}
+    assert set(rows) == {"none", "median"} and rows["none"]["epochs_ratio"] == 1.0
+    for row in rows.values():
+        assert 0 <= row["test"] <= 1 and row["epochs"] > 0 and sum(row["states"].values()) == 3
+    assert out.with_suffix(".md").read_text().startswith("# Pruning")
