@@ -4,7 +4,8 @@ For each size the benchmark writes a seeded synthetic dataset (10 classes, JPEGs
 class-coloured shape on noise) and runs, each as its own process as `dvc repro` does, with the arguments the
 pipeline declaration gives (pipelines/graph.py): `make_subset` (80/10/10 % of every class), `augment`,
 `extract_features` (a VGG-style backbone at 32 px saved by the benchmark) and `fine_tune_epoch`, one epoch of
-what `components/fine_tune.py` does (`tlpipe.models.fitting.build_model`, `load_split`, `batches`, augmented).
+what `components/fine_tune.py` does (`tlpipe.models.fitting.build_model`, `split_source` in `auto` mode:
+decoded in memory up to 20,000 images, streamed from the files above, `any_batches`, augmented).
 `validate_data` is not run: the benchmark writes its passed result so the next steps accept the subset.
 
 Per step: peak RSS of the process (`os.wait4`'s rusage), images per second net of the process start-up
@@ -107,7 +108,8 @@ def project(work: Path, raw: Path, images: int, backbone: Path) -> tuple[Path, d
     return params_file, {n: (cmds[n], images_of[n], outs[n]) for n in STEPS}
 
 
-def run_size(images: int, work: Path, backbone: Path, startup: dict, load: list) -> list[dict]:
+def run_size(images: int, work: Path, backbone: Path, startup: dict, load: list,
+             steps: list[str] = STEPS) -> list[dict]:
     """Dataset, then every step in its own process; one row per step."""
     from tlpipe.contracts import ValidationResult
 
@@ -116,20 +118,24 @@ def run_size(images: int, work: Path, backbone: Path, startup: dict, load: list)
     _, plan = project(work, raw, images, backbone)
     rows = []
     for step, (cmd, n, outs) in plan.items():
+        if step not in steps and step != "make_subset":
+            continue
         if step not in startup:  # interpreter start-up and the imports (mlflow too), without the work
             module = cmd[2] if step != "fine_tune_epoch" else "tlpipe.models.fitting"
             startup[step] = measure([sys.executable, "-c", f"import mlflow, {module}"], work,
                                     work / "startup.log")[0]
         load.append({"images": images, "before": step, "load1": os.getloadavg()[0]})
         wall, rss = measure(cmd, work, work / f"{step}.log")
+        if step == "make_subset":
+            ValidationResult(success=True, images=images, classes=[f"c{c}" for c in range(CLASSES)],
+                             expectations=0, quarantined=0).write(work / "data" / "validation")
+        if step not in steps:
+            continue  # ran only to make the subset the measured steps read
         rows.append({"images": images, "step": step, "step_images": n, "peak_rss_mb": round(rss, 1),
                      "img_per_s": round(n / max(wall - startup[step], 1e-3), 1), "img_per_s_wall": round(n / wall, 1),
                      "wall_s": round(wall, 2), "startup_s": round(startup[step], 2),
                      "disk_mb": du_mb(*(work / o for o in outs))})
         print(json.dumps(rows[-1]), flush=True)
-        if step == "make_subset":
-            ValidationResult(success=True, images=images, classes=[f"c{c}" for c in range(CLASSES)],
-                             expectations=0, quarantined=0).write(work / "data" / "validation")
     rows.append({"images": images, "step": "raw_dataset", "disk_mb": du_mb(raw)})
     return rows
 
@@ -166,7 +172,7 @@ def epoch(argv: list[str]) -> None:
     from tlpipe.config import AugmentConfig
     from tlpipe.contracts import HyperParams
     from tlpipe.data.augmentation import build_augmenter
-    from tlpipe.data.datasets import batches, load_split
+    from tlpipe.data.datasets import any_batches, split_source
     from tlpipe.models.backbones import load_backbone
     from tlpipe.models.fitting import build_model  # what fine_tune trains
 
@@ -176,13 +182,13 @@ def epoch(argv: list[str]) -> None:
     p.add_argument("--batch", type=int, default=32)
     args = p.parse_args(argv)
 
-    x, y, classes = load_split(Path(args.subset), "train", SIZE)
-    x_val, y_val, _ = load_split(Path(args.subset), "val", SIZE)
+    x, y, classes = split_source(Path(args.subset), "train", SIZE, "auto")
+    x_val, y_val, _ = split_source(Path(args.subset), "val", SIZE, "auto")
     hp = HyperParams(freeze_ratio=0.5, learning_rate=1e-4, dropout=0.3, head_units=64)
     model, _ = build_model(load_backbone(args.backbone, "none", SIZE), "none", SIZE, hp, len(classes), None)
     augmenter = build_augmenter(AugmentConfig(), 42)
-    model.fit(batches(x, y, args.batch, augmenter=augmenter, shuffle_seed=42),
-              validation_data=batches(x_val, y_val, args.batch), epochs=1, verbose=0)
+    model.fit(any_batches(x, y, SIZE, args.batch, augmenter=augmenter, shuffle_seed=42),
+              validation_data=any_batches(x_val, y_val, SIZE, args.batch), epochs=1, verbose=0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/scale.json")
     p.add_argument("--work", type=Path, help="keep the projects here (default: a temporary folder, removed)")
+    p.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
+                   help="measure only these (make_subset always runs); other rows of --out are kept")
     args = p.parse_args(argv)
     from benchmarks.input_pipeline import machine_facts
     from components.pretrain_backbone import vgg_style
@@ -202,6 +210,10 @@ def main(argv: list[str] | None = None) -> None:
     base = args.work or Path(tempfile.mkdtemp(prefix="tlpipe-scale-"))
     base.mkdir(parents=True, exist_ok=True)
     vgg_style(SIZE, FILTERS).save(base / "backbone.keras")
+    kept = []
+    if set(args.steps) != set(STEPS) and args.out.is_file():  # re-measure some steps, keep the other rows
+        kept = [r for r in json.loads(args.out.read_text())["rows"]
+                if r.get("step") not in (*args.steps, "raw_dataset")]
     rows, load, startup = [], [], {}
     machine = machine_facts()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -210,13 +222,16 @@ def main(argv: list[str] | None = None) -> None:
             work = base / str(images)
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
-            rows += run_size(images, work, base / "backbone.keras", startup, load)
+            rows += run_size(images, work, base / "backbone.keras", startup, load, args.steps)
             if not args.work:
                 shutil.rmtree(work, ignore_errors=True)  # 100k images and their outputs are gigabytes
             # Written after every size, so a long run that is stopped still leaves the sizes it finished.
-            result = {"rows": rows, "machine": machine, "load": [*load, {"after": images, "load1": os.getloadavg()[0]}],
+            result = {"rows": sorted([*kept, *rows], key=lambda r: (r["images"], STEPS.index(r["step"])
+                                                                     if r["step"] in STEPS else 99)),
+                      "machine": machine, "load": [*load, {"after": images, "load1": os.getloadavg()[0]}],
                       "parameters": {"sizes": args.sizes, "classes": CLASSES, "image_size": SIZE,
-                                     "filters": FILTERS}, "verdict": verdict(rows)}
+                                     "filters": FILTERS}}
+            result["verdict"] = verdict(result["rows"])
             args.out.write_text(json.dumps(result, indent=2) + "\n")
             write_md(result, args.out.with_suffix(".md"))
     finally:
