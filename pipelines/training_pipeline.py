@@ -33,10 +33,11 @@ from tlpipe.errors import PipelineError
 
 DEFAULT_PACKAGE = Path("pipelines/training_pipeline.yaml")
 # run-local's default: the whole pipeline in a few minutes on two CPU cores.
-SMALL_ARGUMENTS = {"image_size": 16, "train_per_class": 20, "pretrain_epochs": 2, "fine_tune_epochs": 2,
+SMALL_ARGUMENTS = {"image_size": 16, "train_per_class": 20, "pretrain_epochs": 4, "fine_tune_epochs": 6,
                    "tune_n_trials": 2, "n_tuning_workers": 2}
 SMALL_OVERRIDES = {"make_subset.val_per_class": 8, "make_subset.test_per_class": 8, "train_head.epochs": 5,
-                   "tune.epochs": 1, "augment.copies": 1}
+                   "tune.epochs": 3, "tune.regimes": ["transfer"], "tune.sweep_points": 2, "tune.sweep_seeds": 1,
+                   "augment.copies": 1}
 
 
 def compile_pipeline(output: Path, params: Params, cluster: ClusterConfig) -> Path:

@@ -27,7 +27,8 @@ pytestmark = [pytest.mark.servers, pytest.mark.slow]
 REGISTRY = {"model_name": "digits", "min_accuracy": 0.3, "min_improvement": 0.0, "http_retries": 1,
             "http_timeout": 5}
 # The later steps of the tiny project, kept small: they run once per module.
-LATER = {"tune": {"n_trials": 2, "epochs": 2, "regimes": ["transfer"], "sweep": False}, "fine_tune": {"epochs": 4}}
+LATER = {"tune": {"n_trials": 2, "epochs": 3, "regimes": ["transfer"], "sweep": False},
+         "fine_tune": {"epochs": 10, "patience": 4}}
 
 
 def start_mlflow(root: Path, port: int, artifacts: str, env: dict) -> subprocess.Popen:
@@ -123,11 +124,10 @@ def knock_out(model_dir: Path, classes_off: list[int], dest: Path, params_file: 
 
     import components.fine_tune as fine_tune_step
     import tlpipe.data.augmentation  # noqa: F401 - registers the custom augmentation layer
-    from components.fine_tune import _log_model
     from tlpipe.contracts import MODEL_FILE, TrainedModel
     from tlpipe.data.datasets import load_split
     from tlpipe.step_params import load_step_params
-    from tlpipe.tracking.runs import step_run
+    from tlpipe.tracking.runs import log_keras_model, step_run
 
     model = keras.saving.load_model(model_dir / MODEL_FILE, safe_mode=True)
     output = [lay for lay in model._flatten_layers() if lay.name == "head_output"][0]
@@ -141,7 +141,7 @@ def knock_out(model_dir: Path, classes_off: list[int], dest: Path, params_file: 
         info = TrainedModel.read(model_dir)
         with step_run(params, "fine_tune") as run:
             x_val, _, _ = load_split(subset, "val", params.model.image_size)
-            model_uri = _log_model(model, x_val)
+            model_uri = log_keras_model(model, x_val)
     finally:
         if saved is None:
             os.environ.pop("MLFLOW_TRACKING_URI")
