@@ -244,7 +244,7 @@ def test_dvc_push_pull_to_s3_remote(tmp_path, s3_server):
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
 
     def run(*cmd):
-        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{cmd}: {proc.stdout}\n{proc.stderr}"
         return proc.stdout
 

@@ -225,7 +225,7 @@ def test_tune_step_killed_then_rerun_continues_the_study(tiny_project, tmp_path,
     first.wait()
     before = {t.number: t.value for t in study().get_trials() if t.state.name == "COMPLETE"}
     assert not out.exists()
-    done = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(cmd, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     trials = study().get_trials()
     assert {t.number: t.value for t in trials if t.number in before} == before  # kept, not redone
