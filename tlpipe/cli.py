@@ -118,7 +118,7 @@ def scratch_dir(name: str) -> Iterator[Path]:
     base = Path(tempfile.gettempdir())
     for stale in base.glob(f"tlpipe-{name}-*"):
         pid = stale.name.split("-")[2] if stale.name.count("-") >= 3 else ""
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(prefix=f"tlpipe-{name}-{os.getpid()}-"))
     try:
@@ -127,7 +127,8 @@ def scratch_dir(name: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a permission refusal means it does)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

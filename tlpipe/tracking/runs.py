@@ -103,13 +103,9 @@ def _alive(owner: str) -> bool:
     host, _, pid = owner.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine's process: not ours to judge
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from tlpipe.cli import pid_alive
+
+    return pid_alive(int(pid))
 
 
 def close_orphans(mlflow, experiment_id: str, step: str) -> int:
