@@ -277,14 +277,19 @@ def step_overhead(root: Path, size: int, out: Path, ratios=(0.5, 0.9), repeats: 
     import statistics
 
     import keras
-    import numpy as np
-    import tensorflow as tf
 
     from tlpipe.config import load_params
     from tlpipe.contracts import HEAD_FILE, HyperParams
     from tlpipe.models.backbones import apply_freeze, backbone_identity, freeze_plan, load_backbone
     from tlpipe.models.training import make_head
-    from tlpipe.tuning.trial import ActivationCache, Recipe, cached_model, load_trial_data, variant_batches
+    from tlpipe.tuning.trial import (
+        ActivationCache,
+        Recipe,
+        cached_model,
+        load_trial_data,
+        ordered_batches,
+        variant_batches,
+    )
 
     params = load_params(root / "params.yaml")
     spec = str(root / "models/backbone")
@@ -318,8 +323,7 @@ def step_overhead(root: Path, size: int, out: Path, ratios=(0.5, 0.9), repeats: 
                 model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                               metrics=["accuracy"], **OVERHEAD_SETTINGS[name])
                 ds, steps = variant_batches(train, data.labels, recipe.batch_size, epochs, 42)
-                val_ds = tf.data.Dataset.from_tensor_slices((np.asarray(val), data.val_labels)).batch(256).map(
-                    lambda x, y: (tf.cast(x, tf.float32), y))
+                val_ds = ordered_batches(val, data.val_labels)
                 timer = Timer()
                 timer.train = []
                 t0 = time.perf_counter()

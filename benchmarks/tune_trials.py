@@ -222,7 +222,7 @@ def size_variant(root: Path, params_file: Path, size: int) -> dict:
     copies = augmented_copies(images, build_augmenter(params.augment, params.seed), params.augment.copies)
     augmented = root / f"data/augmented_{size}px"
     augmented.mkdir(parents=True)
-    np.savez(augmented / COPIES_FILE, images=copies, labels=np.tile(labels, params.augment.copies))
+    np.save(augmented / COPIES_FILE, copies)  # as augment writes it: copy-major rows
     return {"model.image_size": size, "backbone": str(model_dir), "augmented": augmented}
 
 
@@ -383,7 +383,7 @@ def bench_p1(setup: P1Setup, ratios: list[float], repeats: int) -> dict:
                   f"cached {cached:.3f} s/epoch", flush=True)
         floor_runs.append(setup.trial(1.0, cached=True))
     floor = arm_summary(floor_runs)
-    n_train, n_val = int(setup.data.variants.shape[1]), len(setup.data.val_images)
+    n_train, n_val = len(setup.data.labels), len(setup.data.val_images)
     batch = setup.params.fine_tune.batch_size
     steps = math.ceil(n_train / batch)
     return {
@@ -391,7 +391,7 @@ def bench_p1(setup: P1Setup, ratios: list[float], repeats: int) -> dict:
         "backbone_layers": layers,
         "F_flops_per_image": sum(r["flops"] for r in layers),
         "train_images_per_epoch": n_train,
-        "variants": int(setup.data.variants.shape[0]),
+        "variants": len(setup.data.variants),
         "val_images": n_val,
         "batch_size": batch,
         "steps_per_epoch": steps,

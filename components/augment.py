@@ -3,7 +3,7 @@
 The augmentations (rotation, zoom, shift, optional flip; tlpipe/data/augmentation.py) are applied to the
 training split only. The preview shows a person what they do; the `augment.copies` copies are what tuning's
 cached-activation trials train on (per-epoch random augmentation cannot be cached). The copies are written
-into train.npz chunk by chunk, so memory does not grow with the training split.
+into copies.npy chunk by chunk, so memory does not grow with the training split.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.config import AugmentConfig
 from tlpipe.contracts import COPIES_FILE, ValidationResult
 from tlpipe.data.augmentation import augmented_copies, build_augmenter, preview_grid
-from tlpipe.data.datasets import NpzWriter, decode_images, decoded_chunks
+from tlpipe.data.datasets import NpyWriter, decode_images, decoded_chunks
+from tlpipe.data.records import Images
 
 PARAMS = ("augment", "seed", "model.image_size")
 CHUNK = 256  # images per augmentation call (the random draws depend on it, as in augmented_copies)
@@ -30,7 +31,7 @@ def _preview_order(labels: np.ndarray, classes: list[str]) -> np.ndarray:
     return np.argsort(np.arange(len(labels)) % max(1, len(labels) // len(classes)), kind="stable")
 
 
-def _copies(paths: list[str], size: int, augmenter, copies: int, scratch: Path):
+def _copies(paths: Images, size: int, augmenter, copies: int, scratch: Path):
     """Chunks of the copies, copy-major: the split is decoded once to a scratch file, then read back per copy."""
     row = size * size * 3
     with tempfile.TemporaryFile(dir=scratch) as raw:
@@ -44,33 +45,32 @@ def _copies(paths: list[str], size: int, augmenter, copies: int, scratch: Path):
                 yield augmented_copies(chunk, augmenter, 1, CHUNK)
 
 
-def augment(paths: list[str], labels: np.ndarray, classes: list[str], cfg: AugmentConfig, seed: int, size: int,
+def augment(paths: Images, labels: np.ndarray, classes: list[str], cfg: AugmentConfig, seed: int, size: int,
             preview: Path, out: Path) -> int:
-    """Write `preview/preview.png` and `out/train.npz` (copies, labels); returns the number of copies made.
+    """Write `preview/preview.png` and `out/copies.npy` (the copies, copy-major); returns the copies made.
 
-    `paths` are the training split's image files and `labels` their class indices, grouped by class.
+    `paths` are the training split's images and `labels` their class indices, grouped by class; copy k of
+    image i is row k * len(paths) + i, with label labels[i].
     """
     augmenter = build_augmenter(cfg, seed)
     picks = _preview_order(labels, classes)[: cfg.preview_samples]
-    preview_grid(decode_images([paths[i] for i in picks], size, desc="decode preview"), augmenter,
+    preview_grid(decode_images(paths[picks], size, desc="decode preview"), augmenter,
                  preview / "preview.png", cfg.preview_samples)
     made = cfg.copies if augmenter.active and len(paths) else 0
-    with NpzWriter(out / COPIES_FILE) as npz:
-        npz.write("images", _copies(paths, size, augmenter, made, out) if made else [],
-                  (made * len(paths), size, size, 3), np.uint8)
-        npz.write("labels", [np.tile(labels, made)], (made * len(labels),), labels.dtype)
+    NpyWriter.write(out / COPIES_FILE, _copies(paths, size, augmenter, made, out) if made else [],
+                    (made * len(paths), size, size, 3), np.uint8)
     return made
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: `python -m components.augment --subset ... --validation ... --augmented ... --preview ...`."""
-    from tlpipe.data.datasets import split_files
+    from tlpipe.data.datasets import split_images
     from tlpipe.tracking.runs import step_run
 
     p = parser("augment", __doc__)
     p.add_argument("--subset", required=True, help="folder written by make_subset")
     p.add_argument("--validation", required=True, help="validate_data's result (the subset passed)")
-    p.add_argument("--augmented", required=True, help="folder for train.npz, the pre-augmented copies")
+    p.add_argument("--augmented", required=True, help="folder for copies.npy, the pre-augmented copies")
     p.add_argument("--preview", required=True, help="folder for preview.png")
     args = p.parse_args(argv)
     params = step_params(args, "augment", PARAMS)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     with step_run(params, "augment", {"subset": args.subset}, args.validation) as _:
         import mlflow
 
-        paths, labels, classes = split_files(Path(args.subset), "train")
+        paths, labels, classes = split_images(Path(args.subset), "train")
         with atomic_dir(args.preview) as preview, atomic_dir(args.augmented) as out:
             made = augment(paths, labels, classes, params.augment, params.seed, params.model.image_size,
                            preview, out)

@@ -13,13 +13,14 @@ import numpy as np
 
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.contracts import SPLITS, FeaturesInfo, ValidationResult, features_file
-from tlpipe.data.datasets import NpzWriter, decoded_chunks, split_files
+from tlpipe.data.datasets import NpzWriter, decoded_chunks, split_images
+from tlpipe.data.records import Images
 from tlpipe.models.backbones import backbone_identity, feature_extractor, load_backbone, preprocess_mode
 
 PARAMS = ("model.weights", "model.image_size", "extract_features", "storage.endpoint_url")
 
 
-def _features(model, paths: list[str], size: int, batch: int, desc: str):
+def _features(model, paths: Images, size: int, batch: int, desc: str):
     """Features of `paths`, one float32 block per batch; decoding of the next batches overlaps the forward pass.
 
     There is no separate in-memory path for small splits: decoding everything first and then running the model
@@ -37,7 +38,7 @@ def extract(backbone_spec: str, weights: str, size: int, batch: int, endpoint_ur
     dim = int(model.outputs[0].shape[-1])
     rows = {}
     for split in SPLITS:
-        paths, labels, classes = split_files(subset, split)
+        paths, labels, classes = split_images(subset, split)
         with NpzWriter(out_dir / features_file(split)) as npz:
             npz.write("features", _features(model, paths, size, batch, f"extract_features {split}"),
                       (len(paths), dim), np.float32)

@@ -2,7 +2,8 @@
 
 Reads a class-folder or Kaggle-flat tree from a folder, a .zip or an s3:// prefix; every chosen file is
 decoded in full, odd formats are converted to 8-bit PNG, and unusable or duplicate files are quarantined
-(listed with the reason, never silently dropped) and replaced by the next candidate.
+(listed with the reason, never silently dropped) and replaced by the next candidate. The chosen images are
+written as a few TFRecord shards per split, listed one row per image in manifest.csv.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from tqdm import tqdm
 
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.config import MakeSubsetConfig, StorageConfig
-from tlpipe.contracts import MANIFEST, QUARANTINE, SPLITS, SubsetSummary
+from tlpipe.contracts import MANIFEST, QUARANTINE, SHARDS_DIR, SPLITS, SubsetSummary
 from tlpipe.data.images import BadImage, ImageFacts, normalise
+from tlpipe.data.records import ShardWriter
 from tlpipe.data.sources import Source, classify, open_source
 from tlpipe.errors import DataError
 
 PARAMS = ("data.layout", "make_subset", "storage")
 MANIFEST_COLUMNS = ("path", "class", "split", "sha256", "width", "height", "channels", "bytes",
-                    "source_path", "source_mode")
+                    "source_path", "source_mode", "shard")
 
 
 @dataclass(frozen=True)
@@ -93,36 +95,46 @@ def _target_name(chosen: Chosen, used: set[str]) -> str:
 
 def make_subset(source: Source, layout: str, cfg: MakeSubsetConfig,
                 out_dir: Path) -> tuple[SubsetSummary, list[Quarantined]]:
-    """Write `out_dir/{train,val,test}/<class>/*`, `manifest.csv`, `quarantine.csv` and `summary.json`."""
+    """Write `out_dir/shards/<split>-NNNNN.tfrecord`, `manifest.csv`, `quarantine.csv` and `summary.json`.
+
+    The images of each split go into a few large shards (tlpipe.data.records), in manifest order: classes
+    sorted, names sorted within a class. One class's chosen images are in memory at a time.
+    """
     listing = classify(source, layout)
     counts = {"train": cfg.train_per_class, "val": cfg.val_per_class, "test": cfg.test_per_class}
     need = sum(counts.values())
     rows: list[dict] = []
     quarantine: list[Quarantined] = []
     seen: dict[str, str] = {}
-    for cls, candidates in listing.files.items():
-        chosen, rejected = choose_class(source, cls, candidates, need, cfg, seen)
-        quarantine += rejected
-        if len(chosen) < need:
-            raise DataError(
-                f"class {cls!r} in {source.description} has {len(chosen)} usable images "
-                f"({len(candidates)} files, {len(rejected)} quarantined) but make_subset asks {need} "
-                f"({counts['train']} train + {counts['val']} val + {counts['test']} test); "
-                "lower make_subset.*_per_class or add images"
-            )
-        used: set[str] = set()
-        start = 0
-        for split in SPLITS:
-            for item in chosen[start : start + counts[split]]:
-                rel = f"{split}/{cls}/{_target_name(item, used)}"
-                (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                (out_dir / rel).write_bytes(item.data)
-                rows.append({"path": rel, "class": cls, "split": split, "sha256": item.facts.sha256,
-                             "width": item.facts.width, "height": item.facts.height,
-                             "channels": item.facts.channels, "bytes": item.facts.bytes,
-                             "source_path": item.source_path, "source_mode": item.facts.source_mode})
-            start += counts[split]
-    rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["class"], r["path"]))
+    writers = {split: ShardWriter(out_dir / SHARDS_DIR, split) for split in SPLITS}
+    try:
+        for cls, candidates in listing.files.items():  # sorted by class (classify)
+            chosen, rejected = choose_class(source, cls, candidates, need, cfg, seen)
+            quarantine += rejected
+            if len(chosen) < need:
+                raise DataError(
+                    f"class {cls!r} in {source.description} has {len(chosen)} usable images "
+                    f"({len(candidates)} files, {len(rejected)} quarantined) but make_subset asks {need} "
+                    f"({counts['train']} train + {counts['val']} val + {counts['test']} test); "
+                    "lower make_subset.*_per_class or add images"
+                )
+            used: set[str] = set()
+            start = 0
+            for split in SPLITS:
+                named = sorted(((f"{split}/{cls}/{_target_name(item, used)}", item)
+                                for item in chosen[start : start + counts[split]]), key=lambda pair: pair[0])
+                for rel, item in named:
+                    shard = writers[split].write(rel, item.data)
+                    rows.append({"path": rel, "class": cls, "split": split, "sha256": item.facts.sha256,
+                                 "width": item.facts.width, "height": item.facts.height,
+                                 "channels": item.facts.channels, "bytes": item.facts.bytes,
+                                 "source_path": item.source_path, "source_mode": item.facts.source_mode,
+                                 "shard": shard})
+                start += counts[split]
+    finally:
+        for writer in writers.values():
+            writer.close()
+    rows.sort(key=lambda r: SPLITS.index(r["split"]))  # stable: within a split, the records' order
     with open(out_dir / MANIFEST, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()

@@ -17,8 +17,9 @@ import pandas as pd
 
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.config import ValidateDataConfig
-from tlpipe.contracts import MANIFEST, QUARANTINE, SubsetSummary, ValidationResult
+from tlpipe.contracts import MANIFEST, QUARANTINE, SHARDS_DIR, SubsetSummary, ValidationResult
 from tlpipe.data.images import BadImage, normalise
+from tlpipe.data.records import records
 from tlpipe.errors import DataError
 from tlpipe.reports.html import render
 
@@ -42,18 +43,18 @@ def image_table(subset: Path, max_pixels: int) -> pd.DataFrame:
     if not manifest.is_file():
         raise DataError(f"{manifest}: manifest not found; run make_subset first")
     df = pd.read_csv(manifest, dtype={"class": str}, keep_default_na=False)
-    decodes, widths, heights = [], [], []
-    for rel in df["path"]:
+    facts_of: dict[str, tuple[int, int]] = {}  # manifest path -> (width, height) of the stored image
+    shards = sorted({s for s in df.get("shard", []) if (subset / SHARDS_DIR / s).is_file()})
+    for rel, data in records([subset / SHARDS_DIR / s for s in shards]):
         try:
-            _, facts = normalise((subset / rel).read_bytes(), max_pixels)
-            decodes.append(True)
-            widths.append(facts.width)
-            heights.append(facts.height)
-        except (BadImage, FileNotFoundError):
-            decodes.append(False)
-            widths.append(0)
-            heights.append(0)
-    df["decodes"], df["width"], df["height"] = decodes, widths, heights
+            _, facts = normalise(data, max_pixels)
+            facts_of[rel] = (facts.width, facts.height)
+        except BadImage:
+            pass
+    # An image that is missing from the shards or no longer decodes fails the `decodes` expectation.
+    df["decodes"] = [rel in facts_of for rel in df["path"]]
+    df["width"] = [facts_of.get(rel, (0, 0))[0] for rel in df["path"]]
+    df["height"] = [facts_of.get(rel, (0, 0))[1] for rel in df["path"]]
     df["splits_with_same_file"] = df.groupby("sha256")["split"].transform("nunique")
     df["classes_with_same_file"] = df.groupby("sha256")["class"].transform("nunique")
     return df

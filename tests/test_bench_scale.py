@@ -31,4 +31,4 @@ def test_scale_benchmark_writes_report(tmp_path):
         assert steps[step]["peak_rss_mb"] > 0 and steps[step]["img_per_s"] > 0 and steps[step]["disk_mb"] >= 0
     assert (out.with_suffix(".md")).read_text().startswith("| images | step |")
     subset = tmp_path / "work" / "60" / "data"
-    assert (subset / "features" / "train.npz").is_file() and (subset / "augmented" / "train.npz").is_file()
+    assert (subset / "features" / "train.npz").is_file() and (subset / "augmented" / "copies.npy").is_file()

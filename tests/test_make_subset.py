@@ -1,4 +1,6 @@
 import csv
+import hashlib
+import io
 import re
 import zipfile
 from pathlib import Path
@@ -10,7 +12,8 @@ from PIL import Image
 from components.make_subset import choose_class, make_subset
 from tests.conftest import make_tree, run_cli, write_params
 from tlpipe.config import MakeSubsetConfig
-from tlpipe.contracts import MANIFEST, QUARANTINE, SubsetSummary
+from tlpipe.contracts import MANIFEST, QUARANTINE, SHARDS_DIR, SubsetSummary
+from tlpipe.data.records import records, shard_name
 from tlpipe.data.sources import LocalSource, ZipSource, classify, open_source
 from tlpipe.errors import DataError
 
@@ -54,10 +57,36 @@ def test_folders_layout_counts_and_manifest_columns(tmp_path):
     got = rows(out)
     assert len(got) == 10
     assert set(got[0]) == {"path", "class", "split", "sha256", "width", "height", "channels", "bytes",
-                           "source_path", "source_mode"}
+                           "source_path", "source_mode", "shard"}
     for split, n in (("train", 3), ("val", 1), ("test", 1)):
         assert len([r for r in got if r["split"] == split and r["class"] == "cat"]) == n
-    assert all((out / r["path"]).is_file() for r in got)
+    # The images live in one shard per split here, in manifest order, byte for byte what was accepted.
+    assert sorted(p.name for p in (out / SHARDS_DIR).iterdir()) == [shard_name(s, 0) for s in ("test", "train",
+                                                                                               "val")]
+    stored = list(records([out / SHARDS_DIR / r["shard"] for r in got if r["split"] == "train"][:1]))
+    assert [name for name, _ in stored] == [r["path"] for r in got if r["split"] == "train"]
+    assert all(hashlib.sha256(data).hexdigest() == r["sha256"] for (_, data), r in zip(stored, got, strict=False))
+
+
+def test_large_splits_roll_over_to_more_shards_and_read_back_in_order(tmp_path, monkeypatch):
+    from tlpipe.data import records as records_module
+    from tlpipe.data.datasets import decode_images, split_images, stream_batches
+
+    monkeypatch.setattr(records_module, "SHARD_BYTES", 1)  # a new shard after every image
+    src = make_tree(tmp_path / "raw", classes=("cat", "dog"), per_class=6)
+    out, _ = build(LocalSource(src), tmp_path)
+    images, labels, classes = split_images(out, "train")
+    assert len(images.shards) == 6 and len(images) == 6 and classes == ["cat", "dog"]
+    assert list(labels) == [0, 0, 0, 1, 1, 1]
+    every = decode_images(images, 8)
+    picked = decode_images(images[[4, 1]], 8)  # a selection decodes in the order asked
+    np.testing.assert_array_equal(picked, every[[4, 1]])
+    epochs = [np.concatenate([y.numpy() for _, y in stream_batches(images, labels, 8, 4, shuffle_seed=5)])
+              for _ in range(1)]
+    assert sorted(epochs[0]) == sorted(labels)  # every image once per epoch, labels travel with the records
+    batches = stream_batches(images, labels, 8, 6, shuffle_seed=5)
+    first, second = (next(iter(batches))[1].numpy().tolist() for _ in range(2))
+    assert sorted(first) == sorted(second) == sorted(labels.tolist())
 
 
 def test_kaggle_flat_layout(tmp_path):
@@ -134,7 +163,10 @@ def test_unicode_class_names_and_odd_modes(tmp_path):
     out, summary = build(LocalSource(src), tmp_path)
     assert set(summary.classes) == {"고양이", "café"}
     assert {r["source_mode"] for r in rows(out)} == {"PNG/RGBA"}
-    assert all(Image.open(out / r["path"]).mode == "RGB" for r in rows(out))
+    shards = sorted((out / SHARDS_DIR).glob("*.tfrecord"))
+    stored = dict(records(shards))
+    assert set(stored) == {r["path"] for r in rows(out)}
+    assert all(Image.open(io.BytesIO(data)).mode == "RGB" for data in stored.values())
 
 
 def zip_tree(src: Path, target: Path, wrapper: str = "") -> Path:

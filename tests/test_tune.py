@@ -98,6 +98,42 @@ def test_cached_trial_equals_full_model_trial(tiny_project, tmp_path):
     assert len(list((tmp_path / "c16").rglob("*.npy"))) == 2
 
 
+def test_streamed_trial_data_computes_what_the_in_memory_data_does(tiny_project, tmp_path):
+    """Large sets (decoded to scratch .npy files, read back a batch at a time) give the same activations and,
+    trained on them, the same kind of trial; the scratch files go with the data."""
+    from tlpipe.data.datasets import NpyRows
+
+    params = params_for(tiny_project, tmp_path)
+    args = (tiny_project / "data/subset", tiny_project / "data/augmented", 16)
+    memory, stream = load_trial_data(*args, mode="memory"), load_trial_data(*args, mode="stream")
+    assert memory.fingerprint == stream.fingerprint and len(stream.variants) == len(memory.variants) == 2
+    assert all(isinstance(v, NpyRows) for v in stream.variants) and isinstance(stream.val_images, NpyRows)
+    for a, b in zip(memory.variants + [memory.val_images], stream.variants + [stream.val_images], strict=True):
+        np.testing.assert_array_equal(a, b.load())
+    hp = hp_of(0.5, 3e-3, 0.0, params.model.head_units)
+    head = tiny_project / "models/head" / HEAD_FILE
+    histories = {}
+    for name, data in (("memory", memory), ("stream", stream)):
+        cache = ActivationCache(tmp_path / f"cache-{name}", 10**9, "float32")
+        out = run_trial(recipe(tiny_project, params, epochs=2), hp, data, load(tiny_project, params), head, cache,
+                        "tiny")
+        assert out["mode"] == "cached"
+        histories[name] = out["history"]
+        (entry,) = (tmp_path / f"cache-{name}").iterdir()
+        histories[name + "_activations"] = np.load(entry / "train.npy")
+    np.testing.assert_array_equal(histories["memory_activations"], histories["stream_activations"])
+    # the same images and activations; the batches are shuffled by a different (seeded) generator on disk
+    assert len(histories["stream"]["val_loss"]) == 2 and np.isfinite(histories["stream"]["val_loss"]).all()
+    assert abs(histories["stream"]["val_accuracy"][-1] - histories["memory"]["val_accuracy"][-1]) <= 0.35
+    scratch = stream.variants[0].path.parent
+    assert scratch.is_dir()
+    del stream, out, data
+    import gc
+
+    gc.collect()
+    assert not scratch.exists()
+
+
 def test_fully_frozen_trial_trains_only_the_head(tiny_project, tmp_path):
     params = params_for(tiny_project, tmp_path)
     data = load_trial_data(tiny_project / "data/subset", None, 16)
@@ -327,9 +363,8 @@ def test_study_identity_follows_data_backbone_head_and_search_space(tiny_project
     other_data = study_for(capsys, params_file, tiny_project, tmp_path, subset=tmp_path / "subset2")
     # ... or other pre-augmented copies of the same split
     shutil.copytree(tiny_project / "data/augmented", tmp_path / "augmented2")
-    copies = dict(np.load(tmp_path / "augmented2" / COPIES_FILE))
-    copies["images"] = np.ascontiguousarray(copies["images"][:, ::-1])  # every copy flipped upside down
-    np.savez(tmp_path / "augmented2" / COPIES_FILE, **copies)
+    copies = np.load(tmp_path / "augmented2" / COPIES_FILE)
+    np.save(tmp_path / "augmented2" / COPIES_FILE, np.ascontiguousarray(copies[:, ::-1]))  # every copy flipped
     other_copies = study_for(capsys, params_file, tiny_project, tmp_path, augmented=tmp_path / "augmented2")
     # (b) the backbone file's bytes changed (same architecture, other weights)
     changed = changed_copy(tiny_project / "models/backbone", tmp_path / "backbone2", BACKBONE_FILE)

@@ -17,11 +17,12 @@ from tlpipe.errors import DataError
 
 # Binary files inside artifact folders (their formats are Keras' and NumPy's own).
 MANIFEST = "manifest.csv"  # make_subset: one row per image (tlpipe.data.datasets reads it)
+SHARDS_DIR = "shards"  # make_subset: the images, <split>-NNNNN.tfrecord (tlpipe.data.records)
 QUARANTINE = "quarantine.csv"
 BACKBONE_FILE = "backbone.keras"
 HEAD_FILE = "head.keras"
 MODEL_FILE = "model.keras"
-COPIES_FILE = "train.npz"  # augment: pre-augmented copies of the training split
+COPIES_FILE = "copies.npy"  # augment: pre-augmented copies of the training split, copy-major (K*N rows)
 METRICS_FILE = "metrics.json"
 SPLITS = ("train", "val", "test")
 

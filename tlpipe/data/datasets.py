@@ -1,14 +1,16 @@
-"""The input pipeline: tf.data decodes and resizes images in parallel once, then batches come from memory.
+"""The input pipeline: tf.data decodes and resizes images in parallel, from the subset's shards or files.
 
-Training keeps decoded uint8 images in memory, so every epoch after the first costs only shuffling, one
-fused augmentation per batch, and the model. Steps that pass over a split once (feature extraction, the
-pre-augmented copies) stream it instead: `decoded_chunks` yields bounded chunks and `NpzWriter` writes an
-.npz chunk by chunk, so their memory does not grow with the dataset.
+make_subset stores each split as a few TFRecord shards (tlpipe.data.records). Small splits are decoded once
+and kept in memory, so every epoch after the first costs only shuffling, one fused augmentation per batch,
+and the model. Large ones stream from the shards every epoch with bounded buffers. Steps that pass over a
+split once (feature extraction, the pre-augmented copies) stream it: `decoded_chunks` yields bounded chunks,
+and `NpzWriter` / `NpyWriter` write arrays chunk by chunk, so their memory does not grow with the dataset.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,7 +20,8 @@ import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
 
-from tlpipe.contracts import MANIFEST
+from tlpipe.contracts import MANIFEST, SHARDS_DIR
+from tlpipe.data.records import Images
 from tlpipe.errors import DataError
 
 
@@ -35,16 +38,16 @@ def class_names(manifest: pd.DataFrame) -> list[str]:
     return sorted(manifest["class"].unique())
 
 
-def split_files(subset: Path, split: str) -> tuple[list[str], np.ndarray, list[str]]:
-    """File paths, integer labels and class names of one split."""
-    manifest = read_manifest(subset, ["path", "class", "split"])  # the sha256 etc. of 100k rows are not needed
+def split_images(subset: Path, split: str) -> tuple[Images, np.ndarray, list[str]]:
+    """The split's images (its shards), integer labels in record order, and the class names."""
+    manifest = read_manifest(subset, ["class", "split", "shard"])  # the sha256 etc. of 100k rows are not needed
     classes = class_names(manifest)
     rows = manifest[manifest["split"] == split]
     if rows.empty:
-        raise DataError(f"{subset}/manifest.csv: no rows for split {split!r}")
+        raise DataError(f"{subset}/{MANIFEST}: no rows for split {split!r}")
     index = {c: i for i, c in enumerate(classes)}
-    paths = [str(Path(subset) / p) for p in rows["path"]]
-    return paths, np.array([index[c] for c in rows["class"]], dtype=np.int32), classes
+    shards = tuple(str(Path(subset) / SHARDS_DIR / s) for s in dict.fromkeys(rows["shard"]))
+    return Images(shards, len(rows)), np.array([index[c] for c in rows["class"]], dtype=np.int32), classes
 
 
 # JPEG DCT-domain downscaling (libjpeg decodes at 1/2, 1/4 or 1/8 size, skipping most of the inverse DCT,
@@ -64,8 +67,8 @@ def _decode_jpeg(data: tf.Tensor, size: int) -> tf.Tensor:
     return tf.case(branches, default=lambda: tf.io.decode_jpeg(data, channels=3))
 
 
-def _decode(path: tf.Tensor, size: int) -> tf.Tensor:
-    data = tf.io.read_file(path)
+def _decode(data: tf.Tensor, size: int) -> tf.Tensor:
+    """Encoded image bytes -> uint8 (size, size, 3)."""
     image = tf.cond(tf.io.is_jpeg(data), lambda: _decode_jpeg(data, size),
                     lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
     height, width = tf.shape(image)[0], tf.shape(image)[1]
@@ -84,33 +87,44 @@ def _decoder(size: int):
 
     No autograph: _decode has no tensor-dependent Python control flow (it uses tf.cond/tf.case).
     """
-    return tf.function(lambda path: _decode(path, size), autograph=False,
+    return tf.function(lambda data: _decode(data, size), autograph=False,
                        input_signature=[tf.TensorSpec([], tf.string)])
 
 
-def decoded_chunks(paths: list[str], size: int, batch_size: int = 256, desc: str = "decode") -> Iterator[np.ndarray]:
-    """Decode + resize files in parallel, yielding uint8 (<= batch_size, size, size, 3) chunks in file order.
+def _encoded(source: Images | list[str]) -> tf.data.Dataset:
+    """Encoded bytes in order: a split's records, or image files (a list of paths)."""
+    if isinstance(source, Images):
+        return source.dataset().map(lambda data, index: data)
+    return tf.data.Dataset.from_tensor_slices([str(p) for p in source]).map(tf.io.read_file)
 
-    Only a couple of chunks are in flight (prefetch 2), so memory is bounded whatever the number of files.
+
+def decoded_chunks(source: Images | list[str], size: int, batch_size: int = 256,
+                   desc: str = "decode") -> Iterator[np.ndarray]:
+    """Decode + resize in parallel, yielding uint8 (<= batch_size, size, size, 3) chunks in order.
+
+    `source` is a split's images (or a selection of them: split order) or a list of image files. Only a couple
+    of chunks are in flight (prefetch 2), so memory is bounded whatever the number of images.
     """
-    if not len(paths):
+    if not len(source):
         return
-    ds = (tf.data.Dataset.from_tensor_slices(paths)
-          .map(_decoder(size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = (_encoded(source).map(_decoder(size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .batch(batch_size).prefetch(2))
-    with tqdm(total=len(paths), desc=desc, unit="img", leave=False) as bar:
+    with tqdm(total=len(source), desc=desc, unit="img", leave=False) as bar:
         for batch in ds:
             bar.update(len(batch))
             yield batch.numpy()
 
 
-def decode_images(paths: list[str], size: int, batch_size: int = 256, desc: str = "decode") -> np.ndarray:
-    """Decode + resize files to uint8 (N, size, size, 3), in parallel, in file order."""
-    out = np.empty((len(paths), size, size, 3), np.uint8)  # filled chunk by chunk: no concatenate copy
+def decode_images(source: Images | list[str], size: int, batch_size: int = 256, desc: str = "decode") -> np.ndarray:
+    """Decode + resize to uint8 (N, size, size, 3), in parallel, in the order of `source` (a selection too)."""
+    out = np.empty((len(source), size, size, 3), np.uint8)  # filled chunk by chunk: no concatenate copy
     done = 0
-    for batch in decoded_chunks(paths, size, batch_size, desc):
+    for batch in decoded_chunks(source, size, batch_size, desc):
         out[done : done + len(batch)] = batch
         done += len(batch)
+    if isinstance(source, Images) and source.selection is not None:  # decoded in split order: put back
+        order = sorted(set(source.selection))
+        return out[np.searchsorted(order, source.selection)] if len(order) else out
     return out
 
 
@@ -151,10 +165,99 @@ class NpzWriter:
         self.close()
 
 
+class NpyWriter:
+    """A .npy file written chunk by chunk (rows in order), so memory holds one chunk, not the array.
+
+    Plain writes rather than a writable np.memmap: every page written through a map stays resident in the
+    process until the map is closed, which would make memory grow with the array.
+    """
+
+    @staticmethod
+    def write(path: str | Path, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> None:
+        """Write `path` (staged next to it, then renamed) from `chunks` totalling exactly shape[0] rows."""
+        dtype, path = np.dtype(dtype), Path(path)
+        staged = path.with_name(f".{path.name}.partial")
+        rows = 0
+        with open(staged, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                      "fortran_order": False, "shape": tuple(shape)})
+            for chunk in chunks:
+                chunk = np.ascontiguousarray(chunk, dtype)
+                if chunk.shape[1:] != tuple(shape[1:]):
+                    raise ValueError(f"{path.name}: chunk of shape {chunk.shape} does not fit {shape}")
+                fh.write(chunk.reshape(-1).view(np.uint8).data)
+                rows += len(chunk)
+        if rows != shape[0]:
+            staged.unlink()
+            raise ValueError(f"{path.name}: {rows} rows written, {shape[0]} declared")
+        staged.replace(path)
+
+
+class NpyRows:
+    """Rows [start, start + count) of a .npy file, read with positioned reads.
+
+    Not np.memmap: mapped pages that a pass over the file touches count as the process's resident memory
+    (peak RSS would grow to the file's size), while pread goes through the page cache, which the kernel owns.
+    """
+
+    def __init__(self, path: str | Path, start: int = 0, count: int | None = None):
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(fh)
+            self._offset = fh.tell()
+        if fortran:
+            raise ValueError(f"{self.path}: Fortran-ordered arrays are not supported")
+        self.dtype, self.row_shape = np.dtype(dtype), tuple(shape[1:])
+        self._row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        self.start, self.count = start, shape[0] - start if count is None else count
+        if self.start + self.count > shape[0]:
+            raise ValueError(f"{self.path}: rows {start}..{start + self.count} beyond its {shape[0]} rows")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.count, *self.row_shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self._row_bytes
+
+    def __len__(self) -> int:
+        return self.count
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Rows at `indices` (in that order); read in file order, one pread per row."""
+        indices = np.asarray(indices, np.int64)
+        out = np.empty((len(indices), *self.row_shape), self.dtype)
+        flat = out.reshape(len(indices), -1).view(np.uint8)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i in np.argsort(indices, kind="stable"):
+                flat[i] = np.frombuffer(os.pread(fd, self._row_bytes,
+                                                 self._offset + (self.start + int(indices[i])) * self._row_bytes),
+                                        np.uint8)
+        finally:
+            os.close(fd)
+        return out
+
+    def chunks(self, size: int = 1024) -> Iterator[np.ndarray]:
+        """All rows in order, `size` at a time."""
+        for begin in range(0, self.count, size):
+            yield self.read(np.arange(begin, min(begin + size, self.count)))
+
+    def load(self) -> np.ndarray:
+        """All rows in memory."""
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset + self.start * self._row_bytes)
+            return np.fromfile(fh, self.dtype, self.count * int(np.prod(self.row_shape))).reshape(self.shape)
+
+
 def load_split(subset: Path, split: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Images (uint8), labels and class names of one split."""
-    paths, labels, classes = split_files(subset, split)
-    return decode_images(paths, size, desc=f"decode {split}"), labels, classes
+    images, labels, classes = split_images(subset, split)
+    return decode_images(images, size, desc=f"decode {split}"), labels, classes
 
 
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, augmenter=None,
@@ -188,15 +291,14 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, augmente
 IN_MEMORY_MAX_IMAGES = 20_000
 
 
-def file_batches(paths: list[str], labels: np.ndarray, size: int, batch_size: int, *, augmenter=None,
-                 shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """Batches decoded from the files every epoch (bounded memory): the streaming twin of `batches`."""
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths), np.asarray(labels)))
-    if shuffle_seed is not None:  # shuffling the paths, not the pixels: a full shuffle costs little memory
-        ds = ds.shuffle(max(1, len(paths)), seed=shuffle_seed, reshuffle_each_iteration=True)
+def stream_batches(images: Images, labels: np.ndarray, size: int, batch_size: int, *, augmenter=None,
+                   shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """Batches decoded from the shards every epoch (bounded memory): the streaming twin of `batches`."""
+    targets = tf.constant(labels)
     decode = _decoder(size)
-    ds = ds.map(lambda path, label: (decode(path), label), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True).batch(batch_size)
+    ds = images.dataset(shuffle_seed).map(lambda data, index: (decode(data), tf.gather(targets, index)),
+                                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size)
     if augmenter is not None and augmenter.active:
         ds = ds.map(lambda x, y: (augmenter.augment(x, "float32"), y))
     else:
@@ -205,18 +307,18 @@ def file_batches(paths: list[str], labels: np.ndarray, size: int, batch_size: in
 
 
 def split_source(subset: Path, split: str, size: int, mode: str = "auto"):
-    """(images or file paths, labels, classes): decoded in memory for small splits, paths for large ones.
+    """(decoded images or the split's shards, labels, classes): in memory for small splits, streamed otherwise.
 
     `mode` is "memory", "stream" or "auto" (memory up to IN_MEMORY_MAX_IMAGES images).
     """
-    paths, labels, classes = split_files(subset, split)
-    if mode == "memory" or (mode == "auto" and len(paths) <= IN_MEMORY_MAX_IMAGES):
-        return decode_images(paths, size, desc=f"decode {split}"), labels, classes
-    return paths, labels, classes
+    images, labels, classes = split_images(subset, split)
+    if mode == "memory" or (mode == "auto" and len(images) <= IN_MEMORY_MAX_IMAGES):
+        return decode_images(images, size, desc=f"decode {split}"), labels, classes
+    return images, labels, classes
 
 
 def any_batches(source, labels: np.ndarray, size: int, batch_size: int, **kwargs) -> tf.data.Dataset:
-    """`batches` for decoded images, `file_batches` for paths."""
+    """`batches` for decoded images, `stream_batches` for a split's shards."""
     if isinstance(source, np.ndarray):
         return batches(source, labels, batch_size, **kwargs)
-    return file_batches(source, labels, size, batch_size, **kwargs)
+    return stream_batches(source, labels, size, batch_size, **kwargs)

@@ -6,6 +6,9 @@ memory-mapped array; a trial then trains the unfrozen suffix + head on it. Per-e
 cannot be cached, so trials use an honest fixed scheme: epoch e trains on variant e mod (K + 1) of the
 training set (the original and K pre-augmented copies made once by `augment`). The full-model path uses the
 same variants, so both paths compute the same thing; it is the fall-back when the cache would exceed its cap.
+
+Small sets are held in memory; large ones (tlpipe.data.datasets.IN_MEMORY_MAX_IMAGES) are decoded once to
+scratch .npy files and, like the activations, read back a batch at a time, so memory stays flat.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import math
 import os
 import shutil
 import uuid
+import weakref
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +27,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tlpipe.cli import scratch_dir
 from tlpipe.contracts import COPIES_FILE, HyperParams
-from tlpipe.data.datasets import load_split
+from tlpipe.data import datasets
+from tlpipe.data.datasets import NpyRows, NpyWriter, decode_images, decoded_chunks, read_manifest, split_images
+from tlpipe.errors import DataError
 from tlpipe.models.backbones import FreezePlan, apply_freeze, preprocessing, split_at
 from tlpipe.models.training import compile_for, make_head
 
@@ -43,56 +51,129 @@ class Recipe:
 
 @dataclass(frozen=True)
 class TrialData:
-    """Training variants (V, N, H, W, 3) uint8, their labels, and the validation split."""
+    """Training variants (each N x H x W x 3 uint8), their labels, the validation split, and their identity.
 
-    variants: np.ndarray
+    Each image array is in memory (np.ndarray) for small sets, or rows of a .npy file on disk (NpyRows) read
+    in batches, so a trial's memory does not grow with the dataset (`load_trial_data` decides by size).
+    """
+
+    variants: list
     labels: np.ndarray
-    val_images: np.ndarray
+    val_images: np.ndarray | NpyRows
     val_labels: np.ndarray
     classes: list[str]
+    fingerprint: str = ""  # the images' identity: subset contents, image size and the augmented copies
 
 
-def load_trial_data(subset: Path, augmented: Path | None, size: int) -> TrialData:
-    """The original training split plus the pre-augmented copies, and the validation split."""
-    x, y, classes = load_split(subset, "train", size)
-    variants = [x]
-    if augmented is not None and (Path(augmented) / COPIES_FILE).exists():
-        copies = np.load(Path(augmented) / COPIES_FILE)["images"]
-        if len(copies):
-            if len(copies) % len(x) or copies.shape[1:] != x.shape[1:]:
-                raise ValueError(f"{augmented} does not match the training split; rerun augment")
-            variants += list(copies.reshape(-1, *x.shape))
-    x_val, y_val, _ = load_split(subset, "val", size)
-    return TrialData(np.stack(variants), y, x_val, y_val, classes)
+def _fingerprint(subset: Path, size: int, copies: Path | None) -> str:
+    """What the trial images are, cheaply: the manifest's image hashes per split, the size, the copies' bytes."""
+    manifest = read_manifest(subset, ["split", "sha256"])
+    digest = hashlib.sha256(f"{size}|".encode())
+    for split in ("train", "val"):
+        digest.update("|".join(manifest.loc[manifest["split"] == split, "sha256"]).encode())
+    if copies is not None:
+        with open(copies, "rb") as fh:
+            while block := fh.read(16 * 2**20):
+                digest.update(block)
+    return digest.hexdigest()[:20]
 
 
-def variant_batches(variants: np.ndarray, labels: np.ndarray, batch: int, epochs: int,
+def load_trial_data(subset: Path, augmented: Path | None, size: int, mode: str = "auto") -> TrialData:
+    """The original training split plus the pre-augmented copies, and the validation split.
+
+    `mode`: "memory", "stream" (decoded once to scratch .npy files, read back in batches) or "auto" (memory
+    up to IN_MEMORY_MAX_IMAGES images over all variants and the validation split).
+    """
+    train, labels, classes = split_images(subset, "train")
+    val, val_labels, _ = split_images(subset, "val")
+    path = Path(augmented) / COPIES_FILE if augmented is not None else None
+    copies = NpyRows(path) if path is not None and path.exists() else None
+    if copies is not None and not len(copies):
+        copies = None
+    if copies is not None and (len(copies) % len(train) or copies.row_shape != (size, size, 3)):
+        raise DataError(f"{path}: {copies.shape} does not match the {len(train)} training images at {size} px; "
+                        "rerun augment")
+    k = len(copies) // len(train) if copies is not None else 0
+    fingerprint = _fingerprint(subset, size, path if copies is not None else None)
+    total = len(train) * (k + 1) + len(val)
+    if mode == "memory" or (mode == "auto" and total <= datasets.IN_MEMORY_MAX_IMAGES):
+        x = decode_images(train, size, desc="decode train")
+        extra = list(copies.load().reshape(k, *x.shape)) if copies is not None else []
+        return TrialData([x, *extra], labels, decode_images(val, size, desc="decode val"), val_labels, classes,
+                         fingerprint)
+    stack = ExitStack()
+    folder = stack.enter_context(scratch_dir("trial-data"))
+    for name, images in (("train", train), ("val", val)):
+        NpyWriter.write(folder / f"{name}.npy", decoded_chunks(images, size, desc=f"decode {name}"),
+                        (len(images), size, size, 3), np.uint8)
+    variants = [NpyRows(folder / "train.npy"), *(NpyRows(path, i * len(train), len(train)) for i in range(k))]
+    data = TrialData(variants, labels, NpyRows(folder / "val.npy"), val_labels, classes, fingerprint)
+    weakref.finalize(data, stack.close)  # the scratch files go with the data
+    return data
+
+
+def _float(x, y):
+    return tf.cast(x, tf.float32), y
+
+
+def variant_batches(variants: list, labels: np.ndarray, batch: int, epochs: int,
                     seed: int) -> tuple[tf.data.Dataset, int]:
     """Epoch e = variant e mod V, shuffled; returns the dataset and steps per epoch."""
-    per_variant = []
-    for v in range(len(variants)):
-        ds = tf.data.Dataset.from_tensor_slices((variants[v], labels))
-        ds = ds.shuffle(len(labels), seed=seed + v, reshuffle_each_iteration=True).batch(batch)
-        per_variant.append(ds.map(lambda x, y: (tf.cast(x, tf.float32), y)))
-    out = per_variant[0]
-    for epoch in range(1, epochs):
-        out = out.concatenate(per_variant[epoch % len(per_variant)])
-    return out.prefetch(tf.data.AUTOTUNE), math.ceil(len(labels) / batch)
+    steps = math.ceil(len(labels) / batch)
+    if all(isinstance(v, np.ndarray) for v in variants):
+        per_variant = []
+        for v in range(len(variants)):
+            ds = tf.data.Dataset.from_tensor_slices((variants[v], labels))
+            ds = ds.shuffle(len(labels), seed=seed + v, reshuffle_each_iteration=True).batch(batch)
+            per_variant.append(ds.map(_float))
+        out = per_variant[0]
+        for epoch in range(1, epochs):
+            out = out.concatenate(per_variant[epoch % len(per_variant)])
+        return out.prefetch(tf.data.AUTOTUNE), steps
+
+    def generate():  # from disk: a seeded permutation per epoch, each batch read with positioned reads
+        for epoch in range(epochs):
+            rows = variants[epoch % len(variants)]
+            order = np.random.default_rng([seed, epoch]).permutation(len(labels))
+            for start in range(0, len(order), batch):
+                index = order[start : start + batch]
+                yield _read(rows, index), labels[index]
+
+    first = variants[0]
+    spec = (tf.TensorSpec((None, *first.shape[1:]), tf.as_dtype(first.dtype)),
+            tf.TensorSpec((None,), tf.as_dtype(labels.dtype)))
+    ds = tf.data.Dataset.from_generator(generate, output_signature=spec)
+    return ds.map(_float).prefetch(tf.data.AUTOTUNE), steps
+
+
+def _read(rows, index: np.ndarray) -> np.ndarray:
+    return rows[index] if isinstance(rows, np.ndarray) else rows.read(index)
+
+
+def ordered_batches(images, labels: np.ndarray, batch: int = 256) -> tf.data.Dataset:
+    """(float32 images, labels) in order: the validation set, from memory or from disk."""
+    if isinstance(images, np.ndarray):
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch).map(_float)
+
+    def generate():
+        for start in range(0, len(labels), batch):
+            index = np.arange(start, min(start + batch, len(labels)))
+            yield images.read(index), labels[index]
+
+    spec = (tf.TensorSpec((None, *images.shape[1:]), tf.as_dtype(images.dtype)),
+            tf.TensorSpec((None,), tf.as_dtype(labels.dtype)))
+    return tf.data.Dataset.from_generator(generate, output_signature=spec).map(_float).prefetch(2)
 
 
 class ActivationCache:
-    """float16/float32 activations on disk, memory-mapped, under a byte cap."""
+    """float16/float32 activations on disk under a byte cap, least recently used evicted first."""
 
     def __init__(self, folder: Path, max_bytes: int, dtype: str):
         self.folder, self.max_bytes, self.dtype = Path(folder), max_bytes, np.dtype(dtype)
 
-    def key(self, identity: str, frozen: int, arrays: list[np.ndarray]) -> str:
-        """Cache key: backbone identity + boundary + data (+ augmentation, as the variants) + dtype."""
-        digest = hashlib.sha256(f"{identity}|{frozen}|{self.dtype}".encode())
-        for arr in arrays:
-            digest.update(str(arr.shape).encode())
-            digest.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
-        return digest.hexdigest()[:20]
+    def key(self, identity: str, frozen: int, fingerprint: str) -> str:
+        """Cache key: backbone identity + boundary + the images' fingerprint (augmentation included) + dtype."""
+        return hashlib.sha256(f"{identity}|{frozen}|{self.dtype}|{fingerprint}".encode()).hexdigest()[:20]
 
     def evict(self, needed: int, keep: str = "") -> int:
         """Delete least-recently-used entries until the folder plus `needed` bytes fits `max_bytes`."""
@@ -113,26 +194,36 @@ class ActivationCache:
         """Bytes for `images` activations of `shape`."""
         return images * int(np.prod(shape)) * self.dtype.itemsize
 
-    def get(self, key: str, name: str, model: keras.Model, images: np.ndarray, batch: int = 128) -> np.ndarray:
-        """The activations of `model` on `images` (leading dims kept), computed once."""
+    def get(self, key: str, name: str, model: keras.Model, parts: list, batch: int = 128) -> list:
+        """The activations of `model` on each image array of `parts`, computed once and stored as one .npy.
+
+        Returns one array per part: in memory when every part was in memory, else NpyRows on disk.
+        """
         path = self.folder / key / f"{name}.npy"
         if not path.exists():
-            flat = images.reshape(-1, *images.shape[-3:])
             out_shape = tuple(model.output.shape[1:])
-            self.evict(self.bytes_needed(len(flat), out_shape), keep=key)
+            total = sum(len(p) for p in parts)
+            self.evict(self.bytes_needed(total, out_shape), keep=key)
             path.parent.mkdir(parents=True, exist_ok=True)
+
+            def chunks():
+                for part in parts:
+                    blocks = ((part[i : i + batch] for i in range(0, len(part), batch))
+                              if isinstance(part, np.ndarray) else part.chunks(batch))
+                    for block in blocks:
+                        yield np.asarray(model(block.astype("float32"), training=False)).astype(self.dtype)
+
             # A unique staging name: two workers computing the same key publish the same bytes atomically.
-            staged = path.with_name(f".{name}.{uuid.uuid4().hex[:8]}.partial.npy")
-            array = np.lib.format.open_memmap(staged, mode="w+", dtype=self.dtype, shape=(len(flat), *out_shape))
-            for start in range(0, len(flat), batch):
-                chunk = flat[start : start + batch].astype("float32")
-                array[start : start + batch] = np.asarray(model(chunk, training=False)).astype(self.dtype)
-            array.flush()
-            del array
+            staged = path.with_name(f".{name}.{uuid.uuid4().hex[:8]}.npy")
+            NpyWriter.write(staged, chunks(), (total, *out_shape), self.dtype)
             staged.replace(path)
         os.utime(path.parent)  # recently used: the last to be evicted
-        cached = np.load(path, mmap_mode="r")
-        return cached.reshape(*images.shape[:-3], *cached.shape[1:])
+        out, start = [], 0
+        for part in parts:
+            rows = NpyRows(path, start, len(part))
+            out.append(rows.load() if isinstance(part, np.ndarray) else rows)
+            start += len(part)
+        return out
 
 
 def _prefix_model(backbone: keras.Model, frozen: int, size: int, mode: str) -> tuple[keras.Model, keras.Model | None]:
@@ -148,17 +239,16 @@ def _prefix_model(backbone: keras.Model, frozen: int, size: int, mode: str) -> t
 
 
 def cached_model(backbone: keras.Model, plan: FreezePlan, head: keras.Model, recipe: Recipe,
-                 cache: ActivationCache, identity: str,
-                 data: TrialData) -> tuple[keras.Model, np.ndarray, np.ndarray] | None:
-    """(suffix + head model, train activations, val activations), or None when over the cache cap."""
+                 cache: ActivationCache, identity: str, data: TrialData) -> tuple[keras.Model, list, object] | None:
+    """(suffix + head model, train activations per variant, val activations), or None when over the cache cap."""
     prefix_model, suffix = _prefix_model(backbone, plan.frozen, recipe.image_size, recipe.preprocess)
     shape = tuple(prefix_model.output.shape[1:])
-    images = data.variants.shape[0] * data.variants.shape[1] + len(data.val_images)
+    images = sum(len(v) for v in data.variants) + len(data.val_images)
     if cache.bytes_needed(images, shape) > cache.max_bytes:
         return None
-    key = cache.key(identity, plan.frozen, [data.variants, data.val_images])
+    key = cache.key(identity, plan.frozen, data.fingerprint)
     train = cache.get(key, "train", prefix_model, data.variants)
-    val = cache.get(key, "val", prefix_model, data.val_images)
+    (val,) = cache.get(key, "val", prefix_model, [data.val_images])
     inputs = keras.Input(shape, name="activations")
     features = suffix(inputs, training=False) if suffix is not None else inputs
     model = keras.Model(inputs, head(features), name="cached_trial")
@@ -191,8 +281,7 @@ def run_trial(recipe: Recipe, hp: HyperParams, data: TrialData, backbone: keras.
     keras.utils.set_random_seed(recipe.seed)
     epochs = recipe.epochs
     dataset, steps = variant_batches(train, data.labels, recipe.batch_size, epochs, recipe.seed)
-    val_ds = tf.data.Dataset.from_tensor_slices((np.asarray(val), data.val_labels)).batch(256).map(
-        lambda x, y: (tf.cast(x, tf.float32), y))
+    val_ds = ordered_batches(val, data.val_labels)
     # Train to convergence under the epoch cap: stop when the validation metric stops improving.
     stop = keras.callbacks.EarlyStopping(recipe.monitor, patience=recipe.patience, mode="auto")
     history = model.fit(dataset, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps, verbose=0,
