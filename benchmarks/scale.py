@@ -3,7 +3,8 @@
 For each size the benchmark writes a seeded synthetic dataset (10 classes, JPEGs of 64-96 px per side, a
 class-coloured shape on noise) and runs, each as its own process as `dvc repro` does, with the arguments the
 pipeline declaration gives (pipelines/graph.py): `make_subset` (80/10/10 % of every class), `augment`,
-`extract_features` (a VGG-style backbone at 32 px saved by the benchmark) and `fine_tune_epoch`, one epoch of
+`extract_features` (a VGG-style backbone at 32 px saved by the benchmark), `tune_trial` (one cached tuning
+trial, `benchmarks.scale trial`) and `fine_tune_epoch`, one epoch of
 what `components/fine_tune.py` does (`tlpipe.models.fitting.build_model`, `split_source` in `auto` mode:
 decoded in memory up to 20,000 images, streamed from the files above, `any_batches`, augmented).
 `validate_data` is not run: the benchmark writes its passed result so the next steps accept the subset.
@@ -32,7 +33,7 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("make_subset", "augment", "extract_features", "fine_tune_epoch")
+STEPS = ("make_subset", "augment", "extract_features", "tune_trial", "fine_tune_epoch")
 RSS_GOAL, SPEED_GOAL = 1.5, 0.8  # largest size vs smallest: peak RSS <= 1.5x, img/s >= 0.8x
 CLASSES, SIZE, FILTERS = 10, 32, [16, 32, 64]
 
@@ -101,10 +102,16 @@ def project(work: Path, raw: Path, images: int, backbone: Path) -> tuple[Path, d
                    *argv(steps[name], every)] for name in ("make_subset", "augment", "extract_features")}
     cmds["fine_tune_epoch"] = [sys.executable, "-m", "benchmarks.scale", "epoch", "--subset", "data/subset",
                                "--backbone", str(backbone)]
-    images_of = {"make_subset": images, "augment": CLASSES * (per_class - val - test), "extract_features": images,
-                 "fine_tune_epoch": CLASSES * (per_class - test)}
+    cmds["tune_trial"] = [sys.executable, "-m", "benchmarks.scale", "trial", "--subset", "data/subset",
+                          "--augmented", "data/augmented", "--backbone", str(backbone), "--cache", "tune_cache"]
+    train = CLASSES * (per_class - val - test)
+    copies = params["augment"]["copies"]
+    # tune_trial: every training variant and the validation images go through the frozen prefix once, then
+    # one epoch trains on the cached activations; counted as the images whose activations it computed.
+    images_of = {"make_subset": images, "augment": train, "extract_features": images,
+                 "tune_trial": train * (copies + 1) + CLASSES * val, "fine_tune_epoch": CLASSES * (per_class - test)}
     outs = {"make_subset": ["data/subset"], "augment": ["data/augmented", "reports/augment"],
-            "extract_features": ["data/features"], "fine_tune_epoch": []}
+            "extract_features": ["data/features"], "tune_trial": ["tune_cache"], "fine_tune_epoch": []}
     return params_file, {n: (cmds[n], images_of[n], outs[n]) for n in STEPS}
 
 
@@ -121,7 +128,7 @@ def run_size(images: int, work: Path, backbone: Path, startup: dict, load: list,
         if step not in steps and step != "make_subset":
             continue
         if step not in startup:  # interpreter start-up and the imports (mlflow too), without the work
-            module = cmd[2] if step != "fine_tune_epoch" else "tlpipe.models.fitting"
+            module = {"fine_tune_epoch": "tlpipe.models.fitting", "tune_trial": "tlpipe.tuning.trial"}.get(step, cmd[2])
             startup[step] = measure([sys.executable, "-c", f"import mlflow, {module}"], work,
                                     work / "startup.log")[0]
         load.append({"images": images, "before": step, "load1": os.getloadavg()[0]})
@@ -191,11 +198,37 @@ def epoch(argv: list[str]) -> None:
               validation_data=any_batches(x_val, y_val, SIZE, args.batch), epochs=1, verbose=0)
 
 
+def trial(argv: list[str]) -> None:
+    """Child process: one cached tuning trial as `tune` runs it (tlpipe.tuning.trial): the trial data (in memory
+    up to IN_MEMORY_MAX_IMAGES, else decoded once to scratch .npy files), the activation cache at the freeze
+    boundary of ratio 0.5 for every variant and the validation split, then one epoch on the activations."""
+    from tlpipe.contracts import HyperParams
+    from tlpipe.models.backbones import load_backbone
+    from tlpipe.tuning.trial import ActivationCache, Recipe, load_trial_data, run_trial
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scale trial")
+    p.add_argument("--subset", required=True)
+    p.add_argument("--augmented", required=True)
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--cache", required=True)
+    p.add_argument("--batch", type=int, default=32)
+    args = p.parse_args(argv)
+    data = load_trial_data(Path(args.subset), Path(args.augmented), SIZE)
+    recipe = Recipe(seed=42, image_size=SIZE, preprocess="none", batch_size=args.batch, epochs=1)
+    hp = HyperParams(freeze_ratio=0.5, learning_rate=1e-4, dropout=0.3, head_units=64)
+    cache = ActivationCache(Path(args.cache), 64 * 2**30, "float16")  # the benchmark's disk, not tune's 2 GiB cap
+    out = run_trial(recipe, hp, data, load_backbone(args.backbone, "none", SIZE), None, cache, "scale")
+    if out["mode"] != "cached":
+        raise SystemExit(f"the trial ran {out['mode']}, not on cached activations")
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: run the sizes, write the JSON and the .md."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["epoch"]:
         return epoch(argv[1:])
+    if argv[:1] == ["trial"]:
+        return trial(argv[1:])
     p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
