@@ -101,7 +101,7 @@ def test_cached_trial_equals_full_model_trial(tiny_project, tmp_path):
 def test_streamed_trial_data_computes_what_the_in_memory_data_does(tiny_project, tmp_path):
     """Large sets (decoded to scratch .npy files, read back a batch at a time) give the same activations and,
     trained on them, the same kind of trial; the scratch files go with the data."""
-    from tlpipe.data.datasets import NpyRows
+    from tlpipe.data.arrays import NpyRows
 
     params = params_for(tiny_project, tmp_path)
     args = (tiny_project / "data/subset", tiny_project / "data/augmented", 16)

@@ -188,6 +188,7 @@ class TuneConfig(_Section):
     cache: bool = True
     cache_dtype: Literal["float16", "float32"] = "float16"
     cache_max_bytes: PositiveInt = 2 * 1024**3
+    input: Literal["auto", "memory", "stream"] = "auto"  # trial images: auto = memory up to 20,000 in all
     heartbeat_interval: PositiveInt = 10
     max_retries: NonNegInt = 2
     pool_size: PositiveInt = 2

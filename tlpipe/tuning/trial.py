@@ -30,7 +30,8 @@ import tensorflow as tf
 from tlpipe.cli import scratch_dir
 from tlpipe.contracts import COPIES_FILE, HyperParams
 from tlpipe.data import datasets
-from tlpipe.data.datasets import NpyRows, NpyWriter, decode_images, decoded_chunks, read_manifest, split_images
+from tlpipe.data.arrays import NpyRows, NpyWriter
+from tlpipe.data.datasets import decode_images, decoded_chunks, read_manifest, split_images
 from tlpipe.errors import DataError
 from tlpipe.models.backbones import FreezePlan, apply_freeze, preprocessing, split_at
 from tlpipe.models.training import compile_for, make_head

@@ -37,7 +37,7 @@ class Worker:
         self.cfg, self.recipe, self.defaults, self.head, self.worker = cfg, recipe, defaults, head, worker
         self.regimes = list(regimes or cfg.regimes)
         self.ran = 0  # trials this worker ran (the study also holds other workers' trials)
-        self.data = load_trial_data(subset, augmented, recipe.image_size)
+        self.data = load_trial_data(subset, augmented, recipe.image_size, cfg.input)
         self.load_backbone, self.identity = load_backbone, identity
         self.points = freeze_points(load_backbone())
         self.cache = ActivationCache(cache_dir, cfg.cache_max_bytes, cfg.cache_dtype) if cfg.cache else None

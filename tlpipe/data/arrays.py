@@ -1,0 +1,140 @@
+"""Arrays on disk, written and read a chunk at a time, so memory holds a chunk and not the array.
+
+NumPy's own formats (.npz as np.savez writes it, .npy), so any reader can `np.load` them; NumPy has no
+writer that takes an array piece by piece, and np.memmap would keep every touched page resident (below).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+class NpzWriter:
+    """An .npz (uncompressed, as np.savez writes it) whose arrays are written chunk by chunk.
+
+    Each array goes straight into its zip member through a stream, so memory holds one chunk, not the array;
+    `np.load` reads the file like any other .npz.
+    """
+
+    def __init__(self, path: str | Path):
+        self._zip = zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True)
+
+    def write(self, name: str, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> None:
+        """Write array `name` of `shape` from `chunks` (row blocks, in order, together exactly shape[0] rows)."""
+        dtype = np.dtype(dtype)
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+        rows = 0
+        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array_header_1_0(fh, header)
+            for chunk in chunks:
+                chunk = np.ascontiguousarray(chunk, dtype)
+                if chunk.shape[1:] != tuple(shape[1:]):
+                    raise ValueError(f"{name}: chunk of shape {chunk.shape} does not fit {shape}")
+                fh.write(chunk.reshape(-1).view(np.uint8).data)
+                rows += len(chunk)
+        if rows != shape[0]:
+            raise ValueError(f"{name}: {rows} rows written, {shape[0]} declared")
+
+    def close(self) -> None:
+        """Finish the zip (its central directory)."""
+        self._zip.close()
+
+    def __enter__(self) -> NpzWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class NpyWriter:
+    """A .npy file written chunk by chunk (rows in order), so memory holds one chunk, not the array.
+
+    Plain writes rather than a writable np.memmap: every page written through a map stays resident in the
+    process until the map is closed, which would make memory grow with the array.
+    """
+
+    @staticmethod
+    def write(path: str | Path, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> None:
+        """Write `path` (staged next to it, then renamed) from `chunks` totalling exactly shape[0] rows."""
+        dtype, path = np.dtype(dtype), Path(path)
+        staged = path.with_name(f".{path.name}.partial")
+        rows = 0
+        with open(staged, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                      "fortran_order": False, "shape": tuple(shape)})
+            for chunk in chunks:
+                chunk = np.ascontiguousarray(chunk, dtype)
+                if chunk.shape[1:] != tuple(shape[1:]):
+                    raise ValueError(f"{path.name}: chunk of shape {chunk.shape} does not fit {shape}")
+                fh.write(chunk.reshape(-1).view(np.uint8).data)
+                rows += len(chunk)
+        if rows != shape[0]:
+            staged.unlink()
+            raise ValueError(f"{path.name}: {rows} rows written, {shape[0]} declared")
+        staged.replace(path)
+
+
+class NpyRows:
+    """Rows [start, start + count) of a .npy file, read with positioned reads.
+
+    Not np.memmap: mapped pages that a pass over the file touches count as the process's resident memory
+    (peak RSS would grow to the file's size), while pread goes through the page cache, which the kernel owns.
+    """
+
+    def __init__(self, path: str | Path, start: int = 0, count: int | None = None):
+        self.path = Path(path)
+        with open(self.path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(fh)
+            self._offset = fh.tell()
+        if fortran:
+            raise ValueError(f"{self.path}: Fortran-ordered arrays are not supported")
+        self.dtype, self.row_shape = np.dtype(dtype), tuple(shape[1:])
+        self._row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        self.start, self.count = start, shape[0] - start if count is None else count
+        if self.start + self.count > shape[0]:
+            raise ValueError(f"{self.path}: rows {start}..{start + self.count} beyond its {shape[0]} rows")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.count, *self.row_shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self._row_bytes
+
+    def __len__(self) -> int:
+        return self.count
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Rows at `indices` (in that order); read in file order, one pread per row."""
+        indices = np.asarray(indices, np.int64)
+        out = np.empty((len(indices), *self.row_shape), self.dtype)
+        flat = out.reshape(len(indices), -1).view(np.uint8)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i in np.argsort(indices, kind="stable"):
+                flat[i] = np.frombuffer(os.pread(fd, self._row_bytes,
+                                                 self._offset + (self.start + int(indices[i])) * self._row_bytes),
+                                        np.uint8)
+        finally:
+            os.close(fd)
+        return out
+
+    def chunks(self, size: int = 1024) -> Iterator[np.ndarray]:
+        """All rows in order, `size` at a time."""
+        for begin in range(0, self.count, size):
+            yield self.read(np.arange(begin, min(begin + size, self.count)))
+
+    def load(self) -> np.ndarray:
+        """All rows in memory."""
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset + self.start * self._row_bytes)
+            return np.fromfile(fh, self.dtype, self.count * int(np.prod(self.row_shape))).reshape(self.shape)
