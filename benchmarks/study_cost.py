@@ -142,6 +142,21 @@ def arm_tlpipe(root: Path, seed: int, size: int, trials: int, out: Path, extra: 
                                "best_params": best["params"]}, indent=1))
 
 
+def image_folders(subset: Path, out: Path) -> Path:
+    """The subset's images as the naive user keeps them, <split>/<class>/<file> (written once, not timed)."""
+    from tlpipe.contracts import SHARDS_DIR
+    from tlpipe.data.records import records
+
+    if not out.is_dir():
+        staged = out.with_name(out.name + ".partial")
+        shutil.rmtree(staged, ignore_errors=True)
+        for rel, data in records(sorted((subset / SHARDS_DIR).glob("*.tfrecord"))):
+            (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+            (staged / rel).write_bytes(data)
+        staged.replace(out)
+    return out
+
+
 def naive_model(backbone, plan, head, size, preprocess, lr):
     from tlpipe.models.backbones import apply_freeze, build_classifier
     from tlpipe.models.training import compile_for
@@ -199,6 +214,7 @@ def arm_naive(root: Path, seed: int, size: int, trials: int, out: Path, extra: d
     cfg, batch = params.tune, params.fine_tune.batch_size
     points = freeze_points(ctx.load_backbone())
     class_order = class_names(read_manifest(root / "data/subset"))
+    folders = image_folders(root / "data/subset", root / "data/naive")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def objective(trial) -> float:
@@ -207,8 +223,8 @@ def arm_naive(root: Path, seed: int, size: int, trials: int, out: Path, extra: d
         keras.utils.set_random_seed(seed)
         backbone = ctx.load_backbone()
         plan = freeze_plan(backbone, hp.freeze_ratio)
-        train, classes = DirectoryData.make(root / "data/subset/train", size, batch, seed, params.augment)
-        val, _ = DirectoryData.make(root / "data/subset/val", size, 256, seed, shuffle=False)
+        train, classes = DirectoryData.make(folders / "train", size, batch, seed, params.augment)
+        val, _ = DirectoryData.make(folders / "val", size, 256, seed, shuffle=False)
         if sorted(classes, key=classes.get) != class_order:
             raise SystemExit(f"class order {classes} differs from the manifest's {class_order}")
         head = make_head(ctx.head, backbone.output.shape[-1], len(classes), hp)
