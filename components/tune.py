@@ -54,7 +54,7 @@ class Context:
     """The study's inputs, recipe and name, computed the same way by every subcommand."""
 
     def __init__(self, params, args: argparse.Namespace):
-        from tlpipe.models.backbones import backbone_identity, copies_of, load_backbone, preprocess_mode
+        from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
         from tlpipe.tuning.study import study_fingerprint
         from tlpipe.tuning.trial import Recipe
 
@@ -67,8 +67,8 @@ class Context:
         self.regimes = regimes(self.cfg.regimes, args.backbone, model.weights)
         self.identity = backbone_identity(args.backbone, model.weights, model.image_size)
         self.head = Path(args.head) / HEAD_FILE
-        self.load_backbone = copies_of(lambda: load_backbone(args.backbone, model.weights, model.image_size,
-                                                             params.storage.endpoint_url))
+        self.load_backbone = lambda: load_backbone(args.backbone, model.weights, model.image_size,
+                                                   params.storage.endpoint_url)
         recipe = {**self.recipe.__dict__, "dropout": model.dropout, "head_units": model.head_units,
                   "deterministic": params.deterministic}
         fingerprint = study_fingerprint(self.cfg, recipe, Path(args.subset), Path(args.augmented), self.head,

@@ -109,10 +109,7 @@ class Worker:
         study.optimize(self.objective, timeout=self.cfg.timeout, catch=(ValueError, ArithmeticError),
                        callbacks=[MaxTrialsCallback(self.cfg.n_trials, states=(TrialState.COMPLETE,
                                                                                TrialState.PRUNED)),
-                                  self._progress],
-                       # Optuna's full gc.collect() after every trial cost 0.85 s per trial at 32 px (cProfile,
-                       # 8 trials); Python's own generational collection still frees the trials' models.
-                       gc_after_trial=False)
+                                  self._progress], gc_after_trial=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         timed_out = bool(self.cfg.timeout) and time.monotonic() - started >= self.cfg.timeout \
             and finished(study) < self.cfg.n_trials
