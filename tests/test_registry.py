@@ -307,8 +307,13 @@ def test_lifecycle_first_better_worse_promote_rollback(project, challengers, tmp
     # --out the CSV goes to reports/predict/predictions.csv under the working folder.
     from PIL import Image
 
-    images = tmp_path / "mine"
-    shutil.copytree(project / "data/subset/test", images)
+    from tlpipe.contracts import SHARDS_DIR
+    from tlpipe.data.records import records
+
+    images = tmp_path / "mine"  # the test images as a user's folder of files (<class>/<name>)
+    for rel, data in records(sorted((project / "data/subset" / SHARDS_DIR).glob("test-*.tfrecord"))):
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        (images / rel).write_bytes(data)
     Image.open(next(images.rglob("*.png"))).convert("CMYK").save(images / "cmyk.jpg")
     (images / "notes.png").write_text("not an image")
     workdir = tmp_path / "operator"
