@@ -243,12 +243,17 @@ def _point(t: dict) -> tuple:
     return t["regime"], round(t["freeze_ratio"] or 0.0, 6), float(f"{t['lr']:.6g}"), bool(t["train_bn"])
 
 
+def _near(a: dict, b: dict) -> bool:
+    """Same regime, freeze ratio and train_bn, learning rate within 10%: the same point for the final model."""
+    return _point(a)[0:2] == _point(b)[0:2] and _point(a)[3] == _point(b)[3] and abs(a["lr"] / b["lr"] - 1) <= 0.1
+
+
 def _show(t: dict) -> str:
-    return (f"{t['regime']}, freeze {t['freeze_ratio']:.2f}, lr {t['lr']:.2g}"
+    return (f"{t['regime']}, freeze {t['freeze_ratio'] or 0.0:.2f}, lr {t['lr']:.2g}"
             f"{', train_bn' if t['train_bn'] else ''}")
 
 
-def why(by: dict, name: str, row: dict) -> str:
+def why(by: dict, name: str, row: dict, cap: int) -> str:
     """Why a candidate misses the goal on one seed, from the trials of its study and the unpruned one."""
     ref, res = by["none"], by[name]
     rt, pt = ref["trials"], res["trials"]
@@ -267,18 +272,19 @@ def why(by: dict, name: str, row: dict) -> str:
         parts.append(f"epochs {row['epochs']} of {row['ref_epochs']} ({row['epochs_ratio']:.2f} > {EPOCHS_GOAL}; "
                      f"the goal allows {int(EPOCHS_GOAL * row['ref_epochs'] + 1e-9)}): "
                      f"pruned {len(pruned)} of {len(pt)} trials; the {len(done)} completed ran "
-                     f"{sum(t['epochs'] or 0 for t in done)} epochs, the pruned {sum(t['epochs'] or 0 for t in pruned)}")
+                     f"{sum(t['epochs'] or 0 for t in done)} epochs ({sum((t['epochs'] or 0) >= cap for t in done)} "
+                     f"of them to the {cap}-epoch cap), the pruned {sum(t['epochs'] or 0 for t in pruned)}")
     if row["test_short_images"] > 1.0 + 1e-6:
         rb, pb = rt[ref["best_trial"]], pt[res["best_trial"]]
         text = (f"final test {row['test']:.3f} vs {row['ref_test']:.3f} ({row['test_short_images']:.0f} images "
                 f"short): its best is trial {pb['n']} ({_show(pb)}; val_loss {pb['value']:.4f}), the unpruned "
                 f"study's trial {rb['n']} ({_show(rb)}; {rb['value']:.4f} after {rb['epochs']} epochs)")
-        same = next((t for t in pt if _point(t) == _point(rb)), None)
+        same = next((t for t in pt if _near(t, rb)), None)
         if same is None:
             text += f"; that point was never sampled here: {path}"
         elif same["state"] == "PRUNED":
-            text += (f"; that point was trial {same['n']} here and was pruned after {same['epochs']} epochs at "
-                     f"{same['value']:.4f}")
+            text += (f"; that point (lr {same['lr']:.2g}) was trial {same['n']} here and was pruned after "
+                     f"{same['epochs']} epochs at {same['value']:.4f}")
         else:
             text += f"; that point ran here as trial {same['n']} ({same['state'].lower()}, {same['value']:.4f})"
         parts.append(text)
@@ -293,6 +299,8 @@ def notes(result: dict, planned: list[int]) -> list[str]:
     seeds = sorted(studies)
     names = [n for n in dict.fromkeys(r["pruner"] for r in rows) if n != "none"]
     tune = yaml.safe_load((REPO / "params.yaml").read_text())["tune"]
+    tune.update({k.partition(".")[2]: v for k, v in overrides(result["parameters"].get("overrides", [])).items()
+                 if k.startswith("tune.")})
     out = []
     missing = [s for s in planned if s not in studies]
     out.append(f"Seeds run: {', '.join(map(str, seeds))}" + (f"; not run (time budget): "
@@ -314,7 +322,7 @@ def notes(result: dict, planned: list[int]) -> list[str]:
                    f"short {shorts}; same best params as the unpruned study on {same}/{len(mine)} seeds.")
         for r in mine:
             if not r["ok"]:
-                out.append(f"{n} misses seed {r['seed']}: {why(studies[r['seed']], n, r)}.")
+                out.append(f"{n} misses seed {r['seed']}: {why(studies[r['seed']], n, r, tune['epochs'])}.")
     ref = [r for r in rows if r["pruner"] == "none"]
     n_test = next(iter(studies.values()))["none"]["final"]["test_images"]
     out.append("Unpruned reference per seed: " + ", ".join(f"seed {r['seed']} {r['epochs']} epochs, test "
