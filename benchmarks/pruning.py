@@ -12,6 +12,11 @@ study's minus one test image. The project (data, backbone, head: seed 42) is bui
 the study's sampler and the trials' and fine-tune's seeds, as the top-level `seed` does.
 
     python -m benchmarks.pruning --seeds 42 43 44 45 46
+    python -m benchmarks.pruning report    # recompute rows, decision and notes of --out from its studies
+
+The notes are computed from the studies' trials (per-seed misses: epochs spent, trials run to the cap, where the
+TPE path leaves the unpruned study's, whether the unpruned study's best point was pruned); hand-written
+observations go in the JSON's `extra_notes` and are kept by `report`.
 """
 
 from __future__ import annotations
