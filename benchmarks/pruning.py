@@ -12,6 +12,11 @@ study's minus one test image. The project (data, backbone, head: seed 42) is bui
 the study's sampler and the trials' and fine-tune's seeds, as the top-level `seed` does.
 
     python -m benchmarks.pruning --seeds 42 43 44 45 46
+    python -m benchmarks.pruning report    # recompute rows, decision and notes of --out from its studies
+
+The notes are computed from the studies' trials (per-seed misses: epochs spent, trials run to the cap, where the
+TPE path leaves the unpruned study's, whether the unpruned study's best point was pruned); hand-written
+observations go in the JSON's `extra_notes` and are kept by `report`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,18 @@ import yaml
 from benchmarks.study_cost import REPO, UPSTREAM, _load, fine_tune_test, machine, overrides, run_child
 
 EPOCHS_GOAL = 0.6
+
+
+DESCRIBE = {
+    "none": "NopPruner (the reference)",
+    "median": "the default, MedianPruner(n_startup_trials=2, n_warmup_steps=1)",
+    "median_w2": "MedianPruner(2, n_warmup_steps=2)",
+    "median_s4_w1": "MedianPruner(n_startup_trials=4, n_warmup_steps=1)",
+    "patient_median": "PatientPruner(MedianPruner(2, 1), patience=1)",
+    "wilcoxon": "WilcoxonPruner(p_threshold=0.1, n_startup_steps=2), epochs as its steps",
+    "sha_r2": "SuccessiveHalvingPruner(min_resource=2, reduction_factor=3)",
+    "hyperband": "HyperbandPruner(min_resource=1, max_resource=tune.epochs)",
+}
 
 
 def candidates(cfg) -> dict:
@@ -179,7 +196,8 @@ def markdown(result: dict) -> str:
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", nargs="?", default="bench", choices=("bench", "build", "studies", "finals"))
+    p.add_argument("command", nargs="?", default="bench",
+                   choices=("bench", "build", "studies", "finals", "report"))
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
     p.add_argument("--pruners", nargs="+", default=["none", "median", "median_w2", "median_s4_w1", "patient_median",
                                                    "wilcoxon", "sha_r2"])
@@ -204,6 +222,8 @@ def main(argv: list[str] | None = None):
         return studies(args.root, args.seed, args.pruners, args.trials, args.result, overrides(args.set))
     if args.command == "finals":
         return finals(args.root, args.seed, args.trials, args.result, overrides(args.set))
+    if args.command == "report":  # recompute rows, decision and notes of --out from its studies
+        return rewrite(args.out)
     started, load_start = time.perf_counter(), _load()
     work = args.work or Path(tempfile.mkdtemp(prefix="tlpipe-pruning-"))
     root, log = work / "project", work / "log.txt"
@@ -223,21 +243,141 @@ def main(argv: list[str] | None = None):
     return result
 
 
+def _point(t: dict) -> tuple:
+    """The point TPE proposed for a trial (regime, freeze ratio, learning rate, train_bn): two studies' paths."""
+    return t["regime"], round(t["freeze_ratio"] or 0.0, 6), float(f"{t['lr']:.6g}"), bool(t["train_bn"])
+
+
+def _near(a: dict, b: dict) -> bool:
+    """Same regime, freeze ratio and train_bn, learning rate within 10%: the same point for the final model."""
+    return _point(a)[0:2] == _point(b)[0:2] and _point(a)[3] == _point(b)[3] and abs(a["lr"] / b["lr"] - 1) <= 0.1
+
+
+def _show(t: dict) -> str:
+    return (f"{t['regime']}, freeze {t['freeze_ratio'] or 0.0:.2f}, lr {t['lr']:.2g}"
+            f"{', train_bn' if t['train_bn'] else ''}")
+
+
+def why(by: dict, name: str, row: dict, cap: int) -> str:
+    """Why a candidate misses the goal on one seed, from the trials of its study and the unpruned one."""
+    ref, res = by["none"], by[name]
+    rt, pt = ref["trials"], res["trials"]
+    pruned = [t for t in pt if t["state"] == "PRUNED"]
+    first_pruned = pruned[0]["n"] if pruned else None
+    diverge = next((i for i, (a, b) in enumerate(zip(rt, pt)) if _point(a) != _point(b)), None)
+    path = ("the same points as the unpruned study in every trial" if diverge is None else
+            f"the TPE path leaves the unpruned study's at trial {diverge}"
+            + (f" (first pruned trial {first_pruned}: TPE then sees a pruned trial's last value)"
+               if first_pruned is not None and first_pruned < diverge else
+               " before any trial was pruned (trial values are not bit-reproducible: TF op determinism is off)"
+               if first_pruned is None or first_pruned >= diverge else ""))
+    parts = []
+    if row["epochs_ratio"] > EPOCHS_GOAL:
+        done = [t for t in pt if t["state"] == "COMPLETE"]
+        parts.append(f"epochs {row['epochs']} of {row['ref_epochs']} ({row['epochs_ratio']:.2f} > {EPOCHS_GOAL}; "
+                     f"the goal allows {int(EPOCHS_GOAL * row['ref_epochs'] + 1e-9)}): "
+                     f"pruned {len(pruned)} of {len(pt)} trials; the {len(done)} completed ran "
+                     f"{sum(t['epochs'] or 0 for t in done)} epochs ({sum((t['epochs'] or 0) >= cap for t in done)} "
+                     f"of them to the {cap}-epoch cap), the pruned {sum(t['epochs'] or 0 for t in pruned)}")
+    if row["test_short_images"] > 1.0 + 1e-6:
+        rb, pb = rt[ref["best_trial"]], pt[res["best_trial"]]
+        text = (f"final test {row['test']:.3f} vs {row['ref_test']:.3f} ({row['test_short_images']:.0f} images "
+                f"short): its best is trial {pb['n']} ({_show(pb)}; val_loss {pb['value']:.4f}), the unpruned "
+                f"study's trial {rb['n']} ({_show(rb)}; {rb['value']:.4f} after {rb['epochs']} epochs)")
+        same = next((t for t in pt if _near(t, rb)), None)
+        if same is None:
+            text += f"; that point was never sampled here: {path}"
+        elif same["state"] == "PRUNED":
+            text += (f"; that point (lr {same['lr']:.2g}) was trial {same['n']} here and was pruned after "
+                     f"{same['epochs']} epochs at {same['value']:.4f}")
+        else:
+            text += f"; that point ran here as trial {same['n']} ({same['state'].lower()}, {same['value']:.4f})"
+        parts.append(text)
+    else:
+        parts.append(path)
+    return "; ".join(parts)
+
+
+def notes(result: dict, planned: list[int]) -> list[str]:
+    """The notes of the report, computed from the rows and the studies' trials."""
+    rows, studies = result["rows"], {int(s): v for s, v in result["studies"].items()}
+    seeds = sorted(studies)
+    names = [n for n in dict.fromkeys(r["pruner"] for r in rows) if n != "none"]
+    tune = yaml.safe_load((REPO / "params.yaml").read_text())["tune"]
+    tune.update({k.partition(".")[2]: v for k, v in overrides(result["parameters"].get("overrides", [])).items()
+                 if k.startswith("tune.")})
+    out = []
+    missing = [s for s in planned if s not in studies]
+    out.append(f"Seeds run: {', '.join(map(str, seeds))}" + (f"; not run (time budget): "
+               f"{', '.join(map(str, missing))}" if missing else " (all planned)") + ". Each study: "
+               f"{result['parameters']['n_trials']} trials, cap {tune['epochs']} epochs with early stopping "
+               f"(patience {tune['patience']}) on {tune['metric']}, regimes {' + '.join(tune['regimes'])}, "
+               f"train_bn searched: {tune['search_bn']} (the committed params); the project (data, backbone, head) "
+               "is built once with seed 42, the seed varies the sampler, the trials and the final fine-tune. "
+               "Pruned trials count with the epochs they ran (epochs_run).")
+    out.append("Candidates: " + "; ".join(f"{n} = {DESCRIBE.get(n, n)}" for n in names) + ".")
+    for n in names:
+        mine = [r for r in rows if r["pruner"] == n]
+        ok = [r["seed"] for r in mine if r["ok"]]
+        ratios = " / ".join(f"{r['epochs_ratio']:.2f}" for r in mine)
+        shorts = " / ".join(f"{r['test_short_images']:.0f}" for r in mine)
+        same = sum(r["params"] == studies[r["seed"]]["none"]["params"] for r in mine)
+        out.append(f"{n}: goal met on {len(ok)}/{len(mine)} seeds ({', '.join(map(str, ok)) or 'none'}); epochs "
+                   f"ratio {ratios} (mean {sum(r['epochs_ratio'] for r in mine) / len(mine):.3f}); test images "
+                   f"short {shorts}; same best params as the unpruned study on {same}/{len(mine)} seeds.")
+        for r in mine:
+            if not r["ok"]:
+                out.append(f"{n} misses seed {r['seed']}: {why(studies[r['seed']], n, r, tune['epochs'])}.")
+    ref = [r for r in rows if r["pruner"] == "none"]
+    n_test = next(iter(studies.values()))["none"]["final"]["test_images"]
+    out.append("Unpruned reference per seed: " + ", ".join(f"seed {r['seed']} {r['epochs']} epochs, test "
+                                                          f"{r['test']:.3f}" for r in ref)
+               + f" ({n_test} test images; one image = {1 / n_test:.3f}).")
+    per_seed = result["load"].get("per_seed", {})
+    out.append(f"Load (1/5/15 min) at start {result['load']['start']}, before each seed "
+               + ", ".join(f"{s}: {v}" for s, v in per_seed.items()) + f", at end {result['load']['end']} on "
+               f"{result['machine']['cores']} cores, shared with another engineer's tests. The judged quantities "
+               "(epochs, test accuracy) do not depend on load, the seconds do. The tune step runs with TF op "
+               "determinism off, so the same point can score differently in two studies and a rerun can differ "
+               "by a trial.")
+    return out
+
+
+def decide(rows: list[dict], pruners: list[str], n_seeds: int) -> tuple[dict, str]:
+    met = {n: all(r["ok"] for r in rows if r["pruner"] == n) for n in pruners if n != "none"}
+    winners = [n for n, ok in met.items() if ok]
+    mean_ratio = {n: sum(r["epochs_ratio"] for r in rows if r["pruner"] == n) / n_seeds for n in met}
+    decision = (f"winner {min(winners, key=mean_ratio.get)} (meets the goal on every seed run)" if winners
+                else "no candidate meets the goal on every seed; the default is unchanged")
+    return met, decision
+
+
+def rewrite(out: Path, planned: list[int] | None = None) -> dict:
+    """Recompute rows, decision and notes of a written report from its studies; rewrite the .json and .md."""
+    result = json.loads(out.read_text(encoding="utf-8"))
+    results = {int(s): v for s, v in result["studies"].items()}
+    result["rows"] = judge(results)
+    result["met"], result["decision"] = decide(result["rows"], result["parameters"]["pruners"], len(results))
+    planned = planned or result["parameters"].get("planned_seeds") or sorted(results)
+    result["notes"] = notes(result, planned) + result.get("extra_notes", [])
+    out.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+    return result
+
+
 def report(args, results: dict, loads: dict, load_start: list, work: Path, started: float) -> dict:
     """Judge the seeds run so far; write pruning.json and .md."""
     rows = judge(results)
-    met = {n: all(r["ok"] for r in rows if r["pruner"] == n) for n in args.pruners if n != "none"}
-    winners = [n for n, ok in met.items() if ok]
-    mean_ratio = {n: sum(r["epochs_ratio"] for r in rows if r["pruner"] == n) / len(results) for n in met}
-    decision = (f"winner {min(winners, key=mean_ratio.get)} (meets the goal on every seed run)" if winners
-                else "no candidate meets the goal on every seed; the default is unchanged")
+    met, decision = decide(rows, args.pruners, len(results))
     result = {"rows": rows, "machine": machine(), "load": {"start": load_start, "end": _load(), "per_seed": loads},
-              "parameters": {"seeds": sorted(results), "pruners": args.pruners, "overrides": args.set,
+              "parameters": {"seeds": sorted(results), "planned_seeds": args.seeds, "pruners": args.pruners,
+                             "overrides": args.set,
                              "n_trials": args.trials or yaml.safe_load((REPO / "params.yaml").read_text())["tune"][
                                  "n_trials"]},
               "goal": {"epochs_ratio_le": EPOCHS_GOAL, "test_within_images": 1}, "met": met, "decision": decision,
               "studies": {str(s): v for s, v in results.items()}, "work": str(work),
               "wall_s": round(time.perf_counter() - started, 1)}
+    result["notes"] = notes(result, args.seeds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
     args.out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")

@@ -54,7 +54,8 @@ def test_pruning_benchmark_writes_report(tmp_path):
         str(tmp_path / "work"), "--out", str(out), "--set", "model.image_size=16",
         "--set", "make_digits.image_size=16", *TINY)
     result = json.loads(out.read_text())
-    assert {"rows", "machine", "load", "decision", "met"} <= result.keys()
+    assert {"rows", "machine", "load", "decision", "met", "notes"} <= result.keys()
+    assert result["notes"][0].startswith("Seeds run: 42 (all planned)")
     rows = {r["pruner"]: r for r in result["rows"]}
     assert set(rows) == {"none", "median"} and rows["none"]["epochs_ratio"] == 1.0
     for row in rows.values():
