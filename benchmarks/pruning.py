@@ -45,13 +45,16 @@ DESCRIBE = {
     "wilcoxon": "WilcoxonPruner(p_threshold=0.1, n_startup_steps=2), epochs as its steps",
     "sha_r2": "SuccessiveHalvingPruner(min_resource=2, reduction_factor=3)",
     "hyperband": "HyperbandPruner(min_resource=1, max_resource=tune.epochs)",
+    "percentile_33": "PercentilePruner(33, n_startup_trials=2, n_warmup_steps=1): keep only the best third",
+    "percentile_25": "PercentilePruner(25, n_startup_trials=2, n_warmup_steps=1): keep only the best quarter",
 }
 
 
 def candidates(cfg) -> dict:
     """Pruner name -> factory; `median` is the product's default (tlpipe.tuning.study.pruner)."""
     import optuna
-    from optuna.pruners import MedianPruner, NopPruner, PatientPruner, SuccessiveHalvingPruner, WilcoxonPruner
+    from optuna.pruners import (MedianPruner, NopPruner, PatientPruner, PercentilePruner, SuccessiveHalvingPruner,
+                                WilcoxonPruner)
 
     from tlpipe.tuning.study import pruner
 
@@ -64,6 +67,8 @@ def candidates(cfg) -> dict:
         "wilcoxon": lambda: WilcoxonPruner(p_threshold=0.1, n_startup_steps=2),
         "sha_r2": lambda: SuccessiveHalvingPruner(min_resource=2, reduction_factor=3),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs),
+        "percentile_33": lambda: PercentilePruner(33.0, n_startup_trials=2, n_warmup_steps=1),
+        "percentile_25": lambda: PercentilePruner(25.0, n_startup_trials=2, n_warmup_steps=1),
     }
 
 
