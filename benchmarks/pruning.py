@@ -53,8 +53,14 @@ DESCRIBE = {
 def candidates(cfg) -> dict:
     """Pruner name -> factory; `median` is the product's default (tlpipe.tuning.study.pruner)."""
     import optuna
-    from optuna.pruners import (MedianPruner, NopPruner, PatientPruner, PercentilePruner, SuccessiveHalvingPruner,
-                                WilcoxonPruner)
+    from optuna.pruners import (
+        MedianPruner,
+        NopPruner,
+        PatientPruner,
+        PercentilePruner,
+        SuccessiveHalvingPruner,
+        WilcoxonPruner,
+    )
 
     from tlpipe.tuning.study import pruner
 
