@@ -275,7 +275,7 @@ def why(by: dict, name: str, row: dict, cap: int) -> str:
     rt, pt = ref["trials"], res["trials"]
     pruned = [t for t in pt if t["state"] == "PRUNED"]
     first_pruned = pruned[0]["n"] if pruned else None
-    diverge = next((i for i, (a, b) in enumerate(zip(rt, pt)) if _point(a) != _point(b)), None)
+    diverge = next((i for i, (a, b) in enumerate(zip(rt, pt, strict=False)) if _point(a) != _point(b)), None)
     path = ("the same points as the unpruned study in every trial" if diverge is None else
             f"the TPE path leaves the unpruned study's at trial {diverge}"
             + (f" (first pruned trial {first_pruned}: TPE then sees a pruned trial's last value)"
