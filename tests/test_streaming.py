@@ -26,3 +26,20 @@ def test_auto_mode_chooses_by_size(tiny_project, monkeypatch):
     assert isinstance(split_source(subset, "train", 16)[0], Images)
     monkeypatch.setattr(datasets, "IN_MEMORY_MAX_IMAGES", count)
     assert isinstance(split_source(subset, "train", 16)[0], np.ndarray)
+
+
+def test_npy_written_by_chunks_reads_back_by_rows_and_a_short_write_leaves_nothing(tmp_path):
+    import pytest
+
+    from tlpipe.data.arrays import NpyRows, NpyWriter
+
+    data = np.arange(7 * 2 * 3, dtype=np.float16).reshape(7, 2, 3)
+    NpyWriter.write(tmp_path / "a.npy", (data[i : i + 3] for i in range(0, 7, 3)), data.shape, data.dtype)
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), data)  # a plain .npy for any reader
+    rows = NpyRows(tmp_path / "a.npy", start=2, count=4)
+    assert rows.shape == (4, 2, 3) and len(rows) == 4
+    np.testing.assert_array_equal(rows.read(np.array([3, 0, 2])), data[[5, 2, 4]])  # in the order asked
+    np.testing.assert_array_equal(np.concatenate(list(rows.chunks(3))), data[2:6])
+    with pytest.raises(ValueError, match="5 rows written, 7 declared"):
+        NpyWriter.write(tmp_path / "b.npy", [data[:5]], data.shape, data.dtype)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]  # no half-written file, staged or final

@@ -14,6 +14,22 @@ from pathlib import Path
 import numpy as np
 
 
+def _write_npy(fh, name: str, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> None:
+    """The .npy header for `shape`, then `chunks` (row blocks, in order, together exactly shape[0] rows)."""
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    np.lib.format.write_array_header_1_0(fh, header)
+    rows = 0
+    for chunk in chunks:
+        chunk = np.ascontiguousarray(chunk, dtype)
+        if chunk.shape[1:] != tuple(shape[1:]):
+            raise ValueError(f"{name}: chunk of shape {chunk.shape} does not fit {shape}")
+        fh.write(chunk.reshape(-1).view(np.uint8).data)
+        rows += len(chunk)
+    if rows != shape[0]:
+        raise ValueError(f"{name}: {rows} rows written, {shape[0]} declared")
+
+
 class NpzWriter:
     """An .npz (uncompressed, as np.savez writes it) whose arrays are written chunk by chunk.
 
@@ -26,19 +42,8 @@ class NpzWriter:
 
     def write(self, name: str, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> None:
         """Write array `name` of `shape` from `chunks` (row blocks, in order, together exactly shape[0] rows)."""
-        dtype = np.dtype(dtype)
-        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
-        rows = 0
         with self._zip.open(f"{name}.npy", "w", force_zip64=True) as fh:
-            np.lib.format.write_array_header_1_0(fh, header)
-            for chunk in chunks:
-                chunk = np.ascontiguousarray(chunk, dtype)
-                if chunk.shape[1:] != tuple(shape[1:]):
-                    raise ValueError(f"{name}: chunk of shape {chunk.shape} does not fit {shape}")
-                fh.write(chunk.reshape(-1).view(np.uint8).data)
-                rows += len(chunk)
-        if rows != shape[0]:
-            raise ValueError(f"{name}: {rows} rows written, {shape[0]} declared")
+            _write_npy(fh, name, chunks, shape, dtype)
 
     def close(self) -> None:
         """Finish the zip (its central directory)."""
@@ -61,21 +66,14 @@ class NpyWriter:
     @staticmethod
     def write(path: str | Path, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> None:
         """Write `path` (staged next to it, then renamed) from `chunks` totalling exactly shape[0] rows."""
-        dtype, path = np.dtype(dtype), Path(path)
+        path = Path(path)
         staged = path.with_name(f".{path.name}.partial")
-        rows = 0
-        with open(staged, "wb") as fh:
-            np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                      "fortran_order": False, "shape": tuple(shape)})
-            for chunk in chunks:
-                chunk = np.ascontiguousarray(chunk, dtype)
-                if chunk.shape[1:] != tuple(shape[1:]):
-                    raise ValueError(f"{path.name}: chunk of shape {chunk.shape} does not fit {shape}")
-                fh.write(chunk.reshape(-1).view(np.uint8).data)
-                rows += len(chunk)
-        if rows != shape[0]:
-            staged.unlink()
-            raise ValueError(f"{path.name}: {rows} rows written, {shape[0]} declared")
+        try:
+            with open(staged, "wb") as fh:
+                _write_npy(fh, path.name, chunks, shape, dtype)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
         staged.replace(path)
 
 
