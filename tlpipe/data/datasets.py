@@ -4,7 +4,7 @@ make_subset stores each split as a few TFRecord shards (tlpipe.data.records). Sm
 and kept in memory, so every epoch after the first costs only shuffling, one fused augmentation per batch,
 and the model. Large ones stream from the shards every epoch with bounded buffers. Steps that pass over a
 split once (feature extraction, the pre-augmented copies) stream it: `decoded_chunks` yields bounded chunks,
-and `NpzWriter` / `NpyWriter` write arrays chunk by chunk, so their memory does not grow with the dataset.
+and tlpipe.data.arrays writes them chunk by chunk, so their memory does not grow with the dataset.
 """
 
 from __future__ import annotations

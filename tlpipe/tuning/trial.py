@@ -2,7 +2,7 @@
 
 The frozen prefix of the backbone (BatchNorm in inference mode) maps the same input to the same output every
 time, so its output is computed once per (backbone, weights, boundary, data, augmentation) and cached as a
-memory-mapped array; a trial then trains the unfrozen suffix + head on it. Per-epoch random augmentation
+.npy file on disk; a trial then trains the unfrozen suffix + head on it. Per-epoch random augmentation
 cannot be cached, so trials use an honest fixed scheme: epoch e trains on variant e mod (K + 1) of the
 training set (the original and K pre-augmented copies made once by `augment`). The full-model path uses the
 same variants, so both paths compute the same thing; it is the fall-back when the cache would exceed its cap.
@@ -35,6 +35,7 @@ from tlpipe.data.datasets import decode_images, decoded_chunks, read_manifest, s
 from tlpipe.errors import DataError
 from tlpipe.models.backbones import FreezePlan, apply_freeze, preprocessing, split_at
 from tlpipe.models.training import compile_for, make_head
+from tlpipe.tracking.lineage import content_hash
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,7 @@ def _fingerprint(subset: Path, size: int, copies: Path | None) -> str:
     digest = hashlib.sha256(f"{size}|".encode())
     for split in ("train", "val"):
         digest.update("|".join(manifest.loc[manifest["split"] == split, "sha256"]).encode())
-    if copies is not None:
-        with open(copies, "rb") as fh:
-            while block := fh.read(16 * 2**20):
-                digest.update(block)
+    digest.update(content_hash(copies).encode() if copies is not None else b"")
     return digest.hexdigest()[:20]
 
 
@@ -157,9 +155,8 @@ def ordered_batches(images, labels: np.ndarray, batch: int = 256) -> tf.data.Dat
         return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch).map(_float)
 
     def generate():
-        for start in range(0, len(labels), batch):
-            index = np.arange(start, min(start + batch, len(labels)))
-            yield images.read(index), labels[index]
+        for start, chunk in zip(range(0, len(labels), batch), images.chunks(batch), strict=True):
+            yield chunk, labels[start : start + len(chunk)]
 
     spec = (tf.TensorSpec((None, *images.shape[1:]), tf.as_dtype(images.dtype)),
             tf.TensorSpec((None,), tf.as_dtype(labels.dtype)))
