@@ -20,6 +20,12 @@ TAG ?= 0.1.0
 DIGEST ?=
 GPU_DIGEST ?=
 IMAGE_REF = $(IMAGE)$(if $(DIGEST),@$(DIGEST),:$(TAG))
+PACKAGE ?= pipelines/training_pipeline.yaml
+GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# Cluster settings shared by compile and submit (empty = the defaults in pipelines/platform.py).
+CLUSTER_FLAGS = $(if $(PULL_SECRET),--image-pull-secret $(PULL_SECRET)) $(if $(PIPELINE_ROOT),--pipeline-root $(PIPELINE_ROOT)) \
+                $(if $(S3_ENDPOINT),--aws-endpoint-url $(S3_ENDPOINT)) $(if $(MLFLOW_URI),--mlflow-uri $(MLFLOW_URI)) \
+                $(if $(LEGACY),--legacy-backend)
 PYTEST_ARGS ?=
 
 .PHONY: help venv tools system-deps dvc.yaml clean-cache run test test-fast lint review promote rollback status predict \
@@ -94,26 +100,31 @@ predict: venv ## predictions of @champion on a folder: make predict IMAGES=dir [
 	@test -n "$(IMAGES)" || { echo 'usage: make predict IMAGES=folder [VERSION=N|@alias] [OUT=file.csv]'; exit 2; }
 	python -m operators.registry predict "$(IMAGES)" --version $${VERSION:-@champion} --out $${OUT:-reports/predict/predictions.csv}
 
-compile: venv ## compile the Kubeflow pipeline: make compile [IMAGE=repo/name] [TAG=x | DIGEST=sha256:.. GPU_DIGEST=sha256:..]
-	python -m pipelines.training_pipeline compile --image $(IMAGE_REF) $(if $(GPU_DIGEST),--gpu-image $(IMAGE)@$(GPU_DIGEST))
+compile: venv ## compile for a cluster: make compile IMAGE=repo/name TAG=x | DIGEST=sha256:.. GPU_DIGEST=sha256:.. [PULL_SECRET= PIPELINE_ROOT= S3_ENDPOINT= MLFLOW_URI= LEGACY=1]
+	@if [ -n "$(DIGEST)" ] && [ -z "$(GPU_DIGEST)" ]; then \
+	  echo "error: DIGEST needs GPU_DIGEST too (the GPU tasks run the -gpu build, which has its own digest)"; exit 2; fi
+	python -m pipelines.training_pipeline compile --output $(PACKAGE) --image $(IMAGE_REF) \
+	  $(if $(GPU_DIGEST),--gpu-image $(IMAGE)@$(GPU_DIGEST)) $(CLUSTER_FLAGS)
 
-run-local: venv ## run the Kubeflow pipeline here (kfp.local, each task sees only its declared inputs)
+run-local: venv ## run the Kubeflow pipeline here, each task as in a pod (kfp.local; needs root for the sandbox)
 	python -m pipelines.training_pipeline run-local
 
-submit: compile ## compile, then start a run on a cluster: make submit HOST=http://localhost:8080 [EXPERIMENT=tlpipe] [WAIT=1]
-	@test -n "$(HOST)" || { echo 'usage: make submit HOST=http://KFP-API [EXPERIMENT=name] [NAMESPACE=ns] [WAIT=1]'; exit 2; }
-	python -m pipelines.training_pipeline submit --package pipelines/training_pipeline.yaml --host "$(HOST)" --experiment $${EXPERIMENT:-tlpipe} \
-	  $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(WAIT),--wait)
+submit: venv ## submit the package you compiled: make submit HOST=http://localhost:8080 [PACKAGE=] [NAMESPACE=] [EXPERIMENT=] [RUN_NAME=] [ARGS="--arg k=v --set a.b=c"] [WAIT=1] [ALLOW_DEFAULT_IMAGE=1]
+	@test -n "$(HOST)" || { echo 'usage: make submit HOST=http://KFP-API [PACKAGE=file] [NAMESPACE=ns] [EXPERIMENT=name] [RUN_NAME=name] [ARGS="--arg k=v --set a.b=c"] [WAIT=1]'; exit 2; }
+	@test -f "$(PACKAGE)" || { echo "error: $(PACKAGE) not found: run 'make compile IMAGE=... TAG=...' first"; exit 2; }
+	python -m pipelines.training_pipeline submit --package $(PACKAGE) --host "$(HOST)" --experiment $${EXPERIMENT:-tlpipe} \
+	  $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(RUN_NAME),--run-name "$(RUN_NAME)") $(if $(WAIT),--wait) \
+	  $(if $(ALLOW_DEFAULT_IMAGE),--allow-default-image) $(ARGS)
 
 bench: venv ## benchmarks (input pipeline, tuning trials) -> benchmarks/results/
 	python -m benchmarks.input_pipeline --out benchmarks/results/input_pipeline.json
 	python -m benchmarks.tune_trials --out benchmarks/results/tune_trials.json
 
 image: ## build the CPU image (needs a Docker engine; none here)
-	docker build --build-arg VARIANT=cpu -t $(IMAGE):$(TAG) .
+	docker build --build-arg VARIANT=cpu --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(IMAGE):$(TAG) .
 
 image-gpu: ## build the GPU image (tensorflow[and-cuda])
-	docker build --build-arg VARIANT=gpu -t $(IMAGE):$(TAG)-gpu .
+	docker build --build-arg VARIANT=gpu --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(IMAGE):$(TAG)-gpu .
 
 clean-cache: ## remove the tuning activation cache and fine_tune checkpoints
 	rm -rf checkpoints

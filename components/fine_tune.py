@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
+from tlpipe.cli import atomic_dir, parser, run_main, scratch_default, step_params
 from tlpipe.config import APPLICATION_BACKBONES, AugmentConfig, FineTuneConfig
 from tlpipe.contracts import HEAD_FILE, MODEL_FILE, BestParams, HyperParams, TrainedModel
 from tlpipe.data.datasets import decode_images, split_source
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tuning", required=True, help="tune's folder (best_params.json)")
     p.add_argument("--model", required=True, help="folder for model.keras and run.json")
     p.add_argument("--report", required=True, help="folder for metrics.json, history.json and curves")
-    p.add_argument("--workdir", default="checkpoints/fine_tune", help="resumable checkpoints (kept on failure)")
+    p.add_argument("--workdir", default=scratch_default("fine_tune"), help="resumable checkpoints (kept on failure)")
     args = p.parse_args(argv)
     params = step_params(args, "fine_tune", PARAMS)
     model_cfg = params.model

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
+from tlpipe.cli import atomic_dir, parser, run_main, scratch_default, step_params
 from tlpipe.contracts import MODEL_FILE, HyperParams, ValidationResult
 from tlpipe.data.datasets import split_source
 from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backbone", required=True, help="the backbone whose architecture is trained from scratch")
     p.add_argument("--baseline", required=True, help="folder for model.keras")
     p.add_argument("--report", required=True, help="folder for metrics.json, history.json and curves")
-    p.add_argument("--workdir", default="checkpoints/train_scratch", help="resumable checkpoints")
+    p.add_argument("--workdir", default=scratch_default("train_scratch"), help="resumable checkpoints")
     args = p.parse_args(argv)
     params = step_params(args, "train_scratch", PARAMS)
     ValidationResult.read(args.validation)

@@ -15,7 +15,7 @@ import argparse
 import os
 from pathlib import Path
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
+from tlpipe.cli import atomic_dir, parser, run_main, scratch_default, step_params
 from tlpipe.contracts import HEAD_FILE, BestParams
 from tlpipe.errors import PipelineError
 
@@ -32,7 +32,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backbone", required=True, help="pretrain_backbone's folder, a .keras file/URI or an "
                                                      "application name")
     p.add_argument("--tuning", help="folder for best_params.json, trials.csv and plots (summarize, run)")
-    p.add_argument("--cache-dir", default="checkpoints/tune_cache", help="activation cache (worker, run)")
+    p.add_argument("--cache-dir", default=scratch_default("tune_cache"), help="activation cache (worker, run)")
     p.add_argument("--storage", help="override tune.storage (credentials come from PGUSER/PGPASSWORD)")
     p.add_argument("--worker-index", type=int, default=0, help="seeds this worker's sampler")
     args = p.parse_args(argv)

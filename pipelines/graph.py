@@ -77,6 +77,11 @@ class Step:
     metrics: tuple[str, ...] = ()  # "output/file.json": shown by `dvc metrics` and KFP's Metrics
     plots: tuple[tuple[str, dict], ...] = ()  # ("output/file", dvc plot options)
     command: str = ""  # a subcommand placed before the flags (tune: "run")
+    # What decides the step's shape on Kubeflow (pipelines/kfp_build.py and platform.py read these fields):
+    disk: bool = False  # writes large files: a size-limited emptyDir scratch volume at /tmp on the cluster
+    cache: bool = True  # False: a side effect (the registry) that KFP must never replay from its cache
+    fanout: bool = False  # an Optuna study: create-study, a ParallelFor of workers, summarize (tune)
+    fingerprint: str = ""  # the input whose content keys KFP's cache when it is an external URI
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -111,12 +116,13 @@ def build(params: Params) -> list[Step]:
         steps.append(Step("make_digits", outputs=(Out("digits", "data/raw/digits"),)))
     raw = Ref("make_digits", "digits", "target") if digits else External(params.data.source)
     steps += [
-        Step("make_subset", {"raw": raw}, (Out("subset", "data/subset"),)),
+        Step("make_subset", {"raw": raw}, (Out("subset", "data/subset"),), disk=True, fingerprint="raw"),
         Step("validate_data", {"subset": Ref("make_subset", "subset")},
              (Out("validation", "data/validation", "Artifact"), Out("report", "reports/validate_data", "Artifact",
                                                                     cache=False))),
         Step("augment", {"subset": Ref("make_subset", "subset"), "validation": Ref("validate_data", "validation")},
-             (Out("augmented", "data/augmented"), Out("preview", "reports/augment", "Artifact", cache=False))),
+             (Out("augmented", "data/augmented"), Out("preview", "reports/augment", "Artifact", cache=False)),
+             disk=True),
     ]
     if own_backbone:
         source = (Ref("make_digits", "digits", "source") if pretrain_digits
@@ -132,14 +138,14 @@ def build(params: Params) -> list[Step]:
     head, tuning = Ref("train_head", "head"), Ref("tune", "tuning")
     steps += [
         Step("extract_features", {"subset": subset, "validation": validation, "backbone": backbone},
-             (Out("features", "data/features"),), gpu=True),
+             (Out("features", "data/features"),), gpu=True, disk=True),
         Step("train_head", {"features": Ref("extract_features", "features"), "validation": validation},
              (Out("head", "models/head", "Model"), Out("report", "reports/train_head", "Artifact", cache=False)),
              metrics=("report/metrics.json",)),
         Step("tune", {"subset": subset, "augmented": Ref("augment", "augmented"), "head": head,
                       "backbone": backbone},
              (Out("tuning", "reports/tune", "Artifact", cache=False),), gpu=True,
-             scratch={"cache-dir": "checkpoints/tune_cache"}, command="run",
+             scratch={"cache-dir": "checkpoints/tune_cache"}, command="run", disk=True, fanout=True,
              plots=(("tuning/transferability.csv", {"x": "freeze_ratio", "y": "mean", "template": "linear",
                                                     "title": "transferability: validation accuracy vs share frozen"}),
                     ("tuning/trials.csv", {"x": "freeze_ratio", "y": "value", "template": "scatter",
@@ -148,12 +154,12 @@ def build(params: Params) -> list[Step]:
         Step("fine_tune", {"subset": subset, "validation": validation, "head": head, "backbone": backbone,
                            "tuning": tuning},
              (Out("model", "models/fine_tune", "Model"), Out("report", "reports/fine_tune", "Artifact", cache=False)),
-             gpu=True, scratch={"workdir": "checkpoints/fine_tune"}, metrics=("report/metrics.json",),
+             gpu=True, disk=True, scratch={"workdir": "checkpoints/fine_tune"}, metrics=("report/metrics.json",),
              plots=(("report/history.json", {"x": "epoch", "y": "val_accuracy"}),)),
         Step("train_scratch", {"subset": subset, "validation": validation, "backbone": backbone},
              (Out("baseline", "models/scratch", "Model"), Out("report", "reports/train_scratch", "Artifact",
                                                                cache=False)),
-             gpu=True, scratch={"workdir": "checkpoints/train_scratch"}, metrics=("report/metrics.json",)),
+             gpu=True, disk=True, scratch={"workdir": "checkpoints/train_scratch"}, metrics=("report/metrics.json",)),
         Step("evaluate", {"subset": subset, "validation": validation, "model": Ref("fine_tune", "model"),
                           "head": head, "features": Ref("extract_features", "features"),
                           "baseline": Ref("train_scratch", "baseline")},
@@ -162,7 +168,7 @@ def build(params: Params) -> list[Step]:
              plots=(("evaluation/confusion.csv", {"template": "confusion", "x": "actual", "y": "predicted"}),)),
         Step("register", {"model": Ref("fine_tune", "model"), "evaluation": Ref("evaluate", "evaluation"),
                           "subset": subset, "validation": validation, "tuning": tuning},
-             (Out("registration", "reports/register", "Artifact", cache=False),)),
+             (Out("registration", "reports/register", "Artifact", cache=False),), cache=False),
     ]
     return steps
 

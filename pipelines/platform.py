@@ -20,23 +20,13 @@ from kfp import dsl, kubernetes
 MIN_KFP_BACKEND = "2.15.0"
 LEGACY_KFP_BACKEND = "2.3.0"
 
-def _gpu_steps() -> tuple[str, ...]:
-    """The task display names of the steps pipelines/graph.py declares as needing a GPU (tune: its workers)."""
-    from pipelines.graph import build
-    from tlpipe.config import Params
-
-    return tuple("tune worker" if s.name == "tune" else s.name for s in build(Params()) if s.gpu)
-
-
-GPU_STEPS = _gpu_steps()
-TUNE_STEPS = ("tune create-study", "tune worker", "tune summarize")
-# Steps that write large artifacts or scratch files (subset, augmented copies, features, checkpoints, the
-# tuning activation cache): they get a size-limited emptyDir at /tmp (KFP v2 has no ephemeral-storage
-# request, kubeflow/pipelines#11137).
-SCRATCH_STEPS = ("make_subset", "augment", "extract_features", "fine_tune", "train_scratch", "tune worker")
+# Steps that write large artifacts or scratch files (Step.disk in pipelines/graph.py) get a size-limited
+# emptyDir at /tmp (KFP v2 has no ephemeral-storage request, kubeflow/pipelines#11137).
 SCRATCH_MOUNT = "/tmp"
 POD_LABEL = ("tlpipe.io/role", "pipeline")  # infra/k8s NetworkPolicies admit pods carrying it
 DEFAULT_IMAGE = "ghcr.io/tlpipe/tlpipe:0.1.0"
+RUN_GROUP_ENV = "TLPIPE_RUN_GROUP"
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
 RETRY_BACKOFF = {"backoff_duration": "30s", "backoff_factor": 2, "backoff_max_duration": "600s"}
 
 # Secret -> {key in the Secret: environment variable}. Values never pass through pipeline parameters.
@@ -46,6 +36,22 @@ OPTUNA_SECRET = ("optuna-db", {"PGUSER": "PGUSER", "PGPASSWORD": "PGPASSWORD"})
 # Optional: only a tracking server behind basic auth needs it; pods start without it.
 MLFLOW_SECRET = ("mlflow-credentials", {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
                                         "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"})
+
+
+@dataclass(frozen=True)
+class Pod:
+    """What one KFP task asks of Kubernetes, derived from its step's fields in pipelines/graph.py.
+
+    `name` is the task's display name ("fine_tune", "tune worker"); `study`: the task opens the Optuna study
+    (its PostgreSQL credentials); `retry`: False inside a ParallelFor, where the backend drops retry policies
+    (kubeflow/pipelines#12389, #13897), so a worker's resilience lives in the worker instead.
+    """
+
+    name: str
+    gpu: bool = False
+    disk: bool = False
+    study: bool = False
+    retry: bool = True
 
 
 @dataclass(frozen=True)
@@ -104,9 +110,9 @@ class ClusterConfig:
         """Settings for kfp.local: no endpoint variables, no retries (a local failure is not transient)."""
         return dataclasses.replace(cls(), **{"task_env": False, "retries": 0, **overrides})
 
-    def image_for(self, step: str) -> str:
-        """The image a step runs in: the GPU variant for GPU_STEPS, else `image`."""
-        if step not in GPU_STEPS:
+    def image_for(self, gpu: bool) -> str:
+        """The image of a task: the GPU variant for a GPU task, else `image`."""
+        if not gpu:
             return self.image
         if self.gpu_image:
             return self.gpu_image
@@ -114,12 +120,12 @@ class ClusterConfig:
             return self.image
         return f"{self.image}-gpu"
 
-    def resources_for(self, step: str) -> Resources:
+    def resources_for(self, pod: Pod) -> Resources:
         """The task's resources: an explicit entry, else the GPU or CPU default (with scratch if it writes much)."""
-        if step in self.resources:
-            return self.resources[step]
-        base = GPU_TASK if step in GPU_STEPS else CPU_TASK
-        return dataclasses.replace(base, scratch=SCRATCH) if step in SCRATCH_STEPS else base
+        if pod.name in self.resources:
+            return self.resources[pod.name]
+        base = GPU_TASK if pod.gpu else CPU_TASK
+        return dataclasses.replace(base, scratch=SCRATCH) if pod.disk else base
 
 
 def _tag(image: str) -> str:
@@ -127,19 +133,19 @@ def _tag(image: str) -> str:
     return image.rsplit("/", 1)[-1].partition(":")[2]
 
 
-def configure(task: dsl.PipelineTask, step: str, cluster: ClusterConfig) -> dsl.PipelineTask:
+def configure(task: dsl.PipelineTask, pod: Pod, cluster: ClusterConfig) -> dsl.PipelineTask:
     """Name the task after its step and give it its pod settings.
 
     Args:
-        task: The task of one step (its component's base image comes from `cluster.image_for(step)`).
-        step: The step's display name, e.g. "fine_tune" or "tune worker".
+        task: The task of one step (its component's base image comes from `cluster.image_for(pod.gpu)`).
+        pod: What the task needs: display name, GPU, scratch disk, study credentials, retries.
         cluster: The compile-time cluster settings.
 
     Returns:
         The same task, configured.
     """
-    task.set_display_name(step)
-    res = cluster.resources_for(step)
+    task.set_display_name(pod.name)
+    res = cluster.resources_for(pod)
     task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu_limit)
     task.set_memory_request(res.memory).set_memory_limit(res.memory_limit)
     if res.gpus:
@@ -151,20 +157,24 @@ def configure(task: dsl.PipelineTask, step: str, cluster: ClusterConfig) -> dsl.
     kubernetes.add_pod_label(task, *POD_LABEL)
     if cluster.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(cluster.image_pull_secrets))
-    secrets = [S3_SECRET] + ([OPTUNA_SECRET] if step in TUNE_STEPS else [])
+    secrets = [S3_SECRET] + ([OPTUNA_SECRET] if pod.study else [])
     for name, keys in secrets:
         kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys)
     if not cluster.legacy_backend:  # older drivers reject `optional` (kubeflow/pipelines#12495)
         kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET[0], secret_key_to_env=MLFLOW_SECRET[1],
                                      optional=True)
-    if cluster.retries:
-        # Every step may fail for a transient reason (node preemption, S3/MLflow/PostgreSQL hiccups); all
-        # are safe to rerun: outputs are rewritten whole, tune workers resume the shared study, register
-        # is idempotent.
+    if cluster.retries and pod.retry:
+        # A step may fail for a transient reason (S3/MLflow/PostgreSQL hiccups); all are safe to rerun:
+        # outputs are rewritten whole, register is idempotent. The backend turns this into an Argo
+        # retryStrategy without a retryPolicy, i.e. Argo's default OnFailure: a container that exits
+        # non-zero is retried, a pod deleted by preemption (an Argo "Error") is not (pipelines/README.md).
         task.set_retry(num_retries=cluster.retries, **RETRY_BACKOFF)
     if cluster.task_env:
         task.set_env_variable("MLFLOW_TRACKING_URI", cluster.mlflow_tracking_uri)
-        task.set_env_variable("TLPIPE_RUN_GROUP", dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        # The KFP run id, from the pod label the API server puts on every pod of a run (v2_template.go:
+        # SetPodMetadataLabels "pipeline/runid"). Not an env value with a placeholder: the driver copies env
+        # values verbatim (driver.go initPodSpecPatch); not a parameter: it would enter every cache key.
+        kubernetes.use_field_path_as_env(task, RUN_GROUP_ENV, RUN_ID_FIELD)
         if cluster.aws_endpoint_url:
             task.set_env_variable("AWS_ENDPOINT_URL", cluster.aws_endpoint_url)
     if cluster.legacy_backend:

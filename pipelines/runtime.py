@@ -9,9 +9,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,9 +31,8 @@ def dotted(overrides: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]
     return out
 
 
-def resolve_params(out_dir: str, base: dict[str, Any], typed: dict[str, Any],
-                   overrides: dict[str, Any] | None) -> dict:
-    """Write `out_dir/params.yaml`: the compile-time params <- typed pipeline parameters <- params_overrides.
+def resolve_params(base: dict[str, Any], typed: dict[str, Any], overrides: dict[str, Any] | None) -> dict:
+    """The run's params: the compile-time params <- typed pipeline parameters <- params_overrides, validated.
 
     Returns:
         The resolved params as a plain mapping.
@@ -50,93 +46,98 @@ def resolve_params(out_dir: str, base: dict[str, Any], typed: dict[str, Any],
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    resolved = parse_params(raw, origin="pipeline parameters").model_dump(mode="json")
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / PARAMS_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-    return resolved
+    return parse_params(raw, origin="pipeline parameters").model_dump(mode="json")
 
 
-def run_step(step: str, params_dir: str, inputs: dict[str, str], outputs: dict[str, str],
+# Tasks that are not steps, and the params keys they read.
+HELPER_KEYS = {"data_fingerprint": ("data", "make_digits", "storage"), "close_run": ()}
+
+
+def task_params(resolved: dict[str, Any], name: str) -> str:
+    """The YAML a task receives: only its own params keys (a step's PARAMS) plus `tracking`.
+
+    KFP keys its cache on parameter values, so a task whose keys did not change is served from the cache
+    when another step's params change.
+    """
+    from pipelines.graph import declared_params
+
+    keys = HELPER_KEYS[name] if name in HELPER_KEYS else declared_params(name)
+    out: dict[str, Any] = {}
+    for key in (*keys, "tracking"):
+        section, _, field = key.partition(".")
+        if field:
+            out.setdefault(section, {})[field] = resolved[section][field]
+        else:
+            out[section] = resolved[section]
+    return yaml.safe_dump(out, sort_keys=True)
+
+
+def _params_file(params: str, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / PARAMS_FILE
+    path.write_text(params, encoding="utf-8")
+    return path
+
+
+def fingerprint_data(params: str) -> str:
+    """`<kind>:<sha256>` of the data behind data.source now (the uncached first task on a cluster)."""
+    from pipelines.fingerprint import data_fingerprint
+    from tlpipe.config import parse_params
+
+    fingerprint = data_fingerprint(parse_params(yaml.safe_load(params), origin="pipeline parameters"))
+    print(f"data_fingerprint: {fingerprint}", flush=True)
+    return fingerprint
+
+
+def close_pipeline_run(params: str, state: str, error: str) -> None:
+    """The exit handler: end this run's MLflow pipeline run, FAILED (with the error) unless it succeeded."""
+    from tlpipe.cli import run_main
+    from tlpipe.step_params import load_step_params
+    from tlpipe.tracking.runs import finish_pipeline_run
+
+    def close(_argv):
+        with tempfile.TemporaryDirectory(prefix="tlpipe-close-") as folder:
+            view = load_step_params(_params_file(params, Path(folder)), "close_run", ())
+            run_id = finish_pipeline_run(view, state, error)
+        print(f"close_run: pipeline state {state}; MLflow pipeline run {run_id} closed", flush=True)
+
+    run_main(close, [])
+
+
+def run_step(step: str, params: str, inputs: dict[str, str], outputs: dict[str, str],
              scratch: tuple[str, ...] = (), command: str = "", module: str = "",
              values: dict[str, str] | None = None) -> None:
     """Run `python -m components.<step> [command] --params P --input path ... --output path ...`.
 
-    `inputs` are the task's declared input artifacts (paths), `values` its plain string arguments (URIs,
-    names, numbers): on a cluster only the first are downloaded into the pod. `scratch` flags get a fresh
-    temporary folder (checkpoints that live as long as the task). A `PipelineError` becomes one line on
-    stderr and exit code 2, which fails the task. With TLPIPE_ISOLATE set to the pipeline root (run-local),
-    the step runs as on a cluster: see `run_isolated`.
+    `params` is the task's params YAML (written to a private params.yaml), `inputs` are the task's declared
+    input artifacts (paths), `values` its plain string arguments (URIs, names, numbers): on a cluster only
+    the first are downloaded into the pod. `scratch` flags get a fresh temporary folder (checkpoints that
+    live as long as the task). A `PipelineError` becomes one line on stderr and exit code 2, which fails the
+    task. With TLPIPE_ISOLATE set to the pipeline root (run-local), the step runs as in a pod: see
+    pipelines/isolation.py.
     """
     from tlpipe.cli import run_main
 
     module = module or f"components.{step}"
     root = os.environ.get(ISOLATE_ENV)
     if root:
-        run_isolated(Path(root), module, params_dir, inputs, outputs, values or {}, scratch, command)
+        from pipelines.isolation import run_isolated
+
+        run_isolated(Path(root), module, params, inputs, outputs, values or {}, scratch, command)
         return
-    argv = _argv(params_dir, {**inputs, **(values or {}), **outputs}, scratch, command, step)
+    params_dir = Path(tempfile.mkdtemp(prefix=f"{step}-params-"))
+    argv = step_argv(_params_file(params, params_dir), {**inputs, **(values or {}), **outputs},
+                     {flag: tempfile.mkdtemp(prefix=f"{step}-{flag}-") for flag in scratch}, command)
     print(f"{step}: python -m {module} {' '.join(argv)}", flush=True)
     run_main(importlib.import_module(module).main, argv)
 
 
-def _argv(params_dir: str, flags: dict[str, str], scratch: tuple[str, ...], command: str, step: str) -> list[str]:
-    argv = ([command] if command else []) + ["--params", str(Path(params_dir) / PARAMS_FILE)]
-    for flag, value in flags.items():
+def step_argv(params_file: Path | str, flags: dict[str, str], scratch: dict[str, str], command: str) -> list[str]:
+    """`[command] --params FILE --flag value ...` of one step."""
+    argv = ([command] if command else []) + ["--params", str(params_file)]
+    for flag, value in {**flags, **scratch}.items():
         argv += [f"--{flag}", value]
-    for flag in scratch:
-        argv += [f"--{flag}", tempfile.mkdtemp(prefix=f"{step}-{flag}-")]
     return argv
-
-
-def _copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        shutil.copytree(source, target)
-    elif source.exists():
-        shutil.copy2(source, target)
-
-
-def run_isolated(root: Path, module: str, params_dir: str, inputs: dict[str, str], outputs: dict[str, str],
-                 values: dict[str, str], scratch: tuple[str, ...], command: str) -> None:
-    """Run a step the way the KFP launcher does: it sees copies of its declared inputs and nothing else.
-
-    The declared input artifacts and the params are copied into a private folder (what the launcher
-    downloads into a pod), the step runs in a child process whose view of the pipeline root is an empty
-    tmpfs (a private mount namespace, so tasks that kfp.local runs in parallel are not affected), in an
-    empty working directory, and its outputs are moved into place afterwards (the launcher's upload). A
-    step that reads another task's output through an undeclared path fails here as it would on a cluster.
-    Without the privilege to make a mount namespace (not root), the root stays visible and this says so.
-    """
-    work = Path(tempfile.mkdtemp(prefix="tlpipe-task-"))
-    try:
-        local_inputs = {}
-        for name, value in inputs.items():
-            local_inputs[name] = str(work / "inputs" / name / Path(value).name)
-            _copy(Path(value), Path(local_inputs[name]))
-        _copy(Path(params_dir), work / "params")
-        local_outputs = {name: str(work / "outputs" / name) for name in outputs}
-        (work / "outputs").mkdir()
-        step = module.rsplit(".", 1)[-1]
-        argv = _argv(str(work / "params"), {**local_inputs, **values, **local_outputs}, scratch, command, step)
-        cmd = [sys.executable, "-m", module, *argv]
-        if os.geteuid() == 0 and shutil.which("unshare"):
-            hide = 'mount -t tmpfs tmpfs "$1" && shift && exec "$@"'
-            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh", str(root), *cmd]
-        else:
-            print(f"{step}: cannot make a private mount namespace (needs root): the pipeline root stays visible")
-        print(f"{step}: isolated: python -m {module} {' '.join(argv)}", flush=True)
-        code = subprocess.run(cmd, cwd=work / "outputs", check=False).returncode
-        if code:
-            raise SystemExit(code)
-        for name, target in outputs.items():
-            produced = Path(local_outputs[name])
-            if produced.exists():
-                if Path(target).is_dir():
-                    shutil.rmtree(target)
-                Path(target).parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(produced), target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def numeric_metrics(data: dict, prefix: str = "") -> dict[str, float]:

@@ -2,12 +2,12 @@
 
     python -m pipelines.training_pipeline compile [--output pipelines/training_pipeline.yaml] [--image ...]
     python -m pipelines.training_pipeline run-local [--workdir DIR] [--full] [--set KEY=VALUE ...]
-    python -m pipelines.training_pipeline submit --host URL --experiment NAME [--namespace NS] [--wait]
+    python -m pipelines.training_pipeline submit --package FILE --host URL --experiment NAME [--namespace NS]
 
 The pipeline's shape comes from params.yaml when compiling (pipelines/graph.py); typed pipeline parameters
 take their defaults from it, and any other key goes in `params_overrides` (dotted keys, applied last).
-`run-local` runs every task the way the KFP launcher does (pipelines/runtime.py `run_isolated`). See
-pipelines/README.md.
+`run-local` runs every task the way a pod runs it (pipelines/isolation.py), with its own MLflow tracking
+server on loopback unless MLFLOW_TRACKING_URI is set. See pipelines/README.md.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any
 import yaml
 from kfp import compiler
 
-from pipelines.fingerprint import data_fingerprint
+from pipelines.graph import External, build
 from pipelines.kfp_build import PIPELINE_NAME, build_pipeline
-from pipelines.platform import ClusterConfig
+from pipelines.platform import DEFAULT_IMAGE, ClusterConfig
 from pipelines.runtime import ISOLATE_ENV
 from tlpipe.config import Params, load_params
 from tlpipe.errors import PipelineError
@@ -40,19 +40,34 @@ SMALL_OVERRIDES = {"make_subset.val_per_class": 8, "make_subset.test_per_class":
                    "augment.copies": 1}
 
 
+def refuse_local_inputs(params: Params) -> None:
+    """A pod has no local paths: data.source and the backbone must be s3://, builtin:digits or a name/URI."""
+    for step in build(params):
+        for name, ref in step.inputs.items():
+            if isinstance(ref, External) and ref.is_local_path:
+                raise PipelineError(
+                    f"{step.name} --{name} {ref.value}: a local path, which no pod on the cluster has; a cluster "
+                    "reads s3:// or builtin:digits: push the data with `dvc push` / `aws s3 sync` first and set "
+                    "the s3:// URI in params.yaml")
+
+
 def compile_pipeline(output: Path, params: Params, cluster: ClusterConfig) -> Path:
     """Compile to a KFP v2 pipeline package (IR YAML with the kubernetes platform spec)."""
+    refuse_local_inputs(params)
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(params, cluster), package_path=str(output))
     return output
 
 
 def run_local(workdir: Path, params: Params, arguments: dict[str, Any], isolate: bool = True) -> dict[str, Any]:
-    """Run the whole pipeline with kfp.local, each task seeing only its declared inputs; returns its outputs.
+    """Run the whole pipeline with kfp.local, each task as in a pod; returns evaluate's metrics.
 
-    Tasks inherit this process's environment (MLFLOW_TRACKING_URI, TLPIPE_RUN_GROUP, AWS_*).
+    Tasks inherit this process's environment (AWS_*). MLflow: MLFLOW_TRACKING_URI if set, else a tracking
+    server started here on loopback for the run (as on the cluster, tasks reach it over HTTP).
     """
     from kfp import local
+
+    from pipelines.local_services import mlflow_server, optuna_storage
 
     workdir = workdir.resolve()
     root = workdir / "pipeline-root"
@@ -60,19 +75,28 @@ def run_local(workdir: Path, params: Params, arguments: dict[str, Any], isolate:
     os.environ.setdefault("TLPIPE_RUN_GROUP", f"kfp-local-{time.strftime('%Y%m%d-%H%M%S')}")
     if isolate:
         os.environ[ISOLATE_ENV] = str(root)
-    arguments = {"tune_storage": f"sqlite:///{workdir / 'optuna.db'}", **arguments}
-    arguments.setdefault("data_fingerprint", data_fingerprint(params))
+    arguments = {"tune_storage": optuna_storage(workdir), **arguments}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     pipeline = build_pipeline(params, ClusterConfig.local())
-    with warnings.catch_warnings():
+    started = time.time()
+    with mlflow_server(workdir), warnings.catch_warnings():
         # Resource/GPU settings and the tlpipe image name are meaningless to a local subprocess; it says so.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        run = pipeline(**arguments)
-    metrics = run.output  # the pipeline's one output: evaluate's Metrics artifact
-    result = {"metrics": dict(metrics.metadata), "metrics_uri": metrics.uri}
+        pipeline(**arguments)
+    evaluate = next(s for s in build(params) if s.name == "evaluate")
+    metrics = _newest(root, "evaluate", evaluate.metrics[0], started)
+    result = {"metrics": json.loads(metrics.read_text(encoding="utf-8")), "metrics_uri": str(metrics)}
     (workdir / "run_local.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def _newest(root: Path, task: str, output: str, since: float) -> Path:
+    """The output file `output` of `task` in the newest run under the pipeline root."""
+    found = [p for p in root.glob(f"*/{task}/{output}") if p.stat().st_mtime >= since - 1]
+    if not found:
+        raise PipelineError(f"run-local: no {task} output under {root}; see the task logs above")
+    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 def _pairs(items: list[str], what: str) -> dict[str, Any]:
@@ -132,7 +156,35 @@ def _parser() -> argparse.ArgumentParser:
                                         "service-account token)")
     s.add_argument("--wait", action="store_true", help="wait for the run and fail unless it succeeds")
     s.add_argument("--package", type=Path, help="submit this compiled package instead of compiling now")
+    s.add_argument("--run-name", default="", help=f"the run's name (default: {PIPELINE_NAME} <time>)")
+    s.add_argument("--allow-default-image", action="store_true",
+                   help=f"submit even though the tasks run the placeholder image {DEFAULT_IMAGE}")
     return p
+
+
+def package_images(package: Path) -> set[str]:
+    """The container images a compiled package's tasks run."""
+    try:
+        spec = next(yaml.safe_load_all(package.read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError, StopIteration) as exc:
+        raise PipelineError(f"--package {package}: not a readable pipeline package ({exc}); "
+                            "run `make compile`") from None
+    executors = (spec or {}).get("deploymentSpec", {}).get("executors", {})
+    return {e["container"]["image"] for e in executors.values() if "container" in e}
+
+
+def refuse_default_image(package: Path, allowed: bool) -> None:
+    """The placeholder image is nobody's build: refuse it unless asked (a throwaway run)."""
+    placeholder = {DEFAULT_IMAGE, f"{DEFAULT_IMAGE}-gpu"} & package_images(package)
+    if placeholder and not allowed:
+        raise PipelineError(f"--package {package} runs the placeholder image {sorted(placeholder)[0]}; compile with "
+                            "your build (`make compile IMAGE=... TAG=...` or DIGEST=... GPU_DIGEST=...), or pass "
+                            "ALLOW_DEFAULT_IMAGE=1 / --allow-default-image")
+
+
+def run_url(host: str, run_id: str) -> str:
+    """The run's page in the KFP UI (the API host serves the UI under the same prefix)."""
+    return f"{host.rstrip('/')}/#/runs/details/{run_id}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,11 +207,13 @@ def main(argv: list[str] | None = None) -> None:
 
     if overrides:
         arguments["params_overrides"] = overrides
-    arguments.setdefault("data_fingerprint", data_fingerprint(params))
     package = args.package or compile_pipeline(
         Path(tempfile.mkdtemp(prefix="tlpipe-kfp-")) / "training_pipeline.yaml", params, _cluster(args))
-    submit(args.host, args.experiment, package, arguments, args.namespace, args.wait,
-           run_name=f"{PIPELINE_NAME} {time.strftime('%Y-%m-%d %H:%M:%S')}", **credentials_from_env(args.token_file))
+    refuse_default_image(package, args.allow_default_image)
+    run = submit(args.host, args.experiment, package, arguments, args.namespace, args.wait,
+                 run_name=args.run_name or f"{PIPELINE_NAME} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                 **credentials_from_env(args.token_file))
+    print(f"run page: {run_url(args.host, run.run_id)}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,14 +15,15 @@ import yaml
 from pipelines import training_pipeline as tp
 from pipelines.fingerprint import data_fingerprint
 from pipelines.graph import External, Ref, build
-from pipelines.platform import GPU_STEPS, TUNE_STEPS
-from pipelines.runtime import dotted, numeric_metrics, resolve_params
+from pipelines.kfp_build import all_pods
+from pipelines.runtime import dotted, numeric_metrics, resolve_params, task_params
 from tests.conftest import REPO, make_tree
 from tlpipe.config import load_params
 
 PARAMS_FILE = str(REPO / "params.yaml")
 PARAMS = load_params(REPO / "params.yaml")
-STEPS = [s.name for s in build(PARAMS) if s.name != "tune"] + ["params", *TUNE_STEPS]
+PODS = all_pods(PARAMS)
+STEPS = list(PODS)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +60,11 @@ def test_every_task_reads_exactly_its_declared_inputs(compiled):
             continue
         t = compiled.by_step[name]
         artifacts = t.task["inputs"].get("artifacts", {})
-        declared = {k for k, ref in step.inputs.items() if isinstance(ref, Ref)} | {"params"}
+        declared = {k for k, ref in step.inputs.items() if isinstance(ref, Ref)}
         assert set(artifacts) == declared, name
+        # its own params, by value: resolve-params' output named after the step (through the exit handler group)
+        own = t.task["inputs"]["parameters"]["params"]["componentInputParameter"]
+        assert own == f"pipelinechannel--resolve-params-{name}", name
         for key, ref in step.inputs.items():
             if isinstance(ref, Ref):
                 source = artifacts[key]["taskOutputArtifact"]
@@ -85,16 +91,18 @@ def test_params_artifact_holds_configuration_not_paths(compiled, tmp_path):
 
     values = list(strings(base))
     assert values and not [v for v in values if v.startswith("/") or any(v.startswith(o) for o in outputs)]
-    resolved = resolve_params(str(tmp_path), base, {"model.image_size": 24}, {"fine_tune": {"epochs": 3}})
+    resolved = resolve_params(base, {"model.image_size": 24}, {"fine_tune": {"epochs": 3}})
     assert resolved["model"]["image_size"] == 24 and resolved["fine_tune"]["epochs"] == 3
     assert resolved["data"]["source"] == "builtin:digits" and resolved["model"]["backbone"] == "pretrain"
+    own = yaml.safe_load(task_params(resolved, "fine_tune"))
+    assert own["fine_tune"]["epochs"] == 3 and "make_subset" not in own and "tracking" in own
 
 
 def test_gpu_settings_and_images(compiled):
     for step, t in compiled.by_step.items():
         resources = t.container["resources"]
         assert resources["resourceCpuRequest"] and resources["resourceMemoryLimit"], step
-        if step in GPU_STEPS:
+        if PODS[step].gpu:
             assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu", step
             assert t.k8s["nodeSelector"]["labels"] == {"pool": "a100"}, step
             assert t.container["image"] == "registry.example/tl:1.2-gpu", step
@@ -105,18 +113,19 @@ def test_gpu_settings_and_images(compiled):
         assert t.k8s["podMetadata"]["labels"] == {"tlpipe.io/role": "pipeline"}, step
         env = {e["name"]: e["value"] for e in t.container.get("env", [])}
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.tlpipe.svc.cluster.local:5000"
+        assert "TLPIPE_RUN_GROUP" not in env  # from the pod's run-id label (tests/test_kfp_backend.py)
         assert not {"AWS_SECRET_ACCESS_KEY", "PGPASSWORD", "MLFLOW_TRACKING_PASSWORD"} & set(env)
     inputs = compiled.spec["root"]["inputDefinitions"]["parameters"]
     assert not [n for n in inputs if any(w in n.lower() for w in ("secret", "password", "key", "token"))]
 
 
-def test_parallel_for_fans_out_and_summarize_runs_after_a_failed_worker(compiled):
-    loop = compiled.tasks["for-loop-1"]
+def test_parallel_for_fans_out_and_summarize_waits_for_the_workers(compiled):
+    loop = next(t for t in compiled.tasks.values() if "parameterIterator" in t)
     assert loop["parameterIterator"]["items"]["inputParameter"]
-    assert "tune-create-study" in loop["dependentTasks"]
-    summarize = compiled.tasks["tune-summarize"]
-    assert "for-loop-1" in summarize["dependentTasks"]
-    assert summarize["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    create = next(n for n, t in compiled.tasks.items() if t["taskInfo"]["name"] == "tune create-study")
+    assert create in loop["dependentTasks"]
+    summarize = compiled.by_step["tune summarize"].task
+    assert loop["taskInfo"]["name"] in summarize["dependentTasks"] and "triggerPolicy" not in summarize
 
 
 def test_defaults_from_params_and_cache_settings(compiled):
@@ -124,11 +133,23 @@ def test_defaults_from_params_and_cache_settings(compiled):
     assert inputs["fine_tune_epochs"]["defaultValue"] == PARAMS.fine_tune.epochs
     assert inputs["train_per_class"]["defaultValue"] == PARAMS.make_subset.train_per_class
     assert inputs["tune_storage"]["defaultValue"].startswith("postgresql://postgres.tlpipe")
-    fp = compiled.tasks["make-subset"]["inputs"]["parameters"]["data_fingerprint"]
-    assert fp["componentInputParameter"] == "data_fingerprint"
-    assert compiled.tasks["register"]["cachingOptions"] == {}  # never replayed from cache
+    assert "data_fingerprint" not in inputs  # computed in the run by an uncached task, not by the submitter
+    fp = compiled.by_step["make_subset"].task["inputs"]["parameters"]["data_fingerprint"]["taskOutputParameter"]
+    assert compiled.tasks[fp["producerTask"]]["taskInfo"]["name"] == "data_fingerprint"
+    assert compiled.by_step["register"].task["cachingOptions"] == {}  # never replayed from cache
     assert compiled.spec["defaultPipelineRoot"] == "s3://pipeline-root/tlpipe"
     assert "KFP backend >=" in compiled.spec["pipelineInfo"]["description"]
+
+
+def test_a_local_path_is_refused_at_compile(tmp_path, capsys):
+    data = make_tree(tmp_path / "photos", per_class=2)
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text().replace("source: builtin:digits", f"source: {data}", 1))
+    proc = subprocess.run([sys.executable, "-m", "pipelines.training_pipeline", "--params", str(params), "compile",
+                           "--output", str(tmp_path / "p.yaml")], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 2 and not (tmp_path / "p.yaml").exists()
+    assert proc.stderr.count("\n") == 1 and str(data) in proc.stderr and "dvc push" in proc.stderr, proc.stderr
 
 
 def test_fingerprint_follows_local_data(tmp_path):
@@ -178,12 +199,12 @@ def test_run_local_end_to_end_with_tasks_isolated(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name(PARAMS.tracking.experiment).experiment_id],
                               "tags.`tlpipe.run_group` = 'kfp-local-test'")
-    assert set(STEPS) - {"params", *TUNE_STEPS} <= {r.info.run_name for r in runs}
+    assert {s.name for s in build(PARAMS)} <= {r.info.run_name for r in runs}
 
 
 PROBE = """
 from kfp import dsl, local
-from kfp.dsl import Artifact, Input, Output
+from kfp.dsl import Artifact, Output
 import sys
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -193,22 +214,15 @@ def write(out: Output[Artifact]):
     open(os.path.join(out.path, "secret.txt"), "w").write("upstream output")
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
-def read_undeclared(params: Input[Artifact], where: str):
+def read_undeclared(where: str):
     from pipelines.runtime import run_step
-    run_step("probe", params.path, {}, {}, module="tests.isolation_probe", values={"path": where})
-
-@dsl.component(base_image="python:3.11", install_kfp_package=False)
-def params_task(params: Output[Artifact]):
-    import os
-    os.makedirs(params.path, exist_ok=True)
-    open(os.path.join(params.path, "params.yaml"), "w").write("{}")
+    run_step("probe", "{}", {}, {}, module="tests.isolation_probe", values={"path": where})
 
 @dsl.pipeline(name="probe")
 def probe():
     w = write()
-    p = params_task()
     # The broken wiring: a path hidden in a string instead of a declared input.
-    read_undeclared(params=p.outputs["params"], where=sys.argv[2]).after(w)
+    read_undeclared(where=sys.argv[2]).after(w)
 
 local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=sys.argv[1])
 probe()
@@ -224,14 +238,62 @@ def test_a_task_reading_an_undeclared_path_fails_when_isolated(tmp_path):
     target = str(root)  # everything the upstream task wrote lives under the pipeline root
     base = {**os.environ, "PYTHONPATH": str(REPO)}
     loose = subprocess.run([sys.executable, str(script), str(root), target], cwd=tmp_path, env=base,
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=900)
     assert loose.returncode == 0, loose.stderr[-3000:]  # kfp.local's shared disk hides the bug ...
     shutil.rmtree(root)
     strict = subprocess.run([sys.executable, str(script), str(root), target], cwd=tmp_path,
-                            env={**base, "TLPIPE_ISOLATE": str(root)}, capture_output=True, text=True, timeout=600)
+                            env={**base, "TLPIPE_ISOLATE": str(root)}, capture_output=True, text=True, timeout=900)
     assert strict.returncode != 0  # ... the cluster-like run does not
     assert "undeclared path" in strict.stdout + strict.stderr
     assert list(root.rglob("secret.txt"))  # the upstream output is still there: only the task could not see it
+
+
+def _probe(root, mode: str, path: str, scratch: tuple[str, ...] = ()) -> tuple[int, str]:
+    """Run tests/isolation_probe.py as an isolated task; returns (exit code, what it printed)."""
+    values = {"mode": mode, "path": path, **({"scratch": "SCRATCH"} if scratch else {})}
+    script = ("import sys; from pipelines.isolation import run_isolated; from pathlib import Path; "
+              f"run_isolated(Path({str(root)!r}), 'tests.isolation_probe', '{{}}', {{}}, {{}}, {values!r}, "
+              f"{scratch!r}, '')")
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=900)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("upstream, downstream", [
+    ("/tmp/tlpipe-probe", "/tmp/tlpipe-probe"),  # a fixed path in /tmp: each pod has its own /tmp
+    ("~/.cache/tlpipe-probe", "~/.cache/tlpipe-probe"),  # the task's $HOME: each pod has its own
+    ("SCRATCH/leftover", "/tmp"),  # an upstream task's scratch folder: gone with its pod
+])
+def test_files_left_outside_declared_outputs_do_not_reach_the_next_task(tmp_path, upstream, downstream):
+    from pipelines.isolation import can_isolate
+
+    assert can_isolate(), "run the tests as root with util-linux (unshare, setpriv): the sandbox needs them"
+    root = tmp_path / "root"
+    root.mkdir()
+    code, said = _probe(root, "write", upstream, ("scratch",) if "SCRATCH" in upstream else ())
+    assert code == 0 and "as UID 10001" in said, said
+    code, said = _probe(root, "read", downstream)
+    assert code == 2 and "not reachable" in said, said  # on a cluster the next pod would not find it either
+
+
+def test_the_invoking_users_home_and_the_pipeline_root_are_hidden(tmp_path):
+    root = tmp_path / "root"
+    (root / "run" / "task").mkdir(parents=True)
+    (root / "run" / "task" / "secret.txt").write_text("another task's output")
+    home = Path.home() / ".cache" / f"tlpipe-probe-{uuid.uuid4().hex[:8]}"
+    home.mkdir(parents=True)
+    try:
+        (home / "secret.txt").write_text("a file of the machine's user")
+        assert _probe(root, "read", str(home))[0] == 2
+        assert _probe(root, "read", str(root))[0] == 2
+    finally:
+        shutil.rmtree(home)
+
+
+def test_the_working_directory_is_read_only_for_the_pods_user(tmp_path):
+    (tmp_path / "root").mkdir()
+    code, said = _probe(tmp_path / "root", "cwd", "")
+    assert code == 2 and "UID 10001" in said, said
 
 
 @pytest.mark.servers
@@ -269,49 +331,3 @@ def test_dvc_push_pull_to_s3_remote(tmp_path, s3_server):
     shutil.rmtree(repo / ".dvc" / "cache")
     run(*dvc, "pull")
     assert {p.relative_to(data): p.read_bytes() for p in data.rglob("*.png")} == original
-
-
-
-
-FAN_IN = """
-import sys
-from kfp import dsl, local
-
-@dsl.component(base_image="python:3.11", install_kfp_package=False)
-def indices() -> list:
-    return [0, 1]
-
-@dsl.component(base_image="python:3.11", install_kfp_package=False)
-def worker(index: int):
-    if index == 0:
-        raise RuntimeError("worker 0 preempted")
-
-@dsl.component(base_image="python:3.11", install_kfp_package=False)
-def summarize(marker: str):
-    open(marker, "w").write("summarized")
-
-@dsl.pipeline(name="fan-in")
-def fan_in():
-    made = indices()
-    with dsl.ParallelFor(made.output) as index:
-        w = worker(index=index)
-    s = summarize(marker=sys.argv[2]).after(w)
-    s.ignore_upstream_failure()
-
-local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=sys.argv[1], raise_on_error=False)
-fan_in()
-"""
-
-
-@pytest.mark.slow
-def test_summarize_runs_after_a_failed_tuning_worker_in_kfp_local(tmp_path, compiled):
-    """The mechanism tune summarize relies on, run for real: one ParallelFor worker fails, the fan-in still runs."""
-    summarize = compiled.tasks["tune-summarize"]
-    assert summarize["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # our pipeline uses it
-    script = tmp_path / "fan_in.py"
-    script.write_text(FAN_IN)
-    marker = tmp_path / "summarized.txt"
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "root"), str(marker)], cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
-    assert "worker 0 preempted" in proc.stdout + proc.stderr
-    assert marker.read_text() == "summarized", proc.stderr[-3000:]

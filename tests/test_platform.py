@@ -27,13 +27,14 @@ import yaml
 from kfp import compiler, dsl
 
 from pipelines import platform as pf
+from pipelines.kfp_build import all_pods
 from pipelines.platform import ClusterConfig, configure
+from tlpipe.config import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 TF = REPO / "infra" / "terraform"
-STEPS = ("make_digits", "pretrain_backbone", "make_subset", "validate_data", "augment", "extract_features",
-         "train_head", "tune create-study", "tune worker", "tune summarize", "fine_tune", "evaluate",
-         "register")
+PODS = all_pods(load_params(REPO / "params.yaml"))
+STEPS = tuple(PODS)
 MIB, GIB = 2**20, 2**30
 # name: (provider, vCPU, memory GiB, max pods); sizes from the providers' instance tables.
 NODES = {
@@ -118,8 +119,8 @@ def test_node_table_covers_the_terraform_defaults():
 
 @pytest.mark.parametrize("step", STEPS)
 def test_requests_fit_the_default_nodes(step):
-    res = ClusterConfig().resources_for(step)
-    if step in pf.GPU_STEPS:
+    res = ClusterConfig().resources_for(PODS[step])
+    if PODS[step].gpu:
         nodes = [(m, disk) for machines, disk in GPU_POOLS.values() for m in machines]
     else:
         nodes = [(m, None) for m in CPU_POOL_MINIMUM]
@@ -144,13 +145,13 @@ def test_allocatable_formula_matches_published_examples():
 
 def test_images():
     base = ClusterConfig()
-    assert base.image_for("make_subset") == pf.DEFAULT_IMAGE
-    assert base.image_for("tune worker") == pf.DEFAULT_IMAGE + "-gpu"
+    assert base.image_for(gpu=False) == pf.DEFAULT_IMAGE
+    assert base.image_for(gpu=True) == pf.DEFAULT_IMAGE + "-gpu"
     pinned = "registry.example:5000/tlpipe@sha256:" + "a" * 64
-    assert ClusterConfig(image=pinned).image_for("fine_tune") == pinned
+    assert ClusterConfig(image=pinned).image_for(gpu=True) == pinned
     split = ClusterConfig(image=pinned, gpu_image="registry.example:5000/tlpipe-gpu@sha256:" + "b" * 64)
-    assert split.image_for("fine_tune").endswith("b" * 64) and split.image_for("evaluate") == pinned
-    assert ClusterConfig(image="localhost:5000/tlpipe:1.2").image_for("fine_tune") == "localhost:5000/tlpipe:1.2-gpu"
+    assert split.image_for(gpu=True).endswith("b" * 64) and split.image_for(gpu=False) == pinned
+    assert ClusterConfig(image="localhost:5000/tlpipe:1.2").image_for(gpu=True) == "localhost:5000/tlpipe:1.2-gpu"
     for unpinned in ("localhost:5000/tlpipe", "tlpipe"):
         with pytest.raises(ValueError, match="pin a tag"):
             ClusterConfig(image=unpinned)
@@ -168,7 +169,7 @@ def compiled(cluster: ClusterConfig, tmp_path: Path) -> dict:
     @dsl.pipeline(name="platform-test")
     def pipeline():
         for step in STEPS:
-            configure(noop(), step, cluster)
+            configure(noop(), PODS[step], cluster)
 
     out = tmp_path / "p.yaml"
     compiler.Compiler().compile(pipeline, str(out))
@@ -185,17 +186,20 @@ def compiled(cluster: ClusterConfig, tmp_path: Path) -> dict:
 def test_configure_sets_pull_secrets_retries_and_scratch(tmp_path):
     by_step = compiled(ClusterConfig(image_pull_secrets=("regcred",)), tmp_path)
     for step, (task, k8s) in by_step.items():
-        assert task["retryPolicy"] == {"maxRetryCount": 2, "backoffDuration": "30s", "backoffFactor": 2.0,
-                                       "backoffMaxDuration": "600s"}, step
+        if PODS[step].retry:
+            assert task["retryPolicy"] == {"maxRetryCount": 2, "backoffDuration": "30s", "backoffFactor": 2.0,
+                                           "backoffMaxDuration": "600s"}, step
+        else:  # inside a ParallelFor, where the backend drops it (tests/test_kfp_backend.py)
+            assert "retryPolicy" not in task, step
         assert [s["secretName"] for s in k8s["imagePullSecret"]] == ["regcred"], step
         mounts = k8s.get("emptyDirMounts", [])
-        if step in pf.SCRATCH_STEPS:
+        if PODS[step].disk:
             assert mounts == [{"volumeName": "scratch", "mountPath": "/tmp", "sizeLimit": pf.SCRATCH}], step
         else:
             assert not mounts, step
         optional = {s["secretName"]: s.get("optional", False) for s in k8s["secretAsEnv"]}
         assert optional == {"s3-credentials": False, "mlflow-credentials": True,
-                            **({"optuna-db": False} if step in pf.TUNE_STEPS else {})}, step
+                            **({"optuna-db": False} if PODS[step].study else {})}, step
 
 
 def test_local_build_has_no_retries(tmp_path):
@@ -213,6 +217,7 @@ LEGACY_FIELDS = {
     "tolerations": {"key", "operator", "value", "effect", "tolerationSeconds"},
     "nodeSelector": {"labels"},
     "podMetadata": {"labels", "annotations"},
+    "fieldPathAsEnv": {"name", "fieldPath"},
 }
 
 

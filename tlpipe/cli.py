@@ -136,3 +136,10 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def scratch_default(name: str) -> str:
+    """A step's default scratch folder: under the temp dir, never the working directory (read-only in a pod)."""
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), "tlpipe", name)

@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from pipelines import platform
+from pipelines.kfp_build import all_pods
 from tests.infra.infra_tools import LONG_RUNNING_KINDS, OVERLAYS, REPO, containers, find, render, render_text
+from tlpipe.config import Params
 
 pytestmark = pytest.mark.infra
 
@@ -99,5 +101,5 @@ def test_the_pipeline_creates_the_optuna_study(overlay):
     objs = render(overlay)
     assert find(objs, "Job", "optuna-study-creator") is None, "the pipeline's `tune create-study` task does it"
     assert not [o for o in objs if o["metadata"]["name"].startswith("optuna-config")]
-    assert "tune create-study" in platform.TUNE_STEPS
+    assert "tune create-study" in all_pods(Params())
     assert not (REPO / "infra" / "k8s" / "base" / "study-creator-job.yaml").exists()

@@ -188,3 +188,20 @@ def log_keras_model(model, sample) -> str:
     info = mlflow.keras.log_model(model, name="model", signature=signature,
                                   pip_requirements=["tensorflow-cpu==2.21.0", "keras==3.15.1"])
     return info.model_uri
+
+
+def finish_pipeline_run(params: StepParams, state: str, error: str = "") -> str:
+    """End this group's pipeline run (the KFP exit handler): FINISHED if the pipeline succeeded, else FAILED.
+
+    Returns:
+        The pipeline run's id.
+    """
+    mlflow, experiment = _client_setup(params)
+    run_id = _parent_run(mlflow, experiment.experiment_id, run_group(params))
+    client = mlflow.MlflowClient()
+    succeeded = state.upper() in ("SUCCEEDED", "SUCCESS")
+    client.set_tag(run_id, "tlpipe.pipeline_state", state)
+    if error and not succeeded:
+        client.set_tag(run_id, "tlpipe.error", redact_text(error)[:500])
+    client.set_terminated(run_id, status="FINISHED" if succeeded else "FAILED")
+    return run_id
