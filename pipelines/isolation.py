@@ -30,22 +30,25 @@ REPO = Path(__file__).resolve().parents[1]
 POD_UID = 10001  # the image's user (Dockerfile: useradd --uid 10001)
 TASKS_BASE = Path(os.environ.get("TLPIPE_TASKS_BASE", "/var/tmp/tlpipe-tasks"))  # outside /tmp and $HOME
 CODE_DIRS = ("tlpipe", "components", "pipelines", "operators", "tests")
+SHARED_ENV = "TLPIPE_SHARED"  # folders every task shares (run-local's study store: the cluster's PostgreSQL)
 # Runs as root inside the new mount namespace, then drops to the pod's user. $1 task folder, $2 pipeline
-# root, $3 home to hide, $4 count of paths to keep, then those paths, then the command.
+# root, $3 home to hide, $4 count of paths to keep visible ("ro:PATH" or "rw:PATH"), those, then the command.
 SANDBOX = r'''
 set -eu
 work=$1; hide_root=$2; home=$3; n=$4; shift 4
 keep=""; i=0
 while [ "$i" -lt "$n" ]; do keep="$keep $1"; shift; i=$((i + 1)); done
+i=0
+for entry in $keep; do mkdir -p "$work/keep/$i"; mount --bind "${entry#*:}" "$work/keep/$i"; i=$((i + 1)); done
 [ -d "$hide_root" ] && mount -t tmpfs -o mode=755 tmpfs "$hide_root"
-i=0
-for path in $keep; do mkdir -p "$work/keep/$i"; mount --bind "$path" "$work/keep/$i"; i=$((i + 1)); done
 mount -t tmpfs -o mode=755 tmpfs "$home"
-i=0
-for path in $keep; do
-  mkdir -p "$path"; mount --bind "$work/keep/$i" "$path"; mount -o remount,bind,ro "$path"; i=$((i + 1))
-done
 mount -t tmpfs -o mode=1777 tmpfs /tmp
+i=0
+for entry in $keep; do
+  path=${entry#*:}; mkdir -p "$path"; mount --bind "$work/keep/$i" "$path"
+  [ "${entry%%:*}" = ro ] && mount -o remount,bind,ro "$path"
+  i=$((i + 1))
+done
 mkdir -p /tmp/home && chown {uid}:{uid} /tmp/home
 for path in ${TLPIPE_SCRATCH:-}; do mkdir -p "$path" && chown {uid}:{uid} "$path"; done
 mount --bind "$work/code" "$work/code" && mount -o remount,bind,ro "$work/code"
@@ -68,10 +71,12 @@ def _copy(source: Path, target: Path) -> None:
 
 
 def _keep_paths() -> list[str]:
-    """The interpreter and its environment: the only things under $HOME a task may see (read-only)."""
-    home = Path.home().resolve()
+    """What stays visible: the interpreter and its environment (read-only), the shared stores (read-write)."""
     paths = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
-    return sorted(str(p) for p in paths if home in p.parents)
+    hidden = (Path.home().resolve(), Path("/tmp"))
+    keep = [f"ro:{p}" for p in sorted(paths) if any(h in p.parents for h in hidden)]
+    shared = [Path(p).resolve() for p in os.environ.get(SHARED_ENV, "").split(os.pathsep) if p]
+    return keep + [f"rw:{p}" for p in shared]
 
 
 def _chown_tree(path: Path) -> None:
@@ -114,7 +119,8 @@ def run_isolated(root: Path, module: str, params: str, inputs: dict[str, str], o
         scratch_dirs = {flag: f"/tmp/scratch/{flag}" for flag in scratch}
         argv = step_argv(work / "params" / PARAMS_FILE, {**local_inputs, **values, **local_outputs},
                          scratch_dirs, command)
-        env = {**os.environ, "PYTHONPATH": str(work / "code"), "HOME": "/tmp/home", "TMPDIR": "/tmp"}
+        env = {**os.environ, "PYTHONPATH": str(work / "code"), "HOME": "/tmp/home", "TMPDIR": "/tmp",
+               "USER": "tlpipe", "LOGNAME": "tlpipe"}  # the image's user (no passwd entry here)
         cmd = [sys.executable, "-m", module, *argv]
         if isolate:
             _chown_tree(work / "outputs")

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipelines.isolation import POD_UID, can_isolate
+from pipelines.isolation import POD_UID, SHARED_ENV, can_isolate
 from tlpipe.errors import PipelineError
 
 STARTUP_SECONDS = 180  # a cold `mlflow server` imports a lot; a busy machine takes a while
@@ -37,7 +37,8 @@ def optuna_storage(workdir: Path) -> str:
         os.chown(folder, POD_UID, POD_UID)
         for path in folder.iterdir():
             os.chown(path, POD_UID, POD_UID)
-    return f"sqlite:///{folder / 'optuna.db'}"
+    os.environ[SHARED_ENV] = str(folder.resolve())  # isolated tasks see it, as pods see the study's database
+    return f"sqlite:///{folder.resolve() / 'optuna.db'}"
 
 
 @contextlib.contextmanager

@@ -157,10 +157,14 @@ def configure(task: dsl.PipelineTask, pod: Pod, cluster: ClusterConfig) -> dsl.P
     kubernetes.add_pod_label(task, *POD_LABEL)
     if cluster.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(cluster.image_pull_secrets))
+    # Optional mounts: a missing Secret would leave the pod in CreateContainerConfigError forever; without
+    # it the pod starts and the step fails in one line at its first S3 or study access ("check ... the AWS
+    # credentials", "cannot open the study storage"). Older drivers reject `optional` (#12495).
+    optional = {"optional": True} if not cluster.legacy_backend else {}
     secrets = [S3_SECRET] + ([OPTUNA_SECRET] if pod.study else [])
     for name, keys in secrets:
-        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys)
-    if not cluster.legacy_backend:  # older drivers reject `optional` (kubeflow/pipelines#12495)
+        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, **optional)
+    if not cluster.legacy_backend:
         kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET[0], secret_key_to_env=MLFLOW_SECRET[1],
                                      optional=True)
     if cluster.retries and pod.retry:

@@ -83,12 +83,23 @@ def run_local(workdir: Path, params: Params, arguments: dict[str, Any], isolate:
         # Resource/GPU settings and the tlpipe image name are meaningless to a local subprocess; it says so.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        pipeline(**arguments)
+        try:
+            pipeline(**arguments)
+        except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed"
+            reason = str(exc).splitlines()[0] if str(exc) else "a task failed"
+            raise PipelineError(f"run-local: {_plain(reason)}; its log is above") from None
     evaluate = next(s for s in build(params) if s.name == "evaluate")
     metrics = _newest(root, "evaluate", evaluate.metrics[0], started)
     result = {"metrics": json.loads(metrics.read_text(encoding="utf-8")), "metrics_uri": str(metrics)}
     (workdir / "run_local.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def _plain(text: str) -> str:
+    """kfp.local's message without its terminal colour codes."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def _newest(root: Path, task: str, output: str, since: float) -> Path:

@@ -169,36 +169,34 @@ def test_overrides_and_metrics_helpers():
         {"accuracy": 0.5, "n": 4.0, "frozen.loss": 1.0}
 
 
-def _local_env(tmp_path, group):
-    return {**os.environ, "PYTHONPATH": str(REPO), "TLPIPE_RUN_GROUP": group,
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-
-
 @pytest.mark.slow
-def test_run_local_end_to_end_with_tasks_isolated(tmp_path):
-    """The whole pipeline through kfp.local, each task seeing only copies of its declared inputs."""
-    env = _local_env(tmp_path, "kfp-local-test")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.training_pipeline", "--params", PARAMS_FILE, "run-local",
-         "--workdir", str(tmp_path / "run"), "--set", "registry.min_accuracy=0.0"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    result = json.loads((tmp_path / "run" / "run_local.json").read_text())
+def test_make_run_local_on_a_fresh_clone(tmp_path):
+    """`make run-local` exactly as documented, in a fresh clone, no environment set: every task as in a pod,
+    MLflow as a server on loopback, the run's MLflow runs grouped and its pipeline run closed."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=900)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TLPIPE_", "PYTHONPATH"))}
+    proc = subprocess.run(["make", "run-local"], cwd=clone, env=env, capture_output=True, text=True, timeout=3600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    result = json.loads((clone / "kfp_local" / "run_local.json").read_text())
     assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
-    root = tmp_path / "run" / "pipeline-root"
-    assert root.is_dir()
-    assert "isolated: python -m components.fine_tune" in proc.stdout + proc.stderr
-    params_files = list(root.rglob("params.yaml"))
-    assert params_files and str(root) not in params_files[0].read_text()  # configuration, never a path
-    registrations = list(root.rglob("registration.json"))
-    registration = json.loads(registrations[0].read_text())
-    assert registration["validation_status"] == "passed" and registration["version"]
+    assert "isolated as UID 10001: python -m components.fine_tune" in out
+    assert "MLflow tracking server at http://127.0.0.1:" in out
+    root = clone / "kfp_local" / "pipeline-root"
+    registration = json.loads(next(root.rglob("registration.json")).read_text())
+    assert registration["version"]
+    assert not list(clone.glob("mlflow.db")) and not (clone / "checkpoints").exists()  # nothing in the cwd
 
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name(PARAMS.tracking.experiment).experiment_id],
-                              "tags.`tlpipe.run_group` = 'kfp-local-test'")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{clone / 'kfp_local' / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(PARAMS.tracking.experiment)
+    parents = client.search_runs([experiment.experiment_id], "tags.`tlpipe.role` = 'pipeline'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # closed by the exit handler
+    assert parents[0].data.tags["tlpipe.pipeline_state"] == "SUCCEEDED"
+    group = parents[0].data.tags["tlpipe.run_group"]
+    runs = client.search_runs([experiment.experiment_id], f"tags.`tlpipe.run_group` = '{group}'")
     assert {s.name for s in build(PARAMS)} <= {r.info.run_name for r in runs}
 
 
