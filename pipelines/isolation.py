@@ -116,29 +116,26 @@ def run_isolated(root: Path, module: str, params: str, inputs: dict[str, str], o
             _copy(REPO / name, work / "code" / name)
         local_outputs = {name: str(work / "outputs" / name) for name in outputs}
         (work / "outputs").mkdir()
-        scratch_dirs = {flag: f"/tmp/scratch/{flag}" for flag in scratch}
+        env = {**os.environ, "PYTHONPATH": str(work / "code"), "USER": "tlpipe", "LOGNAME": "tlpipe"}
+        if isolate:  # a private /tmp (and $HOME in it): scratch folders vanish with the task
+            _chown_tree(work / "outputs")
+            scratch_dirs = {flag: f"/tmp/scratch/{flag}" for flag in scratch}
+            env.update(HOME="/tmp/home", TMPDIR="/tmp", TLPIPE_SCRATCH=" ".join(scratch_dirs.values()))
+        else:
+            for folder in ("home", "tmp"):
+                (work / folder).mkdir()
+            scratch_dirs = {flag: str(work / "tmp" / flag) for flag in scratch}
+            env.update(HOME=str(work / "home"), TMPDIR=str(work / "tmp"))
+            print(f"{step}: cannot build a pod-like sandbox (needs root, unshare and setpriv): the task runs "
+                  "as this user and sees this machine's files", flush=True)
         argv = step_argv(work / "params" / PARAMS_FILE, {**local_inputs, **values, **local_outputs},
                          scratch_dirs, command)
-        env = {**os.environ, "PYTHONPATH": str(work / "code"), "HOME": "/tmp/home", "TMPDIR": "/tmp",
-               "USER": "tlpipe", "LOGNAME": "tlpipe"}  # the image's user (no passwd entry here)
         cmd = [sys.executable, "-m", module, *argv]
         if isolate:
-            _chown_tree(work / "outputs")
             keep = _keep_paths()
             cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", SANDBOX, "sh", str(work),
                    str(root), str(Path.home()), str(len(keep)), *keep, *cmd]
-            env["TLPIPE_SCRATCH"] = " ".join(scratch_dirs.values())  # made in the task's own /tmp: gone with it
-        else:
-            env.update({"HOME": str(work / "home"), "TMPDIR": str(work / "tmp")})
-            (work / "home").mkdir()
-            (work / "tmp").mkdir()
-            scratch_dirs = {flag: str(work / "tmp" / flag) for flag in scratch}
-            argv = step_argv(work / "params" / PARAMS_FILE, {**local_inputs, **values, **local_outputs},
-                             scratch_dirs, command)
-            cmd = [sys.executable, "-m", module, *argv]
-            print(f"{step}: cannot build a pod-like sandbox (needs root, unshare and setpriv): the task runs "
-                  "as this user and sees this machine's files", flush=True)
-        print(f"{step}: isolated as UID {POD_UID}: python -m {module} {' '.join(argv)}", flush=True)
+            print(f"{step}: isolated as UID {POD_UID}: python -m {module} {' '.join(argv)}", flush=True)
         code = subprocess.run(cmd, cwd=work / "code", env=env, check=False).returncode
         if code:
             raise SystemExit(code)
