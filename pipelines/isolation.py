@@ -24,9 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipelines.runtime import PARAMS_FILE, step_argv
-
 REPO = Path(__file__).resolve().parents[1]
+PARAMS_FILE = "params.yaml"
 POD_UID = 10001  # the image's user (Dockerfile: useradd --uid 10001)
 TASKS_BASE = Path(os.environ.get("TLPIPE_TASKS_BASE", "/var/tmp/tlpipe-tasks"))  # outside /tmp and $HOME
 CODE_DIRS = ("tlpipe", "components", "pipelines", "operators", "tests")
@@ -55,6 +54,14 @@ mount --bind "$work/code" "$work/code" && mount -o remount,bind,ro "$work/code"
 cd "$work/code"
 exec setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all "$@"
 '''.replace("{uid}", str(POD_UID))
+
+
+def step_argv(params_file: Path | str, flags: dict[str, str], scratch: dict[str, str], command: str) -> list[str]:
+    """`[command] --params FILE --flag value ...` of one step."""
+    argv = ([command] if command else []) + ["--params", str(params_file)]
+    for flag, value in {**flags, **scratch}.items():
+        argv += [f"--{flag}", value]
+    return argv
 
 
 def can_isolate() -> bool:

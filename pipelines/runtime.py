@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-PARAMS_FILE = "params.yaml"
+from pipelines.isolation import PARAMS_FILE, run_isolated, step_argv
+
 ISOLATE_ENV = "TLPIPE_ISOLATE"  # run-local sets it to the pipeline root: tasks run as on a cluster
 
 
@@ -121,8 +122,6 @@ def run_step(step: str, params: str, inputs: dict[str, str], outputs: dict[str, 
     module = module or f"components.{step}"
     root = os.environ.get(ISOLATE_ENV)
     if root:
-        from pipelines.isolation import run_isolated
-
         run_isolated(Path(root), module, params, inputs, outputs, values or {}, scratch, command)
         return
     params_dir = Path(tempfile.mkdtemp(prefix=f"{step}-params-"))
@@ -130,14 +129,6 @@ def run_step(step: str, params: str, inputs: dict[str, str], outputs: dict[str, 
                      {flag: tempfile.mkdtemp(prefix=f"{step}-{flag}-") for flag in scratch}, command)
     print(f"{step}: python -m {module} {' '.join(argv)}", flush=True)
     run_main(importlib.import_module(module).main, argv)
-
-
-def step_argv(params_file: Path | str, flags: dict[str, str], scratch: dict[str, str], command: str) -> list[str]:
-    """`[command] --params FILE --flag value ...` of one step."""
-    argv = ([command] if command else []) + ["--params", str(params_file)]
-    for flag, value in {**flags, **scratch}.items():
-        argv += [f"--{flag}", value]
-    return argv
 
 
 def numeric_metrics(data: dict, prefix: str = "") -> dict[str, float]:
