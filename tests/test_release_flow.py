@@ -14,11 +14,12 @@ from pipelines.platform import DEFAULT_IMAGE
 from tests.conftest import REPO
 from tlpipe.config import load_params
 
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("MAKEFLAGS")}
+# As a user's shell runs make: not as a sub-make of `make test` (which prints "Entering directory" lines).
+ENV = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
 
 
 def _make(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
 
 
 def test_make_compile_writes_the_image_asked_for_and_submit_sends_that_file(tmp_path):
