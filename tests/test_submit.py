@@ -1,12 +1,19 @@
 """pipelines.submit: credentials from flags or the environment reach kfp.Client and never reach the output."""
 
+import http.server
+import json
+import os
 import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from pipelines import submit as sub
+from tests.conftest import REPO
 from tlpipe.errors import PipelineError
 
 TOKEN = "canary-token-7f3a9c1e"
@@ -178,3 +185,52 @@ def test_auth_flags_parse():
     parser = argparse.ArgumentParser(parents=[sub.auth_arguments()])
     args = parser.parse_args(["--namespace", "team-a", "--token-file", "/run/token"])
     assert (args.namespace, args.token_file) == ("team-a", "/run/token")
+
+
+class EchoUnauthorized(http.server.BaseHTTPRequestHandler):
+    """A KFP API that refuses every request and echoes the credentials it was sent in the body."""
+
+    def _refuse(self):
+        body = json.dumps({"error": "Unauthorized", "code": 16,
+                           "echo": {"Authorization": self.headers.get("Authorization", ""),
+                                    "Cookie": self.headers.get("Cookie", "")}}).encode()
+        body += f"\nrequest headers: Authorization: {self.headers.get('Authorization')}; " \
+                f"Cookie: {self.headers.get('Cookie')}".encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _refuse
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def echo_401():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EchoUnauthorized)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("namespace", [[], ["--namespace", "team-a"]], ids=["healthz-retries", "namespace"])
+def test_a_401_that_echoes_the_credentials_is_one_line_with_the_token_hint(echo_401, tmp_path, namespace):
+    package = tmp_path / "p.yaml"
+    package.write_text("pipelineInfo: {name: tlpipe-training}\n")
+    env = {**os.environ, sub.TOKEN_ENV: TOKEN, sub.COOKIE_ENV: COOKIE, "PYTHONPATH": str(REPO),
+           sub.SA_TOKEN_PATH_ENV: str(tmp_path / "none"), "HOME": str(tmp_path)}
+    env.pop(sub.NAMESPACE_ENV, None)
+    proc = subprocess.run([sys.executable, "-m", "pipelines.training_pipeline", "--params", str(REPO / "params.yaml"),
+                           "submit", "--host", echo_401, "--experiment", "e", "--package", str(package), *namespace],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert output.count(TOKEN) + output.count(COOKIE_VALUE) == 0, output
+    assert len(output.strip().splitlines()) <= 3, output
+    assert "HTTP 401" in proc.stderr and "--audience=pipelines.kubeflow.org" in proc.stderr, output
+    assert "kubectl create token default-editor -n " + ("team-a" if namespace else "<namespace>") in proc.stderr

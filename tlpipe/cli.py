@@ -38,13 +38,51 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = 
     # Optuna's TPE with a log-uniform range warns about its quantile estimate; it is expected, not an error.
     warnings.filterwarnings("ignore", message=r".*quantile.*", category=UserWarning)
     try:
-        main(argv)
+        with redacted_console():
+            main(argv)
     except PipelineError as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+class _Redacting:
+    """A text stream that passes every write through `redact_text` (print and logging write whole messages)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact_text(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def redacted_console() -> Iterator[None]:
+    """Every line a step prints or logs to stdout/stderr goes through the one redaction routine.
+
+    Also re-points logging handlers made before the block (e.g. at a library's import) at the wrapped stream.
+    """
+    saved = sys.stdout, sys.stderr
+    wrapped = {id(s): _Redacting(s) for s in saved}
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    handlers = {id(h): h for lg in loggers for h in lg.handlers
+                if isinstance(h, logging.StreamHandler) and id(h.stream) in wrapped}.values()
+    sys.stdout, sys.stderr = (wrapped[id(s)] for s in saved)
+    for handler in handlers:
+        handler.setStream(wrapped[id(handler.stream)])
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.setStream(handler.stream._stream)
+        sys.stdout, sys.stderr = saved
 
 
 def params_from(args: argparse.Namespace) -> Params:

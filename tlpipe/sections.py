@@ -203,7 +203,9 @@ class TuneConfig(_Section):
     @field_validator("storage")
     @classmethod
     def _storage(cls, value: str) -> str:
-        if "@" in value.split("//", 1)[-1].split("/", 1)[0]:
+        from tlpipe.redact import holds_credentials
+
+        if holds_credentials(value):
             raise ValueError("storage holds credentials; put them in PGUSER/PGPASSWORD (environment), not params")
         if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://", "journal:")):
             raise ValueError(f"storage {value!r}: use sqlite:///FILE, postgresql://HOST/DB or journal:FILE")
