@@ -49,3 +49,41 @@ def test_a_study_where_every_trial_fails_stops_and_is_one_line(tmp_path, capsys)
     assert str(err.value) == ("study s: no trial completed ({'FAIL': 3}); e.g. IndexError: list index out of "
                               "range; see the MLflow runs")
     assert "Traceback" not in "".join(capsys.readouterr())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (the tests run as root), unmounted at the end."""
+    import subprocess
+
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], check=True)
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_the_previous_output_is_kept(tmp_path, small_disk):
+    from tests.conftest import png, run_cli, write_params
+
+    params = write_params(tmp_path / "params.yaml", tmp_path / "raw")
+    for cls in ("a", "b"):
+        for i in range(8):
+            png(tmp_path / "raw" / cls / f"{i}.png", seed=i + 100 * ord(cls), size=12, mode="RGB")
+    subset = small_disk / "subset"
+    first = run_cli("make_subset", "--params", str(params), "--raw", str(tmp_path / "raw"), "--subset", str(subset),
+                    cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = {p.relative_to(subset): p.read_bytes() for p in subset.rglob("*") if p.is_file()}
+    for cls in ("a", "b"):  # the same names, now too big for the disk: 16 x 200x200 noise ~ 1.9 MB
+        for i in range(8):
+            png(tmp_path / "raw" / cls / f"{i}.png", seed=i + 100 * ord(cls), size=200, mode="RGB")
+    full = run_cli("make_subset", "--params", str(params), "--raw", str(tmp_path / "raw"), "--subset", str(subset),
+                   cwd=tmp_path)
+    assert full.returncode == 2, full.stderr
+    lines = full.stderr.strip().splitlines()
+    assert "Traceback" not in full.stderr and lines[-1].startswith("error: no space left on the device of "), lines
+    assert str(small_disk) in lines[-1] and " MiB free" in lines[-1], lines[-1]
+    after = {p.relative_to(subset): p.read_bytes() for p in subset.rglob("*") if p.is_file()}
+    assert after == before  # the previous subset, untouched
+    assert not list(small_disk.glob(".*partial-*"))  # no staging left behind

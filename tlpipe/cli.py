@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -16,6 +17,8 @@ from pathlib import Path
 from tlpipe.config import Params, load_params
 from tlpipe.errors import PipelineError
 from tlpipe.redact import redact_text
+
+_failed_outputs: list[Path] = []  # outputs whose staging failed, innermost first (named by a disk-full error)
 
 
 def parser(step: str, doc: str | None, package: str = "components") -> argparse.ArgumentParser:
@@ -46,6 +49,53 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = 
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except Exception as exc:
+        line = resource_error(exc)
+        if line is None:
+            raise  # a bug: the traceback is what a developer needs
+        print(f"error: {redact_text(line)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def resource_error(exc: BaseException) -> str | None:
+    """One line for a full disk, exhausted memory or a damaged file read by TensorFlow; None for anything else.
+
+    TensorFlow raises its own types (ResourceExhaustedError from a shard writer on a full disk, DataLossError
+    from a truncated record) with multi-line messages; they are matched without importing TensorFlow.
+    """
+    tf = sys.modules.get("tensorflow")
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for err in chain:
+        text = str(err)
+        if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in text:
+            folder = _folder_of(err)
+            return (f"no space left on the device of {folder} ({_free(folder)} free); free some space or "
+                    "point the output elsewhere, then rerun (the previous outputs are kept)")
+        if tf is not None and isinstance(err, tf.errors.DataLossError):
+            return f"damaged file ({text.splitlines()[0][:300]}); rerun the step that wrote it"
+        if tf is not None and isinstance(err, tf.errors.ResourceExhaustedError):
+            return (f"out of memory ({text.splitlines()[0][:200]}); lower the step's batch_size or "
+                    "model.image_size, or use a bigger machine")
+        if isinstance(err, MemoryError):
+            return "out of memory; lower the step's batch_size or model.image_size, or use a bigger machine"
+    return None
+
+
+def _folder_of(err: BaseException) -> Path:
+    """The folder a failed write went to: the error's file, else the output the step was staging."""
+    name = getattr(err, "filename", None)
+    if name:
+        return Path(name).parent
+    return _failed_outputs[0].parent if _failed_outputs else Path.cwd()
+
+
+def _free(folder: Path) -> str:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB"
 
 
 class _Redacting:
@@ -129,6 +179,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield staged
     except BaseException:
+        _failed_outputs.append(final)
         shutil.rmtree(staged, ignore_errors=True)
         raise
     _replace(staged, final)
@@ -143,6 +194,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     try:
         yield staged
     except BaseException:
+        _failed_outputs.append(final)
         staged.unlink(missing_ok=True)
         raise
     _replace(staged, final)
