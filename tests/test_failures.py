@@ -87,3 +87,51 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_previous_output_is_ke
     after = {p.relative_to(subset): p.read_bytes() for p in subset.rglob("*") if p.is_file()}
     assert after == before  # the previous subset, untouched
     assert not list(small_disk.glob(".*partial-*"))  # no staging left behind
+
+
+@pytest.fixture
+def silent_port():
+    """A loopback port that accepts connections (the kernel's backlog) and never answers a byte."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        yield server.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["http-closed", "http-silent", "postgresql-closed"])
+def test_a_tracking_store_that_does_not_answer_fails_in_one_line_quickly(tmp_path, kind, request):
+    import time
+
+    from tests.conftest import free_port, run_cli, write_params
+
+    port = request.getfixturevalue("silent_port") if kind == "http-silent" else free_port()
+    scheme = "postgresql" if kind.startswith("postgresql") else "http"
+    uri = f"{scheme}://alice:Zq9canary@127.0.0.1:{port}/" + ("mlflow" if scheme == "postgresql" else "")
+    params = write_params(tmp_path / "params.yaml", "builtin:digits")
+    started = time.monotonic()
+    proc = run_cli("make_digits", "--params", str(params), "--digits", "out", cwd=tmp_path,
+                   env={"MLFLOW_TRACKING_URI": uri})
+    elapsed = time.monotonic() - started
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"error: MLflow tracking at {scheme}") and "did not answer" in lines[0], lines
+    assert "Zq9canary" not in proc.stdout + proc.stderr
+    # the check's own budget is 12 s (tlpipe.tracking.runs.CHECK_SECONDS); MLflow's retries took 4.5 min
+    assert elapsed < 120, elapsed
+
+
+def test_a_server_that_answers_passes_the_check_whatever_its_status():
+    import http.server
+    import threading
+
+    from tlpipe.tracking.runs import check_http_store
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # 501 to all
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check_http_store(f"http://bob:pw@127.0.0.1:{server.server_address[1]}/prefix/")
+    finally:
+        server.shutdown()
+        server.server_close()
