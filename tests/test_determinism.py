@@ -74,8 +74,8 @@ def test_a_saved_model_file_depends_only_on_weights_and_architecture(tmp_path):
 
 
 def test_a_truncated_shard_is_one_line_naming_the_file(tmp_path):
-    from tlpipe.cli import resource_error
     from tlpipe.data.records import Images, ShardWriter
+    from tlpipe.errors import resource_error
 
     writer = ShardWriter(tmp_path, "train")
     for i in range(4):

@@ -135,3 +135,84 @@ def test_a_server_that_answers_passes_the_check_whatever_its_status():
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_step_alone_stops_it_and_its_children_in_one_line(tmp_path, sig):
+    """The signal reaches only the step (as from `kill PID`); its child process must end with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from tests.conftest import REPO
+
+    script = tmp_path / "step.py"
+    script.write_text("import subprocess, sys\nfrom tlpipe.cli import run_main\n"
+                      "def main(argv):\n"
+                      "    child = subprocess.Popen(['sleep', '600'])\n"
+                      "    print('child', child.pid, flush=True)\n"
+                      "    child.wait()\n"
+                      "run_main(main)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    child = int(proc.stdout.readline().split()[1])
+    os.kill(proc.pid, getattr(signal, sig))
+    started = time.monotonic()
+    out, err = proc.communicate()
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert err.strip().splitlines() == [f"error: interrupted ({sig}); outputs of this step were not replaced, "
+                                        "rerun to finish"], err
+    deadline = time.monotonic() + 60
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    assert elapsed < 60, elapsed  # a generous cap; the step itself allows GRACE_SECONDS (3 s)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_stops_a_training_tune_step_within_seconds(tiny_project, tmp_path, sig):
+    """SIGINT/SIGTERM to the process group of `tune` mid-trial (as Ctrl-C under dvc repro): one line, prompt."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from pipelines.graph import argv, build
+    from tests.conftest import REPO
+    from tlpipe.config import load_params
+
+    root = tmp_path / "p"
+    shutil.copytree(tiny_project, root)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["tune"].update(n_trials=50, epochs=50, patience=50, sweep=False, storage=f"sqlite:///{root / 'o.db'}")
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    steps = build(load_params(root / "params.yaml"))
+    step = next(s for s in steps if s.name == "tune")
+    args = argv(step, steps)
+    proc = subprocess.Popen([sys.executable, "-m", "components.tune", args[0], "--params", "params.yaml", *args[1:]],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    for line in proc.stdout:  # the first trial ended: the second one is training now
+        if line.startswith("tune: trial 0 "):
+            break
+    os.killpg(proc.pid, getattr(signal, sig))
+    started = time.monotonic()
+    _, err = proc.communicate()
+    elapsed = time.monotonic() - started
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert lines == [f"error: interrupted ({sig}); outputs of this step were not replaced, rerun to finish"], err
+    assert proc.returncode == 128 + getattr(signal, sig)
+    assert elapsed < 60, elapsed  # generous; measured: see the report
+    assert not list((root / "reports").glob("**/.*partial-*"))

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tlpipe.config import Params, load_params
-from tlpipe.errors import PipelineError
-from tlpipe.redact import redact_text
+from tlpipe.errors import PipelineError, failed_outputs, resource_error
+from tlpipe.redact import redact_text, redacted_console
 
-_failed_outputs: list[Path] = []  # outputs whose staging failed, innermost first (named by a disk-full error)
+GRACE_SECONDS = 3.0  # after SIGINT/SIGTERM, the time a step gets to stop by itself before it is ended
 
 
 def parser(step: str, doc: str | None, package: str = "components") -> argparse.ArgumentParser:
@@ -41,14 +43,14 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = 
     # Optuna's TPE with a log-uniform range warns about its quantile estimate; it is expected, not an error.
     warnings.filterwarnings("ignore", message=r".*quantile.*", category=UserWarning)
     try:
-        with redacted_console():
+        with redacted_console(), stopped_by_signals() as stop:
             main(argv)
     except PipelineError as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        stop.announce()
+        raise SystemExit(stop.code) from None
     except Exception as exc:
         line = resource_error(exc)
         if line is None:
@@ -57,85 +59,74 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = 
         raise SystemExit(2) from None
 
 
-def resource_error(exc: BaseException) -> str | None:
-    """One line for a full disk, exhausted memory or a damaged file read by TensorFlow; None for anything else.
+class _Stop:
+    """What a signal asked for: the exit code, and the one line, printed once (by the step or the watchdog)."""
 
-    TensorFlow raises its own types (ResourceExhaustedError from a shard writer on a full disk, DataLossError
-    from a truncated record) with multi-line messages; they are matched without importing TensorFlow.
-    """
-    tf = sys.modules.get("tensorflow")
-    chain, seen = [], exc
-    while seen is not None and len(chain) < 10:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    for err in chain:
-        text = str(err)
-        if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in text:
-            folder = _folder_of(err)
-            return (f"no space left on the device of {folder} ({_free(folder)} free); free some space or "
-                    "point the output elsewhere, then rerun (the previous outputs are kept)")
-        if tf is not None and isinstance(err, tf.errors.DataLossError):
-            records = sys.modules.get("tlpipe.data.records")
-            shard = records.damaged_shard() if records else None
-            what = text.split("}}")[-1].split("[Op:")[0].strip(" '")  # e.g. "truncated record at 825"
-            return f"{shard or 'a shard'}: damaged ({what}); rerun make_subset to write it again"
-        if tf is not None and isinstance(err, tf.errors.ResourceExhaustedError):
-            return (f"out of memory ({text.splitlines()[0][:200]}); lower the step's batch_size or "
-                    "model.image_size, or use a bigger machine")
-        if isinstance(err, MemoryError):
-            return "out of memory; lower the step's batch_size or model.image_size, or use a bigger machine"
-    return None
+    def __init__(self) -> None:
+        self.code, self._printed = 130, threading.Lock()
 
-
-def _folder_of(err: BaseException) -> Path:
-    """The folder a failed write went to: the error's file, else the output the step was staging."""
-    name = getattr(err, "filename", None)
-    if name:
-        return Path(name).parent
-    return _failed_outputs[0].parent if _failed_outputs else Path.cwd()
-
-
-def _free(folder: Path) -> str:
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB"
-
-
-class _Redacting:
-    """A text stream that passes every write through `redact_text` (print and logging write whole messages)."""
-
-    def __init__(self, stream) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        self._stream.write(redact_text(text))
-        return len(text)
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
+    def announce(self) -> None:
+        if self._printed.acquire(blocking=False):
+            name = signal.Signals(self.code - 128).name
+            print(f"error: interrupted ({name}); outputs of this step were not replaced, rerun to finish",
+                  file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
-def redacted_console() -> Iterator[None]:
-    """Every line a step prints or logs to stdout/stderr goes through the one redaction routine.
+def stopped_by_signals(grace: float = GRACE_SECONDS) -> Iterator[_Stop]:
+    """SIGINT and SIGTERM stop the step and its child processes within `grace` seconds, in one line.
 
-    Also re-points logging handlers made before the block (e.g. at a library's import) at the wrapped stream.
+    The signal becomes KeyboardInterrupt in the main thread (staging removed, the MLflow run closed). TensorFlow
+    can hold the main thread in native code for long; the C-level handler writes the signal to a wake-up pipe at
+    once, so a watchdog thread passes the signal on to the children and ends the process after `grace` seconds
+    if it has not ended by itself. Python's own handler would not run until the native call returns.
     """
-    saved = sys.stdout, sys.stderr
-    wrapped = {id(s): _Redacting(s) for s in saved}
-    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
-                                       if isinstance(lg, logging.Logger)]
-    handlers = {id(h): h for lg in loggers for h in lg.handlers
-                if isinstance(h, logging.StreamHandler) and id(h.stream) in wrapped}.values()
-    sys.stdout, sys.stderr = (wrapped[id(s)] for s in saved)
-    for handler in handlers:
-        handler.setStream(wrapped[id(handler.stream)])
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def interrupt(signum, frame):
+        stop.code = 128 + signum
+        raise KeyboardInterrupt
+
+    def watchdog() -> None:
+        while (got := os.read(read, 1)) and got[0] not in (signal.SIGINT, signal.SIGTERM):
+            pass
+        if not got:
+            os.close(read)
+            return  # the step ended: the pipe was closed
+        stop.code = 128 + got[0]
+        _signal_children(got[0])
+        time.sleep(grace)
+        stop.announce()
+        os._exit(stop.code)
+
+    previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    for sig in saved:
+        signal.signal(sig, interrupt)
+    threading.Thread(target=watchdog, name="tlpipe-signal-watchdog", daemon=True).start()
     try:
-        yield
+        yield stop
+    except KeyboardInterrupt:
+        _signal_children(stop.code - 128)  # again: the watchdog may not have run yet
+        raise
     finally:
-        for handler in handlers:
-            handler.setStream(handler.stream._stream)
-        sys.stdout, sys.stderr = saved
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        os.close(write)  # the watchdog reads EOF and ends
+
+
+def _signal_children(signum: int) -> None:
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(signum)
 
 
 def params_from(args: argparse.Namespace) -> Params:
@@ -182,7 +173,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield staged
     except BaseException:
-        _failed_outputs.append(final)
+        failed_outputs.append(final)
         shutil.rmtree(staged, ignore_errors=True)
         raise
     _replace(staged, final)
@@ -197,7 +188,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     try:
         yield staged
     except BaseException:
-        _failed_outputs.append(final)
+        failed_outputs.append(final)
         staged.unlink(missing_ok=True)
         raise
     _replace(staged, final)

@@ -17,7 +17,11 @@ A password holding whitespace cannot be told apart from the text around it and i
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+import sys
+from collections.abc import Iterator
 from urllib.parse import quote
 
 MASK = "***"
@@ -82,3 +86,40 @@ def _mask_value(match: re.Match) -> str:
 def holds_credentials(uri: str) -> bool:
     """Whether `uri` carries a credential (user info or a secret query value) that belongs in the environment."""
     return redact_text(uri) != str(uri)
+
+
+class _Redacting:
+    """A text stream that passes every write through `redact_text` (print and logging write whole messages)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact_text(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def redacted_console() -> Iterator[None]:
+    """Every line a step prints or logs to stdout/stderr goes through the one redaction routine.
+
+    Also re-points logging handlers made before the block (e.g. at a library's import) at the wrapped stream.
+    """
+    saved = sys.stdout, sys.stderr
+    wrapped = {id(s): _Redacting(s) for s in saved}
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    handlers = {id(h): h for lg in loggers for h in lg.handlers
+                if isinstance(h, logging.StreamHandler) and id(h.stream) in wrapped}.values()
+    sys.stdout, sys.stderr = (wrapped[id(s)] for s in saved)
+    for handler in handlers:
+        handler.setStream(wrapped[id(handler.stream)])
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.setStream(handler.stream._stream)
+        sys.stdout, sys.stderr = saved
