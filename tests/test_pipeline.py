@@ -224,11 +224,11 @@ def test_a_task_reading_an_undeclared_path_fails_when_isolated(tmp_path):
     target = str(root)  # everything the upstream task wrote lives under the pipeline root
     base = {**os.environ, "PYTHONPATH": str(REPO)}
     loose = subprocess.run([sys.executable, str(script), str(root), target], cwd=tmp_path, env=base,
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=900)
     assert loose.returncode == 0, loose.stderr[-3000:]  # kfp.local's shared disk hides the bug ...
     shutil.rmtree(root)
     strict = subprocess.run([sys.executable, str(script), str(root), target], cwd=tmp_path,
-                            env={**base, "TLPIPE_ISOLATE": str(root)}, capture_output=True, text=True, timeout=600)
+                            env={**base, "TLPIPE_ISOLATE": str(root)}, capture_output=True, text=True, timeout=900)
     assert strict.returncode != 0  # ... the cluster-like run does not
     assert "undeclared path" in strict.stdout + strict.stderr
     assert list(root.rglob("secret.txt"))  # the upstream output is still there: only the task could not see it
@@ -312,6 +312,6 @@ def test_summarize_runs_after_a_failed_tuning_worker_in_kfp_local(tmp_path, comp
     script.write_text(FAN_IN)
     marker = tmp_path / "summarized.txt"
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "root"), str(marker)], cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=900)
     assert "worker 0 preempted" in proc.stdout + proc.stderr
     assert marker.read_text() == "summarized", proc.stderr[-3000:]

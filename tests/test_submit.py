@@ -68,13 +68,13 @@ def _assert_no_secrets(text: str) -> None:
 
 def test_token_cookie_and_namespace_are_passed_through(fake_kfp, capsys):
     run = sub.submit("http://kfp.example:8080", "tlpipe-dev", fake_kfp, {"fine_tune_epochs": 3},
-                     namespace="team-a", wait=True, timeout=60, token=TOKEN, cookies=COOKIE)
+                     namespace="team-a", wait=True, timeout=900, token=TOKEN, cookies=COOKIE)
     assert run.run_id == "run-1"
     (_, host, namespace, kwargs), create, wait = FakeClient.calls
     assert (host, namespace) == ("http://kfp.example:8080", "team-a")
     assert kwargs == {"existing_token": TOKEN, "cookies": COOKIE}
     assert create == ("create", "training_pipeline.yaml", {"fine_tune_epochs": 3}, "tlpipe-dev", "team-a")
-    assert wait == ("wait", "run-1", 60)
+    assert wait == ("wait", "run-1", 900)
     out = capsys.readouterr()
     assert "submitted run run-1" in out.out and "finished: SUCCEEDED" in out.out
     _assert_no_secrets(out.out + out.err)
