@@ -216,3 +216,49 @@ def test_ctrl_c_or_sigterm_stops_a_training_tune_step_within_seconds(tiny_projec
     assert proc.returncode == 128 + getattr(signal, sig)
     assert elapsed < 900, elapsed  # only against a hang; measured 3-4 s
     assert not list((root / "reports").glob("**/.*partial-*"))
+
+
+@pytest.mark.slow
+def test_make_subset_killed_mid_write_then_rerun_gives_the_uninterrupted_result(tmp_path):
+    """SIGKILL while the subset is being staged; the rerun leaves no staging, no RUNNING run, the same bytes."""
+    import hashlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+
+    from tests.conftest import REPO, png, write_params
+
+    raw = tmp_path / "raw"
+    for cls in ("a", "b"):
+        for i in range(150):
+            png(raw / cls / f"{i}.png", seed=i + 1000 * ord(cls), size=24, mode="RGB")
+    outputs = {}
+    for name in ("straight", "killed"):
+        root = tmp_path / name
+        root.mkdir()
+        params = write_params(root / "params.yaml", raw, make_subset={"train_per_class": 100, "val_per_class": 20,
+                                                                      "test_per_class": 20, "seed": 3})
+        cmd = [sys.executable, "-m", "components.make_subset", "--params", str(params), "--raw", str(raw),
+               "--subset", "data/subset"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        if name == "killed":
+            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while not list((root / "data").glob(".subset.partial-*/shards/*")):
+                assert proc.poll() is None, "make_subset ended before it could be killed"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert list((root / "data").glob(".subset.partial-*")), "the kill left no staging to clean up"
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert not list(root.rglob(".*partial-*"))
+        client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert runs and not [r for r in runs if r.info.status == "RUNNING"], [r.info.status for r in runs]
+        outputs[name] = {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+                         for p in sorted((root / "data/subset").rglob("*")) if p.is_file()}
+    assert outputs["killed"] == outputs["straight"]
