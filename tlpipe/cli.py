@@ -32,7 +32,10 @@ def parser(step: str, doc: str | None, package: str = "components") -> argparse.
 
 
 def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
-    """Run a step's main(); a PipelineError becomes one line on stderr and exit code 2."""
+    """Run a step's main(); a PipelineError, a full disk or a signal becomes one line on stderr.
+
+    Exit codes: 2 for an error the user can fix, 128 + the signal number for SIGINT/SIGTERM.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # store set-up chatter is not the user's business
@@ -42,8 +45,9 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = 
     warnings.filterwarnings("ignore", message=r".*is experimental \(supported from")
     # Optuna's TPE with a log-uniform range warns about its quantile estimate; it is expected, not an error.
     warnings.filterwarnings("ignore", message=r".*quantile.*", category=UserWarning)
+    stop = _Stop()
     try:
-        with redacted_console(), stopped_by_signals() as stop:
+        with redacted_console(), stopped_by_signals(stop):
             main(argv)
     except PipelineError as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
@@ -73,7 +77,7 @@ class _Stop:
 
 
 @contextlib.contextmanager
-def stopped_by_signals(grace: float = GRACE_SECONDS) -> Iterator[_Stop]:
+def stopped_by_signals(stop: _Stop, grace: float = GRACE_SECONDS) -> Iterator[_Stop]:
     """SIGINT and SIGTERM stop the step and its child processes within `grace` seconds, in one line.
 
     The signal becomes KeyboardInterrupt in the main thread (staging removed, the MLflow run closed). TensorFlow
@@ -81,7 +85,6 @@ def stopped_by_signals(grace: float = GRACE_SECONDS) -> Iterator[_Stop]:
     once, so a watchdog thread passes the signal on to the children and ends the process after `grace` seconds
     if it has not ended by itself. Python's own handler would not run until the native call returns.
     """
-    stop = _Stop()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
