@@ -262,3 +262,11 @@ def test_make_subset_killed_mid_write_then_rerun_gives_the_uninterrupted_result(
         outputs[name] = {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
                          for p in sorted((root / "data/subset").rglob("*")) if p.is_file()}
     assert outputs["killed"] == outputs["straight"]
+
+
+def test_the_registry_wording_of_the_store_check(silent_port):
+    from tlpipe.tracking.runs import CHECK_SECONDS, check_http_store
+
+    assert CHECK_SECONDS <= 15
+    with pytest.raises(PipelineError, match=r"^MLflow registry at http://\*\*\*@127.0.0.1:\d+/ did not answer after"):
+        check_http_store(f"http://alice:Zq9canary@127.0.0.1:{silent_port}/", 0, "MLflow registry")

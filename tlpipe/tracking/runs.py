@@ -45,7 +45,7 @@ def sql_uri(uri: str) -> str:
 CHECK_SECONDS = 12  # a tracking store that does not answer fails the step within this, not MLflow's minutes
 
 
-def check_sql_store(uri: str, retries: int = 2) -> None:
+def check_sql_store(uri: str, retries: int = 2, what: str = "MLflow tracking") -> None:
     """Fail in one line, within CHECK_SECONDS, when a PostgreSQL tracking store does not answer.
 
     MLflow retries a SQL store that is down for minutes, logging each attempt; direct connection
@@ -63,10 +63,10 @@ def check_sql_store(uri: str, retries: int = 2) -> None:
         finally:
             engine.dispose()
 
-    _probe(uri, connect, retries, sqlalchemy.exc.SQLAlchemyError)
+    _probe(uri, connect, retries, sqlalchemy.exc.SQLAlchemyError, what)
 
 
-def check_http_store(uri: str, retries: int = 2) -> None:
+def check_http_store(uri: str, retries: int = 2, what: str = "MLflow tracking") -> None:
     """Fail in one line, within CHECK_SECONDS, when an HTTP tracking server does not answer.
 
     MLflow's HTTP client retries a server that is down for minutes (7 retries with backoff, 120 s each);
@@ -90,10 +90,10 @@ def check_http_store(uri: str, retries: int = 2) -> None:
         except urllib.error.HTTPError as exc:
             if exc.code in (502, 503, 504):
                 raise
-    _probe(uri, get, retries, OSError)
+    _probe(uri, get, retries, OSError, what)
 
 
-def _probe(uri: str, attempt_once, retries: int, errors) -> None:
+def _probe(uri: str, attempt_once, retries: int, errors, what: str) -> None:
     import time
 
     deadline = time.monotonic() + CHECK_SECONDS
@@ -106,7 +106,7 @@ def _probe(uri: str, attempt_once, retries: int, errors) -> None:
             pause = 1 + attempt
             if attempt == retries or deadline - time.monotonic() < pause + 1:
                 reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-                raise PipelineError(f"MLflow tracking at {redact(uri)} did not answer after {attempt} retries "
+                raise PipelineError(f"{what} at {redact(uri)} did not answer after {attempt} retries "
                                     f"({reason}); start the server or set MLFLOW_TRACKING_URI") from None
             time.sleep(pause)
 
