@@ -26,7 +26,14 @@ def _is_clock(node: ast.AST) -> bool:
 def short_waits(source: str) -> list[tuple[int, str]]:
     """(line, what) of every `timeout=` keyword or default, and every `clock() + N` deadline, under 900 s."""
     found = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    # helpers defined in the file, e.g. `wait_for(predicate, timeout, what)`, called with a positional limit
+    params = {f.name: [a.arg for a in f.args.args] for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in params:
+            names = params[node.func.id]
+            found += [(arg.lineno, f"{node.func.id}(... {arg.value} ...) as timeout") for i, arg in enumerate(node.args)
+                      if i < len(names) and names[i] == "timeout" and _short(arg)]
         if isinstance(node, ast.keyword) and node.arg == "timeout" and _short(node.value):
             found.append((node.value.lineno, f"timeout={node.value.value}"))
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -44,9 +51,11 @@ def short_waits(source: str) -> list[tuple[int, str]]:
 def test_the_scanner_finds_every_kind_of_short_wait():
     source = ("subprocess.run(cmd, timeout=240)\nproc.wait(timeout=30.5)\ndef run(cmd, timeout=600):\n    pass\n"
               "deadline = time.time() + 90\nend = time.monotonic() + 60\n"
-              "ok = subprocess.run(cmd, timeout=900)\nalso_ok = f(timeout=None)\nlater = time.time() + 3600\n")
+              "ok = subprocess.run(cmd, timeout=900)\nalso_ok = f(timeout=None)\nlater = time.time() + 3600\n"
+              "def wait_for(predicate, timeout, what):\n    pass\nwait_for(ready, 240, 'the server')\n")
     assert [what for _, what in short_waits(source)] == [
-        "timeout=240", "timeout=30.5", "timeout=600 (default)", "deadline clock() + 90", "deadline clock() + 60"]
+        "timeout=240", "timeout=30.5", "timeout=600 (default)", "deadline clock() + 90", "deadline clock() + 60",
+        "wait_for(... 240 ...) as timeout"]
 
 
 def test_no_wait_limit_under_fifteen_minutes_in_tests():

@@ -256,7 +256,7 @@ def test_tune_step_killed_then_rerun_continues_the_study(tiny_project, tmp_path,
             return False
         return states.count("COMPLETE") >= 1 and "RUNNING" in states
 
-    wait_for(one_done_one_running, 240, "a finished trial and a running one")
+    wait_for(one_done_one_running, 900, "a finished trial and a running one")
     first.send_signal(signal.SIGKILL)
     first.wait()
     before = {t.number: t.value for t in study().get_trials() if t.state.name == "COMPLETE"}
@@ -306,7 +306,7 @@ def test_workers_share_a_postgres_study_and_survive_a_killed_worker(tiny_project
         return any(t.state.name == "RUNNING" and t.user_attrs.get("worker") == 1 for t in trials)
 
     try:
-        wait_for(victim_running, 240, "worker 1 to be mid-trial", interval=0.2)
+        wait_for(victim_running, 900, "worker 1 to be mid-trial", interval=0.2)
     except AssertionError:
         for w in workers:
             w.kill()
