@@ -214,7 +214,8 @@ def test_ctrl_c_or_sigterm_stops_a_training_tune_step_within_seconds(tiny_projec
     lines = [line for line in err.strip().splitlines() if line.startswith("error:") or "Traceback" in line]
     assert lines == [f"error: interrupted ({sig}); outputs of this step were not replaced, rerun to finish"], err
     assert proc.returncode == 128 + getattr(signal, sig)
-    assert elapsed < 900, elapsed  # only against a hang; measured 3-4 s
+    print(f"tune stopped {elapsed:.1f} s after {sig}")
+    assert elapsed < 900, elapsed  # only against a hang
     assert not list((root / "reports").glob("**/.*partial-*"))
 
 
