@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import REPO, TINY, write_params
 
-STEPS = ["make_digits", "make_subset", "pretrain_backbone"]
+STEPS = ["make_digits", "make_subset", "validate_data", "augment", "pretrain_backbone", "extract_features",
+         "train_head"]
 
 
 def fresh_run(root: Path) -> Path:
@@ -38,15 +39,16 @@ def fingerprint(root: Path) -> str:
     from tlpipe.tuning.study import study_fingerprint
 
     identity = backbone_identity(str(root / "models/backbone"), "none", TINY["model"]["image_size"])
-    return study_fingerprint(TuneConfig(**TINY["tune"]), {"epochs": 2}, root / "data/subset", None, None, identity)
+    return study_fingerprint(TuneConfig(**TINY["tune"]), {"epochs": 2}, root / "data/subset", root / "data/augmented",
+                             root / "models/head", identity)
 
 
 @pytest.mark.slow
 def test_data_and_backbone_built_twice_from_scratch_are_byte_identical(tmp_path):
     a, b = fresh_run(tmp_path / "a"), fresh_run(tmp_path / "b")
-    for output in ("data/subset", "models/backbone"):
+    for output in ("data/subset", "data/augmented", "models/backbone", "models/head"):
         files = md5s(a / output)
-        assert any(name.endswith((".tfrecord", ".keras")) for name in files), files
+        assert files and (output == "data/augmented" or any(n.endswith((".tfrecord", ".keras")) for n in files))
         assert files == md5s(b / output), output
     assert fingerprint(a) == fingerprint(b)
 
