@@ -20,6 +20,7 @@ from tlpipe.contracts import HEAD_FILE, MODEL_FILE, BestParams, HyperParams, Tra
 from tlpipe.data.datasets import decode_images, split_source
 from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
 from tlpipe.models.fitting import chance_level, job_id, train
+from tlpipe.models.training import save_model
 from tlpipe.reports.plots import training_report
 from tlpipe.tracking.lineage import content_hash
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                   "the model learned nothing (check the learning rate, the weights and the data)")
         model_uri = log_keras_model(model, info["sample"])
         with atomic_dir(args.model) as staged:
-            model.save(staged / MODEL_FILE)
+            save_model(model, staged / MODEL_FILE)
             TrainedModel(run_id=run.info.run_id, model_uri=model_uri, classes=info["classes"], freeze=info["freeze"],
                          hyperparameters=hp, resumed=info["resumed"], best_epoch=metrics["best_epoch"],
                          backbone=identity, chance_level=chance).write(staged)

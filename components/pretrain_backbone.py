@@ -17,7 +17,7 @@ from tlpipe.contracts import BACKBONE_FILE, METRICS_FILE, BackboneInfo, write_js
 from tlpipe.data.datasets import batches, decode_images
 from tlpipe.data.images import is_image_name
 from tlpipe.errors import DataError
-from tlpipe.models.training import compile_for, set_determinism
+from tlpipe.models.training import compile_for, save_model, set_determinism
 from tlpipe.reports.plots import plot_history
 
 PARAMS = ("pretrain_backbone", "model.image_size", "seed", "deterministic")
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             plot_history(metrics["history"], report / "history.png", "pretrain_backbone on source classes")
         mlflow.log_artifact(str(Path(args.report) / "history.png"))
         with atomic_dir(args.backbone) as staged:
-            backbone.save(staged / BACKBONE_FILE)
+            save_model(backbone, staged / BACKBONE_FILE)
             BackboneInfo(architecture=f"vgg_style{list(params.pretrain_backbone.filters)}",
                          source_classes=metrics["source_classes"], source_images=metrics["source_images"],
                          image_size=size, sha256=content_hash(staged / BACKBONE_FILE),

@@ -15,7 +15,7 @@ from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.config import TrainHeadConfig
 from tlpipe.contracts import HEAD_FILE, METRICS_FILE, FeaturesInfo, features_file, write_json
 from tlpipe.models.backbones import build_head
-from tlpipe.models.training import compile_for, set_determinism
+from tlpipe.models.training import compile_for, save_model, set_determinism
 from tlpipe.reports.plots import plot_history
 
 PARAMS = ("train_head", "model.head_units", "model.dropout", "seed", "deterministic")
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         mlflow.log_metrics({"best_val_accuracy": metrics["val_accuracy"], "best_val_loss": metrics["val_loss"]})
         mlflow.log_artifact(str(Path(args.report) / "history.png"))
         with atomic_dir(args.head) as staged:
-            head.save(staged / HEAD_FILE)
+            save_model(head, staged / HEAD_FILE)
     print(f"train_head: val accuracy {metrics['val_accuracy']:.3f} on frozen features -> {args.head}")
 
 

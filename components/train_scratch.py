@@ -15,6 +15,7 @@ from tlpipe.contracts import MODEL_FILE, HyperParams, ValidationResult
 from tlpipe.data.datasets import split_source
 from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
 from tlpipe.models.fitting import job_id, train
+from tlpipe.models.training import save_model
 from tlpipe.reports.plots import training_report
 
 PARAMS = ("train_scratch", "fine_tune.epochs", "fine_tune.batch_size", "fine_tune.patience", "fine_tune.monitor",
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             metrics = training_report(info["history"], cfg.monitor, report, "train_scratch (from scratch)")
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
         with atomic_dir(args.baseline) as staged:
-            model.save(staged / MODEL_FILE)
+            save_model(model, staged / MODEL_FILE)
     shutil.rmtree(info["job_dir"], ignore_errors=True)
     print(f"train_scratch: best {cfg.monitor} {metrics.get('best_' + cfg.monitor, float('nan')):.3f} at epoch "
           f"{metrics['best_epoch']} -> {args.baseline}")

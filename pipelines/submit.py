@@ -15,9 +15,12 @@ redacted):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +29,9 @@ COOKIE_ENV = "KF_PIPELINES_COOKIE"
 NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"
 SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"  # the variable kfp itself reads
 SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
-AUTH_HINT = ("check the token (--token-file, $KF_PIPELINES_TOKEN) or session cookie ($KF_PIPELINES_COOKIE) "
-             "and --namespace")
+AUTH_HINT = ("for a token, run kubectl create token default-editor -n {namespace} --audience=pipelines.kubeflow.org "
+             "> token, then pass --token-file token (or $KF_PIPELINES_TOKEN), or a session cookie in "
+             "$KF_PIPELINES_COOKIE; and --namespace")
 
 
 def credentials_from_env(token_file: str | None) -> dict[str, Any]:
@@ -97,10 +101,9 @@ def submit(host: str, experiment: str, package: Path | str, arguments: dict[str,
         SystemExit: With `wait`, the run ended in a state other than SUCCEEDED.
     """
     import kfp
-    from kfp_server_api import ApiException
 
     from tlpipe.errors import PipelineError
-    from tlpipe.redact import redact, redact_text
+    from tlpipe.redact import redact
 
     auth = credentials_from_env(token_file)  # the environment's, unless given here
     token = token or existing_token
@@ -113,27 +116,27 @@ def submit(host: str, experiment: str, package: Path | str, arguments: dict[str,
     secrets = _secret_values(auth)
     namespace = namespace or os.environ.get(NAMESPACE_ENV) or None
 
-    def one_line(exc: Exception) -> str:
-        if isinstance(exc, ApiException):
-            hint = f"; {AUTH_HINT}" if exc.status in (401, 403) else ""
-            return redact_text(f"HTTP {exc.status} {exc.reason}", secrets) + hint
-        return redact_text((str(exc).splitlines() or [type(exc).__name__])[0][:300], secrets)
-
     where = redact(host)
+    logged: list[logging.LogRecord] = []
+
+    def one_line(exc: Exception) -> str:
+        return api_error_line(exc, logged, secrets, namespace)
+
     try:
-        with warnings.catch_warnings():  # kfp warns on every Client() that it needs a v2 backend
+        with warnings.catch_warnings(), kfp_logs_captured(logged):  # kfp warns on every Client() (v2 backend)
             warnings.simplefilter("ignore", FutureWarning)
             client = kfp.Client(host=host, namespace=namespace, **auth) if namespace else kfp.Client(host=host, **auth)
-        run = client.create_run_from_pipeline_package(
-            str(package), arguments=arguments, experiment_name=experiment, namespace=namespace,
-            run_name=run_name or f"tlpipe-training {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            run = client.create_run_from_pipeline_package(
+                str(package), arguments=arguments, experiment_name=experiment, namespace=namespace,
+                run_name=run_name or f"tlpipe-training {time.strftime('%Y-%m-%d %H:%M:%S')}")
     except Exception as exc:  # connection refused, auth, HTTP errors from the KFP API: one line for a person
         raise PipelineError(f"KFP API at {where}: {one_line(exc)}; check --host (e.g. a port-forward to "
                             "ml-pipeline-ui) and that you are logged in to the cluster") from None
     print(f"submitted run {run.run_id} to experiment {experiment!r} on {where}")
     if wait:
         try:
-            done = client.wait_for_run_completion(run.run_id, timeout=timeout)
+            with kfp_logs_captured(logged):
+                done = client.wait_for_run_completion(run.run_id, timeout=timeout)
         except Exception as exc:  # timeout or API errors while polling
             raise PipelineError(f"waiting for run {run.run_id} on {where}: {one_line(exc)}") from None
         state = getattr(done, "state", None) or getattr(getattr(done, "run", None), "status", "unknown")
@@ -141,6 +144,54 @@ def submit(host: str, experiment: str, package: Path | str, arguments: dict[str,
         if str(state).upper() not in ("SUCCEEDED", "SUCCESS"):
             raise SystemExit(1)
     return run
+
+
+@contextlib.contextmanager
+def kfp_logs_captured(records: list[logging.LogRecord]) -> Iterator[list[logging.LogRecord]]:
+    """Keep the kfp client's logging off the console for the block; its records are appended to `records`.
+
+    kfp logs through the root logger, e.g. a full traceback with the response body (which may echo the
+    request's Authorization and Cookie headers) on each of `get_kfp_healthz`'s five attempts; the caller
+    turns the records into one redacted line instead (`api_error_line`).
+    """
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [Keep(logging.WARNING)]
+    try:
+        yield records
+    finally:
+        root.handlers = saved
+
+
+def api_error_line(exc: BaseException, records: list[logging.LogRecord], secrets: tuple[str, ...] = (),
+                   namespace: str | None = None) -> str:
+    """One redacted line for a failed KFP API call: the HTTP status, a hint for 401/403, the response body.
+
+    Args:
+        exc: What the kfp client raised (an ApiException, or e.g. the TimeoutError `get_kfp_healthz` raises
+            after its retries, whose cause is only in the logged records).
+        records: The log records `kfp_logs_captured` kept; the last ApiException among them is the cause.
+        secrets: Values to mask besides what `redact_text` finds by itself (the token, the cookie).
+        namespace: The profile namespace, for the hint's `kubectl create token` command.
+    """
+    from kfp_server_api import ApiException
+
+    from tlpipe.redact import redact_text
+
+    causes = [exc] + [r.exc_info[1] for r in reversed(records) if r.exc_info and r.exc_info[1] is not None]
+    api = next((c for c in causes if isinstance(c, ApiException) and c.status), None)
+    if api is None:
+        return redact_text((str(exc).splitlines() or [type(exc).__name__])[0][:300], secrets)
+    line = f"HTTP {api.status} {api.reason}"
+    if api.status in (401, 403):
+        line += "; " + AUTH_HINT.format(namespace=namespace or "<namespace>")
+    body = " ".join(str(api.body or "").split())[:300]
+    return redact_text(f"{line}; response: {body}" if body else line, secrets)
 
 
 def _secret_values(auth: dict[str, Any]) -> tuple[str, ...]:

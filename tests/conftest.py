@@ -65,7 +65,7 @@ def run_cli(step: str, *args: str, cwd: Path | None = None, env: dict | None = N
     """Run `python -m components.<step>` as a user would."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", f"components.{step}", *args], cwd=cwd or REPO, env=full_env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
 
 
 def free_port() -> int:

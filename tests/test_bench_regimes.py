@@ -38,7 +38,7 @@ def test_regimes_benchmark_writes_report(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
     cmd = [sys.executable, "-m", "benchmarks.regimes", "--seeds", "5", "--out", str(out),
            "--work", str(tmp_path / "work"), *(part for pair in TINY for part in ("--set", pair))]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
     result = json.loads(out.read_text())
@@ -57,7 +57,7 @@ def test_regimes_benchmark_writes_report(tmp_path):
               "--work", str(tmp_path / "work2"), "--upstream", str(tmp_path / "work"),
               "--pin", "regime=transfer,freeze_ratio=0,learning_rate=1e-3,train_bn=true",
               "--set", "fine_tune.patience=1"]
-    proc = subprocess.run(pinned, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(pinned, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["variants"]) == {"default", "pinned"} and len(result["rows"]) == 6

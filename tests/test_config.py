@@ -72,3 +72,47 @@ def test_overrides_apply_dotted_keys():
 def test_tuning_budget_is_a_trial_count_not_a_clock():
     assert TuneConfig().timeout is None  # tune.n_trials is the budget; timeout is an optional cap
     assert load_params("params.yaml").tune.timeout is None
+
+
+UNRUNNABLE = [
+    ({"tune": {"regimes": []}}, "tune.regimes = []: List should have at least 1 item"),
+    ({"tune": {"regimes": ["transfer", "bogus"]}}, "tune.regimes.1 = 'bogus': Input should be 'transfer' or"),
+    ({"make_digits": {"target_classes": []}}, "make_digits.target_classes = []: List should have at least 2"),
+    ({"make_digits": {"source_classes": [3]}}, "make_digits.source_classes = [3]: List should have at least 2"),
+    ({"make_digits": {"source_classes": [1, 2], "target_classes": [2, 3]}}, "overlap on [2]; make them disjoint"),
+    ({"make_digits": {"target_classes": [5, 5, 6]}}, "target_classes [5, 5, 6] repeats a class"),
+    ({"pretrain_backbone": {"filters": []}}, "pretrain_backbone.filters = []: List should have at least 1 item"),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), UNRUNNABLE)
+def test_params_that_cannot_run_are_refused(raw, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_dvc_yaml_refuses_unrunnable_params_in_one_line_before_dvc_starts(tmp_path):
+    """`python -m pipelines.dvc_yaml` (the first thing `make run` does) exits 2 with one line, writing nothing."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for i, (bad, _) in enumerate(UNRUNNABLE):
+        merged = {**raw, **{k: {**raw.get(k, {}), **v} for k, v in bad.items()}}
+        (tmp_path / f"bad{i}.yaml").write_text(yaml.safe_dump(merged))
+    script = ("import sys\nfrom tlpipe.cli import run_main\nfrom pipelines.dvc_yaml import main\n"
+              "for i in range(int(sys.argv[1])):\n"
+              "    try:\n"
+              "        run_main(main, ['--params', f'bad{i}.yaml', '--out', f'dvc{i}.yaml'])\n"
+              "    except SystemExit as exit:\n"
+              "        print('exit', exit.code, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(len(UNRUNNABLE))], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2 * len(UNRUNNABLE), proc.stderr
+    for (_, expected), error, code in zip(UNRUNNABLE, lines[::2], lines[1::2], strict=True):
+        assert error.startswith("error: ") and expected in error and code == "exit 2", proc.stderr
+    assert not list(tmp_path.glob("dvc*.yaml"))

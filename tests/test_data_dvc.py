@@ -29,7 +29,7 @@ SMALL = {"train_per_class": 2, "val_per_class": 1, "test_per_class": 1, "seed": 
 
 
 def _run(cmd: list[str], root: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     if check:
         assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -172,7 +172,7 @@ def test_make_subset_reads_an_s3_zip_object(s3_server, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}  # the ETag cache under tmp_path
     proc = subprocess.run([sys.executable, "-m", "components.make_subset", "--params", str(params), "--raw",
                            "s3://photos-zip/sets/photos.zip", "--subset", str(tmp_path / "subset")], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "subset" / "summary.json").read_text())
     assert summary["source"] == "s3://photos-zip/sets/photos.zip" and summary["classes"] == list(CLASSES)

@@ -126,7 +126,7 @@ def test_a_params_typo_stops_before_dvc_touches_outputs(repo_copy):
     params.write_text("finetune:\n  epochs: 3\n" + original)
     try:
         proc = subprocess.run([sys.executable, "-m", "pipelines.dvc_yaml"], cwd=root, env=env, capture_output=True,
-                              text=True, timeout=300)
+                              text=True, timeout=900)
     finally:
         params.write_text(original)
     assert proc.returncode == 2 and "unknown key 'finetune'" in proc.stderr and "Traceback" not in proc.stderr

@@ -39,10 +39,10 @@ def start_mlflow(root: Path, port: int, artifacts: str, env: dict) -> subprocess
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **env}
     proc = subprocess.Popen(cmd, env=env, stdout=open(root / "server.log", "ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 90
+    deadline = time.time() + 900
     while time.time() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=900) as answer:
                 if answer.status == 200:
                     return proc
         except OSError:
@@ -53,14 +53,14 @@ def start_mlflow(root: Path, port: int, artifacts: str, env: dict) -> subprocess
 
 def stop(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    proc.wait(timeout=900)
 
 
 def run_operator(module: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m operators.<module>` as an operator would."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", f"operators.{module}", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")

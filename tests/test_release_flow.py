@@ -19,7 +19,8 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "
 
 
 def _make(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=900)
 
 
 def test_make_compile_writes_the_image_asked_for_and_submit_sends_that_file(tmp_path):

@@ -119,7 +119,7 @@ def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tiny_project, tm
         if name == "killed":
             proc = subprocess.Popen([sys.executable, "-m", "components.fine_tune", *args], cwd=root, env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.time() + 600
+            deadline = time.time() + 900
             while time.time() < deadline:
                 states = list((root / "checkpoints/fine_tune").glob("*/state.json"))
                 if states and json.loads(states[0].read_text())["epoch"] >= 2:

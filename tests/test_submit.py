@@ -1,12 +1,19 @@
 """pipelines.submit: credentials from flags or the environment reach kfp.Client and never reach the output."""
 
+import http.server
+import json
+import os
 import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from pipelines import submit as sub
+from tests.conftest import REPO
 from tlpipe.errors import PipelineError
 
 TOKEN = "canary-token-7f3a9c1e"
@@ -61,13 +68,13 @@ def _assert_no_secrets(text: str) -> None:
 
 def test_token_cookie_and_namespace_are_passed_through(fake_kfp, capsys):
     run = sub.submit("http://kfp.example:8080", "tlpipe-dev", fake_kfp, {"fine_tune_epochs": 3},
-                     namespace="team-a", wait=True, timeout=60, token=TOKEN, cookies=COOKIE)
+                     namespace="team-a", wait=True, timeout=900, token=TOKEN, cookies=COOKIE)
     assert run.run_id == "run-1"
     (_, host, namespace, kwargs), create, wait = FakeClient.calls
     assert (host, namespace) == ("http://kfp.example:8080", "team-a")
     assert kwargs == {"existing_token": TOKEN, "cookies": COOKIE}
     assert create == ("create", "training_pipeline.yaml", {"fine_tune_epochs": 3}, "tlpipe-dev", "team-a")
-    assert wait == ("wait", "run-1", 60)
+    assert wait == ("wait", "run-1", 900)
     out = capsys.readouterr()
     assert "submitted run run-1" in out.out and "finished: SUCCEEDED" in out.out
     _assert_no_secrets(out.out + out.err)
@@ -178,3 +185,52 @@ def test_auth_flags_parse():
     parser = argparse.ArgumentParser(parents=[sub.auth_arguments()])
     args = parser.parse_args(["--namespace", "team-a", "--token-file", "/run/token"])
     assert (args.namespace, args.token_file) == ("team-a", "/run/token")
+
+
+class EchoUnauthorized(http.server.BaseHTTPRequestHandler):
+    """A KFP API that refuses every request and echoes the credentials it was sent in the body."""
+
+    def _refuse(self):
+        body = json.dumps({"error": "Unauthorized", "code": 16,
+                           "echo": {"Authorization": self.headers.get("Authorization", ""),
+                                    "Cookie": self.headers.get("Cookie", "")}}).encode()
+        body += f"\nrequest headers: Authorization: {self.headers.get('Authorization')}; " \
+                f"Cookie: {self.headers.get('Cookie')}".encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _refuse
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def echo_401():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EchoUnauthorized)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("namespace", [[], ["--namespace", "team-a"]], ids=["healthz-retries", "namespace"])
+def test_a_401_that_echoes_the_credentials_is_one_line_with_the_token_hint(echo_401, tmp_path, namespace):
+    package = tmp_path / "p.yaml"
+    package.write_text("pipelineInfo: {name: tlpipe-training}\n")
+    env = {**os.environ, sub.TOKEN_ENV: TOKEN, sub.COOKIE_ENV: COOKIE, "PYTHONPATH": str(REPO),
+           sub.SA_TOKEN_PATH_ENV: str(tmp_path / "none"), "HOME": str(tmp_path)}
+    env.pop(sub.NAMESPACE_ENV, None)
+    proc = subprocess.run([sys.executable, "-m", "pipelines.training_pipeline", "--params", str(REPO / "params.yaml"),
+                           "submit", "--host", echo_401, "--experiment", "e", "--package", str(package), *namespace],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert output.count(TOKEN) + output.count(COOKIE_VALUE) == 0, output
+    assert len(output.strip().splitlines()) <= 3, output
+    assert "HTTP 401" in proc.stderr and "--audience=pipelines.kubeflow.org" in proc.stderr, output
+    assert "kubectl create token default-editor -n " + ("team-a" if namespace else "<namespace>") in proc.stderr

@@ -256,7 +256,7 @@ def test_tune_step_killed_then_rerun_continues_the_study(tiny_project, tmp_path,
             return False
         return states.count("COMPLETE") >= 1 and "RUNNING" in states
 
-    wait_for(one_done_one_running, 240, "a finished trial and a running one")
+    wait_for(one_done_one_running, 900, "a finished trial and a running one")
     first.send_signal(signal.SIGKILL)
     first.wait()
     before = {t.number: t.value for t in study().get_trials() if t.state.name == "COMPLETE"}
@@ -289,7 +289,7 @@ def test_workers_share_a_postgres_study_and_survive_a_killed_worker(tiny_project
                         heartbeat_interval=1, pool_size=2, timeout=None, pruner="none")
     env = {**ENV, "PGUSER": postgres["user"]}  # credentials from the environment, never in params
     created = subprocess.run(tune_cmd(params_file, "create-study", *trial_args(tiny_project, tmp_path / "cache")),
-                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert created.returncode == 0, created.stderr[-2000:]
     name = re.search(r"tune: study (\S+) ready", created.stdout).group(1)
     os.environ["PGUSER"] = postgres["user"]
@@ -306,7 +306,7 @@ def test_workers_share_a_postgres_study_and_survive_a_killed_worker(tiny_project
         return any(t.state.name == "RUNNING" and t.user_attrs.get("worker") == 1 for t in trials)
 
     try:
-        wait_for(victim_running, 240, "worker 1 to be mid-trial", interval=0.2)
+        wait_for(victim_running, 900, "worker 1 to be mid-trial", interval=0.2)
     except AssertionError:
         for w in workers:
             w.kill()
@@ -315,7 +315,7 @@ def test_workers_share_a_postgres_study_and_survive_a_killed_worker(tiny_project
                              f"{workers[1].communicate()[1][-2000:]}") from None
     workers[1].send_signal(signal.SIGKILL)
     for i in (0, 2):
-        _, err = workers[i].communicate(timeout=500)
+        _, err = workers[i].communicate(timeout=900)
         assert workers[i].returncode == 0, err[-2000:]
     trials = study().get_trials()
     states = [t.state.name for t in trials]
@@ -352,7 +352,7 @@ def test_study_identity_follows_data_backbone_head_and_search_space(tiny_project
     shutil.copytree(tiny_project / "models/backbone", tmp_path / "same_backbone")
     assert study_for(capsys, params_file, tiny_project, tmp_path, backbone=tmp_path / "same_backbone") == base
     # how long and where a study runs is not what a trial computes: raising the budget continues the study
-    budget = write(tmp_path / "budget.yaml", tiny_project, storage=storage, n_trials=50, timeout=600,
+    budget = write(tmp_path / "budget.yaml", tiny_project, storage=storage, n_trials=50, timeout=900,
                    heartbeat_interval=5, max_retries=1)
     assert study_for(capsys, budget, tiny_project, tmp_path) == base
 

@@ -39,12 +39,17 @@ class StorageConfig(_Section):
 class MakeDigitsConfig(_Section):
     """The embedded default data set: scikit-learn's bundled digits, split into source/target classes."""
 
-    source_classes: list[Annotated[int, Field(ge=0, le=9)]] = [0, 1, 2, 3, 4]
-    target_classes: list[Annotated[int, Field(ge=0, le=9)]] = [5, 6, 7, 8, 9]
+    # a classifier needs two classes on each side (pretrain_backbone on source, the rest on target)
+    source_classes: Annotated[list[Annotated[int, Field(ge=0, le=9)]], Field(min_length=2)] = [0, 1, 2, 3, 4]
+    target_classes: Annotated[list[Annotated[int, Field(ge=0, le=9)]], Field(min_length=2)] = [5, 6, 7, 8, 9]
     image_size: Annotated[int, Field(ge=8, le=256)] = 32
 
     @model_validator(mode="after")
     def _disjoint(self) -> MakeDigitsConfig:
+        for name in ("source_classes", "target_classes"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} {values} repeats a class; list each once")
         both = set(self.source_classes) & set(self.target_classes)
         if both:
             raise ValueError(f"source_classes and target_classes overlap on {sorted(both)}; make them disjoint")
@@ -118,7 +123,7 @@ class PretrainBackboneConfig(_Section):
     """The embedded default backbone: a small VGG-style CNN trained on the source classes."""
 
     source: str = BUILTIN  # or a class-folder tree of your own source classes
-    filters: list[PositiveInt] = [16, 32, 64]
+    filters: Annotated[list[PositiveInt], Field(min_length=1)] = [16, 32, 64]  # one conv block per entry
     epochs: PositiveInt = 6
     batch_size: PositiveInt = 64
     learning_rate: PositiveFloat = 1e-3
@@ -180,7 +185,7 @@ class TuneConfig(_Section):
     head_units: tuple[PositiveInt, PositiveInt] | None = None
     epochs: PositiveInt = 10  # the cap per trial; early stopping (patience) ends most trials sooner
     patience: PositiveInt = 3
-    regimes: list[Literal["transfer", "scratch"]] = ["transfer", "scratch"]
+    regimes: Annotated[list[Literal["transfer", "scratch"]], Field(min_length=1)] = ["transfer", "scratch"]
     search_bn: bool = True  # also try letting the unfrozen BatchNormalization layers adapt
     sweep: bool = True  # a controlled transferability sweep after the study (reports/tune/transferability.csv)
     sweep_points: Annotated[int, Field(ge=2, le=32)] = 6
@@ -203,7 +208,9 @@ class TuneConfig(_Section):
     @field_validator("storage")
     @classmethod
     def _storage(cls, value: str) -> str:
-        if "@" in value.split("//", 1)[-1].split("/", 1)[0]:
+        from tlpipe.redact import holds_credentials
+
+        if holds_credentials(value):
             raise ValueError("storage holds credentials; put them in PGUSER/PGPASSWORD (environment), not params")
         if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://", "journal:")):
             raise ValueError(f"storage {value!r}: use sqlite:///FILE, postgresql://HOST/DB or journal:FILE")

@@ -53,7 +53,7 @@ def tool(name: str, env_var: str | None = None) -> str:
 
 
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, **kwargs)
 
 
 def k8s_copy(prod_env: dict[str, str] | None = None) -> Path:

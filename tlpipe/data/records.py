@@ -21,6 +21,9 @@ SHARD_BYTES = 64 * 2**20  # a shard is closed once it holds this many image byte
 SHUFFLE_BUFFER = 8192  # records (encoded bytes, a few KB each) in the streaming shuffle buffer
 
 
+_opened: set[str] = set()  # shards this process streamed: where to look when TensorFlow reports a damaged record
+
+
 def shard_name(split: str, number: int) -> str:
     """The file name of shard `number` of `split`."""
     return f"{split}-{number:05d}.tfrecord"
@@ -49,7 +52,8 @@ class ShardWriter:
             "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[self.count])),
             "path": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
         }
-        self._writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        self._writer.write(example.SerializeToString(deterministic=True))  # map order fixed: same bytes every run
         self.count += 1
         self._bytes += len(data)
         return shard_name(self.split, self._number)
@@ -97,6 +101,7 @@ class Images:
         """
         import tensorflow as tf
 
+        _opened.update(str(s) for s in self.shards)
         if shuffle_seed is None:
             ds = tf.data.TFRecordDataset(list(self.shards)).map(lambda r: _parse(r)[:2])
             if self.selection is not None:
@@ -129,3 +134,19 @@ def records(shards: list[str | Path]) -> Iterator[tuple[str, bytes]]:
                 yield path.decode(), image
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
             raise DataError(f"{shard}: damaged shard ({type(exc).__name__}); rerun make_subset") from None
+
+
+def damaged_shard() -> str | None:
+    """The first shard this process streamed that does not read to the end.
+
+    TensorFlow's DataLossError from inside a training loop does not say which file it was reading.
+    """
+    import tensorflow as tf
+
+    for shard in sorted(_opened):
+        try:
+            for _ in tf.data.TFRecordDataset(shard):
+                pass
+        except (tf.errors.DataLossError, tf.errors.NotFoundError):
+            return shard
+    return None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from pathlib import Path
 
 import keras
@@ -37,3 +39,42 @@ def compile_for(model: keras.Model, learning_rate: float) -> keras.Model:
     """Adam at `learning_rate`, sparse labels, accuracy."""
     model.compile(keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
+
+
+def save_model(model: keras.Model, path: str | Path) -> Path:
+    """`model.save(path)`, byte-identical for identical weights and architecture.
+
+    Keras writes the save date into metadata.json, Python object ids (`shared_object_id`) into config.json
+    and the current time into the weights entry's zip header, so identical models give different files, and
+    DVC's cache and content fingerprints never match across fresh runs. The weights file itself is
+    repeatable; this rewrites the container without the three (ids renumbered in order of appearance, which
+    keeps shared objects shared when the model loads).
+    """
+    path = Path(path)
+    raw = path.with_name(f".{path.stem}-raw.keras")
+    model.save(raw)
+    try:
+        with zipfile.ZipFile(raw) as src, zipfile.ZipFile(path, "w") as dst:
+            for info in src.infolist():
+                data = src.read(info)
+                if info.filename == "metadata.json":
+                    meta = json.loads(data)
+                    meta.pop("date_saved", None)
+                    data = json.dumps(meta).encode()
+                elif info.filename == "config.json":
+                    data = json.dumps(_renumbered(json.loads(data), {})).encode()
+                entry = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+                entry.compress_type, entry.external_attr = info.compress_type, 0o644 << 16
+                dst.writestr(entry, data)
+    finally:
+        raw.unlink(missing_ok=True)
+    return path
+
+
+def _renumbered(node, ids: dict):
+    if isinstance(node, dict):
+        return {k: ids.setdefault(v, len(ids) + 1) if k == "shared_object_id" else _renumbered(v, ids)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_renumbered(v, ids) for v in node]
+    return node

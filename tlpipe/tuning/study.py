@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tlpipe.config import TuneConfig
 from tlpipe.errors import PipelineError
-from tlpipe.redact import redact, redact_text
+from tlpipe.redact import holds_credentials, redact, redact_text
 
 FINISHED = ("COMPLETE", "PRUNED")
 # Keys of `tune` that decide how long or where a study runs, not what a trial computes.
@@ -46,7 +46,7 @@ def make_storage(cfg: TuneConfig, url: str | None = None):
     import optuna
 
     url = url or cfg.storage
-    if "@" in url.split("//", 1)[-1].split("/", 1)[0]:
+    if holds_credentials(url):
         raise PipelineError(f"tune storage {redact(url)} holds credentials; put them in PGUSER/PGPASSWORD "
                             "(environment), not in the URL")
     if url.startswith("journal:"):

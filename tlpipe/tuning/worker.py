@@ -43,6 +43,21 @@ class Worker:
         self.cache = ActivationCache(cache_dir, cfg.cache_max_bytes, cfg.cache_dtype) if cfg.cache else None
 
     def objective(self, trial) -> float:
+        """Train one trial; any error fails this trial only, its reason kept as the `fail_reason` attribute."""
+        import optuna
+
+        from tlpipe.redact import redact_text
+
+        try:
+            return self._train(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # a trial's own failure (OOM, a NaN, a bad point): the study goes on without it
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            trial.set_user_attr("fail_reason", redact_text(f"{type(exc).__name__}: {first}".rstrip(": ")))
+            raise
+
+    def _train(self, trial) -> float:
         """Train one trial (pruned on the per-epoch metric), logged as a nested MLflow run."""
         import keras
         import mlflow
@@ -93,8 +108,12 @@ class Worker:
             best = f"{study.best_value:.4f}"
         except ValueError:  # no complete trial yet
             best = "-"
-        print(f"tune: trial {trial.number} {trial.state.name.lower()} ({finished(study)} of {self.cfg.n_trials} "
-              f"finished; best so far {best})", flush=True)
+        reason = f": {trial.user_attrs['fail_reason']}" if "fail_reason" in trial.user_attrs else ""
+        print(f"tune: trial {trial.number} {trial.state.name.lower()}{reason} ({finished(study)} of "
+              f"{self.cfg.n_trials} finished; best so far {best})", flush=True)
+        last = [t.state.name for t in study.get_trials(deepcopy=False)][-self.cfg.n_trials:]
+        if len(last) == self.cfg.n_trials and set(last) == {"FAIL"}:
+            study.stop()  # tune.n_trials failures in a row: more trials would not finish the study
 
     def work(self, study) -> tuple[int, bool]:
         """Take trials until tune.n_trials are finished in the study; returns (trials run, stopped by timeout)."""
@@ -106,11 +125,15 @@ class Worker:
             return 0, False
         before = self.ran
         started = time.monotonic()
-        study.optimize(self.objective, timeout=self.cfg.timeout, catch=(ValueError, ArithmeticError),
-                       callbacks=[MaxTrialsCallback(self.cfg.n_trials, states=(TrialState.COMPLETE,
-                                                                               TrialState.PRUNED)),
-                                  self._progress], gc_after_trial=True)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Optuna logs a failed trial's traceback at WARNING; `_progress` prints its reason in one line instead.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        try:
+            study.optimize(self.objective, timeout=self.cfg.timeout, catch=(Exception,),
+                           callbacks=[MaxTrialsCallback(self.cfg.n_trials, states=(TrialState.COMPLETE,
+                                                                                   TrialState.PRUNED)),
+                                      self._progress], gc_after_trial=True)
+        finally:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         timed_out = bool(self.cfg.timeout) and time.monotonic() - started >= self.cfg.timeout \
             and finished(study) < self.cfg.n_trials
         return self.ran - before, timed_out
@@ -122,7 +145,10 @@ def summarize(study, cfg: TuneConfig, out_dir: Path, stopped_by: str) -> BestPar
 
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED + ("FAIL",)]
     if not any(t.state.name == "COMPLETE" for t in trials):
-        raise PipelineError(f"study {study.study_name}: no trial completed ({counts(study)}); see the MLflow runs")
+        reasons = sorted({t.user_attrs["fail_reason"] for t in trials if "fail_reason" in t.user_attrs})
+        why = f"; e.g. {reasons[0]}" if reasons else ""
+        raise PipelineError(f"study {study.study_name}: no trial completed ({counts(study)}){why}; "
+                            "see the MLflow runs")
     best = study.best_trial
     hp = {"freeze_ratio": best.user_attrs["freeze_ratio"], "learning_rate": best.params["learning_rate"],
           "dropout": best.params.get("dropout", best.user_attrs.get("dropout")),
