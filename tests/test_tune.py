@@ -144,13 +144,19 @@ def test_fully_frozen_trial_trains_only_the_head(tiny_project, tmp_path):
     assert all(w.name.startswith("head") or "head" in w.path for w in out["model"].trainable_weights)
 
 
-def test_cache_cap_falls_back_to_full_model(tiny_project, tmp_path, capsys):
+def test_cache_disk_budget_falls_back_to_full_model_in_one_line(tiny_project, tmp_path, capsys):
     params = params_for(tiny_project, tmp_path)
     data = load_trial_data(tiny_project / "data/subset", None, 16)
-    out = run_trial(recipe(tiny_project, params, epochs=1), hp_of(0.5, 1e-3, 0.1, 16), data, load(tiny_project, params),
-                    tiny_project / "models/head" / HEAD_FILE, ActivationCache(tmp_path / "c", 1000, "float16"), "x")
-    assert out["mode"] == "full"
-    assert "would exceed tune.cache_max_bytes=1000" in capsys.readouterr().out
+    cache = ActivationCache(tmp_path / "c", 1000, "float16", disk_bytes=1000)
+    backbone = load(tiny_project, params)
+    out = run_trial(recipe(tiny_project, params, epochs=1), hp_of(0.5, 1e-3, 0.1, 16), data, backbone,
+                    tiny_project / "models/head" / HEAD_FILE, cache, "x")
+    assert out["mode"] == "full" and not (tmp_path / "c").exists()
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "cache_disk_bytes" in x]
+    shape = backbone.layers[out["plan"].frozen].output.shape[1:]
+    needed = data.images * int(np.prod(shape)) * 2
+    assert f"need {needed / 2**30:.2f} GiB on disk in {tmp_path / 'c'}" in line
+    assert "tune.cache_disk_bytes=1000" in line and "trains the full model" in line
 
 
 def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_path):

@@ -1,0 +1,102 @@
+"""The activation cache at scale: the byte budgets, the spill to disk, shuffled blocks, the fallback line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.test_tune import hp_of, load, params_for, recipe
+from tlpipe.contracts import HEAD_FILE
+from tlpipe.data.arrays import NpyRows, NpyWriter
+from tlpipe.tuning.cache import ActivationCache, cache_plan, scratch_bytes
+from tlpipe.tuning.trial import cached_model, epoch_order, load_trial_data, run_trial, variant_batches
+
+
+def test_npy_rows_read_any_order_with_runs_and_repeats(tmp_path):
+    data = np.arange(50 * 6, dtype=np.float16).reshape(50, 2, 3)
+    NpyWriter.write(tmp_path / "a.npy", [data[:20], data[20:]], data.shape, np.float16)
+    rows = NpyRows(tmp_path / "a.npy", 5, 40)
+    index = np.array([7, 8, 9, 3, 39, 0, 8, 8, 1, 2])
+    np.testing.assert_array_equal(rows.read(index), data[5:45][index])
+    assert rows.read(np.array([], np.int64)).shape == (0, 2, 3)
+
+
+def test_block_order_is_a_permutation_of_whole_blocks_shuffled_within_windows():
+    order = epoch_order(1003, seed=7, epoch=2, block=10, window=40)
+    assert sorted(order) == list(range(1003))
+    for begin in range(0, 1003, 40):  # each window holds whole blocks, in another order than the file's
+        window = np.sort(order[begin : begin + 40])
+        starts = set(window[window % 10 == 0])
+        assert all(r - r % 10 in starts for r in window)
+    assert not (np.diff(order[:40]) == 1).all()
+    np.testing.assert_array_equal(order, epoch_order(1003, 7, 2, 10, 40))  # seeded
+    assert not np.array_equal(order, epoch_order(1003, 7, 3, 10, 40))
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_variant_batches_show_every_row_once_per_epoch_from_the_epochs_variant(tmp_path, on_disk):
+    n, variants = 530, []
+    for v in range(2):
+        x = np.stack([np.full((2, 2, 1), 1000 * v + i, np.float16) for i in range(n)])
+        if on_disk:
+            NpyWriter.write(tmp_path / f"v{v}.npy", [x], x.shape, np.float16)
+            x = NpyRows(tmp_path / f"v{v}.npy")
+        variants.append(x)
+    labels = np.arange(n, dtype=np.int32)
+    ds, steps = variant_batches(variants, labels, 64, 3, seed=1)
+    batches = list(ds.as_numpy_iterator())
+    assert len(batches) == 3 * steps and steps == 9
+    for epoch in range(3):
+        xs, ys = zip(*batches[epoch * steps : (epoch + 1) * steps], strict=True)
+        ids = np.concatenate([x[:, 0, 0, 0] for x in xs]).astype(int) - 1000 * (epoch % 2)
+        np.testing.assert_array_equal(ids, np.concatenate(ys))  # rows and labels stay paired
+        assert sorted(ids) == list(range(n)) and not (np.diff(ids) == 1).all()
+
+
+def test_memory_budget_is_bytes(tiny_project, tmp_path):
+    args = (tiny_project / "data/subset", tiny_project / "data/augmented", 16)
+    exact = load_trial_data(*args, mode="memory").images * 16 * 16 * 3
+    assert isinstance(load_trial_data(*args, memory_bytes=exact).variants[0], np.ndarray)
+    assert isinstance(load_trial_data(*args, memory_bytes=exact - 1).variants[0], NpyRows)
+    cache = ActivationCache(tmp_path, 1000, "float16", disk_bytes=5000)
+    assert cache.in_memory(1000) and not cache.in_memory(1001)
+    assert cache.refusal("b", 5000) is None and "tune.cache_disk_bytes=5000" in cache.refusal("b", 5001)
+    assert ActivationCache(tmp_path / "new" / "dir", 1, "float16").disk_bytes > 0  # from the free space
+
+
+def test_cache_plan_gives_bytes_per_freeze_point_and_one_line(tiny_project, tmp_path):
+    params = params_for(tiny_project, tmp_path)
+    backbone = load(tiny_project, params)
+    plan = cache_plan(backbone, 100, "float16")
+    last = backbone.layers[-1]
+    assert plan[last.name] == 100 * int(np.prod(last.output.shape[1:])) * 2 and len(plan) >= 2
+    assert scratch_bytes(plan, 7) == max(plan.values()) + 7 and scratch_bytes(plan, 0, True) == sum(plan.values())
+    small = min(plan.values())
+    line = ActivationCache(tmp_path / "c", small, "float16", disk_bytes=max(plan.values()) - 1).describe(plan)
+    assert "\n" not in line and str(tmp_path / "c") in line
+    assert "(memory)" in line and "(off)" in line
+
+
+def test_spilled_trial_trains_like_the_in_memory_one(tiny_project, tmp_path, capsys):
+    """A memory budget of one byte puts the activations on disk: the trial still runs cached, on NpyRows read
+    in shuffled blocks, and reaches the accuracy of the in-memory trial."""
+    params = params_for(tiny_project, tmp_path)
+    data = load_trial_data(tiny_project / "data/subset", tiny_project / "data/augmented", 16)
+    hp, head = hp_of(0.5, 3e-3, 0.0, params.model.head_units), tiny_project / "models/head" / HEAD_FILE
+    results = {}
+    for name, budget in (("memory", 10**9), ("disk", 1)):
+        cache = ActivationCache(tmp_path / name, budget, "float16", disk_bytes=10**9)
+        out = run_trial(recipe(tiny_project, params, epochs=3), hp, data, load(tiny_project, params), head, cache, "t")
+        assert out["mode"] == "cached"
+        results[name] = out["history"]
+        backbone = load(tiny_project, params)
+        from tlpipe.models.backbones import apply_freeze
+
+        apply_freeze(backbone, out["plan"])
+        _, train, val = cached_model(backbone, out["plan"], out["model"].layers[-1], recipe(tiny_project, params),
+                                     cache, "t", data)
+        kind = np.ndarray if name == "memory" else NpyRows
+        assert all(isinstance(a, kind) for a in [*train, val])
+    assert "cache_disk_bytes" not in capsys.readouterr().out
+    assert abs(results["disk"]["val_accuracy"][-1] - results["memory"]["val_accuracy"][-1]) <= 0.2
+    assert np.isfinite(results["disk"]["val_loss"]).all()
