@@ -173,7 +173,10 @@ def _windows(arrays: list, labels: np.ndarray, batch: int, epochs: int, order) -
                              deterministic=True)
         return windows.rebatch(batch)
 
-    return tf.data.Dataset.range(epochs).flat_map(epoch_batches).map(_float).prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.range(epochs).flat_map(epoch_batches)
+    # flat_map hides the length; Keras needs it to end an evaluation without an "ran out of data" warning
+    ds = ds.apply(tf.data.experimental.assert_cardinality(epochs * math.ceil(n / batch)))
+    return ds.map(_float).prefetch(tf.data.AUTOTUNE)
 
 
 def variant_batches(variants: list, labels: np.ndarray, batch: int, epochs: int,
