@@ -59,8 +59,11 @@ def cache_plan(backbone: keras.Model, images: int, dtype: str = "float16") -> di
 
 
 def scratch_bytes(plan: dict[str, int], image_bytes: int = 0, every_point: bool = False) -> int:
-    """Scratch disk a tuning worker needs: the largest boundary's activations (or all of them, so that no
-    boundary is ever recomputed) plus `image_bytes` of trial images decoded to disk when they exceed memory."""
+    """Scratch disk a tuning worker needs, from a `cache_plan`.
+
+    The largest boundary's activations (or all of them with `every_point`, so that no boundary is ever
+    recomputed) plus `image_bytes` of trial images decoded to disk when they exceed the memory budget.
+    """
     return (sum(plan.values()) if every_point else max(plan.values(), default=0)) + image_bytes
 
 

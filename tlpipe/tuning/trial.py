@@ -126,9 +126,11 @@ BLOCKS_PER_WINDOW = 32  # on disk: a window is this many random blocks of consec
 
 
 def epoch_order(n: int, seed: int, epoch: int, block: int = 1, window: int = 1) -> np.ndarray:
-    """The row order of an epoch, seeded: a permutation (block 1), or blocks of `block` consecutive rows in
-    random order with the rows of each `window` (a multiple of `block`) shuffled together, so that a window
-    is read from disk with a few large reads."""
+    """The row order of an epoch, seeded.
+
+    A permutation (block 1), or blocks of `block` consecutive rows in random order with the rows of each
+    `window` (a multiple of `block`) shuffled together, so that a window is read from disk with a few large reads.
+    """
     rng = np.random.default_rng([seed, epoch])
     if block <= 1:
         return rng.permutation(n)
