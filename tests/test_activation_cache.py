@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from tests.test_tune import hp_of, load, params_for, recipe
 from tlpipe.contracts import HEAD_FILE
 from tlpipe.data.arrays import NpyRows, NpyWriter
-from tlpipe.tuning.cache import ActivationCache, cache_plan, scratch_bytes
+from tlpipe.tuning.cache import ActivationCache, cache_plan, scratch_bytes, worker_scratch
 from tlpipe.tuning.trial import cached_model, epoch_order, load_trial_data, run_trial, variant_batches
 
 
@@ -100,3 +102,17 @@ def test_spilled_trial_trains_like_the_in_memory_one(tiny_project, tmp_path, cap
     assert "cache_disk_bytes" not in capsys.readouterr().out
     assert abs(results["disk"]["val_accuracy"][-1] - results["memory"]["val_accuracy"][-1]) <= 0.2
     assert np.isfinite(results["disk"]["val_loss"]).all()
+
+
+def test_worker_scratch_sizes_the_emptydir_from_the_plan():
+    """The issue's arithmetic: ResNet50 at 224 px frozen at ratio 0.5 stores 14 x 14 x 1024 float16 per image;
+    100k images split 80/10/10 with 2 copies = 250k trial images = 94 GiB of activations."""
+    from tlpipe.models.backbones import load_backbone
+
+    resnet = load_backbone("resnet50", "none", 224)
+    plan = cache_plan(resnet, 250_000)
+    assert plan["conv4_block6_out"] == 250_000 * 14 * 14 * 1024 * 2
+    images = 250_000 * 224 * 224 * 3  # uint8 trial images: over the memory budget, decoded to scratch too
+    expected = math.ceil((max(plan.values()) + images) / 0.9 / 2**30)  # the default disk budget is 90 % of free
+    assert worker_scratch(resnet, 224, 80_000, 10_000, 2) == f"{expected}Gi" and expected > 94
+    assert worker_scratch(resnet, 32, 8, 1, 0) == "1Gi"

@@ -67,6 +67,22 @@ def scratch_bytes(plan: dict[str, int], image_bytes: int = 0, every_point: bool 
     return (sum(plan.values()) if every_point else max(plan.values(), default=0)) + image_bytes
 
 
+def worker_scratch(backbone: keras.Model, image_size: int, train_images: int, val_images: int, copies: int,
+                   dtype: str = "float16", memory_bytes: int = DEFAULT_MEMORY_BYTES, every_point: bool = False) -> str:
+    """The Kubernetes quantity (e.g. "3Gi") of a tuning worker's scratch emptyDir, from the same estimate.
+
+    Trial images are the training split once per variant (`copies` pre-augmented copies + the original)
+    plus the validation split; when they exceed `memory_bytes` as uint8 they are decoded to scratch too.
+    Divided by DISK_SHARE, so that the default `tune.cache_disk_bytes` (DISK_SHARE of the free space)
+    admits the largest boundary on an empty volume.
+    """
+    images = train_images * (copies + 1) + val_images
+    image_bytes = images * image_size * image_size * 3
+    needed = scratch_bytes(cache_plan(backbone, images, dtype), image_bytes if image_bytes > memory_bytes else 0,
+                           every_point)
+    return f"{max(1, math.ceil(needed / DISK_SHARE / 2**30))}Gi"
+
+
 class ActivationCache:
     """float16/float32 activations in .npy files under `folder`, least recently used evicted over `disk_bytes`.
 
