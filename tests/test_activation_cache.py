@@ -110,9 +110,12 @@ def test_worker_scratch_sizes_the_emptydir_from_the_plan():
     from tlpipe.models.backbones import load_backbone
 
     resnet = load_backbone("resnet50", "none", 224)
-    plan = cache_plan(resnet, 250_000)
-    assert plan["conv4_block6_out"] == 250_000 * 14 * 14 * 1024 * 2
+    every, half = cache_plan(resnet, 250_000), cache_plan(resnet, 250_000, min_ratio=0.5)
+    assert set(half) < set(every) and max(half.values()) == 250_000 * 14 * 14 * 1024 * 2  # conv4 blocks
+    assert max(every.values()) > 4 * max(half.values())  # the wide early boundaries are the largest
     images = 250_000 * 224 * 224 * 3  # uint8 trial images: over the memory budget, decoded to scratch too
-    expected = math.ceil((max(plan.values()) + images) / 0.9 / 2**30)  # the default disk budget is 90 % of free
-    assert worker_scratch(resnet, 224, 80_000, 10_000, 2) == f"{expected}Gi" == "143Gi"  # as infra/README.md says
+    for plan, quantity in ((half, "143Gi"), (every, "470Gi")):  # as infra/README.md says
+        expected = math.ceil((max(plan.values()) + images) / 0.9 / 2**30)  # the default disk budget: 90 % of free
+        ratio = 0.5 if plan is half else 0.0
+        assert worker_scratch(resnet, 224, 80_000, 10_000, 2, min_ratio=ratio) == f"{expected}Gi" == quantity
     assert worker_scratch(resnet, 32, 8, 1, 0) == "1Gi"

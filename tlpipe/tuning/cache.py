@@ -43,19 +43,20 @@ def disk_budget(folder: Path) -> int:
     return int(DISK_SHARE * (shutil.disk_usage(probe).free + folder_bytes(folder)))
 
 
-def cache_plan(backbone: keras.Model, images: int, dtype: str = "float16") -> dict[str, int]:
+def cache_plan(backbone: keras.Model, images: int, dtype: str = "float16", min_ratio: float = 0.0) -> dict[str, int]:
     """Bytes of the cached activations of `images` trial images at each freeze point, boundary name -> bytes.
 
     `images` counts every image a trial's cache holds: the training split once per variant (the original
     and each pre-augmented copy) plus the validation split. Only shapes are read, so a backbone built
-    without weights (`load_backbone(name, "none", size)`) gives the same plan.
+    without weights (`load_backbone(name, "none", size)`) gives the same plan. `min_ratio` keeps the
+    freeze points that freeze at least that share of the layers.
     """
     from tlpipe.models.backbones import cut_points
 
     itemsize = np.dtype(dtype).itemsize
     layers = backbone.layers
     return {layers[k].name: images * math.prod(layers[k].output.shape[1:]) * itemsize
-            for k in cut_points(backbone) if k > 0}
+            for k in cut_points(backbone) if k > 0 and k >= min_ratio * (len(layers) - 1)}
 
 
 def scratch_bytes(plan: dict[str, int], image_bytes: int = 0, every_point: bool = False) -> int:
@@ -68,18 +69,21 @@ def scratch_bytes(plan: dict[str, int], image_bytes: int = 0, every_point: bool 
 
 
 def worker_scratch(backbone: keras.Model, image_size: int, train_images: int, val_images: int, copies: int,
-                   dtype: str = "float16", memory_bytes: int = DEFAULT_MEMORY_BYTES, every_point: bool = False) -> str:
+                   dtype: str = "float16", memory_bytes: int = DEFAULT_MEMORY_BYTES, every_point: bool = False,
+                   min_ratio: float = 0.0) -> str:
     """The Kubernetes quantity (e.g. "3Gi") of a tuning worker's scratch emptyDir, from the same estimate.
 
     Trial images are the training split once per variant (`copies` pre-augmented copies + the original)
     plus the validation split; when they exceed `memory_bytes` as uint8 they are decoded to scratch too.
+    `min_ratio` sizes for the freeze points from that ratio on (the early, wide boundaries are the largest
+    and gain least from the cache; a trial there falls back to the full model when they do not fit).
     Divided by DISK_SHARE, so that the default `tune.cache_disk_bytes` (DISK_SHARE of the free space)
     admits the largest boundary on an empty volume.
     """
     images = train_images * (copies + 1) + val_images
     image_bytes = images * image_size * image_size * 3
-    needed = scratch_bytes(cache_plan(backbone, images, dtype), image_bytes if image_bytes > memory_bytes else 0,
-                           every_point)
+    plan = cache_plan(backbone, images, dtype, min_ratio)
+    needed = scratch_bytes(plan, image_bytes if image_bytes > memory_bytes else 0, every_point)
     return f"{max(1, math.ceil(needed / DISK_SHARE / 2**30))}Gi"
 
 
