@@ -119,3 +119,20 @@ def test_worker_scratch_sizes_the_emptydir_from_the_plan():
         ratio = 0.5 if plan is half else 0.0
         assert worker_scratch(resnet, 224, 80_000, 10_000, 2, min_ratio=ratio) == f"{expected}Gi" == quantity
     assert worker_scratch(resnet, 32, 8, 1, 0) == "1Gi"
+
+
+def test_a_worker_states_the_cache_plan_in_one_line_before_tuning(tiny_project, tmp_path, capsys):
+    from tlpipe.models.backbones import backbone_identity
+    from tlpipe.tuning.worker import Defaults, Worker
+
+    params = params_for(tiny_project, tmp_path, **{"tune.cache_max_bytes": 1})
+    model = params.model
+    worker = Worker(params.tune, recipe(tiny_project, params), Defaults(model.dropout, model.head_units),
+                    tiny_project / "data/subset", tiny_project / "models/head" / HEAD_FILE,
+                    tiny_project / "data/augmented", tmp_path / "cache", lambda: load(tiny_project, params),
+                    backbone_identity(str(tiny_project / "models/backbone"), model.weights, model.image_size))
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("tune: activation cache in")]
+    plan = cache_plan(load(tiny_project, params), worker.data.images)
+    assert str(tmp_path / "cache") in line and all(f"{name} " in line for name in plan)
+    assert "(disk)" in line and "(memory)" not in line  # a 1-byte memory budget: every point spills to disk
+    assert isinstance(worker.data.variants[0], NpyRows)  # and so do the trial images

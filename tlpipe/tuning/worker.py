@@ -40,11 +40,12 @@ class Worker:
         self.ran = 0  # trials this worker ran (the study also holds other workers' trials)
         self.data = load_trial_data(subset, augmented, recipe.image_size, cfg.input, cfg.cache_max_bytes)
         self.load_backbone, self.identity = load_backbone, identity
-        self.points = freeze_points(load_backbone())
+        backbone = load_backbone()
+        self.points = freeze_points(backbone)
         self.cache = (ActivationCache(cache_dir, cfg.cache_max_bytes, cfg.cache_dtype, cfg.cache_disk_bytes)
                       if cfg.cache else None)
         if self.cache is not None:  # before any trial: what each freeze point costs and where it will live
-            print(self.cache.describe(cache_plan(load_backbone(), self.data.images, cfg.cache_dtype)), flush=True)
+            print(self.cache.describe(cache_plan(backbone, self.data.images, cfg.cache_dtype)), flush=True)
 
     def objective(self, trial) -> float:
         """Train one trial (pruned on the per-epoch metric), logged as a nested MLflow run."""
