@@ -3,8 +3,8 @@
 For each size the benchmark writes a seeded synthetic dataset (10 classes, JPEGs of 64-96 px per side, a
 class-coloured shape on noise) and runs, each as its own process as `dvc repro` does, with the arguments the
 pipeline declaration gives (pipelines/graph.py): `make_subset` (80/10/10 % of every class), `augment`,
-`extract_features` (a VGG-style backbone at 32 px saved by the benchmark), `tune_trial` (one cached tuning
-trial, `benchmarks.scale trial`) and `fine_tune_epoch`, one epoch of
+`extract_features` (a VGG-style backbone at 32 px saved by the benchmark), `tune_trial` (a cached tuning
+trial at 96 px and the full-model trial beside it, `benchmarks/scale_trial.py`) and `fine_tune_epoch`, one epoch of
 what `components/fine_tune.py` does (`tlpipe.models.fitting.build_model`, `split_source` in `auto` mode:
 decoded in memory up to 20,000 images, streamed from the files above, `any_batches`, augmented).
 `validate_data` is not run: the benchmark writes its passed result so the next steps accept the subset.
@@ -14,6 +14,7 @@ Per step: peak RSS of the process (`os.wait4`'s rusage), images per second net o
 
 `python -m benchmarks.scale --sizes 1000 10000 100000 --out benchmarks/results/scale.json` (also writes
 scale.md next to it). `python -m benchmarks.scale epoch ...` is the fine_tune-like child process.
+`--steps tune_trial` measures only the trial (make_subset runs first; augment is not needed at 96 px).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = ("make_subset", "augment", "extract_features", "tune_trial", "fine_tune_epoch")
 RSS_GOAL, SPEED_GOAL = 1.5, 0.8  # largest size vs smallest: peak RSS <= 1.5x, img/s >= 0.8x
 CLASSES, SIZE, FILTERS = 10, 32, [16, 32, 64]
+# tune_trial: 96 px, frozen up to block2_pool (24 x 24 x 24 float16 = 27 KiB per image, 2.5 GB at 100k
+# images): above tune's 2 GiB memory budget at 100k, so that size runs with the activations on disk.
+TRIAL_SIZE, TRIAL_FILTERS, TRIAL_BOUNDARY = 96, [8, 24, 32], "block2_pool"
 
 
 def _image(args: tuple[Path, int, int, int]) -> None:
@@ -102,14 +106,13 @@ def project(work: Path, raw: Path, images: int, backbone: Path) -> tuple[Path, d
                    *argv(steps[name], every)] for name in ("make_subset", "augment", "extract_features")}
     cmds["fine_tune_epoch"] = [sys.executable, "-m", "benchmarks.scale", "epoch", "--subset", "data/subset",
                                "--backbone", str(backbone)]
-    cmds["tune_trial"] = [sys.executable, "-m", "benchmarks.scale", "trial", "--subset", "data/subset",
-                          "--augmented", "data/augmented", "--backbone", str(backbone), "--cache", "tune_cache"]
+    cmds["tune_trial"] = [sys.executable, "-m", "benchmarks.scale_trial", "--subset", "data/subset",
+                          "--backbone", str(backbone.with_name("trial_backbone.keras")), "--cache", "tune_cache",
+                          "--report", "tune_trial.json"]
     train = CLASSES * (per_class - val - test)
-    copies = params["augment"]["copies"]
-    # tune_trial: every training variant and the validation images go through the frozen prefix once, then
-    # one epoch trains on the cached activations; counted as the images whose activations it computed.
+    # tune_trial: its img/s is the training images per second of a cached epoch (the child measures it).
     images_of = {"make_subset": images, "augment": train, "extract_features": images,
-                 "tune_trial": train * (copies + 1) + CLASSES * val, "fine_tune_epoch": CLASSES * (per_class - test)}
+                 "tune_trial": train, "fine_tune_epoch": CLASSES * (per_class - test)}
     outs = {"make_subset": ["data/subset"], "augment": ["data/augmented", "reports/augment"],
             "extract_features": ["data/features"], "tune_trial": ["tune_cache"], "fine_tune_epoch": []}
     return params_file, {n: (cmds[n], images_of[n], outs[n]) for n in STEPS}
@@ -142,6 +145,8 @@ def run_size(images: int, work: Path, backbone: Path, startup: dict, load: list,
                      "img_per_s": round(n / max(wall - startup[step], 1e-3), 1), "img_per_s_wall": round(n / wall, 1),
                      "wall_s": round(wall, 2), "startup_s": round(startup[step], 2),
                      "disk_mb": du_mb(*(work / o for o in outs))})
+        if step == "tune_trial":  # the child's own measurements: cached vs full epoch, memory, FLOPs limit
+            rows[-1].update(json.loads((work / "tune_trial.json").read_text()))
         print(json.dumps(rows[-1]), flush=True)
     rows.append({"images": images, "step": "raw_dataset", "disk_mb": du_mb(raw)})
     return rows
@@ -171,6 +176,15 @@ def write_md(result: dict, path: Path) -> None:
               "| step | compared | RSS ratio | speed ratio | RSS ok | speed ok |", "|---|---|---|---|---|---|"]
     lines += [f"| {s} | {v['compared']} | {v['rss_ratio']} | {v['speed_ratio']} | {v['rss_ok']} | {v['speed_ok']} |"
               for s, v in result["verdict"].items()]
+    trials = [r for r in result["rows"] if r["step"] == "tune_trial" and "cache" in r]
+    if trials:
+        lines += ["", "Cached tuning trial at 96 px (tune_trial; the full-model trial timed beside it, same process):",
+                  "", "| images | cache | activations GiB | cached img/s | speed-up vs full | FLOPs limit | "
+                  "speed-up / limit | peak RSS MB | RSS added by the cached trial MB (per activation byte) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['images']} | {r['cache']} | {r['activation_bytes'] / 2**30:.2f} | {r['img_per_s']} | "
+                  f"{r['speedup_vs_full']} | {r['flops_limit']} | {r['speedup_of_limit']} | {r['peak_rss_mb']} | "
+                  f"{r['cached_rss_delta_mb']} ({r['cached_rss_delta_per_activation_byte']}) |" for r in trials]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -198,37 +212,11 @@ def epoch(argv: list[str]) -> None:
               validation_data=any_batches(x_val, y_val, SIZE, args.batch), epochs=1, verbose=0)
 
 
-def trial(argv: list[str]) -> None:
-    """Child process: one cached tuning trial as `tune` runs it (tlpipe.tuning.trial): the trial data (in memory
-    up to IN_MEMORY_MAX_IMAGES, else decoded once to scratch .npy files), the activation cache at the freeze
-    boundary of ratio 0.5 for every variant and the validation split, then one epoch on the activations."""
-    from tlpipe.contracts import HyperParams
-    from tlpipe.models.backbones import load_backbone
-    from tlpipe.tuning.trial import ActivationCache, Recipe, load_trial_data, run_trial
-
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scale trial")
-    p.add_argument("--subset", required=True)
-    p.add_argument("--augmented", required=True)
-    p.add_argument("--backbone", required=True)
-    p.add_argument("--cache", required=True)
-    p.add_argument("--batch", type=int, default=32)
-    args = p.parse_args(argv)
-    data = load_trial_data(Path(args.subset), Path(args.augmented), SIZE)
-    recipe = Recipe(seed=42, image_size=SIZE, preprocess="none", batch_size=args.batch, epochs=1)
-    hp = HyperParams(freeze_ratio=0.5, learning_rate=1e-4, dropout=0.3, head_units=64)
-    cache = ActivationCache(Path(args.cache), 64 * 2**30, "float16")  # the benchmark's disk, not tune's 2 GiB cap
-    out = run_trial(recipe, hp, data, load_backbone(args.backbone, "none", SIZE), None, cache, "scale")
-    if out["mode"] != "cached":
-        raise SystemExit(f"the trial ran {out['mode']}, not on cached activations")
-
-
 def main(argv: list[str] | None = None) -> None:
     """CLI: run the sizes, write the JSON and the .md."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["epoch"]:
         return epoch(argv[1:])
-    if argv[:1] == ["trial"]:
-        return trial(argv[1:])
     p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
@@ -243,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     base = args.work or Path(tempfile.mkdtemp(prefix="tlpipe-scale-"))
     base.mkdir(parents=True, exist_ok=True)
     vgg_style(SIZE, FILTERS).save(base / "backbone.keras")
+    vgg_style(TRIAL_SIZE, TRIAL_FILTERS).save(base / "trial_backbone.keras")
     kept = []
     if set(args.steps) != set(STEPS) and args.out.is_file():  # re-measure some steps, keep the other rows
         kept = [r for r in json.loads(args.out.read_text())["rows"]

@@ -171,7 +171,7 @@ def test_runs_of_a_killed_step_are_closed_when_it_next_starts(tmp_path):
 def test_activation_cache_evicts_least_recently_used(tmp_path):
     from tlpipe.tuning.trial import ActivationCache
 
-    cache = ActivationCache(tmp_path, max_bytes=2500, dtype="float32")
+    cache = ActivationCache(tmp_path, memory_bytes=0, dtype="float32", disk_bytes=2500)
     for i, name in enumerate(("old", "mid")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "train.npy").write_bytes(b"x" * 1000)

@@ -192,8 +192,9 @@ class TuneConfig(_Section):
     sweep_seeds: Annotated[int, Field(ge=1, le=10)] = 3
     cache: bool = True
     cache_dtype: Literal["float16", "float32"] = "float16"
-    cache_max_bytes: PositiveInt = 2 * 1024**3
-    input: Literal["auto", "memory", "stream"] = "auto"  # trial images: auto = memory up to 20,000 in all
+    cache_max_bytes: PositiveInt = 2 * 1024**3  # memory budget: images / activations above it stream from disk
+    cache_disk_bytes: PositiveInt | None = None  # disk budget of --cache-dir; None = 90 % of its free space
+    input: Literal["auto", "memory", "stream"] = "auto"  # trial images: auto = memory up to cache_max_bytes
     heartbeat_interval: PositiveInt = 10
     max_retries: NonNegInt = 2
     pool_size: PositiveInt = 2

@@ -19,7 +19,7 @@ from tlpipe.redact import holds_credentials, redact, redact_text
 FINISHED = ("COMPLETE", "PRUNED")
 # Keys of `tune` that decide how long or where a study runs, not what a trial computes.
 VOLATILE = ("n_trials", "timeout", "storage", "enabled", "study_name", "heartbeat_interval", "max_retries",
-            "pool_size", "cache_max_bytes", "sweep", "sweep_points", "sweep_seeds")
+            "pool_size", "cache_max_bytes", "cache_disk_bytes", "sweep", "sweep_points", "sweep_seeds")
 
 
 def study_fingerprint(cfg: TuneConfig, recipe: dict, subset: Path, augmented: Path | None, head: Path | None,

@@ -2,22 +2,22 @@
 
 The frozen prefix of the backbone (BatchNorm in inference mode) maps the same input to the same output every
 time, so its output is computed once per (backbone, weights, boundary, data, augmentation) and cached as a
-.npy file on disk; a trial then trains the unfrozen suffix + head on it. Per-epoch random augmentation
-cannot be cached, so trials use an honest fixed scheme: epoch e trains on variant e mod (K + 1) of the
-training set (the original and K pre-augmented copies made once by `augment`). The full-model path uses the
-same variants, so both paths compute the same thing; it is the fall-back when the cache would exceed its cap.
+.npy file on disk (tlpipe/tuning/cache.py); a trial then trains the unfrozen suffix + head on it. Per-epoch
+random augmentation cannot be cached, so trials use an honest fixed scheme: epoch e trains on variant
+e mod (K + 1) of the training set (the original and K pre-augmented copies made once by `augment`). The
+full-model path uses the same variants, so both paths compute the same thing; it is the fall-back when the
+activations would not fit the cache's disk budget.
 
-Small sets are held in memory; large ones (tlpipe.data.datasets.IN_MEMORY_MAX_IMAGES) are decoded once to
-scratch .npy files and, like the activations, read back a batch at a time, so memory stays flat.
+Images and activations are held in memory up to a byte budget (`tune.cache_max_bytes`), one resident copy
+shuffled by index; above it they are read from .npy files on local disk in shuffled blocks, so memory stays
+flat whatever the dataset size.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
-import os
-import shutil
-import uuid
 import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -29,13 +29,13 @@ import tensorflow as tf
 
 from tlpipe.cli import scratch_dir
 from tlpipe.contracts import COPIES_FILE, HyperParams
-from tlpipe.data import datasets
 from tlpipe.data.arrays import NpyRows, NpyWriter
 from tlpipe.data.datasets import decode_images, decoded_chunks, read_manifest, split_images
 from tlpipe.errors import DataError
 from tlpipe.models.backbones import FreezePlan, apply_freeze, preprocessing, split_at
 from tlpipe.models.training import compile_for, make_head
 from tlpipe.tracking.lineage import content_hash
+from tlpipe.tuning.cache import DEFAULT_MEMORY_BYTES, ActivationCache
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,11 @@ class TrialData:
     classes: list[str]
     fingerprint: str = ""  # the images' identity: subset contents, image size and the augmented copies
 
+    @property
+    def images(self) -> int:
+        """Images a trial's activation cache holds: every training variant and the validation split."""
+        return len(self.labels) * len(self.variants) + len(self.val_labels)
+
 
 def _fingerprint(subset: Path, size: int, copies: Path | None) -> str:
     """What the trial images are, cheaply: the manifest's image hashes per split, the size, the copies' bytes."""
@@ -77,11 +82,12 @@ def _fingerprint(subset: Path, size: int, copies: Path | None) -> str:
     return digest.hexdigest()[:20]
 
 
-def load_trial_data(subset: Path, augmented: Path | None, size: int, mode: str = "auto") -> TrialData:
+def load_trial_data(subset: Path, augmented: Path | None, size: int, mode: str = "auto",
+                    memory_bytes: int = DEFAULT_MEMORY_BYTES) -> TrialData:
     """The original training split plus the pre-augmented copies, and the validation split.
 
     `mode`: "memory", "stream" (decoded once to scratch .npy files, read back in batches) or "auto" (memory
-    up to IN_MEMORY_MAX_IMAGES images over all variants and the validation split).
+    while all variants and the validation split, as uint8, fit `memory_bytes`).
     """
     train, labels, classes = split_images(subset, "train")
     val, val_labels, _ = split_images(subset, "val")
@@ -95,7 +101,7 @@ def load_trial_data(subset: Path, augmented: Path | None, size: int, mode: str =
     k = len(copies) // len(train) if copies is not None else 0
     fingerprint = _fingerprint(subset, size, path if copies is not None else None)
     total = len(train) * (k + 1) + len(val)
-    if mode == "memory" or (mode == "auto" and total <= datasets.IN_MEMORY_MAX_IMAGES):
+    if mode == "memory" or (mode == "auto" and total * size * size * 3 <= memory_bytes):
         x = decode_images(train, size, desc="decode train")
         extra = list(copies.load().reshape(k, *x.shape)) if copies is not None else []
         return TrialData([x, *extra], labels, decode_images(val, size, desc="decode val"), val_labels, classes,
@@ -115,113 +121,85 @@ def _float(x, y):
     return tf.cast(x, tf.float32), y
 
 
+WINDOW_BYTES = 32 * 2**20  # rows gathered per read: large sequential reads, bounded memory in flight
+BLOCKS_PER_WINDOW = 32  # on disk: a window is this many random blocks of consecutive rows, shuffled together
+
+
+def epoch_order(n: int, seed: int, epoch: int, block: int = 1, window: int = 1) -> np.ndarray:
+    """The row order of an epoch, seeded.
+
+    A permutation (block 1), or blocks of `block` consecutive rows in random order with the rows of each
+    `window` (a multiple of `block`) shuffled together, so that a window is read from disk with a few large reads.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if block <= 1:
+        return rng.permutation(n)
+    full = n // block  # a short last block goes last, so every window stays whole blocks (whole reads)
+    order = np.concatenate([(rng.permutation(full)[:, None] * block + np.arange(block)).reshape(-1),
+                            np.arange(full * block, n)])
+    for begin in range(0, n, window):
+        rng.shuffle(order[begin : begin + window])  # a view: shuffled in place
+    return order
+
+
+def _windows(arrays: list, labels: np.ndarray, batch: int, epochs: int, order) -> tf.data.Dataset:
+    """Batches of epoch e from arrays[e % len(arrays)] in `order(e)`, gathered a window of rows at a time.
+
+    The arrays are never copied into TensorFlow (no from_tensor_slices, no shuffle buffer): each window is
+    gathered by index from the one resident array, or read from the .npy file, so memory holds the arrays
+    once plus a few windows in flight.
+    """
+    first, n = arrays[0], len(labels)
+    row_bytes = max(1, math.prod(first.shape[1:]) * first.dtype.itemsize)
+    window = max(batch, WINDOW_BYTES // row_bytes)
+    if not isinstance(first, np.ndarray):  # whole blocks per window: each block is one sequential read
+        block = max(1, window // BLOCKS_PER_WINDOW)
+        window = block * BLOCKS_PER_WINDOW
+    order = functools.partial(order, window=window)
+
+    def read(epoch, start):
+        epoch, start = int(epoch), int(start)
+        index = order(epoch)[start : start + window]
+        rows = arrays[epoch % len(arrays)]
+        return (rows[index] if isinstance(rows, np.ndarray) else rows.read(index)), labels[index]
+
+    def load(epoch, start):
+        x, y = tf.numpy_function(read, [epoch, start], (tf.as_dtype(first.dtype), tf.as_dtype(labels.dtype)),
+                                 stateful=False)
+        return tf.ensure_shape(x, (None, *first.shape[1:])), tf.ensure_shape(y, (None,))
+
+    starts = tf.data.Dataset.range(0, n, window)
+
+    def epoch_batches(epoch):
+        windows = starts.map(lambda start: load(epoch, start), num_parallel_calls=tf.data.AUTOTUNE,
+                             deterministic=True)
+        return windows.rebatch(batch)
+
+    ds = tf.data.Dataset.range(epochs).flat_map(epoch_batches)
+    # flat_map hides the length; Keras needs it to end an evaluation without an "ran out of data" warning
+    ds = ds.apply(tf.data.experimental.assert_cardinality(epochs * math.ceil(n / batch)))
+    return ds.map(_float).prefetch(tf.data.AUTOTUNE)
+
+
 def variant_batches(variants: list, labels: np.ndarray, batch: int, epochs: int,
                     seed: int) -> tuple[tf.data.Dataset, int]:
-    """Epoch e = variant e mod V, shuffled; returns the dataset and steps per epoch."""
-    steps = math.ceil(len(labels) / batch)
-    if all(isinstance(v, np.ndarray) for v in variants):
-        per_variant = []
-        for v in range(len(variants)):
-            ds = tf.data.Dataset.from_tensor_slices((variants[v], labels))
-            ds = ds.shuffle(len(labels), seed=seed + v, reshuffle_each_iteration=True).batch(batch)
-            per_variant.append(ds.map(_float))
-        out = per_variant[0]
-        for epoch in range(1, epochs):
-            out = out.concatenate(per_variant[epoch % len(per_variant)])
-        return out.prefetch(tf.data.AUTOTUNE), steps
+    """Epoch e = variant e mod V, shuffled; returns the dataset and steps per epoch.
 
-    def generate():  # from disk: a seeded permutation per epoch, each batch read with positioned reads
-        for epoch in range(epochs):
-            rows = variants[epoch % len(variants)]
-            order = np.random.default_rng([seed, epoch]).permutation(len(labels))
-            for start in range(0, len(order), batch):
-                index = order[start : start + batch]
-                yield _read(rows, index), labels[index]
+    In memory: a seeded permutation per epoch. On disk: shuffled blocks (epoch_order), read sequentially.
+    """
+    on_disk = not isinstance(variants[0], np.ndarray)
 
-    first = variants[0]
-    spec = (tf.TensorSpec((None, *first.shape[1:]), tf.as_dtype(first.dtype)),
-            tf.TensorSpec((None,), tf.as_dtype(labels.dtype)))
-    ds = tf.data.Dataset.from_generator(generate, output_signature=spec)
-    return ds.map(_float).prefetch(tf.data.AUTOTUNE), steps
+    @functools.lru_cache(maxsize=2)  # every window of an epoch slices the same order
+    def order(epoch: int, window: int) -> np.ndarray:
+        block = max(1, window // BLOCKS_PER_WINDOW) if on_disk else 1
+        return epoch_order(len(labels), seed, epoch, block, window)
 
-
-def _read(rows, index: np.ndarray) -> np.ndarray:
-    return rows[index] if isinstance(rows, np.ndarray) else rows.read(index)
+    return _windows(variants, labels, batch, epochs, order), math.ceil(len(labels) / batch)
 
 
 def ordered_batches(images, labels: np.ndarray, batch: int = 256) -> tf.data.Dataset:
     """(float32 images, labels) in order: the validation set, from memory or from disk."""
-    if isinstance(images, np.ndarray):
-        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch).map(_float)
-
-    def generate():
-        for start, chunk in zip(range(0, len(labels), batch), images.chunks(batch), strict=True):
-            yield chunk, labels[start : start + len(chunk)]
-
-    spec = (tf.TensorSpec((None, *images.shape[1:]), tf.as_dtype(images.dtype)),
-            tf.TensorSpec((None,), tf.as_dtype(labels.dtype)))
-    return tf.data.Dataset.from_generator(generate, output_signature=spec).map(_float).prefetch(2)
-
-
-class ActivationCache:
-    """float16/float32 activations on disk under a byte cap, least recently used evicted first."""
-
-    def __init__(self, folder: Path, max_bytes: int, dtype: str):
-        self.folder, self.max_bytes, self.dtype = Path(folder), max_bytes, np.dtype(dtype)
-
-    def key(self, identity: str, frozen: int, fingerprint: str) -> str:
-        """Cache key: backbone identity + boundary + the images' fingerprint (augmentation included) + dtype."""
-        return hashlib.sha256(f"{identity}|{frozen}|{self.dtype}|{fingerprint}".encode()).hexdigest()[:20]
-
-    def evict(self, needed: int, keep: str = "") -> int:
-        """Delete least-recently-used entries until the folder plus `needed` bytes fits `max_bytes`."""
-        entries = [d for d in self.folder.glob("*") if d.is_dir() and d.name != keep] if self.folder.is_dir() else []
-        sizes = {d: sum(f.stat().st_size for f in d.glob("*") if f.is_file()) for d in entries}
-        own = self.folder / keep
-        kept = sum(f.stat().st_size for f in own.glob("*")) if keep and own.is_dir() else 0
-        total, removed = sum(sizes.values()) + kept, 0
-        for entry in sorted(entries, key=lambda d: d.stat().st_mtime):
-            if total + needed <= self.max_bytes:
-                break
-            shutil.rmtree(entry, ignore_errors=True)
-            total -= sizes[entry]
-            removed += 1
-        return removed
-
-    def bytes_needed(self, images: int, shape: tuple[int, ...]) -> int:
-        """Bytes for `images` activations of `shape`."""
-        return images * int(np.prod(shape)) * self.dtype.itemsize
-
-    def get(self, key: str, name: str, model: keras.Model, parts: list, batch: int = 128) -> list:
-        """The activations of `model` on each image array of `parts`, computed once and stored as one .npy.
-
-        Returns one array per part: in memory when every part was in memory, else NpyRows on disk.
-        """
-        path = self.folder / key / f"{name}.npy"
-        if not path.exists():
-            out_shape = tuple(model.output.shape[1:])
-            total = sum(len(p) for p in parts)
-            self.evict(self.bytes_needed(total, out_shape), keep=key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-            def chunks():
-                for part in parts:
-                    blocks = ((part[i : i + batch] for i in range(0, len(part), batch))
-                              if isinstance(part, np.ndarray) else part.chunks(batch))
-                    for block in blocks:
-                        yield np.asarray(model(block.astype("float32"), training=False)).astype(self.dtype)
-
-            # A unique staging name: two workers computing the same key publish the same bytes atomically.
-            staged = path.with_name(f".{name}.{uuid.uuid4().hex[:8]}.npy")
-            NpyWriter.write(staged, chunks(), (total, *out_shape), self.dtype)
-            staged.replace(path)
-        os.utime(path.parent)  # recently used: the last to be evicted
-        out, start = [], 0
-        for part in parts:
-            rows = NpyRows(path, start, len(part))
-            out.append(rows.load() if isinstance(part, np.ndarray) else rows)
-            start += len(part)
-        return out
+    return _windows([images], labels, batch, 1, lambda epoch, window: np.arange(len(labels)))
 
 
 def _prefix_model(backbone: keras.Model, frozen: int, size: int, mode: str) -> tuple[keras.Model, keras.Model | None]:
@@ -238,15 +216,20 @@ def _prefix_model(backbone: keras.Model, frozen: int, size: int, mode: str) -> t
 
 def cached_model(backbone: keras.Model, plan: FreezePlan, head: keras.Model, recipe: Recipe,
                  cache: ActivationCache, identity: str, data: TrialData) -> tuple[keras.Model, list, object] | None:
-    """(suffix + head model, train activations per variant, val activations), or None when over the cache cap."""
+    """(suffix + head model, train activations per variant, val activations), or None over the disk budget.
+
+    The activations are held in memory within the cache's memory budget, else read from its disk.
+    """
     prefix_model, suffix = _prefix_model(backbone, plan.frozen, recipe.image_size, recipe.preprocess)
     shape = tuple(prefix_model.output.shape[1:])
-    images = sum(len(v) for v in data.variants) + len(data.val_images)
-    if cache.bytes_needed(images, shape) > cache.max_bytes:
+    needed = cache.bytes_needed(data.images, shape)
+    refusal = cache.refusal(plan.boundary, needed)
+    if refusal is not None:
+        print(refusal)
         return None
-    key = cache.key(identity, plan.frozen, data.fingerprint)
-    train = cache.get(key, "train", prefix_model, data.variants)
-    (val,) = cache.get(key, "val", prefix_model, [data.val_images])
+    key, in_memory = cache.key(identity, plan.frozen, data.fingerprint), cache.in_memory(needed)
+    train = cache.get(key, "train", prefix_model, data.variants, in_memory)
+    (val,) = cache.get(key, "val", prefix_model, [data.val_images], in_memory)
     inputs = keras.Input(shape, name="activations")
     features = suffix(inputs, training=False) if suffix is not None else inputs
     model = keras.Model(inputs, head(features), name="cached_trial")
@@ -266,9 +249,6 @@ def run_trial(recipe: Recipe, hp: HyperParams, data: TrialData, backbone: keras.
     built = None
     if cache is not None and plan.frozen > 0:
         built = cached_model(backbone, plan, head, recipe, cache, identity, data)
-        if built is None:
-            print(f"tune: activations at {plan.boundary} would exceed tune.cache_max_bytes={cache.max_bytes}; "
-                  "this trial trains the full model")
     if built is not None:
         model, train, val = built
         mode = "cached"

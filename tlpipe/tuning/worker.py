@@ -16,6 +16,7 @@ from pathlib import Path
 from tlpipe.config import TuneConfig
 from tlpipe.contracts import BestParams, HyperParams
 from tlpipe.errors import PipelineError
+from tlpipe.tuning.cache import cache_plan
 from tlpipe.tuning.study import FINISHED, counts, finished, freeze_points, suggest
 from tlpipe.tuning.trial import ActivationCache, Recipe, load_trial_data, run_trial
 
@@ -37,10 +38,14 @@ class Worker:
         self.cfg, self.recipe, self.defaults, self.head, self.worker = cfg, recipe, defaults, head, worker
         self.regimes = list(regimes or cfg.regimes)
         self.ran = 0  # trials this worker ran (the study also holds other workers' trials)
-        self.data = load_trial_data(subset, augmented, recipe.image_size, cfg.input)
+        self.data = load_trial_data(subset, augmented, recipe.image_size, cfg.input, cfg.cache_max_bytes)
         self.load_backbone, self.identity = load_backbone, identity
-        self.points = freeze_points(load_backbone())
-        self.cache = ActivationCache(cache_dir, cfg.cache_max_bytes, cfg.cache_dtype) if cfg.cache else None
+        backbone = load_backbone()
+        self.points = freeze_points(backbone)
+        self.cache = (ActivationCache(cache_dir, cfg.cache_max_bytes, cfg.cache_dtype, cfg.cache_disk_bytes)
+                      if cfg.cache else None)
+        if self.cache is not None:  # before any trial: what each freeze point costs and where it will live
+            print(self.cache.describe(cache_plan(backbone, self.data.images, cfg.cache_dtype)), flush=True)
 
     def objective(self, trial) -> float:
         """Train one trial; any error fails this trial only, its reason kept as the `fail_reason` attribute."""
