@@ -71,17 +71,20 @@ def main(argv: list[str] | None = None) -> None:
     size, weights = model_cfg.image_size, model_cfg.weights
     hp = hyperparams(BestParams.read(args.tuning), params.fine_tune, model_cfg.dropout, model_cfg.head_units,
                      args.backbone, weights)
-    from tlpipe.tracking.runs import EpochLogger, log_keras_model, step_run
+    from tlpipe.tracking.runs import epoch_callback, log_keras_model, step_run
 
     identity = backbone_identity(args.backbone, weights, size)
-    with step_run(params, "fine_tune", {"subset": args.subset, "head": args.head}, args.validation) as run:
+    trained = {"fine_tune.learning_rate": hp.learning_rate, "fine_tune.freeze_ratio": hp.freeze_ratio,
+               "model.dropout": hp.dropout, "model.head_units": hp.head_units}
+    with step_run(params, "fine_tune", {"subset": args.subset, "head": args.head}, args.validation,
+                  trained) as run:
         import mlflow
 
         model, info = fine_tune(
             params.fine_tune, params.augment, hp, params.seed, params.deterministic, size,
             lambda: load_backbone(args.backbone, weights, size, params.storage.endpoint_url),
             preprocess_mode(args.backbone), identity, Path(args.subset), Path(args.head) / HEAD_FILE,
-            Path(args.workdir), callbacks=[EpochLogger()])
+            Path(args.workdir), callbacks=[epoch_callback()])
         mlflow.log_params({f"effective.{k}": v for k, v in hp.model_dump().items()})
         mlflow.log_params({"effective.frozen_layers": info["freeze"]["frozen"],
                            "effective.freeze_boundary": info["freeze"]["boundary"]})

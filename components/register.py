@@ -178,7 +178,7 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
     tags = version_tags(run, challenger, status, reasons, facts, study, comparison)
     description = describe(run, challenger, status, champion, champion_version, comparison)
     version, reused = _record(client, params, run, work, tags, description, model_dir, subset, validation,
-                              images[:2])
+                              images[:2], outcome(run, challenger, eval_dir))
     promoted = False
     if cfg.auto_promote and status == "passed":
         current = alias_version(client, cfg.model_name, CHAMPION)
@@ -193,8 +193,29 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
                         test_set_sha256=facts["test_set_sha256"], comparison=comparison)
 
 
+def outcome(run: TrainedModel, challenger: dict, eval_dir: Path) -> dict:
+    """What the pipeline run shows in the runs table: final and baseline test metrics, the chosen params."""
+    from tlpipe.contracts import EvalMetrics
+    from tlpipe.errors import DataError
+
+    metrics = {"test_accuracy": challenger["accuracy"], "test_macro_f1": challenger["macro_f1"]}
+    try:
+        evaluation = EvalMetrics.read(eval_dir)
+    except DataError:  # evaluate's file is missing or of another layout: the final metrics still go up
+        evaluation = None
+    if evaluation is not None:
+        metrics["test_accuracy_ci95_low"], metrics["test_accuracy_ci95_high"] = evaluation.accuracy_ci95
+        for name, block in (("frozen_features", evaluation.frozen_features), ("scratch", evaluation.scratch)):
+            if block.get("accuracy") is not None:
+                metrics[f"baseline_{name}_test_accuracy"] = float(block["accuracy"])
+    hp = run.hyperparameters
+    chosen = {"regime": hp.regime, "freeze_ratio": f"{hp.freeze_ratio:.3g}", "learning_rate": f"{hp.learning_rate:.3g}",
+              "dropout": f"{hp.dropout:.3g}", "head_units": str(hp.head_units), "backbone": run.backbone}
+    return {"metrics": metrics, "params": chosen}
+
+
 def _record(client, params, run: TrainedModel, work: Path, tags: dict, description: str, model_dir: Path,
-            subset: Path, validation: Path, examples: np.ndarray):
+            subset: Path, validation: Path, examples: np.ndarray, result: dict):
     """The registry writes: evidence on a `register` run, the version (new or reused), its tags and alias.
 
     A new version is the serving model (tlpipe.tracking.serving: images in, labels out) logged on the
@@ -208,7 +229,7 @@ def _record(client, params, run: TrainedModel, work: Path, tags: dict, descripti
 
     from tlpipe.redact import redact
     from tlpipe.tracking.registry import CHALLENGER
-    from tlpipe.tracking.runs import step_run
+    from tlpipe.tracking.runs import record_outcome, step_run
     from tlpipe.tracking.serving import log_image_model
 
     name = params.registry.model_name
@@ -229,6 +250,11 @@ def _record(client, params, run: TrainedModel, work: Path, tags: dict, descripti
             client.update_model_version(name, version.version, description)
             client.set_registered_model_alias(name, CHALLENGER, version.version)
             mlflow.set_tags({"registered_version": version.version, "validation_status": tags["validation_status"]})
+            parent = mlflow.get_run(step.info.run_id).data.tags.get("mlflow.parentRunId")
+            if parent:
+                record_outcome(parent, result["metrics"], result["params"],
+                               {"registered_model": f"{name} v{version.version} @challenger",
+                                "registered_version": version.version, "validation_status": tags["validation_status"]})
     except MlflowException as exc:
         first = str(exc).splitlines()[0][:300]
         raise PipelineError(f"MLflow registry at {redact(client.tracking_uri)}: {first}") from None
