@@ -62,7 +62,8 @@ def test_search_space_uses_real_boundaries_within_range(tiny_project, tmp_path):
     inside = [p for p in points if 0.2 <= p <= 0.8]
     seen = set()
     for index in range(len(inside)):
-        trial = optuna.trial.FixedTrial({"freeze_point": index, "learning_rate": 1e-3, "train_bn": False})
+        trial = optuna.trial.FixedTrial({"freeze_ratio": round(inside[index], 4), "learning_rate": 1e-3,
+                                         "train_bn": False})
         hp = suggest(trial, params.tune, points, ["transfer"])
         ratio = hp["freeze_ratio"]
         seen.add(ratio)
@@ -159,7 +160,9 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
     study = create_study(params.tune, "prune-test", params.seed)
     # Three sane reference trials. They are the same point: on the tiny project a smaller rate (1e-3, as this test
     # once used) legitimately lags the median at epoch 2 and is pruned too, which is not what this test is about.
-    point = {"regime": "transfer", "freeze_point": 1, "train_bn": False}
+    low, high = params.tune.freeze_ratio
+    inside = [p for p in freeze_points(load(tiny_project, params)) if low - 1e-9 <= p <= high + 1e-9]
+    point = {"regime": "transfer", "freeze_ratio": round(inside[1], 4), "train_bn": False}
     for _ in range(3):
         study.enqueue_trial({**point, "learning_rate": 3e-3})
     study.enqueue_trial({**point, "learning_rate": 50.0})  # diverges: accuracy collapses
@@ -172,11 +175,18 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
 
     mlflow.set_tracking_uri(params.tracking.default_uri)
     mlflow.set_experiment(params.tracking.experiment)  # not whatever experiment an earlier test left active
-    with mlflow.start_run():
+    with mlflow.start_run() as parent:
         ran, timed_out = worker.work(study)
     assert not timed_out  # the budget is the trial count; no clock stopped it
     states = [t.state.name for t in study.get_trials()]
     assert states[:3] == ["COMPLETE"] * 3 and states[3] == "PRUNED"
+    assert study.metric_names == [params.tune.metric]  # named in optuna-dashboard, not "Objective 0"
+    assert "freeze_ratio" in study.trials[0].params  # the searched param has the name used everywhere
+    # A pruned trial is a FINISHED MLflow run tagged optuna.state=pruned, not a red FAILED one.
+    runs = mlflow.search_runs(filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                              output_format="list")
+    by_state = sorted((r.data.tags["optuna.state"], r.info.status) for r in runs)
+    assert by_state == [("complete", "FINISHED")] * 3 + [("pruned", "FINISHED")], by_state
     assert study.get_trials()[3].user_attrs["epochs_run"] < 3
     out = tmp_path / "summary"
     out.mkdir()

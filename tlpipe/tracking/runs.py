@@ -143,15 +143,19 @@ def _sigterm(signum, frame):
 
 def log_datasets(tags: dict[str, str]) -> None:
     """Each input with a content hash as an MLflow dataset (Datasets column): its path, digest and dvc md5."""
+    import warnings
+
     import mlflow
-    from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
     for key, digest in tags.items():
         if key.startswith("data.") and key.endswith(".sha256"):
             name = key[len("data."):-len(".sha256")]
-            path = tags.get(f"data.{name}.path", name)
-            dataset = MetaDataset(FileSystemDatasetSource(path), name=name, digest=digest[:36])
+            with warnings.catch_warnings():  # a local path matches two registered local sources; either is right
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+                source = resolve_dataset_source(tags.get(f"data.{name}.path", name))
+            dataset = MetaDataset(source, name=name, digest=digest[:36])
             md5 = tags.get(f"data.{name}.dvc_md5")
             mlflow.log_input(dataset, context="input", tags={"sha256": digest, **({"dvc_md5": md5} if md5 else {})})
 
