@@ -199,6 +199,16 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
     assert hp.freeze_ratio == study.best_trial.user_attrs["freeze_ratio"]
     assert ran == 4  # this worker ran the four (enqueued) trials
 
+    # `make study` prints the stored name; optuna.load_study opens it with that name.
+    shown = subprocess.run([sys.executable, "-m", "operators.study", "--params", str(tiny_project / "params.yaml"),
+                            "--tuning", str(out), "--storage", params.tune.storage], cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=900)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    name = re.search(r'study_name="([^"]+)"', shown.stdout).group(1)
+    assert name == study.study_name and "optuna-dashboard" in shown.stdout
+    loaded = optuna.load_study(study_name=name, storage=params.tune.storage)
+    assert len(loaded.trials) == 4 and loaded.metric_names == [params.tune.metric]
+
 
 def tune_cmd(params_file, *args):
     return [sys.executable, "-m", "components.tune", *args, "--params", str(params_file)]
