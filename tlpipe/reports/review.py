@@ -159,7 +159,7 @@ def context(data: dict) -> dict:
     images["training"] = data_uri(files / TRAINING_CURVES)
     return {"title": data["title"], "version": data["version"], "status": gate["validation_status"],
             "reasons": gate["reasons"] or ["all thresholds met"], "verdict": verdict(gate),
-            "description": data["description"], "aliases": sorted(data["aliases"].items()),
+            "description": _description(data["description"], gate), "aliases": sorted(data["aliases"].items()),
             "challenger_label": f"challenger v{data['version']}",
             "champion_label": f"champion v{champion_version}" if champion_version else "no champion",
             "has_champion": bool(champion_version), "metrics": metric_rows(gate),
@@ -174,6 +174,15 @@ def context(data: dict) -> dict:
                       for cls, n in per.items()],
             "champion": champion_history(champion_version, data["champion_tags"], data["current_champion"]),
             "diff": data["diff"]}
+
+
+def _description(text: str, gate: dict) -> str:
+    """The version's description (written at registration), marked as such when the champion has changed."""
+    if "registered_against" not in gate or gate["registered_against"] == gate.get("champion_version"):
+        return text
+    now = f"@champion v{gate['champion_version']}" if gate.get("champion_version") else "no @champion"
+    return (f"At registration: {text} Since then there is {now}: the gate, metrics and comparison on this page "
+            "were re-run against it when this review ran.")
 
 
 def render_html(ctx: dict) -> str:
