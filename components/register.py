@@ -25,6 +25,7 @@ from tlpipe.errors import PipelineError
 from tlpipe.reports.champion import write_predictions
 from tlpipe.reports.diff import write_image_ids
 from tlpipe.reports.review import write_evidence
+from tlpipe.reports.summary import pipeline_outcome, read_evaluation, run_summary
 from tlpipe.tracking import registry as registry_lib
 from tlpipe.tracking.lineage import subset_lineage
 
@@ -178,7 +179,7 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
     tags = version_tags(run, challenger, status, reasons, facts, study, comparison)
     description = describe(run, challenger, status, champion, champion_version, comparison)
     version, reused = _record(client, params, run, work, tags, description, model_dir, subset, validation,
-                              images[:2], outcome(run, challenger, eval_dir))
+                              images[:2], pipeline_outcome(run, challenger, eval_dir))
     promoted = False
     if cfg.auto_promote and status == "passed":
         current = alias_version(client, cfg.model_name, CHAMPION)
@@ -191,27 +192,6 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
                         champion_test_accuracy=champion["accuracy"] if champion else None,
                         auto_promoted=promoted, register_run_id=tags["register_run_id"],
                         test_set_sha256=facts["test_set_sha256"], comparison=comparison)
-
-
-def outcome(run: TrainedModel, challenger: dict, eval_dir: Path) -> dict:
-    """What the pipeline run shows in the runs table: final and baseline test metrics, the chosen params."""
-    from tlpipe.contracts import EvalMetrics
-    from tlpipe.errors import DataError
-
-    metrics = {"test_accuracy": challenger["accuracy"], "test_macro_f1": challenger["macro_f1"]}
-    try:
-        evaluation = EvalMetrics.read(eval_dir)
-    except DataError:  # evaluate's file is missing or of another layout: the final metrics still go up
-        evaluation = None
-    if evaluation is not None:
-        metrics["test_accuracy_ci95_low"], metrics["test_accuracy_ci95_high"] = evaluation.accuracy_ci95
-        for name, block in (("frozen_features", evaluation.frozen_features), ("scratch", evaluation.scratch)):
-            if block.get("accuracy") is not None:
-                metrics[f"baseline_{name}_test_accuracy"] = float(block["accuracy"])
-    hp = run.hyperparameters
-    chosen = {"regime": hp.regime, "freeze_ratio": f"{hp.freeze_ratio:.3g}", "learning_rate": f"{hp.learning_rate:.3g}",
-              "dropout": f"{hp.dropout:.3g}", "head_units": str(hp.head_units), "backbone": run.backbone}
-    return {"metrics": metrics, "params": chosen}
 
 
 def _record(client, params, run: TrainedModel, work: Path, tags: dict, description: str, model_dir: Path,
@@ -284,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{result.test_accuracy:.3f}{versus}: gate {result.validation_status}"
           + (f" ({'; '.join(result.reasons)})" if result.reasons else "")
           + ("; auto-promoted to @champion" if result.auto_promoted else ""))
+    print("\n".join(run_summary(result, read_evaluation(Path(args.evaluation)), TrainedModel.read(args.model))))
 
 
 if __name__ == "__main__":

@@ -456,6 +456,17 @@ def test_review_and_promote_against_todays_champion_and_serve_images(project, ch
         done = register(project, c, which, tmp_path / out)
         assert done.returncode == 0, done.stderr[-3000:]
     assert [client.get_model_version("today", v).tags["validation_status"] for v in "123"] == ["passed"] * 3
+    # MLflow conventions: a training experiment (runs table first), the pipeline run carries the outcome, the
+    # step runs list their inputs as datasets with content digests.
+    reg_run = client.get_run(client.get_model_version("today", "3").tags["register_run_id"])
+    assert client.get_experiment(reg_run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = client.get_run(reg_run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["registered_version"] == "3" and "test_accuracy" in parent.data.metrics
+    assert "baseline_scratch_test_accuracy" in parent.data.metrics and parent.data.params["regime"] == "transfer"
+    assert parent.info.end_time >= reg_run.info.start_time  # the pipeline run lasts until its outcome is known
+    inputs = {d.dataset.name: d.dataset.digest for d in reg_run.inputs.dataset_inputs}
+    assert set(inputs) >= {"subset", "model"} and all(inputs.values())
+
     promoted = registry(project, c, "promote", "1", "--reason", "first in production")
     assert promoted.returncode == 0, promoted.stderr
 
