@@ -156,6 +156,13 @@ def aliases(client, name: str) -> dict[str, list[str]]:
     return out
 
 
+def _rounded(text: str) -> str:
+    try:
+        return f"{float(text):.3g}"
+    except ValueError:
+        return text
+
+
 def status_rows(client, name: str) -> list[dict]:
     """Every version, newest first, with its aliases, gate status and test accuracy."""
     versions = client.search_model_versions(f"name = '{name}'")
@@ -165,7 +172,10 @@ def status_rows(client, name: str) -> list[dict]:
         rows.append({"version": v.version, "aliases": ",".join(by_version.get(str(v.version), [])) or "-",
                      "validation_status": v.tags.get("validation_status", "-"),
                      "test_accuracy": v.tags.get("test_accuracy", "-"),
-                     "backbone": v.tags.get("backbone", "-"), "freeze_ratio": v.tags.get("freeze_ratio", "-"),
+                     # accuracies on different test sets are not comparable: the column says which set
+                     "test_set": v.tags.get("test_set_sha256", "-")[:10],
+                     "backbone": v.tags.get("backbone", "-")[:19],
+                     "freeze_ratio": _rounded(v.tags.get("freeze_ratio", "-")),
                      "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(v.creation_timestamp / 1000))})
     return rows
 
