@@ -18,7 +18,7 @@ from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.config import APPLICATION_BACKBONES, AugmentConfig, FineTuneConfig
 from tlpipe.contracts import HEAD_FILE, MODEL_FILE, BestParams, HyperParams, TrainedModel
 from tlpipe.data.datasets import decode_images, split_source
-from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
+from tlpipe.models.backbones import backbone_identity, describe_backbone, load_backbone, preprocess_mode
 from tlpipe.models.fitting import chance_level, job_id, train
 from tlpipe.reports.plots import training_report
 from tlpipe.tracking.lineage import content_hash
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             preprocess_mode(args.backbone), identity, Path(args.subset), Path(args.head) / HEAD_FILE,
             Path(args.workdir), callbacks=[epoch_callback()])
         mlflow.log_params({f"effective.{k}": v for k, v in hp.model_dump().items()})
+        mlflow.set_tag("backbone.description", describe_backbone(args.backbone, identity))
         mlflow.log_params({"effective.frozen_layers": info["freeze"]["frozen"],
                            "effective.freeze_boundary": info["freeze"]["boundary"]})
         monitor = params.fine_tune.monitor

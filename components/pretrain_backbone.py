@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
             BackboneInfo(architecture=f"vgg_style{list(params.pretrain_backbone.filters)}",
                          source_classes=metrics["source_classes"], source_images=metrics["source_images"],
                          image_size=size, sha256=content_hash(staged / BACKBONE_FILE),
-                         val_accuracy=metrics["val_accuracy"]).write(staged)
+                         val_accuracy=metrics["val_accuracy"], source=args.source).write(staged)
     print(f"pretrain_backbone: val accuracy {metrics['val_accuracy']:.3f} on source classes "
           f"{', '.join(metrics['source_classes'])} -> {args.backbone}")
 

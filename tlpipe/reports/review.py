@@ -140,7 +140,8 @@ def collect(client, name: str, version_ref: str, work: Path, gate_now=None) -> d
             diff = version_diff(client, version, champ, work / "diff")
     tuning = files / TUNE / BestParams.FILE
     current = alias_version(client, name, CHAMPION)
-    backbone = backbone_name(client, training, version.tags.get("backbone", ""))
+    backbone = (training.data.tags.get("backbone.description")
+                or backbone_name(client, training, version.tags.get("backbone", "")))
     return {"title": f"Promotion review: {name} v{version.version}", "model_name": name,
             "version": str(version.version), "description": version.description or "",
             "aliases": {alias: v for v, names in aliases(client, name).items() for alias in names},
