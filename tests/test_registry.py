@@ -465,6 +465,12 @@ def test_review_and_promote_against_todays_champion_and_serve_images(project, ch
     assert parent.data.tags["registered_version"] == "3" and "test_accuracy" in parent.data.metrics
     assert "baseline_scratch_test_accuracy" in parent.data.metrics and parent.data.params["regime"] == "transfer"
     assert parent.info.end_time >= reg_run.info.start_time  # the pipeline run lasts until its outcome is known
+    # The fine_tune run's params are the values that trained the model; the configured ones are tags.
+    trained = client.get_run(client.get_model_version("today", "2").tags["training_run_id"]).data
+    assert trained.params["fine_tune.learning_rate"] == trained.params["effective.learning_rate"]
+    if "configured.fine_tune.learning_rate" in trained.tags:
+        assert trained.tags["configured.fine_tune.learning_rate"] != trained.params["fine_tune.learning_rate"]
+    assert any(k.startswith("optimizer_") for k in trained.params)  # mlflow.keras.MlflowCallback logged it
     inputs = {d.dataset.name: d.dataset.digest for d in reg_run.inputs.dataset_inputs}
     assert set(inputs) >= {"subset", "model"} and all(inputs.values())
 
