@@ -178,7 +178,9 @@ def record_outcome(parent_run_id: str, metrics: dict[str, float], params: dict[s
     for key, value in params.items():
         try:
             client.log_param(parent_run_id, key, str(value)[:500])
-        except MlflowException:  # logged by an earlier register of this pipeline run: keep it, note the new one
+        except MlflowException as exc:  # logged by an earlier register of this pipeline run: keep it, tag the new one
+            if exc.error_code != "INVALID_PARAMETER_VALUE":
+                raise
             client.set_tag(parent_run_id, f"latest.{key}", str(value)[:500])
     for key, value in tags.items():
         client.set_tag(parent_run_id, key, str(value)[:5000])
