@@ -31,6 +31,8 @@ def connect(params):
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(params.registry.http_retries)
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(params.registry.http_timeout)
+    # Download bars are carriage-return noise in logs and would bury a refusal's one line on stderr.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
     uri = sql_uri(tracking_uri(params))
