@@ -27,8 +27,13 @@ def gate_now(client, params, version, work: Path, subset: Path | None) -> dict:
         tlpipe.reports.champion.versus_current's result with "status" and "reasons" of the gate
         (components.register's rule, the one the pipeline applies at registration).
     """
+    import logging
+
     from components.register import gate
     from tlpipe.reports.champion import versus_current
+
+    # MLflow logs an INFO line per validation; an operator's console gets the decision, in one line, instead.
+    logging.getLogger("mlflow.models.evaluation.validation").setLevel(logging.WARNING)
 
     now = versus_current(client, params.registry.model_name, version, work, subset)
     status, reasons = gate(now["challenger"], now["champion"], params.registry, now["comparison"])
