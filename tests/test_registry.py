@@ -503,6 +503,8 @@ def test_review_and_promote_against_todays_champion_and_serve_images(project, ch
     # The registered model is a pyfunc that takes images: its input example predicts labels...
     for key, value in c["env"].items():
         monkeypatch.setenv(key, value)
+    mlflow.set_tracking_uri(uri)  # an earlier test in this process may have pointed MLflow elsewhere
+    mlflow.set_registry_uri(uri)
     model = mlflow.pyfunc.load_model("models:/today@previous")
     out = model.predict(model.input_example)
     classes = json.loads(client.get_model_version("today", "2").tags["classes"])
