@@ -29,10 +29,10 @@ CLUSTER_FLAGS = $(if $(PULL_SECRET),--image-pull-secret $(PULL_SECRET)) $(if $(P
 PYTEST_ARGS ?=
 
 .PHONY: help venv tools system-deps dvc.yaml clean-cache run test test-fast lint review promote rollback status predict \
-        compile run-local submit bench image image-gpu clean
+        compile run-local submit bench image image-gpu clean clean-registry study
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 # No file prerequisites on purpose: a fresh clone's files are all newer than the stamp, and the folder name
 # already carries the lock's hash, so an existing stamp means "this exact lock is installed".
@@ -82,16 +82,19 @@ test-fast: venv ## unit tests only (skips tests marked slow/servers/infra)
 lint: venv ## ruff
 	ruff check components tlpipe operators pipelines tests benchmarks
 
-review: venv ## promotion review of @challenger (VERSION=N for another) -> reports/review/review.html
+review: venv ## review @challenger (VERSION=N for another) against today's @champion -> reports/review/review.html
 	python -m operators.review --version $${VERSION:-@challenger} --out reports/review
 
-promote: venv ## make a version @champion: make promote VERSION=3 REASON="why" [FORCE=1]
+promote: venv ## re-run the gate against today's @champion, then promote: make promote VERSION=3 REASON="why" [FORCE=1]
 	@test -n "$(VERSION)" -a -n "$(REASON)" || { echo 'usage: make promote VERSION=N REASON="why" [FORCE=1]'; exit 2; }
 	python -m operators.registry promote $(VERSION) --reason "$(REASON)" $(if $(FORCE),--force)
 
 rollback: venv ## point @champion back at @previous: make rollback REASON="why"
 	@test -n "$(REASON)" || { echo 'usage: make rollback REASON="why"'; exit 2; }
 	python -m operators.registry rollback --reason "$(REASON)"
+
+study: venv ## the Optuna study tune stored: its real name, trials, and how to open it (optuna.load_study, optuna-dashboard)
+	python -m operators.study
 
 status: venv ## registry versions with aliases, gate status and test accuracy
 	python -m operators.registry status
@@ -129,5 +132,13 @@ image-gpu: ## build the GPU image (tensorflow[and-cuda])
 clean-cache: ## remove the tuning activation cache and fine_tune checkpoints
 	rm -rf checkpoints
 
-clean: ## remove pipeline outputs (keeps the virtual environment)
-	rm -rf data reports models checkpoints mlflow.db mlartifacts optuna.db .dvc/tmp
+clean: ## remove pipeline outputs (keeps the registry: mlflow.db + mlruns/, optuna.db; and the venv)
+	rm -rf data reports models checkpoints .dvc/tmp
+	@echo "kept mlflow.db and mlruns/ (runs, registered models, @champion history) and optuna.db: make clean-registry removes them"
+
+# With the embedded store (tracking.default_uri: sqlite:///mlflow.db) MLflow writes run and model artifacts to
+# ./mlruns: the registry's versions point there, so it goes with mlflow.db or not at all.
+clean-registry: ## delete the local registry and studies (mlflow.db, mlruns/, optuna.db) after a confirmation [YES=1]
+	@if [ "$(YES)" != 1 ]; then read -r -p "delete mlflow.db, mlruns/ and optuna.db (runs, registered models, @champion history, studies)? [y/N] " ok; \
+	  [ "$$ok" = y ] || { echo "kept"; exit 1; }; fi
+	rm -rf mlflow.db mlartifacts mlruns optuna.db optuna.journal

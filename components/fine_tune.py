@@ -18,7 +18,7 @@ from tlpipe.cli import atomic_dir, parser, run_main, scratch_default, step_param
 from tlpipe.config import APPLICATION_BACKBONES, AugmentConfig, FineTuneConfig
 from tlpipe.contracts import HEAD_FILE, MODEL_FILE, BestParams, HyperParams, TrainedModel
 from tlpipe.data.datasets import decode_images, split_source
-from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
+from tlpipe.models.backbones import backbone_identity, describe_backbone, load_backbone, preprocess_mode
 from tlpipe.models.fitting import chance_level, job_id, train
 from tlpipe.models.training import save_model
 from tlpipe.reports.plots import training_report
@@ -72,18 +72,22 @@ def main(argv: list[str] | None = None) -> None:
     size, weights = model_cfg.image_size, model_cfg.weights
     hp = hyperparams(BestParams.read(args.tuning), params.fine_tune, model_cfg.dropout, model_cfg.head_units,
                      args.backbone, weights)
-    from tlpipe.tracking.runs import EpochLogger, log_keras_model, step_run
+    from tlpipe.tracking.runs import epoch_callback, log_keras_model, step_run
 
     identity = backbone_identity(args.backbone, weights, size)
-    with step_run(params, "fine_tune", {"subset": args.subset, "head": args.head}, args.validation) as run:
+    trained = {"fine_tune.learning_rate": hp.learning_rate, "fine_tune.freeze_ratio": hp.freeze_ratio,
+               "model.dropout": hp.dropout, "model.head_units": hp.head_units}
+    with step_run(params, "fine_tune", {"subset": args.subset, "head": args.head}, args.validation,
+                  trained) as run:
         import mlflow
 
         model, info = fine_tune(
             params.fine_tune, params.augment, hp, params.seed, params.deterministic, size,
             lambda: load_backbone(args.backbone, weights, size, params.storage.endpoint_url),
             preprocess_mode(args.backbone), identity, Path(args.subset), Path(args.head) / HEAD_FILE,
-            Path(args.workdir), callbacks=[EpochLogger()])
+            Path(args.workdir), callbacks=[epoch_callback()])
         mlflow.log_params({f"effective.{k}": v for k, v in hp.model_dump().items()})
+        mlflow.set_tag("backbone.description", describe_backbone(args.backbone, identity))
         mlflow.log_params({"effective.frozen_layers": info["freeze"]["frozen"],
                            "effective.freeze_boundary": info["freeze"]["boundary"]})
         monitor = params.fine_tune.monitor

@@ -62,11 +62,11 @@ def pretrain(cfg: PretrainBackboneConfig, size: int, seed: int, deterministic: b
     backbone = vgg_style(size, cfg.filters)
     model = compile_for(keras.Sequential([backbone, keras.layers.Dense(len(classes), activation="softmax")]),
                         cfg.learning_rate)
-    from tlpipe.tracking.runs import EpochLogger
+    from tlpipe.tracking.runs import epoch_callback
 
     history = model.fit(batches(images[train], labels[train], cfg.batch_size, shuffle_seed=seed),
                         validation_data=batches(images[val], labels[val], cfg.batch_size),
-                        epochs=cfg.epochs, verbose=2, callbacks=[EpochLogger()])
+                        epochs=cfg.epochs, verbose=2, callbacks=[epoch_callback()])
     metrics = {"source_classes": classes, "source_images": int(len(labels)),
                "val_accuracy": float(history.history["val_accuracy"][-1]),
                "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
             BackboneInfo(architecture=f"vgg_style{list(params.pretrain_backbone.filters)}",
                          source_classes=metrics["source_classes"], source_images=metrics["source_images"],
                          image_size=size, sha256=content_hash(staged / BACKBONE_FILE),
-                         val_accuracy=metrics["val_accuracy"]).write(staged)
+                         val_accuracy=metrics["val_accuracy"], source=args.source).write(staged)
     print(f"pretrain_backbone: val accuracy {metrics['val_accuracy']:.3f} on source classes "
           f"{', '.join(metrics['source_classes'])} -> {args.backbone}")
 

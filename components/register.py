@@ -22,7 +22,10 @@ from tlpipe.cli import atomic_dir, parser, run_main, scratch_dir, step_params
 from tlpipe.config import RegistryConfig
 from tlpipe.contracts import MODEL_FILE, BestParams, Registration, TrainedModel
 from tlpipe.errors import PipelineError
+from tlpipe.reports.champion import write_predictions
+from tlpipe.reports.diff import write_image_ids
 from tlpipe.reports.review import write_evidence
+from tlpipe.reports.summary import pipeline_outcome, read_evaluation, run_summary
 from tlpipe.tracking import registry as registry_lib
 from tlpipe.tracking.lineage import subset_lineage
 
@@ -33,7 +36,7 @@ BOOTSTRAP_SEED = 0
 
 
 def score_model(model, subset: Path, classes: list[str]) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """Test-split scores of a Keras model at its own input size, with its predictions, images and labels."""
+    """Test-split scores of a Keras model at its own input size, with its probabilities, images and labels."""
     from tlpipe.data.datasets import load_split
     from tlpipe.reports.evaluation import scores
 
@@ -43,7 +46,7 @@ def score_model(model, subset: Path, classes: list[str]) -> tuple[dict, np.ndarr
         raise PipelineError(f"the model predicts classes {classes} but the test split has {found}; "
                             "the two cannot be compared")
     probs = np.asarray(model.predict(images.astype("float32"), verbose=0))
-    return scores(labels, probs, classes), probs.argmax(axis=1), images, labels
+    return scores(labels, probs, classes), probs, images, labels
 
 
 def gate(challenger: dict, champion: dict | None, cfg: RegistryConfig,
@@ -111,6 +114,7 @@ def version_tags(run: TrainedModel, metrics: dict, status: str, reasons: list[st
             "backbone": run.backbone, "freeze_ratio": str(hp.freeze_ratio),
             "learning_rate": str(hp.learning_rate), "regime": hp.regime,
             "tuning_study": study, "classes": json.dumps(run.classes), "git_commit": lineage["git_commit"],
+            "chance_level": str(run.chance_level).lower(),
             "data_validation": lineage["validation"].get("status", "unknown"), "data_source": lineage["data_source"]}
     tags.update({f"data.{k}": v for k, v in lineage["dvc_lock"].items()})
     if comparison:
@@ -133,11 +137,11 @@ def versus_champion(client, name: str, run: TrainedModel, subset: Path, predicte
     if champ is None or champ.tags.get("training_run_id") == run.run_id:
         return None, None, None
     champion_model, champion_classes = load_version_model(client, name, champ)
-    champion, champion_predicted, _, champion_labels = score_model(champion_model, subset, champion_classes)
+    champion, champion_probs, _, champion_labels = score_model(champion_model, subset, champion_classes)
     if not np.array_equal(champion_labels, labels):
         raise PipelineError(f"champion v{champ.version} and the challenger were read different test labels from "
                             f"{subset}; the comparison needs the same images in the same order")
-    comparison = compare(champion_predicted == labels, predicted == labels, labels, run.classes,
+    comparison = compare(champion_probs.argmax(axis=1) == labels, predicted == labels, labels, run.classes,
                          seed=BOOTSTRAP_SEED)
     return str(champ.version), champion, comparison
 
@@ -155,7 +159,8 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
     run = TrainedModel.read(model_dir)
     classes = run.classes
     model = keras.saving.load_model(model_dir / MODEL_FILE, safe_mode=True)
-    challenger, predicted, images, labels = score_model(model, subset, classes)
+    challenger, probs, images, labels = score_model(model, subset, classes)
+    predicted = probs.argmax(axis=1)
     champion_version, champion, comparison = versus_champion(client, cfg.model_name, run, subset, predicted, labels)
     status, reasons = gate(challenger, champion, cfg, comparison)
     if run.chance_level:  # fine_tune flagged it: a model that learned nothing never passes, whatever the floor
@@ -168,10 +173,13 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
     wrong = np.flatnonzero(predicted != labels)[:32]
     write_evidence(work, summary, facts, (images[wrong], labels[wrong], predicted[wrong]), classes, tune_dir,
                    eval_dir)
+    write_predictions(work, labels, probs, classes, facts["test_set_sha256"])
+    write_image_ids(work, subset)
     study = BestParams.read(tune_dir).study_name
     tags = version_tags(run, challenger, status, reasons, facts, study, comparison)
     description = describe(run, challenger, status, champion, champion_version, comparison)
-    version, reused = _record(client, params, run, work, tags, description, model_dir, subset, validation)
+    version, reused = _record(client, params, run, work, tags, description, model_dir, subset, validation,
+                              images[:2], pipeline_outcome(run, challenger, eval_dir))
     promoted = False
     if cfg.auto_promote and status == "passed":
         current = alias_version(client, cfg.model_name, CHAMPION)
@@ -187,8 +195,11 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
 
 
 def _record(client, params, run: TrainedModel, work: Path, tags: dict, description: str, model_dir: Path,
-            subset: Path, validation: Path):
+            subset: Path, validation: Path, examples: np.ndarray, result: dict):
     """The registry writes: evidence on a `register` run, the version (new or reused), its tags and alias.
+
+    A new version is the serving model (tlpipe.tracking.serving: images in, labels out) logged on the
+    register run, with `examples` (test images) as its input example.
 
     Returns:
         The model version and whether it already existed.
@@ -198,7 +209,8 @@ def _record(client, params, run: TrainedModel, work: Path, tags: dict, descripti
 
     from tlpipe.redact import redact
     from tlpipe.tracking.registry import CHALLENGER
-    from tlpipe.tracking.runs import step_run
+    from tlpipe.tracking.runs import record_outcome, step_run
+    from tlpipe.tracking.serving import log_image_model
 
     name = params.registry.model_name
     inputs = {"subset": str(subset), "model": str(model_dir / MODEL_FILE)}
@@ -210,13 +222,19 @@ def _record(client, params, run: TrainedModel, work: Path, tags: dict, descripti
             version = registry_lib.existing_version(client, name, run.run_id)
             reused = version is not None
             if version is None:
-                version = mlflow.register_model(run.model_uri, name, tags=tags)
+                served = log_image_model(model_dir / MODEL_FILE, run.classes, int(examples.shape[1]), examples)
+                version = mlflow.register_model(served.model_uri, name, tags=tags)
             else:
                 for key, value in tags.items():
                     client.set_model_version_tag(name, version.version, key, value)
             client.update_model_version(name, version.version, description)
             client.set_registered_model_alias(name, CHALLENGER, version.version)
             mlflow.set_tags({"registered_version": version.version, "validation_status": tags["validation_status"]})
+            parent = mlflow.get_run(step.info.run_id).data.tags.get("mlflow.parentRunId")
+            if parent:
+                record_outcome(parent, result["metrics"], result["params"],
+                               {"registered_model": f"{name} v{version.version} @challenger",
+                                "registered_version": version.version, "validation_status": tags["validation_status"]})
     except MlflowException as exc:
         first = str(exc).splitlines()[0][:300]
         raise PipelineError(f"MLflow registry at {redact(client.tracking_uri)}: {first}") from None
@@ -246,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{result.test_accuracy:.3f}{versus}: gate {result.validation_status}"
           + (f" ({'; '.join(result.reasons)})" if result.reasons else "")
           + ("; auto-promoted to @champion" if result.auto_promoted else ""))
+    print("\n".join(run_summary(result, read_evaluation(Path(args.evaluation)), TrainedModel.read(args.model))))
 
 
 if __name__ == "__main__":

@@ -53,13 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report", required=True, help="folder for metrics.json and training curves")
     args = p.parse_args(argv)
     params = step_params(args, "train_head", PARAMS)
-    from tlpipe.tracking.runs import EpochLogger, step_run
+    from tlpipe.tracking.runs import epoch_callback, step_run
 
     with step_run(params, "train_head", {"features": args.features}, args.validation):
         import mlflow
 
         head, metrics = train_head(params.train_head, params.model.head_units, params.model.dropout, params.seed,
-                                   params.deterministic, Path(args.features), callbacks=[EpochLogger()])
+                                   params.deterministic, Path(args.features), callbacks=[epoch_callback()])
         with atomic_dir(args.report) as report:
             write_json(report / METRICS_FILE, {k: v for k, v in metrics.items() if k != "history"})
             plot_history(metrics["history"], report / "history.png", "train_head on frozen features")

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     size, weights = model_cfg.image_size, model_cfg.weights
     hp = HyperParams(freeze_ratio=0.0, learning_rate=params.train_scratch.learning_rate, dropout=model_cfg.dropout,
                      head_units=model_cfg.head_units, regime="scratch", train_bn=True)
-    from tlpipe.tracking.runs import EpochLogger, step_run
+    from tlpipe.tracking.runs import epoch_callback, step_run
 
     with step_run(params, "train_scratch", {"subset": args.subset}, args.validation):
         import mlflow
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         model, info = train(cfg, params.augment, hp, params.seed, params.deterministic, size,
                             lambda: load_backbone(args.backbone, weights, size, params.storage.endpoint_url),
                             preprocess_mode(args.backbone), (x_train, y_train, x_val, y_val, classes), None, job,
-                            [EpochLogger()])
+                            [epoch_callback()])
         with atomic_dir(args.report) as report:
             metrics = training_report(info["history"], cfg.monitor, report, "train_scratch (from scratch)")
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})

@@ -3,13 +3,17 @@
 Checks the manifest plus facts recomputed from every file: expected classes present, no class below its
 requested count, every file decodes, sizes within bounds, no identical file in two splits or classes
 (leakage), and class balance within a stated bound. Always writes a JSON + HTML report; writes the
-validation result that later steps and MLflow read only when every expectation holds.
+validation result that later steps and MLflow read only when every expectation holds. GX's own artifacts
+are kept next to the report (`<report>/gx`): a file data context with the suites, checkpoints, their
+results and Data Docs (`<report>/gx/gx/uncommitted/data_docs/local_site/index.html`), so a GX user can
+reopen them with `gx.get_context(project_root_dir="<report>/gx")`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from tlpipe.errors import DataError
 from tlpipe.reports.html import render
 
 PARAMS = ("validate_data", "make_subset.max_pixels")
+GX_DIR = "gx"  # GX's file data context inside the report folder
 
 
 @dataclass(frozen=True)
@@ -100,12 +105,21 @@ def _suite(cfg: ValidateDataConfig, classes: list[str]):
     return {"images": images, "class_counts": counts}
 
 
-def run_expectations(tables: dict[str, pd.DataFrame], cfg: ValidateDataConfig, classes: list[str]) -> list[Check]:
-    """Run one GX checkpoint per table and return each expectation's outcome."""
+def run_expectations(tables: dict[str, pd.DataFrame], cfg: ValidateDataConfig, classes: list[str],
+                     gx_dir: Path | None = None) -> list[Check]:
+    """Run one GX checkpoint per table and return each expectation's outcome.
+
+    With `gx_dir`, GX's own file data context lives there (suites, validation definitions, checkpoints,
+    the checkpoint results and Data Docs): `gx.get_context(project_root_dir=gx_dir)` reopens it.
+    """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
-    context = gx.get_context(mode="ephemeral")
+    if gx_dir is None:
+        context = gx.get_context(mode="ephemeral")
+    else:
+        shutil.rmtree(gx_dir, ignore_errors=True)  # one run's context: suites from an earlier run would clash
+        context = gx.get_context(mode="file", project_root_dir=str(gx_dir))
     source = context.data_sources.add_pandas("subset")
     checks: list[Check] = []
     for table, expectations in _suite(cfg, classes).items():
@@ -117,6 +131,7 @@ def run_expectations(tables: dict[str, pd.DataFrame], cfg: ValidateDataConfig, c
         definition = context.validation_definitions.add(gx.ValidationDefinition(data=batch, suite=suite, name=table))
         checkpoint = context.checkpoints.add(gx.Checkpoint(
             name=f"validate_data_{table}", validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if gx_dir else [],
             result_format={"result_format": "SUMMARY"}))
         result = checkpoint.run(batch_parameters={"dataframe": tables[table]})
         for run in result.run_results.values():
@@ -130,13 +145,13 @@ def run_expectations(tables: dict[str, pd.DataFrame], cfg: ValidateDataConfig, c
     return checks
 
 
-def validate(subset: Path, cfg: ValidateDataConfig, max_pixels: int) -> dict:
-    """Validate a subset folder; return the report (success flag included)."""
+def validate(subset: Path, cfg: ValidateDataConfig, max_pixels: int, gx_dir: Path | None = None) -> dict:
+    """Validate a subset folder; return the report (success flag included); GX's context goes to `gx_dir`."""
     summary = SubsetSummary.read(subset)
     classes = list(cfg.expected_classes) or list(summary.classes)
     images = image_table(subset, max_pixels)
     counts = class_table(images, summary.requested, classes)
-    checks = run_expectations({"images": images, "class_counts": counts}, cfg, classes)
+    checks = run_expectations({"images": images, "class_counts": counts}, cfg, classes, gx_dir)
     quarantine = pd.read_csv(subset / QUARANTINE, dtype=str, keep_default_na=False).to_dict("records")
     return {
         "success": all(c.success for c in checks),
@@ -170,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     with step_run(params, "validate_data", {"subset": args.subset}) as _:
         import mlflow
 
-        report = validate(Path(args.subset), params.validate_data, params.make_subset.max_pixels)
+        report = validate(Path(args.subset), params.validate_data, params.make_subset.max_pixels,
+                          Path(args.report) / GX_DIR)
         write_report(report, Path(args.report))
         mlflow.log_artifact(str(Path(args.report) / "report.html"))
         failed = [c for c in report["checks"] if not c["success"]]
@@ -178,8 +194,6 @@ def main(argv: list[str] | None = None) -> None:
         for c in failed:
             print(f"validate_data: FAILED {c['name']} ({c['unexpected']} unexpected; e.g. {', '.join(c['examples'])})")
         if failed:
-            import shutil
-
             shutil.rmtree(args.validation, ignore_errors=True)
             raise DataError(f"{len(failed)} of {len(report['checks'])} data expectations failed; "
                             f"see {Path(args.report) / 'report.html'}")

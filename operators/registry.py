@@ -1,7 +1,7 @@
 """The model registry as the source of truth for production: promote, rollback, status, predict.
 
     python -m operators.registry status
-    python -m operators.registry promote VERSION --reason "why" [--force]
+    python -m operators.registry promote VERSION --reason "why" [--force]   (re-runs the gate vs @champion now)
     python -m operators.registry rollback --reason "why"
     python -m operators.registry predict FOLDER [--version N | --alias champion] --out predictions.csv
 
@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("version", help="version number or @alias (e.g. @challenger)")
     pr.add_argument("--reason", required=True)
     pr.add_argument("--force", action="store_true", help="promote even though the gate did not pass")
+    pr.add_argument("--subset", type=Path, default=Path("data/subset"),
+                    help="the version's make_subset folder, read only when the current champion was scored on "
+                         "another test set (default: data/subset)")
     rb = sub.add_parser("rollback", help="point @champion back at @previous")
     rb.add_argument("--reason", required=True)
     pd_ = sub.add_parser("predict", help="predict a folder of images with a registry version")
@@ -107,9 +110,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"model {name} at {client.tracking_uri}")
         print(format_table(status_rows(client, name)))
     elif args.command == "promote":
-        done = promote(client, name, args.version, args.reason, args.force)
-        print(f"registry: {name} @champion -> v{done['champion']}"
-              + (f" (@previous = v{done['previous']})" if done["previous"] else ""))
+        import tempfile
+
+        from operators.review import gate_now
+
+        with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
+            now = gate_now(client, params, get_version(client, name, args.version), Path(tmp), args.subset)
+        done = promote(client, name, args.version, args.reason, args.force, now)
+        versus = f"gate {done['status']} vs current champion v{now['champion_version']}" if now["champion_version"] \
+            else f"gate {done['status']} (no champion before)"
+        print(f"registry: {name} @champion -> v{done['champion']} ({versus}"
+              + ("; FORCED past a failed gate" if args.force and done["status"] != "passed" else "")
+              + (f"; @previous = v{done['previous']})" if done["previous"] else ")"))
     elif args.command == "rollback":
         done = rollback(client, name, args.reason)
         print(f"registry: {name} @champion -> v{done['champion']} (rolled back from v{done['demoted']})")

@@ -2,7 +2,8 @@
 
     python -m operators.review [--version N | --version @challenger] --out reports/review
 
-For the given version (default `@challenger`) against the champion it was gated against: the gate and the
+For the given version (default `@challenger`) against whoever holds `@champion` when the review runs (resolved
+now, not at registration; `tlpipe.reports.champion`), on the same test images: the gate re-run and the
 paired comparison in plain words (images fixed and broken, McNemar's p, the gain's 95% CI, the smallest
 difference this test set can detect), metrics with deltas and the frozen-features baseline, per-class
 scores, both confusion matrices, the test images the challenger gets wrong, training curves, the tuning
@@ -19,6 +20,28 @@ from pathlib import Path
 from tlpipe.cli import atomic_dir, params_from, parser, run_main
 
 
+def gate_now(client, params, version, work: Path, subset: Path | None) -> dict:
+    """The registry gate re-run against the current `@champion` on the same test images.
+
+    Returns:
+        tlpipe.reports.champion.versus_current's result with "status" and "reasons" of the gate
+        (components.register's rule, the one the pipeline applies at registration).
+    """
+    import logging
+
+    from components.register import gate
+    from tlpipe.reports.champion import versus_current
+
+    # MLflow logs an INFO line per validation; an operator's console gets the decision, in one line, instead.
+    logging.getLogger("mlflow.models.evaluation.validation").setLevel(logging.WARNING)
+
+    now = versus_current(client, params.registry.model_name, version, work, subset)
+    status, reasons = gate(now["challenger"], now["champion"], params.registry, now["comparison"])
+    if version.tags.get("chance_level") == "true":
+        status, reasons = "failed", [*reasons, "the model is at chance level (fine_tune flagged it)"]
+    return {**now, "status": status, "reasons": reasons}
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: `python -m operators.review [--version N|@alias] --out reports/review`."""
     from tlpipe.reports.review import collect, context, render_html, render_markdown
@@ -27,12 +50,16 @@ def main(argv: list[str] | None = None) -> None:
     p = parser("review", __doc__, package="operators")
     p.add_argument("--version", default="@challenger", help="version number or @alias (default: @challenger)")
     p.add_argument("--out", required=True, help="folder for review.html and review.md")
+    p.add_argument("--subset", type=Path, default=Path("data/subset"),
+                   help="the challenger's make_subset folder, used only when the current champion was scored on "
+                        "another test set (default: data/subset)")
     args = p.parse_args(argv)
     params = params_from(args)
     name = params.registry.model_name
     client = connect(params)
     with tempfile.TemporaryDirectory(prefix="review-") as tmp, atomic_dir(args.out) as staged:
-        data = collect(client, name, args.version, Path(tmp))
+        data = collect(client, name, args.version, Path(tmp),
+                       lambda version, work: gate_now(client, params, version, work, args.subset))
         ctx = context(data)
         (staged / "review.html").write_text(render_html(ctx), encoding="utf-8")
         (staged / "review.md").write_text(render_markdown(ctx), encoding="utf-8")

@@ -9,6 +9,7 @@ model itself logged from another training run: an equal challenger the paired co
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -414,3 +415,123 @@ def test_predict_bad_folder_is_one_line(tmp_path):
     done = run_operator("registry", "--params", str(params), "predict", str(tmp_path / "nope"), cwd=tmp_path)
     assert done.returncode == 2 and "not a folder of images" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def serve(model_uri: str, root: Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """`mlflow models serve` on loopback (local environment), polled on /ping until it answers."""
+    port = free_port()
+    log = open(root / "serve.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
+                             "local", "-h", "127.0.0.1", "-p", str(port)], env={**os.environ, **env}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 900  # a generous cap: loading TensorFlow on a busy machine takes a while
+    while time.time() < deadline:
+        assert proc.poll() is None, (root / "serve.log").read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=5) as answer:
+                if answer.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(1)
+    stop(proc)
+    raise AssertionError("mlflow models serve did not answer /ping: " + (root / "serve.log").read_text()[-3000:])
+
+
+def test_review_and_promote_against_todays_champion_and_serve_images(project, challengers, tmp_path, monkeypatch):
+    """v1, v2 and v3 registered with no champion; v1 promoted after them. The review of v2 and the promotions
+    of v2 and v3 compare with v1 (resolved now), on the same test images. The registered model serves images."""
+    import base64
+    import json
+
+    import mlflow
+    import numpy as np
+
+    from tlpipe.contracts import SHARDS_DIR
+    from tlpipe.data.records import records
+
+    c = {**challengers, "params": project_params(project, tmp_path / "params.yaml", model_name="today")}
+    uri = c["env"]["MLFLOW_TRACKING_URI"]
+    client = mlflow.MlflowClient(uri, uri)
+    for which, out in (("weak", "r1"), ("best", "r2"), ("worst", "r3")):
+        done = register(project, c, which, tmp_path / out)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert [client.get_model_version("today", v).tags["validation_status"] for v in "123"] == ["passed"] * 3
+    # MLflow conventions: a training experiment (runs table first), the pipeline run carries the outcome, the
+    # step runs list their inputs as datasets with content digests.
+    reg_run = client.get_run(client.get_model_version("today", "3").tags["register_run_id"])
+    assert client.get_experiment(reg_run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = client.get_run(reg_run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["registered_version"] == "3" and "test_accuracy" in parent.data.metrics
+    assert "baseline_scratch_test_accuracy" in parent.data.metrics and parent.data.params["regime"] == "transfer"
+    assert parent.info.end_time >= reg_run.info.start_time  # the pipeline run lasts until its outcome is known
+    # The fine_tune run's params are the values that trained the model; the configured ones are tags.
+    trained = client.get_run(client.get_model_version("today", "2").tags["training_run_id"]).data
+    assert trained.params["fine_tune.learning_rate"] == trained.params["effective.learning_rate"]
+    if "configured.fine_tune.learning_rate" in trained.tags:
+        assert trained.tags["configured.fine_tune.learning_rate"] != trained.params["fine_tune.learning_rate"]
+    assert any(k.startswith("optimizer_") for k in trained.params)  # mlflow.keras.MlflowCallback logged it
+    inputs = {d.dataset.name: d.dataset.digest for d in reg_run.inputs.dataset_inputs}
+    assert set(inputs) >= {"subset", "model"} and all(inputs.values())
+
+    promoted = registry(project, c, "promote", "1", "--reason", "first in production")
+    assert promoted.returncode == 0, promoted.stderr
+
+    review = run_operator("review", "--params", str(c["params"]), "--version", "2", "--out",
+                          str(tmp_path / "review"), cwd=project, env=c["env"])
+    assert review.returncode == 0, review.stderr[-3000:]
+    page, md = (tmp_path / "review/review.html").read_text(), (tmp_path / "review/review.md").read_text()
+    assert "champion v1" in page and "Since then there is @champion v1" in page, md
+    assert "There is no champion to compare with" not in page  # the verdict is about v1 now
+    assert "McNemar p" in page and "fixes" in page
+    assert re.search(r"pretrained on \S*data/raw/digits/source \(\d+ images", page)  # what it is, not a bare sha
+    assert "@champion when this review ran" in page
+
+    refused = registry(project, c, "promote", "3", "--reason", "try")
+    assert refused.returncode == 2 and "against the current champion v1" in refused.stderr, refused.stderr
+    assert "accuracy_gain_over_champion" in refused.stderr and "Traceback" not in refused.stderr
+    ok = registry(project, c, "promote", "2", "--reason", "beats v1 on the same images")
+    assert ok.returncode == 0 and "gate passed vs current champion v1" in ok.stdout, ok.stdout + ok.stderr
+    assert client.get_model_version("today", "2").tags["promoted_gate"].startswith("passed against the current "
+                                                                                   "champion v1")
+    forced = registry(project, c, "promote", "3", "--reason", "hotfix", "--force")
+    assert forced.returncode == 0 and "FORCED" in forced.stdout, forced.stdout + forced.stderr
+    tags = client.get_model_version("today", "3").tags
+    assert tags["promoted_forced"] == "true" and tags["promoted_gate"].startswith("failed against the current "
+                                                                                  "champion v2")
+
+    # The registered model is a pyfunc that takes images: its input example predicts labels...
+    for key, value in c["env"].items():
+        monkeypatch.setenv(key, value)
+    mlflow.set_tracking_uri(uri)  # an earlier test in this process may have pointed MLflow elsewhere
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/today@previous")
+    out = model.predict(model.input_example)
+    classes = json.loads(client.get_model_version("today", "2").tags["classes"])
+    assert list(out.columns) == ["label", *classes] and set(out["label"]) <= set(classes)
+    # ...and `mlflow models serve` answers a REST call with a real test image (as its file's bytes, base64).
+    keras_model = model.unwrap_python_model().model
+    from tlpipe.data.datasets import decode_bytes
+
+    shards = sorted((project / "data/subset" / SHARDS_DIR).glob("test-*.tfrecord"))
+    right = None
+    for rel, data in records(shards):
+        probs = keras_model.predict(decode_bytes([data], model.unwrap_python_model().size).astype("float32"),
+                                    verbose=0)[0]
+        if classes[int(np.argmax(probs))] == Path(rel).parent.name:  # test/<class>/<file>
+            right = (rel, data)
+            break
+    assert right is not None, "the best model gets no test image right"
+    proc, url = serve("models:/today/2", tmp_path, c["env"])
+    try:
+        body = json.dumps({"dataframe_split": {"columns": ["image"],
+                                               "data": [[base64.b64encode(right[1]).decode()]]}}).encode()
+        request = urllib.request.Request(f"{url}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=900) as answer:
+            served = json.loads(answer.read())["predictions"]
+    finally:
+        stop(proc)
+    assert served[0]["label"] == Path(right[0]).parent.name, served
+    assert abs(sum(served[0][k] for k in classes) - 1.0) < 1e-4
+    print("served prediction:", right[0], served[0])

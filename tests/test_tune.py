@@ -62,7 +62,8 @@ def test_search_space_uses_real_boundaries_within_range(tiny_project, tmp_path):
     inside = [p for p in points if 0.2 <= p <= 0.8]
     seen = set()
     for index in range(len(inside)):
-        trial = optuna.trial.FixedTrial({"freeze_point": index, "learning_rate": 1e-3, "train_bn": False})
+        trial = optuna.trial.FixedTrial({"freeze_ratio": round(inside[index], 4), "learning_rate": 1e-3,
+                                         "train_bn": False})
         hp = suggest(trial, params.tune, points, ["transfer"])
         ratio = hp["freeze_ratio"]
         seen.add(ratio)
@@ -166,7 +167,9 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
     # Three sane reference trials. They are the same point, so none of them lags the median. Their rate is one
     # that learns from the first epoch under the trial's seeded batch order (3e-3 stays at chance for two epochs
     # with the order of tlpipe.tuning.trial.epoch_order; 1e-3: 0.57 / 0.50 / 0.77 validation accuracy).
-    point = {"regime": "transfer", "freeze_point": 1, "train_bn": False}
+    low, high = params.tune.freeze_ratio
+    inside = [p for p in freeze_points(load(tiny_project, params)) if low - 1e-9 <= p <= high + 1e-9]
+    point = {"regime": "transfer", "freeze_ratio": round(inside[1], 4), "train_bn": False}
     for _ in range(3):
         study.enqueue_trial({**point, "learning_rate": 1e-3})
     study.enqueue_trial({**point, "learning_rate": 50.0})  # diverges: accuracy collapses
@@ -179,11 +182,18 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
 
     mlflow.set_tracking_uri(params.tracking.default_uri)
     mlflow.set_experiment(params.tracking.experiment)  # not whatever experiment an earlier test left active
-    with mlflow.start_run():
+    with mlflow.start_run() as parent:
         ran, timed_out = worker.work(study)
     assert not timed_out  # the budget is the trial count; no clock stopped it
     states = [t.state.name for t in study.get_trials()]
     assert states[:3] == ["COMPLETE"] * 3 and states[3] == "PRUNED"
+    assert study.metric_names == [params.tune.metric]  # named in optuna-dashboard, not "Objective 0"
+    assert "freeze_ratio" in study.trials[0].params  # the searched param has the name used everywhere
+    # A pruned trial is a FINISHED MLflow run tagged optuna.state=pruned, not a red FAILED one.
+    runs = mlflow.search_runs(filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                              output_format="list")
+    by_state = sorted((r.data.tags["optuna.state"], r.info.status) for r in runs)
+    assert by_state == [("complete", "FINISHED")] * 3 + [("pruned", "FINISHED")], by_state
     assert study.get_trials()[3].user_attrs["epochs_run"] < 3
     out = tmp_path / "summary"
     out.mkdir()
@@ -195,6 +205,16 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
     assert hp.learning_rate == study.best_trial.params["learning_rate"] == summary.params.learning_rate
     assert hp.freeze_ratio == study.best_trial.user_attrs["freeze_ratio"]
     assert ran == 4  # this worker ran the four (enqueued) trials
+
+    # `make study` prints the stored name; optuna.load_study opens it with that name.
+    shown = subprocess.run([sys.executable, "-m", "operators.study", "--params", str(tiny_project / "params.yaml"),
+                            "--tuning", str(out), "--storage", params.tune.storage], cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=900)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    name = re.search(r'study_name="([^"]+)"', shown.stdout).group(1)
+    assert name == study.study_name and "optuna-dashboard" in shown.stdout
+    loaded = optuna.load_study(study_name=name, storage=params.tune.storage)
+    assert len(loaded.trials) == 4 and loaded.metric_names == [params.tune.metric]
 
 
 def tune_cmd(params_file, *args):

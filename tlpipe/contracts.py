@@ -103,6 +103,7 @@ class BackboneInfo(Contract):
     image_size: int
     sha256: str
     val_accuracy: float
+    source: str = ""  # the folder (or builtin:...) it was trained on
 
 
 class FeaturesInfo(Contract):

@@ -56,6 +56,21 @@ def backbone_identity(spec: str, weights: str, image_size: int) -> str:
     return f"{source}:{weights}:{image_size}"
 
 
+def describe_backbone(spec: str, identity: str) -> str:
+    """The backbone by what it is: `vgg_style[8, 16] pretrained on data/raw/x (537 images of ...), sha256 ...`."""
+    from tlpipe.contracts import BackboneInfo
+
+    if spec not in APPLICATION_BACKBONES and (Path(spec) / BackboneInfo.FILE).is_file():
+        info = BackboneInfo.read(spec)
+        on = info.source or "source classes"
+        return (f"{info.architecture} pretrained on {on} ({info.source_images} images of classes "
+                f"{', '.join(info.source_classes)}; val accuracy {info.val_accuracy:.3f}), sha256 {info.sha256[:12]}")
+    if identity.startswith("sha256:"):
+        return f"a .keras backbone ({spec}), sha256 {identity.removeprefix('sha256:')[:12]}"
+    name, weights, size = identity.rsplit(":", 2)
+    return f"{name}, {weights} weights, {size} px input"
+
+
 def preprocessing(mode: str) -> keras.layers.Layer | None:
     """A frozen built-in layer equal to keras.applications' preprocess_input for `mode`, on 0..255 RGB."""
     if mode == "tf":

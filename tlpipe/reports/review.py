@@ -77,8 +77,30 @@ def _json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def collect(client, name: str, version_ref: str, work: Path) -> dict:
+def _refresh(gate: dict, now: dict, files: Path, classes: list[str]) -> dict:
+    """The stored gate with the comparison against the current champion (`now`) in place of the registration's."""
+    from tlpipe.reports.plots import plot_confusion
+
+    target = files / IMAGES["confusion_champion"]
+    target.unlink(missing_ok=True)
+    if now["champion"] is not None:
+        plot_confusion(np.array(now["champion"]["confusion"]), classes, target, "champion")
+    return {**gate, "validation_status": now["status"], "reasons": now["reasons"], "challenger": now["challenger"],
+            "champion": now["champion"], "champion_version": now["champion_version"],
+            "comparison": now["comparison"], "registered_against": gate.get("champion_version"),
+            "registered_status": gate["validation_status"]}
+
+
+def collect(client, name: str, version_ref: str, work: Path, gate_now=None) -> dict:
     """Everything the review shows, as plain data; the evidence files are downloaded into `work`.
+
+    Args:
+        client: the registry client.
+        name: the registered model.
+        version_ref: number or `@alias`.
+        work: a scratch folder.
+        gate_now: `(version, work) -> dict` re-running the gate against the current `@champion`
+            (operators.review.gate_now); without it the page shows the gate of registration time.
 
     Returns:
         The input of `context`: title, model_name, version, description, aliases, gate, lineage, tuning,
@@ -87,6 +109,7 @@ def collect(client, name: str, version_ref: str, work: Path) -> dict:
     """
     from mlflow.exceptions import MlflowException
 
+    from tlpipe.reports.diff import backbone_name, version_diff
     from tlpipe.tracking.registry import CHAMPION, alias_version, aliases, get_version
 
     version = get_version(client, name, version_ref)
@@ -103,6 +126,8 @@ def collect(client, name: str, version_ref: str, work: Path) -> dict:
     gate = _json(files / GATE)
     if gate is None:
         raise PipelineError(f"{name} v{version.version}: the register run {register_run} has no {EVIDENCE}/{GATE}")
+    if gate_now is not None:
+        gate = _refresh(gate, gate_now(version, work / "now"), files, list(gate["challenger"]["per_class"]))
     champion_tags, diff = None, []
     if gate.get("champion_version"):
         try:
@@ -112,9 +137,11 @@ def collect(client, name: str, version_ref: str, work: Path) -> dict:
                 raise
         else:
             champion_tags = dict(champ.tags)
-            diff = params_diff(training.data.params, client.get_run(champ.tags["training_run_id"]).data.params)
+            diff = version_diff(client, version, champ, work / "diff")
     tuning = files / TUNE / BestParams.FILE
     current = alias_version(client, name, CHAMPION)
+    backbone = (training.data.tags.get("backbone.description")
+                or backbone_name(client, training, version.tags.get("backbone", "")))
     return {"title": f"Promotion review: {name} v{version.version}", "model_name": name,
             "version": str(version.version), "description": version.description or "",
             "aliases": {alias: v for v, names in aliases(client, name).items() for alias in names},
@@ -122,7 +149,7 @@ def collect(client, name: str, version_ref: str, work: Path) -> dict:
             "tuning": BestParams.read(tuning.parent).model_dump() if tuning.is_file() else None,
             "evaluation": _json(files / EVALUATE / METRICS_FILE), "version_tags": dict(version.tags),
             "champion_tags": champion_tags, "current_champion": str(current.version) if current else None,
-            "diff": diff, "register_run_id": register_run, "files": files}
+            "diff": diff, "register_run_id": register_run, "files": files, "backbone": backbone}
 
 
 def context(data: dict) -> dict:
@@ -133,7 +160,7 @@ def context(data: dict) -> dict:
     images["training"] = data_uri(files / TRAINING_CURVES)
     return {"title": data["title"], "version": data["version"], "status": gate["validation_status"],
             "reasons": gate["reasons"] or ["all thresholds met"], "verdict": verdict(gate),
-            "description": data["description"], "aliases": sorted(data["aliases"].items()),
+            "description": _description(data["description"], gate), "aliases": sorted(data["aliases"].items()),
             "challenger_label": f"challenger v{data['version']}",
             "champion_label": f"champion v{champion_version}" if champion_version else "no champion",
             "has_champion": bool(champion_version), "metrics": metric_rows(gate),
@@ -142,11 +169,21 @@ def context(data: dict) -> dict:
             "perfect": gate["challenger"]["accuracy"] >= 1.0, "images": images,
             "tuning": tuning_rows(data["tuning"], data["version_tags"]),
             "tuned": (data["tuning"] or {}).get("source") == "study",
-            "lineage": lineage_rows(data["lineage"], data["version_tags"], gate.get("test_set_sha256", "")),
+            "lineage": lineage_rows(data["lineage"], data["version_tags"], gate.get("test_set_sha256", ""),
+                                    data.get("backbone")),
             "sizes": [(split, cls, n) for split, per in data["lineage"].get("subset_sizes", {}).items()
                       for cls, n in per.items()],
             "champion": champion_history(champion_version, data["champion_tags"], data["current_champion"]),
             "diff": data["diff"]}
+
+
+def _description(text: str, gate: dict) -> str:
+    """The version's description (written at registration), marked as such when the champion has changed."""
+    if "registered_against" not in gate or gate["registered_against"] == gate.get("champion_version"):
+        return text
+    now = f"@champion v{gate['champion_version']}" if gate.get("champion_version") else "no @champion"
+    return (f"At registration: {text} Since then there is {now}: the gate, metrics and comparison on this page "
+            "were re-run against it when this review ran.")
 
 
 def render_html(ctx: dict) -> str:

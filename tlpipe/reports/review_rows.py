@@ -89,7 +89,7 @@ def baseline_rows(evaluation: dict | None, sizes: dict | None = None) -> list[tu
 
 def tuning_rows(tuning: dict | None, tags: dict[str, str]) -> list[tuple[str, str]]:
     """The tuning summary as (item, value) rows, with the hyperparameters the challenger was trained with."""
-    trained = [("trained with", ", ".join(f"{k} {tags[k]}" for k in ("freeze_ratio", "learning_rate", "regime")
+    trained = [("trained with", ", ".join(f"{k} {_short(tags[k])}" for k in ("freeze_ratio", "learning_rate", "regime")
                                           if k in tags) or "-")]
     if not tuning:
         return [("tuning", "no tuning summary in the evidence"), *trained]
@@ -101,15 +101,32 @@ def tuning_rows(tuning: dict | None, tags: dict[str, str]) -> list[tuple[str, st
     return [("study", tuning.get("study_name") or "-"),
             ("best", f"{tuning.get('metric')} {_cell(tuning.get('value'))} (trial {_cell(tuning.get('trial'))})"),
             ("best hyperparameters", best or "-"), ("freeze boundary", _cell(tuning.get("boundary"))),
-            ("trials", states or "-"), ("epochs per trial", _cell(tuning.get("epochs_run"))),
+            ("trials", states or "-"), ("epochs per trial", _per_trial(tuning)),
             ("stopped by", tuning.get("stopped_by", "-")), *trained]
 
 
-def lineage_rows(lineage: dict, tags: dict[str, str], test_set: str) -> list[tuple[str, str]]:
-    """Code, data and backbone identity (from lineage.json, else the version's tags)."""
+def _short(value: str) -> str:
+    """A float tag at three significant digits (0.5000000000000001 -> 0.5); other text as it is."""
+    try:
+        return f"{float(value):.3g}"
+    except ValueError:
+        return value
+
+
+def _per_trial(tuning: dict) -> str:
+    """Mean epochs per trial, with the total (BestParams.epochs_run counts every trial's epochs)."""
+    total, trials = tuning.get("epochs_run") or 0, sum((tuning.get("states") or {}).values())
+    if not trials:
+        return _cell(total)
+    return f"{total / trials:.1f} on average ({total} in all over {trials} trials)"
+
+
+def lineage_rows(lineage: dict, tags: dict[str, str], test_set: str,
+                 backbone: str | None = None) -> list[tuple[str, str]]:
+    """Code, data and backbone (what it is, from `backbone`, else its identity) from lineage.json or the tags."""
     rows = [("git commit", lineage.get("git_commit") or tags.get("git_commit", "-")),
             ("data source", lineage.get("data_source") or tags.get("data_source", "not recorded")),
-            ("backbone", lineage.get("backbone") or tags.get("backbone", "not recorded")),
+            ("backbone", backbone or lineage.get("backbone") or tags.get("backbone", "not recorded")),
             ("data validation", (lineage.get("validation") or {}).get("status", tags.get("data_validation", "-"))),
             ("test set sha256", test_set or "-")]
     return rows + [(f"dvc.lock md5 of {k}", v) for k, v in lineage.get("dvc_lock", {}).items()]
@@ -131,5 +148,6 @@ def champion_history(version: str | None, tags: dict[str, str] | None, current: 
             ("forced past a failed gate", "yes (--force)" if forced else "no")]
     now = (f" The current @champion is v{current}." if current and current != version
            else "" if current else " There is no @champion now.")
-    return {"summary": f"Champion v{version}, the model this challenger was gated against.{now}", "rows": rows,
+    when = "the @champion when this review ran" if current == version else "the champion at registration"
+    return {"summary": f"Champion v{version}, {when}, compared with on the same test images.{now}", "rows": rows,
             "forced": forced}

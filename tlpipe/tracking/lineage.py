@@ -54,6 +54,7 @@ def lineage_tags(inputs: dict[str, str], validation: str | None) -> dict[str, st
     lock = dvc_lock_hashes(list(inputs.values()))
     for name, path in inputs.items():
         if Path(path).exists():
+            tags[f"data.{name}.path"] = str(path)
             tags[f"data.{name}.sha256"] = content_hash(path)
         if path in lock:
             tags[f"data.{name}.dvc_md5"] = lock[path]

@@ -31,6 +31,8 @@ def connect(params):
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(params.registry.http_retries)
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(params.registry.http_timeout)
+    # Download bars are carriage-return noise in logs and would bury a refusal's one line on stderr.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
     uri = sql_uri(tracking_uri(params))
@@ -85,19 +87,34 @@ def _stamp(client, name: str, version: str, action: str, reason: str, **extra: s
         client.set_model_version_tag(name, version, key, value)
 
 
-def promote(client, name: str, version: str | int, reason: str, force: bool = False) -> dict:
+def promote(client, name: str, version: str | int, reason: str, force: bool = False,
+            gate_now: dict | None = None) -> dict:
     """Move `@champion` to `version`; the old champion stays reachable as `@previous`.
 
+    Args:
+        client: the registry client.
+        name: the registered model.
+        version: number or `@alias`.
+        reason: why (recorded on the version).
+        force: promote although the gate failed (recorded as `promoted_forced`).
+        gate_now: the gate re-run against the current champion ({"status", "reasons", "champion_version"});
+            without it, the gate recorded at registration decides.
+
     Raises:
-        PipelineError: no reason, or the version's gate did not pass and `force` is not set.
+        PipelineError: no reason, or the gate did not pass and `force` is not set.
     """
     if not reason.strip():
         raise PipelineError("promote needs --reason \"...\": the registry records why a model went to production")
     target = get_version(client, name, version)
-    status = target.tags.get("validation_status", "missing")
+    if gate_now is None:
+        status = target.tags.get("validation_status", "missing")
+        why, against = target.tags.get("validation_reasons", "no gate result"), "at registration"
+    else:
+        status, why = gate_now["status"], " | ".join(gate_now["reasons"]) or "all thresholds met"
+        against = f"against the current champion v{gate_now['champion_version']}" if gate_now["champion_version"] \
+            else "with no champion"
     if status != "passed" and not force:
-        raise PipelineError(f"version {target.version} has validation_status={status} "
-                            f"({target.tags.get('validation_reasons', 'no gate result')}); "
+        raise PipelineError(f"version {target.version} has validation_status={status} {against} ({why}); "
                             "fix it, or force it with a reason: make promote VERSION=N REASON=\"...\" FORCE=1 "
                             "(python -m operators.registry promote N --reason ... --force)")
     current = alias_version(client, name, CHAMPION)
@@ -106,8 +123,9 @@ def promote(client, name: str, version: str | int, reason: str, force: bool = Fa
     if current is not None:
         client.set_registered_model_alias(name, PREVIOUS, current.version)
     client.set_registered_model_alias(name, CHAMPION, target.version)
-    _stamp(client, name, target.version, "promoted", reason, promoted_forced=str(bool(force)).lower())
-    return {"champion": target.version, "previous": current.version if current else None}
+    _stamp(client, name, target.version, "promoted", reason, promoted_forced=str(bool(force)).lower(),
+           promoted_gate=f"{status} {against}: {why}"[:5000])
+    return {"champion": target.version, "previous": current.version if current else None, "status": status}
 
 
 def rollback(client, name: str, reason: str) -> dict:
@@ -140,6 +158,13 @@ def aliases(client, name: str) -> dict[str, list[str]]:
     return out
 
 
+def _rounded(text: str) -> str:
+    try:
+        return f"{float(text):.3g}"
+    except ValueError:
+        return text
+
+
 def status_rows(client, name: str) -> list[dict]:
     """Every version, newest first, with its aliases, gate status and test accuracy."""
     versions = client.search_model_versions(f"name = '{name}'")
@@ -149,22 +174,23 @@ def status_rows(client, name: str) -> list[dict]:
         rows.append({"version": v.version, "aliases": ",".join(by_version.get(str(v.version), [])) or "-",
                      "validation_status": v.tags.get("validation_status", "-"),
                      "test_accuracy": v.tags.get("test_accuracy", "-"),
-                     "backbone": v.tags.get("backbone", "-"), "freeze_ratio": v.tags.get("freeze_ratio", "-"),
+                     # accuracies on different test sets are not comparable: the column says which set
+                     "test_set": v.tags.get("test_set_sha256", "-")[:10],
+                     "backbone": v.tags.get("backbone", "-")[:19],
+                     "freeze_ratio": _rounded(v.tags.get("freeze_ratio", "-")),
                      "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(v.creation_timestamp / 1000))})
     return rows
 
 
 def load_version_model(client, name: str, version):
     """The Keras model of a registry version and its class names (from the version's `classes` tag)."""
-    import mlflow
-
     import tlpipe.data.augmentation  # noqa: F401 - registers the custom augmentation layer for deserialization
+    from tlpipe.tracking.serving import keras_model
 
     classes = json.loads(version.tags.get("classes", "[]"))
     if not classes:
         raise PipelineError(f"version {version.version} of {name!r} has no classes tag; register it with tlpipe")
-    model = mlflow.keras.load_model(f"models:/{name}/{version.version}")
-    return model, classes
+    return keras_model(f"models:/{name}/{version.version}"), classes
 
 
 def existing_version(client, name: str, run_id: str):

@@ -17,6 +17,8 @@ from tlpipe.redact import redact, redact_text
 from tlpipe.step_params import StepParams
 from tlpipe.tracking.lineage import git_commit, lineage_tags
 
+# MLflow 3 opens an experiment without this tag on its GenAI overview; this value opens the runs table.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 GROUP_ENV = "TLPIPE_RUN_GROUP"
 GROUP_TAG = "tlpipe.run_group"
 OWNER_TAG = "tlpipe.owner"  # host:pid of the process that holds a run open
@@ -120,7 +122,10 @@ def _client_setup(params: StepParams):
     mlflow.set_tracking_uri(uri)
     for attempt in (1, 2):
         try:
-            return mlflow, mlflow.set_experiment(params.tracking.experiment)
+            experiment = mlflow.set_experiment(params.tracking.experiment)
+            if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+            return mlflow, experiment
         except Exception as exc:  # connection refused, HTTP 5xx, bad URI, missing driver: tracking is unusable
             if attempt == 1 and "already exists" in str(exc):
                 continue  # another worker created it between our lookup and our create
@@ -179,10 +184,65 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt  # unwinds the run context: the run is closed (KILLED), staging folders removed
 
 
+def log_datasets(tags: dict[str, str]) -> None:
+    """Each input with a content hash as an MLflow dataset (Datasets column): its path, digest and dvc md5."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for key, digest in tags.items():
+        if key.startswith("data.") and key.endswith(".sha256"):
+            name = key[len("data."):-len(".sha256")]
+            with warnings.catch_warnings():  # a local path matches two registered local sources; either is right
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+                source = resolve_dataset_source(tags.get(f"data.{name}.path", name))
+            dataset = MetaDataset(source, name=name, digest=digest[:36])
+            md5 = tags.get(f"data.{name}.dvc_md5")
+            mlflow.log_input(dataset, context="input", tags={"sha256": digest, **({"dvc_md5": md5} if md5 else {})})
+
+
+def record_outcome(parent_run_id: str, metrics: dict[str, float], params: dict[str, str],
+                   tags: dict[str, str]) -> None:
+    """The pipeline run's outcome: final and baseline metrics, chosen params, registered version, duration.
+
+    The pipeline run is created (and closed) before the first step; its end time moves to now, so its
+    duration in the runs table is the pipeline's.
+    """
+    import time
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    client.log_batch(parent_run_id, metrics=[mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0)
+                                             for k, v in metrics.items()])
+    for key, value in params.items():
+        try:
+            client.log_param(parent_run_id, key, str(value)[:500])
+        except MlflowException as exc:  # logged by an earlier register of this pipeline run: keep it, tag the new one
+            if exc.error_code != "INVALID_PARAMETER_VALUE":
+                raise
+            client.set_tag(parent_run_id, f"latest.{key}", str(value)[:500])
+    for key, value in tags.items():
+        client.set_tag(parent_run_id, key, str(value)[:5000])
+    client.set_terminated(parent_run_id, end_time=int(time.time() * 1000))
+
+
 @contextlib.contextmanager
 def step_run(params: StepParams, step: str, inputs: dict[str, str] | None = None,
-             validation: str | None = None) -> Iterator[object]:
-    """An MLflow run named after the step, nested under the pipeline run of this group, its params logged."""
+             validation: str | None = None, trained: dict | None = None) -> Iterator[object]:
+    """An MLflow run named after the step, nested under the pipeline run of this group, its params logged.
+
+    Args:
+        params: the step's params.
+        step: the step name (the run name).
+        inputs: name -> path of the inputs, logged as datasets with their content hashes.
+        validation: validate_data's folder (its result is tagged).
+        trained: declared param -> the value that trained the model when it differs from params.yaml (tuning
+            chose it); the param shows the trained value and `configured.<param>` tags keep the configured one.
+    """
     mlflow, experiment = _client_setup(params)
     closed = close_orphans(mlflow, experiment.experiment_id, step)
     if closed:
@@ -193,8 +253,12 @@ def step_run(params: StepParams, step: str, inputs: dict[str, str] | None = None
             OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}", **lineage_tags(inputs or {}, validation)}
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
+        declared = params.declared()
+        overridden = {k: v for k, v in (trained or {}).items() if k in declared and str(declared[k]) != str(v)}
+        tags.update({f"configured.{k}": str(declared[k]) for k in overridden})
         with mlflow.start_run(run_name=step, parent_run_id=parent, tags=tags) as run:
-            mlflow.log_params({k: str(v)[:500] for k, v in params.declared().items()})
+            mlflow.log_params({k: str(v)[:500] for k, v in {**declared, **overridden}.items()})
+            log_datasets(tags)
             try:
                 yield run
             except KeyboardInterrupt:
@@ -204,20 +268,14 @@ def step_run(params: StepParams, step: str, inputs: dict[str, str] | None = None
         signal.signal(signal.SIGTERM, previous)
 
 
-class EpochLogger:
-    """A Keras callback that logs every epoch's metrics to the active MLflow run."""
+def epoch_callback():
+    """mlflow.keras's callback (epoch metrics, optimizer config) in a tracked step; a no-op outside one."""
+    import keras
+    import mlflow
 
-    def __new__(cls, prefix: str = ""):
-        import keras
-        import mlflow
-
-        class _Logger(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                if mlflow.active_run() is None:
-                    return  # a core called outside a tracked step: nothing to log to
-                mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in (logs or {}).items()}, step=epoch)
-
-        return _Logger()
+    if mlflow.active_run() is None:  # a core called outside a tracked step: nothing to log to
+        return keras.callbacks.Callback()
+    return mlflow.keras.MlflowCallback()
 
 
 def log_keras_model(model, sample) -> str:

@@ -95,8 +95,11 @@ def create_study(cfg: TuneConfig, name: str, seed: int, storage_url: str | None 
     import optuna
 
     direction = "maximize" if cfg.metric.endswith("accuracy") else "minimize"
-    return optuna.create_study(study_name=name, storage=make_storage(cfg, storage_url), direction=direction,
-                               sampler=sampler(cfg, seed + worker), pruner=pruner(cfg), load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=make_storage(cfg, storage_url), direction=direction,
+                                sampler=sampler(cfg, seed + worker), pruner=pruner(cfg), load_if_exists=True)
+    if study.metric_names != [cfg.metric]:  # optuna-dashboard shows this name instead of "Objective 0"
+        study.set_metric_names([cfg.metric])
+    return study
 
 
 def counts(study) -> dict[str, int]:
@@ -132,7 +135,9 @@ def suggest(trial, cfg: TuneConfig, points: list[float], regimes: list[str]) -> 
     if regime == "transfer":
         low, high = cfg.freeze_ratio
         inside = [p for p in points if low - 1e-9 <= p <= high + 1e-9] or [min(points, key=lambda p: abs(p - low))]
-        out["freeze_ratio"] = inside[trial.suggest_int("freeze_point", 0, len(inside) - 1)]
+        # One name everywhere: the searched param is the freeze ratio itself, one of the real boundaries.
+        shown = [round(p, 4) for p in inside]
+        out["freeze_ratio"] = inside[shown.index(trial.suggest_categorical("freeze_ratio", shown))]
         if cfg.search_bn:
             out["train_bn"] = trial.suggest_categorical("train_bn", [False, True])
     trial.set_user_attr("freeze_ratio", out["freeze_ratio"])

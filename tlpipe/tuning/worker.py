@@ -69,7 +69,7 @@ class Worker:
         import optuna
         from optuna_integration import KerasPruningCallback
 
-        from tlpipe.tracking.runs import EpochLogger
+        from tlpipe.tracking.runs import epoch_callback
 
         cfg = self.cfg
         self.ran += 1
@@ -89,11 +89,11 @@ class Worker:
                               tags={"tlpipe.step": "tune", "optuna.trial": str(trial.number),
                                     "optuna.study": trial.study.study_name, "tlpipe.worker": str(self.worker)}):
             mlflow.log_params(hp.model_dump())
-            state = "failed"
+            state, pruned = "failed", None
             try:
                 result = run_trial(self.recipe, hp, self.data, self.load_backbone(), self.head, self.cache,
                                    self.identity,
-                                   callbacks=[Epochs(), EpochLogger(), KerasPruningCallback(trial, cfg.metric)])
+                                   callbacks=[Epochs(), epoch_callback(), KerasPruningCallback(trial, cfg.metric)])
                 values = result["history"][cfg.metric]
                 best = max(values) if cfg.metric.endswith("accuracy") else min(values)
                 trial.set_user_attr("mode", result["mode"])
@@ -102,11 +102,13 @@ class Worker:
                 mlflow.log_metric(f"best_{cfg.metric}", best)
                 state = "complete"
                 return best
-            except optuna.TrialPruned:
-                state = "pruned"
-                raise
+            except optuna.TrialPruned as exc:
+                # Raised after the run closes: a pruned trial is a FINISHED run tagged optuna.state=pruned,
+                # not a FAILED one (Optuna's own state is PRUNED either way).
+                state, pruned = "pruned", exc
             finally:
                 mlflow.set_tag("optuna.state", state)
+        raise pruned
 
     def _progress(self, study, trial) -> None:
         try:
