@@ -126,7 +126,7 @@ def test_a_server_that_answers_passes_the_check_whatever_its_status():
     import http.server
     import threading
 
-    from tlpipe.tracking.runs import check_http_store
+    from tlpipe.tracking.stores import check_http_store
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # 501 to all
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -266,7 +266,7 @@ def test_make_subset_killed_mid_write_then_rerun_gives_the_uninterrupted_result(
 
 
 def test_the_registry_wording_of_the_store_check(silent_port):
-    from tlpipe.tracking.runs import CHECK_SECONDS, check_http_store
+    from tlpipe.tracking.stores import CHECK_SECONDS, check_http_store
 
     assert CHECK_SECONDS <= 15
     with pytest.raises(PipelineError, match=r"^MLflow registry at http://\*\*\*@127.0.0.1:\d+/ did not answer after"):

@@ -26,7 +26,8 @@ def connect(params):
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError  # a SQL tracking store that cannot be reached
 
-    from tlpipe.tracking.runs import check_sql_store, sql_uri, tracking_uri
+    from tlpipe.tracking.runs import tracking_uri
+    from tlpipe.tracking.stores import check_http_store, check_sql_store, sql_uri
 
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(params.registry.http_retries)
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
@@ -36,7 +37,8 @@ def connect(params):
     import mlflow
 
     uri = sql_uri(tracking_uri(params))
-    check_sql_store(uri, params.registry.http_retries)
+    check_sql_store(uri, params.registry.http_retries, "MLflow registry")
+    check_http_store(uri, params.registry.http_retries, "MLflow registry")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
