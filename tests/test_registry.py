@@ -429,7 +429,7 @@ def serve(model_uri: str, root: Path, env: dict) -> tuple[subprocess.Popen, str]
     while time.time() < deadline:
         assert proc.poll() is None, (root / "serve.log").read_text()[-3000:]
         try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=5) as answer:
+            with urllib.request.urlopen(f"{url}/ping", timeout=900) as answer:
                 if answer.status == 200:
                     return proc, url
         except OSError:
