@@ -225,6 +225,7 @@ class RegistryConfig(_Section):
     min_improvement: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0
     min_class_recall: Fraction | None = None
     require_significant: bool = False  # the gain's 95% CI lower bound must exceed min_improvement
+    refuse_worse_than_baseline: bool = False  # fail when evaluate's best baseline beats the model (McNemar p < 0.05)
     auto_promote: bool = False
     http_retries: NonNegInt = 3
     http_timeout: PositiveInt = 30
