@@ -140,6 +140,7 @@ class BestParams(Contract):
     value: float | None = None
     trial: int | None = None
     boundary: str | None = None
+    label: str = ""  # what the best trial really is: from scratch, full fine-tuning, transfer (k% frozen), ...
     states: dict[str, int] = {}
     epochs_run: int = 0
     stopped_by: Literal["n_trials", "timeout", "disabled"] = "n_trials"

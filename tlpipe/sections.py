@@ -182,7 +182,12 @@ class TuneConfig(_Section):
     patience: PositiveInt = 3
     regimes: list[Literal["transfer", "scratch"]] = ["transfer", "scratch"]
     search_bn: bool = True  # also try letting the unfrozen BatchNormalization layers adapt
-    sweep: bool = True  # a controlled transferability sweep after the study (reports/tune/transferability.csv)
+    scratch_epochs: PositiveInt | None = 30  # the scratch regime's own cap per trial (None = epochs): it starts slowly
+    scratch_patience: PositiveInt | None = 5  # ... and patience; the pruner waits this many epochs before judging it
+    warm_start: NonNegInt = 3  # a new study's first trials: the previous study's best N points (0 = off)
+    # The controlled transferability sweep after the study (reports/tune/transferability.csv): true, false, or auto
+    # (run only when its estimated cost, printed before it runs, is no more than the study's).
+    sweep: bool | Literal["auto"] = "auto"
     sweep_points: Annotated[int, Field(ge=2, le=32)] = 6
     sweep_seeds: Annotated[int, Field(ge=1, le=10)] = 3
     cache: bool = True
