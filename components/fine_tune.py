@@ -4,7 +4,9 @@ The regime decides the model: transfer (the pretrained backbone with the first `
 frozen; BatchNormalization in inference mode unless tuning chose to let it adapt; the head warm-started from
 `train_head`) or scratch (the same architecture, new weights, everything trains). Augmentation applies to the
 training split only. Training stops early on the validation metric under the `fine_tune.epochs` cap, keeps
-the best epoch, and a killed run resumes exactly where it stopped (tlpipe/models/fitting.py).
+the best epoch, and a killed run resumes exactly where it stopped (tlpipe/models/fitting.py). The model handed
+on is the better, on the validation split, of that and the frozen-features candidate (the pretrained backbone all
+frozen with train_head's head), so fine-tuning that hurt is never what gets registered.
 """
 
 from __future__ import annotations
@@ -50,8 +52,41 @@ def fine_tune(cfg: FineTuneConfig, augment: AugmentConfig, hp: HyperParams, seed
                             "head": content_hash(head_path) if head_path and head_path.exists() else ""})
     model, info = train(cfg, augment, hp, seed, deterministic, size, load, preprocess,
                         (x_train, y_train, x_val, y_val, classes), head_path, job, callbacks)
+    info["hp"], info["selected"] = hp, "fine_tune"
+    if head_path is not None and head_path.exists():
+        model, info = keep_better(model, info, cfg, size, load, preprocess, head_path, (x_val, y_val))
     info["sample"] = x_val[:2] if isinstance(x_val, np.ndarray) else decode_images(x_val[:2], size)
     return model, info
+
+
+def keep_better(model, info: dict, cfg: FineTuneConfig, size: int, load, preprocess: str, head_path: Path,
+                val: tuple) -> tuple:
+    """The better on validation (by `cfg.monitor`) of the trained model and the frozen-features candidate.
+
+    The frozen-features candidate is the pretrained backbone, all frozen, with train_head's head.
+
+    Returns:
+        (model, info) with info["selected"] ("fine_tune" or "frozen_features"), info["hp"] and the validation
+        scores of both candidates in info["candidates"].
+    """
+    from tlpipe.data.datasets import any_batches
+    from tlpipe.models.fitting import build_model
+
+    hp = info["hp"]
+    frozen_hp = hp.model_copy(update={"freeze_ratio": 1.0, "regime": "transfer", "train_bn": False})
+    frozen, plan = build_model(load(), preprocess, size, frozen_hp, len(info["classes"]), head_path)
+    batches = any_batches(val[0], val[1], size, cfg.batch_size)
+    scores = {name: {f"val_{k}": float(v) for k, v in net.evaluate(batches, verbose=0, return_dict=True).items()}
+              for name, net in (("fine_tune", model), ("frozen_features", frozen))}
+    info["candidates"] = scores
+    higher = cfg.monitor.endswith("accuracy")
+    mine, theirs = scores["fine_tune"].get(cfg.monitor), scores["frozen_features"].get(cfg.monitor)
+    if mine is None or theirs is None or (theirs <= mine if higher else theirs >= mine):
+        return model, info
+    print(f"fine_tune: the frozen-features candidate scores {cfg.monitor} {theirs:.4f} on validation against "
+          f"{mine:.4f} after fine-tuning; it is the model handed on", flush=True)
+    return frozen, {**info, "selected": "frozen_features", "hp": frozen_hp,
+                    "freeze": {**plan.__dict__, "effective_ratio": plan.effective_ratio}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,17 +121,21 @@ def main(argv: list[str] | None = None) -> None:
             lambda: load_backbone(args.backbone, weights, size, params.storage.endpoint_url),
             preprocess_mode(args.backbone), identity, Path(args.subset), Path(args.head) / HEAD_FILE,
             Path(args.workdir), callbacks=[epoch_callback()])
-        mlflow.log_params({f"effective.{k}": v for k, v in hp.model_dump().items()})
+        mlflow.log_params({f"effective.{k}": v for k, v in info["hp"].model_dump().items()})
         mlflow.set_tag("backbone.description", describe_backbone(args.backbone, identity))
+        mlflow.set_tag("selected_on_validation", info["selected"])
         mlflow.log_params({"effective.frozen_layers": info["freeze"]["frozen"],
                            "effective.freeze_boundary": info["freeze"]["boundary"]})
         monitor = params.fine_tune.monitor
         with atomic_dir(args.report) as report:
             metrics = training_report(info["history"], monitor, report,
-                                      f"fine_tune ({hp.regime}, freeze {info['freeze']['boundary']})")
+                                      f"fine_tune ({hp.regime}, freeze {info['freeze']['boundary']}; handed on: "
+                                      f"{info['selected']})")
         mlflow.log_artifact(str(Path(args.report) / "history.png"))
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
-        chance = chance_level(metrics.get("best_val_accuracy", 0.0), len(info["classes"]))
+        handed_on = info.get("candidates", {}).get(info["selected"], {})
+        chance = chance_level(handed_on.get("val_accuracy", metrics.get("best_val_accuracy", 0.0)),
+                              len(info["classes"]))
         if chance:
             print(f"fine_tune: WARNING: validation accuracy is at chance level for {len(info['classes'])} classes; "
                   "the model learned nothing (check the learning rate, the weights and the data)")
@@ -104,12 +143,12 @@ def main(argv: list[str] | None = None) -> None:
         with atomic_dir(args.model) as staged:
             save_model(model, staged / MODEL_FILE)
             TrainedModel(run_id=run.info.run_id, model_uri=model_uri, classes=info["classes"], freeze=info["freeze"],
-                         hyperparameters=hp, resumed=info["resumed"], best_epoch=metrics["best_epoch"],
+                         hyperparameters=info["hp"], resumed=info["resumed"], best_epoch=metrics["best_epoch"],
                          backbone=identity, chance_level=chance).write(staged)
     shutil.rmtree(info["job_dir"], ignore_errors=True)
     print(f"fine_tune: best {monitor} {metrics.get('best_' + monitor, float('nan')):.3f} at epoch "
-          f"{metrics['best_epoch']} ({hp.regime}, {info['freeze']['frozen']}/{info['freeze']['total']} backbone "
-          f"layers frozen) -> {args.model}")
+          f"{metrics['best_epoch']}; handed on: {info['selected']} ({info['hp'].regime}, {info['freeze']['frozen']}/"
+          f"{info['freeze']['total']} backbone layers frozen) -> {args.model}")
 
 
 if __name__ == "__main__":

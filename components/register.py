@@ -4,7 +4,8 @@ The current `@champion` (if any) is scored on this run's test split next to the 
 come from the same images; the paired comparison (McNemar's exact test on the images one model fixes and the
 other breaks, a bootstrap 95% CI of the gain) says whether this test set can tell them apart. MLflow's
 `MetricThreshold` / `validate_evaluation_results` decide `validation_status` (passed / failed, with reasons)
-from `registry.*`; `registry.require_significant` also asks the gain's CI to lie above `min_improvement`.
+from `registry.*`; `registry.require_significant` also asks the gain's CI to lie above `min_improvement`, and
+`registry.refuse_worse_than_baseline` fails a model significantly worse than evaluate's best baseline.
 The step never moves `@champion` unless `registry.auto_promote: true` and the gate passed. Running it again
 for the same training run reuses the version it made. The evidence (both score sets, the comparison,
 confusion matrices, the challenger's mistakes, tuning summary, lineage) is logged to the step's MLflow run,
@@ -85,6 +86,23 @@ def gate(challenger: dict, champion: dict | None, cfg: RegistryConfig,
     return ("failed" if reasons else "passed"), reasons
 
 
+def baseline_reasons(cfg: RegistryConfig, eval_dir: Path) -> list[str]:
+    """With `refuse_worse_than_baseline`: why the model fails when its best baseline beats it significantly.
+
+    The baseline is evaluate's `vs_best_baseline` (chosen on validation, McNemar's exact test on the test images).
+    """
+    from tlpipe.contracts import EvalMetrics
+    from tlpipe.reports.selection import describe as versus_line
+    from tlpipe.reports.selection import significantly_worse
+
+    if not cfg.refuse_worse_than_baseline:
+        return []
+    vs = EvalMetrics.read(eval_dir).vs_best_baseline
+    if not significantly_worse(vs):
+        return []
+    return [f"{versus_line(vs)}: a baseline beats this model (registry.refuse_worse_than_baseline)"]
+
+
 def describe(run: TrainedModel, metrics: dict, status: str, champion: dict | None,
              champion_version: str | None, comparison: dict | None = None) -> str:
     """The version's one-paragraph description."""
@@ -163,6 +181,9 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
     predicted = probs.argmax(axis=1)
     champion_version, champion, comparison = versus_champion(client, cfg.model_name, run, subset, predicted, labels)
     status, reasons = gate(challenger, champion, cfg, comparison)
+    worse = baseline_reasons(cfg, eval_dir)
+    if worse:
+        status, reasons = "failed", [*reasons, *worse]
     if run.chance_level:  # fine_tune flagged it: a model that learned nothing never passes, whatever the floor
         status, reasons = "failed", [*reasons, "the model is at chance level (fine_tune flagged it)"]
     facts = subset_lineage(subset, validation, [str(subset), str(model_dir), str(validation)], run.backbone)

@@ -92,14 +92,32 @@ def _worker(ctx: Context):
 
 
 def _work(ctx: Context) -> bool:
-    from tlpipe.tuning.study import counts
+    from tlpipe.tuning.study import counts, warm_start
 
     args = ctx.args
     study = ctx.study()
-    ran, timed_out = _worker(ctx).work(study)
+    worker = _worker(ctx)
+    queued = warm_start(study, ctx.cfg, worker.points, worker.regimes, args.storage)
+    if queued:
+        print(f"tune: warm start: the first {len(queued)} trials are the previous study's best points")
+    ran, timed_out = worker.work(study)
     print(f"tune: worker {args.worker_index} ran {ran} trials; study {study.study_name}: {counts(study)}"
           + (f"; stopped by tune.timeout={ctx.cfg.timeout}s" if timed_out else ""))
     return timed_out
+
+
+def _sweep_wanted(worker, study, cfg) -> bool:
+    """Print the sweep's estimated cost before it runs; under tune.sweep: auto, run it only if <= the study's."""
+    from tlpipe.tuning.budget import sweep_estimate, sweep_runs
+    from tlpipe.tuning.sweep import trainings
+
+    estimate = sweep_estimate(study, trainings(worker, cfg))
+    runs = sweep_runs(cfg.sweep, estimate)
+    print(f"tune: transferability sweep: {estimate['trainings']} trainings, about {estimate['seconds']:.0f} s "
+          f"(the study took {estimate['study_seconds']:.0f} s)"
+          + ("" if runs else "; skipped (tune.sweep: auto runs it only when it costs no more than the study; "
+             "set tune.sweep: true to run it)"), flush=True)
+    return runs
 
 
 def _summarize(ctx: Context, timed_out: bool) -> BestParams:
@@ -112,10 +130,11 @@ def _summarize(ctx: Context, timed_out: bool) -> BestParams:
     stopped_by = "timeout" if timed_out or finished(study) < ctx.cfg.n_trials else "n_trials"
     with atomic_dir(ctx.args.tuning) as staged:
         summary = summarize(study, ctx.cfg, staged, stopped_by)
-        if ctx.cfg.sweep:
+        worker = _worker(ctx) if ctx.cfg.sweep else None
+        if worker is not None and _sweep_wanted(worker, study, ctx.cfg):
             from tlpipe.tuning.sweep import sweep
 
-            cost = sweep(_worker(ctx), study, ctx.cfg, staged)
+            cost = sweep(worker, study, ctx.cfg, staged)
             mlflow.log_metrics({"sweep_seconds": cost["seconds"], "sweep_trainings": cost["trainings"]})
             mlflow.log_artifact(str(staged / "transferability.csv"))
         mlflow.log_dict(summary.model_dump(mode="json"), BestParams.FILE)

@@ -26,7 +26,7 @@ SMALL = {
     "model.image_size": 16, "pretrain_backbone.epochs": 8, "pretrain_backbone.filters": [8, 16],
     "pretrain_backbone.learning_rate": 0.003,
     "train_head.epochs": 8, "fine_tune.epochs": 8, "tune.n_trials": 3, "tune.epochs": 4, "augment.copies": 1,
-    "tune.regimes": ["transfer"], "tune.sweep_points": 3, "tune.sweep_seeds": 2,
+    "tune.regimes": ["transfer"], "tune.sweep": True, "tune.sweep_points": 3, "tune.sweep_seeds": 2,
     "registry.min_accuracy": 0.0,
 }
 

@@ -124,3 +124,16 @@ def test_deterministic_runs_repeat_exactly(tiny_project, tmp_path):
     assert info1["history"] == info2["history"]
     for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_fine_tuning_that_hurts_hands_on_the_frozen_features_candidate(tiny_project, tmp_path):
+    """A learning rate that wrecks the backbone: the frozen backbone + train_head's head wins on validation."""
+    params = load_params(tiny_project / "params.yaml", {"fine_tune.epochs": 2, "fine_tune.patience": 2,
+                                                        "fine_tune.monitor": "val_loss"})
+    wrecked = from_params(params).model_copy(update={"learning_rate": 5.0, "freeze_ratio": 0.0})
+    model, info = run(tiny_project, params, wrecked, tmp_path / "work")
+    scores = info["candidates"]
+    assert scores["frozen_features"]["val_loss"] < scores["fine_tune"]["val_loss"]
+    assert info["selected"] == "frozen_features" and info["hp"].freeze_ratio == 1.0, scores
+    assert info["freeze"]["frozen"] == info["freeze"]["total"]
+    assert model.get_layer("backbone").trainable_weights == []

@@ -141,6 +141,7 @@ class BestParams(Contract):
     value: float | None = None
     trial: int | None = None
     boundary: str | None = None
+    label: str = ""  # what the best trial really is: from scratch, full fine-tuning, transfer (k% frozen), ...
     states: dict[str, int] = {}
     epochs_run: int = 0
     stopped_by: Literal["n_trials", "timeout", "disabled"] = "n_trials"
@@ -177,9 +178,15 @@ class EvalMetrics(Contract):
     fine_tune_gain: float
     test_images: int
     regime: str = "transfer"  # the final model's regime
-    best_baseline: str = ""  # frozen_features or scratch, whichever scored higher on the test split
+    best_baseline: str = ""  # frozen_features or scratch, whichever ranked higher on `best_baseline_chosen_on`
+    best_baseline_chosen_on: Literal["validation", "test", ""] = ""
     final_minus_best_baseline: float = 0.0
     baseline_won: bool = False  # the final model trails the best baseline by more than one test image
+    # The final model against the best baseline on the same test images (tlpipe.reports.selection.versus):
+    # name, delta (test accuracy, final - baseline), mcnemar_p (exact), fixed, broken.
+    vs_best_baseline: dict[str, Any] = {}
+    validation: dict[str, dict[str, float]] = {}  # candidate -> validation accuracy and loss
+    best_on_validation: str = ""  # the candidate ranked first on validation (final, frozen_features, scratch)
 
 
 class Registration(Contract):

@@ -187,7 +187,12 @@ class TuneConfig(_Section):
     patience: PositiveInt = 3
     regimes: Annotated[list[Literal["transfer", "scratch"]], Field(min_length=1)] = ["transfer", "scratch"]
     search_bn: bool = True  # also try letting the unfrozen BatchNormalization layers adapt
-    sweep: bool = True  # a controlled transferability sweep after the study (reports/tune/transferability.csv)
+    scratch_epochs: PositiveInt | None = 30  # the scratch regime's own cap per trial (None = epochs): it starts slowly
+    scratch_patience: PositiveInt | None = 5  # ... and patience; the pruner waits this many epochs before judging it
+    warm_start: NonNegInt = 3  # a new study's first trials: the previous study's best N points (0 = off)
+    # The controlled transferability sweep after the study (reports/tune/transferability.csv): true, false, or auto
+    # (run only when its estimated cost, printed before it runs, is no more than the study's).
+    sweep: bool | Literal["auto"] = "auto"
     sweep_points: Annotated[int, Field(ge=2, le=32)] = 6
     sweep_seeds: Annotated[int, Field(ge=1, le=10)] = 3
     cache: bool = True
@@ -233,6 +238,7 @@ class RegistryConfig(_Section):
     min_improvement: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0
     min_class_recall: Fraction | None = None
     require_significant: bool = False  # the gain's 95% CI lower bound must exceed min_improvement
+    refuse_worse_than_baseline: bool = False  # fail when evaluate's best baseline beats the model (McNemar p < 0.05)
     auto_promote: bool = False
     http_retries: NonNegInt = 3
     http_timeout: PositiveInt = 30

@@ -79,6 +79,11 @@ def baseline_rows(evaluation: dict | None, sizes: dict | None = None) -> list[tu
     ranked = sorted(((v, k) for k, v in scores.items() if v is not None), reverse=True)
     rows.append(("won on this data", ranked[0][1] + (" (a baseline beats the final model by more than one test "
                                                       "image)" if evaluation.get("baseline_won") else "")))
+    vs = evaluation.get("vs_best_baseline")
+    if vs:
+        from tlpipe.reports.selection import describe
+
+        rows.append(("final vs best baseline (same test images)", describe(vs)))
     if frozen.get("accuracy") is not None and scratch.get("accuracy"):
         rows.append(("similarity signal: frozen features / scratch", f"{frozen['accuracy'] / scratch['accuracy']:.2f}"))
     train = (sizes or {}).get("train", {})

@@ -19,7 +19,7 @@ from tlpipe.redact import holds_credentials, redact, redact_text
 FINISHED = ("COMPLETE", "PRUNED")
 # Keys of `tune` that decide how long or where a study runs, not what a trial computes.
 VOLATILE = ("n_trials", "timeout", "storage", "enabled", "study_name", "heartbeat_interval", "max_retries",
-            "pool_size", "cache_max_bytes", "cache_disk_bytes", "sweep", "sweep_points", "sweep_seeds")
+            "pool_size", "cache_max_bytes", "cache_disk_bytes", "sweep", "sweep_points", "sweep_seeds", "warm_start")
 
 
 def study_fingerprint(cfg: TuneConfig, recipe: dict, subset: Path, augmented: Path | None, head: Path | None,
@@ -86,7 +86,11 @@ def pruner(cfg: TuneConfig):
     if cfg.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs)
+        # The lowest rung is a full patience window, not one epoch: a one-epoch rung alone would decide
+        # against every slow starter (tlpipe.tuning.budget).
+        from tlpipe.tuning.budget import max_epochs
+
+        return optuna.pruners.HyperbandPruner(min_resource=min(cfg.patience, cfg.epochs), max_resource=max_epochs(cfg))
     return optuna.pruners.NopPruner()
 
 
@@ -124,6 +128,56 @@ def freeze_points(backbone) -> list[float]:
     return [k / total for k in cut_points(backbone)]
 
 
+def inside_points(cfg: TuneConfig, points: list[float]) -> list[float]:
+    """The freeze points inside tune.freeze_ratio (the nearest one when none is)."""
+    low, high = cfg.freeze_ratio
+    return [p for p in points if low - 1e-9 <= p <= high + 1e-9] or [min(points, key=lambda p: abs(p - low))]
+
+
+def previous_best(study, cfg: TuneConfig, storage_url: str | None = None) -> tuple[str, list]:
+    """The latest other study of the same `tune.study_name` in this storage, and its best complete trials.
+
+    A new data version (or backbone) makes a new study; its first trials are then the previous study's
+    `tune.warm_start` best points instead of the same seeded samples again.
+    """
+    import optuna
+
+    storage = make_storage(cfg, storage_url)
+    others = [s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+              if s.study_name != study.study_name and s.study_name.startswith(f"{cfg.study_name}-")
+              and s.datetime_start is not None]
+    if not others or not cfg.warm_start:
+        return "", []
+    latest = max(others, key=lambda s: s.datetime_start)
+    old = optuna.load_study(study_name=latest.study_name, storage=storage)
+    done = [t for t in old.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    done.sort(key=lambda t: t.value, reverse=old.direction.name == "MAXIMIZE")
+    return latest.study_name, done[: cfg.warm_start]
+
+
+def warm_start(study, cfg: TuneConfig, points: list[float], regimes: list[str],
+               storage_url: str | None = None) -> list[dict]:
+    """Enqueue the previous study's best points into an empty study; returns the params enqueued.
+
+    Points this study cannot take (a regime it does not search, a freeze point beyond its range) are skipped.
+    """
+    if study.get_trials(deepcopy=False):
+        return []
+    source, best = previous_best(study, cfg, storage_url)
+    queued = []
+    for trial in best:
+        params = dict(trial.params)
+        regime = params.get("regime", regimes[0])
+        shown = [round(p, 4) for p in inside_points(cfg, points)]
+        if regime not in regimes or ("freeze_ratio" in params and params["freeze_ratio"] not in shown):
+            continue
+        if len(regimes) == 1:
+            params.pop("regime", None)
+        study.enqueue_trial(params, user_attrs={"warm_start_from": source}, skip_if_exists=True)
+        queued.append(params)
+    return queued
+
+
 def suggest(trial, cfg: TuneConfig, points: list[float], regimes: list[str]) -> dict:
     """Sample a trial's hyperparameters: the regime, then (for transfer) a real freeze boundary in range.
 
@@ -133,8 +187,7 @@ def suggest(trial, cfg: TuneConfig, points: list[float], regimes: list[str]) -> 
     regime = trial.suggest_categorical("regime", regimes) if len(regimes) > 1 else regimes[0]
     out: dict = {"regime": regime, "freeze_ratio": 0.0, "train_bn": regime == "scratch"}
     if regime == "transfer":
-        low, high = cfg.freeze_ratio
-        inside = [p for p in points if low - 1e-9 <= p <= high + 1e-9] or [min(points, key=lambda p: abs(p - low))]
+        inside = inside_points(cfg, points)
         # One name everywhere: the searched param is the freeze ratio itself, one of the real boundaries.
         shown = [round(p, 4) for p in inside]
         out["freeze_ratio"] = inside[shown.index(trial.suggest_categorical("freeze_ratio", shown))]

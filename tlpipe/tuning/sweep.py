@@ -42,15 +42,27 @@ def _recipe_for(study, regime: str, ratio: float | None) -> dict | None:
     return {"learning_rate": best.params["learning_rate"], "train_bn": best.user_attrs.get("train_bn", False)}
 
 
+def jobs_for(worker, cfg: TuneConfig) -> list[tuple[str, float]]:
+    """(regime, freeze ratio) of each sweep point: the chosen transfer points, then scratch if searched."""
+    jobs = [("transfer", r) for r in chosen_points(worker.points, cfg.sweep_points)]
+    if "scratch" in worker.regimes:
+        jobs.append(("scratch", 0.0))
+    return jobs
+
+
+def trainings(worker, cfg: TuneConfig) -> int:
+    """How many trainings the sweep runs (points x seeds): its cost, known before it starts."""
+    return len(jobs_for(worker, cfg)) * cfg.sweep_seeds
+
+
 def sweep(worker, study, cfg: TuneConfig, out_dir: Path) -> dict:
     """Train each chosen point (and scratch) with `cfg.sweep_seeds` seeds; write CSV + PNG; returns the cost."""
+    from tlpipe.tuning.budget import regime_recipe
     from tlpipe.tuning.trial import run_trial
 
     started = time.monotonic()
     fallback = {"learning_rate": study.best_params["learning_rate"], "train_bn": False}
-    jobs = [("transfer", r) for r in chosen_points(worker.points, cfg.sweep_points)]
-    if "scratch" in worker.regimes:
-        jobs.append(("scratch", 0.0))
+    jobs = jobs_for(worker, cfg)
     rows = []
     for regime, ratio in jobs:
         recipe = (_recipe_for(study, regime, ratio if regime == "transfer" else None)
@@ -59,7 +71,8 @@ def sweep(worker, study, cfg: TuneConfig, out_dir: Path) -> dict:
                          regime=regime, **recipe)
         values, boundary = [], ""
         for k in range(cfg.sweep_seeds):
-            seeded = dataclasses.replace(worker.recipe, seed=worker.recipe.seed + 1000 * (k + 1))
+            base = regime_recipe(worker.recipe, cfg, regime)  # scratch keeps its own cap and patience
+            seeded = dataclasses.replace(base, seed=base.seed + 1000 * (k + 1))
             result = run_trial(seeded, hp, worker.data, worker.load_backbone(), worker.head, worker.cache,
                                worker.identity)
             values.append(max(result["history"]["val_accuracy"]))  # the curve is in accuracy, whatever ranks trials

@@ -16,6 +16,7 @@ from pathlib import Path
 from tlpipe.config import TuneConfig
 from tlpipe.contracts import BestParams, HyperParams
 from tlpipe.errors import PipelineError
+from tlpipe.tuning.budget import RegimePruning, frozen_weight_counts, label, pruning_warmup, regime_recipe
 from tlpipe.tuning.cache import cache_plan
 from tlpipe.tuning.study import FINISHED, counts, finished, freeze_points, suggest
 from tlpipe.tuning.trial import ActivationCache, Recipe, load_trial_data, run_trial
@@ -42,6 +43,7 @@ class Worker:
         self.load_backbone, self.identity = load_backbone, identity
         backbone = load_backbone()
         self.points = freeze_points(backbone)
+        self.frozen_weights = frozen_weight_counts(backbone)  # per boundary: what "transfer" really freezes
         self.cache = (ActivationCache(cache_dir, cfg.cache_max_bytes, cfg.cache_dtype, cfg.cache_disk_bytes)
                       if cfg.cache else None)
         if self.cache is not None:  # before any trial: what each freeze point costs and where it will live
@@ -67,7 +69,6 @@ class Worker:
         import keras
         import mlflow
         import optuna
-        from optuna_integration import KerasPruningCallback
 
         from tlpipe.tracking.runs import epoch_callback
 
@@ -91,14 +92,18 @@ class Worker:
             mlflow.log_params(hp.model_dump())
             state, pruned = "failed", None
             try:
-                result = run_trial(self.recipe, hp, self.data, self.load_backbone(), self.head, self.cache,
-                                   self.identity,
-                                   callbacks=[Epochs(), epoch_callback(), KerasPruningCallback(trial, cfg.metric)])
+
+                pruning = RegimePruning(trial, cfg.metric, pruning_warmup(cfg, hp.regime))
+                result = run_trial(regime_recipe(self.recipe, cfg, hp.regime), hp, self.data, self.load_backbone(),
+                                   self.head, self.cache, self.identity,
+                                   callbacks=[Epochs(), epoch_callback(), pruning])
                 values = result["history"][cfg.metric]
                 best = max(values) if cfg.metric.endswith("accuracy") else min(values)
                 trial.set_user_attr("mode", result["mode"])
                 trial.set_user_attr("frozen_layers", result["plan"].frozen)
                 trial.set_user_attr("boundary", result["plan"].boundary)
+                trial.set_user_attr("label", label(hp.regime, self.frozen_weights[result["plan"].frozen],
+                                                   self.frozen_weights[-1]))
                 mlflow.log_metric(f"best_{cfg.metric}", best)
                 state = "complete"
                 return best
@@ -163,6 +168,7 @@ def summarize(study, cfg: TuneConfig, out_dir: Path, stopped_by: str) -> BestPar
           "regime": best.user_attrs.get("regime", "transfer"), "train_bn": best.user_attrs.get("train_bn", False)}
     summary = BestParams(source="study", study_name=study.study_name, metric=cfg.metric, value=best.value,
                          trial=best.number, params=HyperParams(**hp), boundary=best.user_attrs.get("boundary"),
+                         label=best.user_attrs.get("label", ""),
                          states=counts(study), stopped_by=stopped_by,
                          epochs_run=sum(t.user_attrs.get("epochs_run", 0) for t in trials))
     summary.write(out_dir)

@@ -1,0 +1,208 @@
+"""The grid: images per class x similarity to the source x seeds, three arms on the same test images.
+
+Each cell is the whole declared pipeline (`benchmarks.regimes.child`, as `dvc repro` runs it) in its own project
+folder and child process, with `make_subset.train_per_class` = the cell's size and `make_subset.seed` = the seed
+(so each seed draws another subset, other test images too). Arms, all scored on that cell's test images:
+- final: the product's model (the whole pipeline; evaluate's `accuracy`), with `vs_best_baseline` from evaluate;
+- frozen: frozen backbone features + head (train_head; evaluate's `frozen_features`);
+- scratch: the same architecture from new weights with its own learning-rate search and the same budget: the late
+  steps rerun on a copy of the cell's upstream outputs with `tune.regimes: [scratch]` (that project's final model).
+  `--quick` uses the pipeline's own train_scratch baseline (fixed learning rate) instead, and says so per row.
+
+Similarity. near: the embedded default, digits 0-4 (source, the backbone's pretraining) -> 5-9 (target).
+far: the same target digits 5-9, made offline as inverted edge maps (Sobel magnitude of the stroke, dark outline
+on a white ground). The backbone never saw that look (its filters learned bright filled strokes on black), while
+the classes stay learnable from scratch. Chosen because no other labelled image set ships with scikit-learn (no
+download is possible here), and because keeping the labels fixed isolates the look as the one thing that differs.
+
+    python -m benchmarks.data_size --quick                       # sizes 5 and 25, near and far, seed 42
+    python -m benchmarks.data_size --sizes 5 10 25 50 100 --seeds 42 43 44
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.regimes import UPSTREAM, project, read_json
+
+REPO = Path(__file__).resolve().parents[1]
+SIMILARITIES = ("near", "far")
+FIELDS = ("train_per_class", "similarity", "seed", "final", "frozen", "scratch", "test_images", "regime",
+          "freeze_ratio")
+
+
+def far_images(images: np.ndarray) -> np.ndarray:
+    """Inverted edge maps of grey uint8 images: white ground, dark stroke outlines (scipy's Sobel filter)."""
+    from scipy import ndimage
+
+    x = images.astype("float32")
+    edges = np.hypot(ndimage.sobel(x, axis=-1), ndimage.sobel(x, axis=-2))
+    scale = edges.reshape(len(x), -1).max(axis=1).clip(min=1.0)[:, None, None]
+    return (255.0 - 255.0 * edges / scale).round().clip(0, 255).astype(np.uint8)
+
+
+def write_far(folder: Path, size: int, classes: list[int]) -> Path:
+    """The far target as a class-folder tree (`<digit>/<index>.png`), made once."""
+    from PIL import Image
+
+    from components.make_digits import digits_images
+
+    if folder.is_dir():
+        return folder
+    images, labels = digits_images(size)
+    staged = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staged, ignore_errors=True)
+    for digit in classes:
+        (staged / str(digit)).mkdir(parents=True)
+        pick = np.flatnonzero(labels == digit)
+        for index, image in zip(pick, far_images(images[pick]), strict=True):
+            Image.fromarray(image, mode="L").save(staged / str(digit) / f"{index:04d}.png")
+    staged.replace(folder)
+    return folder
+
+
+def run(root: Path, only_late: bool = False) -> float:
+    """The pipeline in `root` in a child process (all steps, or tune onwards); returns seconds."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "GX_ANALYTICS_ENABLED": "false",
+           "TQDM_DISABLE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "benchmarks.regimes", "child", str(root), *(["--only-late"] if only_late else [])]
+    start = time.perf_counter()
+    with open(root / "run.log", "w", encoding="utf-8") as log:
+        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code and not (root / "reports/evaluate/metrics.json").exists():
+        tail = (root / "run.log").read_text(encoding="utf-8")[-2000:]
+        raise SystemExit(f"{root.name} failed ({code}); log {root / 'run.log'}:\n{tail}")
+    return time.perf_counter() - start
+
+
+def cell(work: Path, size: int, similarity: str, seed: int, args: argparse.Namespace) -> dict:
+    """One grid cell: the pipeline, then (unless --quick) the scratch arm with its own search; one row."""
+    base = [f"make_subset.train_per_class={size}", f"make_subset.seed={seed}", *args.set]
+    if similarity == "far":
+        base.append(f"data.source={write_far(work / 'far-target', args.image_size, [5, 6, 7, 8, 9])}")
+    root = work / f"{similarity}-n{size}-seed{seed}"
+    shutil.rmtree(root, ignore_errors=True)
+    project(root, seed, base)
+    seconds = run(root)
+    metrics = read_json(root / "reports/evaluate/metrics.json")
+    hp = read_json(root / "models/fine_tune/run.json").get("hyperparameters", {})
+    row = {"train_per_class": size, "similarity": similarity, "seed": seed, "final": metrics["accuracy"],
+           "frozen": metrics["frozen_features"]["accuracy"], "scratch": metrics["scratch"]["accuracy"],
+           "test_images": metrics["test_images"], "regime": metrics["regime"], "freeze_ratio": hp.get("freeze_ratio"),
+           "label": read_json(root / "reports/tune/best_params.json").get("label", ""),
+           "vs_best_baseline": metrics.get("vs_best_baseline", {}), "scratch_arm": "train_scratch (fixed lr)",
+           "scratch_fixed_lr": metrics["scratch"]["accuracy"], "seconds": round(seconds, 1)}
+    if not args.quick:
+        tuned = work / f"{root.name}-scratch"
+        shutil.rmtree(tuned, ignore_errors=True)
+        project(tuned, seed, [*base, "tune.regimes=[scratch]"])
+        for part in UPSTREAM:
+            if (root / part).is_dir():
+                shutil.copytree(root / part, tuned / part)
+        row["seconds"] += round(run(tuned, only_late=True), 1)
+        scratch = read_json(tuned / "reports/evaluate/metrics.json")
+        row.update(scratch=scratch["accuracy"], scratch_arm="tuned scratch (tune.regimes: [scratch])")
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(work / f"{root.name}-scratch", ignore_errors=True)
+    print(json.dumps({k: row[k] for k in FIELDS}), flush=True)
+    return row
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per (similarity, size): mean of each arm, seeds, and the goal mean final >= max(frozen, scratch) - 1 image."""
+    out = []
+    for key in sorted({(r["similarity"], r["train_per_class"]) for r in rows}):
+        mine = [r for r in rows if (r["similarity"], r["train_per_class"]) == key]
+        mean = {arm: float(np.mean([r[arm] for r in mine])) for arm in ("final", "frozen", "scratch")}
+        image = 1.0 / min(r["test_images"] for r in mine)
+        worse = [r["seed"] for r in mine if (r.get("vs_best_baseline") or {}).get("delta", 0) < 0
+                 and (r.get("vs_best_baseline") or {}).get("mcnemar_p", 1) < 0.05]
+        out.append({"similarity": key[0], "train_per_class": key[1], "seeds": len(mine), **mean,
+                    "goal_met": mean["final"] >= max(mean["frozen"], mean["scratch"]) - image - 1e-9,
+                    "significantly_worse_seeds": worse,
+                    "regimes": sorted({r["label"] or r["regime"] for r in mine})})
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The table of cell means and what each cell's tuner chose."""
+    lines = ["# Transfer vs data size and similarity", "", result["note"], "",
+             "| similarity | images/class | seeds | final | frozen | scratch | goal | sig. worse seeds | chosen |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in result["summary"]:
+        lines.append(f"| {s['similarity']} | {s['train_per_class']} | {s['seeds']} | {s['final']:.3f} | "
+                     f"{s['frozen']:.3f} | {s['scratch']:.3f} | {'met' if s['goal_met'] else '**missed**'} | "
+                     f"{s['significantly_worse_seeds'] or '-'} | {', '.join(s['regimes'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    """Accuracy vs images per class, one panel per similarity, one line per arm."""
+    from tlpipe.reports.plots import pyplot
+
+    plt = pyplot()
+    sims = [s for s in SIMILARITIES if any(r["similarity"] == s for r in summary)]
+    fig, axes = plt.subplots(1, len(sims), figsize=(5.2 * len(sims), 3.6), squeeze=False)
+    for ax, sim in zip(axes[0], sims, strict=True):
+        rows = sorted((r for r in summary if r["similarity"] == sim), key=lambda r: r["train_per_class"])
+        for arm, style in (("final", "o-"), ("frozen", "s--"), ("scratch", "^:")):
+            ax.plot([r["train_per_class"] for r in rows], [r[arm] for r in rows], style, label=arm)
+        ax.set_xscale("log")
+        ax.set_xlabel("training images per class")
+        ax.set_ylabel("test accuracy (mean over seeds)")
+        ax.set_title(f"{sim} target")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI: run the cells, merge them into data_size.json (a rerun cell replaces its row), write .md and .png."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.data_size", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 25, 50, 100])
+    p.add_argument("--similarities", nargs="+", choices=SIMILARITIES, default=list(SIMILARITIES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    p.add_argument("--quick", action="store_true", help="sizes 5 25, seed 42, scratch arm = train_scratch")
+    p.add_argument("--image-size", type=int, default=32, help="px of the far target (match model.image_size)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeatable)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/tlpipe-data-size"))
+    p.add_argument("--keep", action="store_true", help="keep each cell's project folder")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/data_size.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.seeds = [5, 25], [42]
+    args.work.mkdir(parents=True, exist_ok=True)
+    result = read_json(args.out) or {"rows": []}
+    for size in args.sizes:
+        for similarity in args.similarities:
+            for seed in args.seeds:
+                row = cell(args.work, size, similarity, seed, args)
+                key = (size, similarity, seed)
+                result["rows"] = [r for r in result["rows"]
+                                  if (r["train_per_class"], r["similarity"], r["seed"]) != key] + [row]
+                result["summary"] = summarize(result["rows"])
+                result["note"] = (f"Goal per cell: mean final >= max(mean frozen, mean scratch) - 1 test image, and no "
+                                  f"seed significantly worse than its best baseline (McNemar p < 0.05). Overrides: "
+                                  f"{args.set or 'none'}; quick: {args.quick}.")
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+                args.out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+                plot(result["summary"], args.out.with_suffix(".png"))
+    return result
+
+
+if __name__ == "__main__":
+    main()
