@@ -378,9 +378,9 @@ def mobilenet_extractor(size: int):
 
 def vgg_extractor(size: int):
     """The pipeline's default backbone architecture (untrained weights: speed does not depend on them)."""
-    from components.pretrain_backbone import vgg_style  # the architecture is the pretrain_backbone step's own
     from tlpipe.config import PretrainBackboneConfig
     from tlpipe.models.backbones import feature_extractor
+    from tlpipe.models.vgg import vgg_style  # the architecture pretrain_backbone trains
 
     return feature_extractor(vgg_style(size, list(PretrainBackboneConfig().filters)), size, "none")
 

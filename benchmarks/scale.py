@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="measure only these (make_subset always runs); other rows of --out are kept")
     args = p.parse_args(argv)
     from benchmarks.input_pipeline import machine_facts
-    from components.pretrain_backbone import vgg_style
+    from tlpipe.models.vgg import vgg_style
 
     base = args.work or Path(tempfile.mkdtemp(prefix="tlpipe-scale-"))
     base.mkdir(parents=True, exist_ok=True)

@@ -204,12 +204,12 @@ def size_variant(root: Path, params_file: Path, size: int) -> dict:
     """
     import numpy as np
 
-    from components.pretrain_backbone import vgg_style  # the architecture is the pretrain_backbone step's own
     from tlpipe.config import load_params
     from tlpipe.contracts import BACKBONE_FILE, COPIES_FILE
     from tlpipe.data.augmentation import augmented_copies, build_augmenter
     from tlpipe.data.datasets import load_split
     from tlpipe.models.backbones import load_backbone
+    from tlpipe.models.vgg import vgg_style  # the architecture pretrain_backbone trains
 
     params = load_params(params_file)
     backbone = vgg_style(size, list(params.pretrain_backbone.filters))

@@ -48,9 +48,18 @@ def pods(step: Step, params: Params) -> dict[str, Pod]:
     sweep = bool(getattr(params.tune, "sweep", False))  # the sweep trains many models: GPU work with scratch
     return {f"{step.name} create-study": Pod(f"{step.name} create-study", study=True),
             f"{step.name} worker": Pod(f"{step.name} worker", gpu=step.gpu, disk=step.disk, study=True,
-                                       retry=False),
+                                       retry=False, scratch=_worker_scratch(params)),
             f"{step.name} summarize": Pod(f"{step.name} summarize", gpu=step.gpu and sweep,
                                           disk=step.disk and sweep, study=True)}
+
+
+def _worker_scratch(params: Params) -> str:
+    """The worker's emptyDir from its activation cache plan, never below the platform default."""
+    from pipelines.platform import SCRATCH
+    from tlpipe.tuning.sizing import tune_worker_scratch
+
+    size = tune_worker_scratch(params)
+    return size if size and int(size.removesuffix("Gi")) > int(SCRATCH.removesuffix("Gi")) else SCRATCH
 
 
 def all_pods(params: Params) -> dict[str, Pod]:

@@ -52,6 +52,7 @@ class Pod:
     disk: bool = False
     study: bool = False
     retry: bool = True
+    scratch: str = ""  # the emptyDir's size when known from the params (tune worker), else SCRATCH
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class ClusterConfig:
         if pod.name in self.resources:
             return self.resources[pod.name]
         base = GPU_TASK if pod.gpu else CPU_TASK
-        return dataclasses.replace(base, scratch=SCRATCH) if pod.disk else base
+        return dataclasses.replace(base, scratch=pod.scratch or SCRATCH) if pod.disk else base
 
 
 def _tag(image: str) -> str:

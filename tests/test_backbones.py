@@ -131,7 +131,7 @@ def test_keras_backbone_file_errors(tmp_path):
 
 def test_backbone_folder_file_and_identity(tmp_path):
     """pretrain_backbone's folder stands for its backbone.keras; identity is by content, not by path."""
-    from components.pretrain_backbone import vgg_style
+    from tlpipe.models.vgg import vgg_style
 
     folder = tmp_path / "backbone"
     folder.mkdir()
@@ -160,7 +160,7 @@ def test_backbone_folder_file_and_identity(tmp_path):
 def test_weights_and_backbone_from_s3(tmp_path, s3_server, monkeypatch):
     import boto3
 
-    from components.pretrain_backbone import vgg_style
+    from tlpipe.models.vgg import vgg_style
 
     s3 = boto3.client("s3", endpoint_url=s3_server)
     s3.create_bucket(Bucket="weights")

@@ -127,3 +127,15 @@ def test_the_exit_handler_marks_a_failed_run_failed(tmp_path, monkeypatch):
 def test_the_compiled_package_is_not_committed():
     tracked = subprocess.run(["git", "ls-files", "pipelines/*.yaml"], cwd=REPO, capture_output=True, text=True)
     assert tracked.stdout.strip() == ""  # built per image and params by `make compile` (pipelines/README.md)
+
+
+def test_the_tuning_workers_scratch_is_sized_from_its_cache_plan():
+    """Issue 25: the worker's emptyDir comes from the activation cache estimate (tlpipe/tuning/sizing.py)."""
+    from pipelines.platform import SCRATCH, ClusterConfig
+
+    small = all_pods(load_params(REPO / "params.yaml"))["tune worker"]
+    assert ClusterConfig().resources_for(small).scratch == SCRATCH  # the digits fit the default
+    big = load_params(REPO / "params.yaml", {"model.backbone": "resnet50", "model.image_size": 224,
+                                             "make_subset.train_per_class": 2000, "make_subset.val_per_class": 300})
+    worker = all_pods(big)["tune worker"]
+    assert ClusterConfig().resources_for(worker).scratch == "60Gi" and worker.disk
