@@ -245,7 +245,8 @@ def test_make_subset_killed_mid_write_then_rerun_gives_the_uninterrupted_result(
                                                                       "test_per_class": 20, "seed": 3})
         cmd = [sys.executable, "-m", "components.make_subset", "--params", str(params), "--raw", str(raw),
                "--subset", "data/subset"]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        # Its own store, named: mlflow.set_tracking_uri in an earlier in-process test exports MLFLOW_TRACKING_URI.
+        env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
         if name == "killed":
             proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while not list((root / "data").glob(".subset.partial-*/shards/*")):
