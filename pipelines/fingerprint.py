@@ -1,10 +1,10 @@
-"""The data fingerprint given to the first tasks at submit time, so that changed data busts the KFP cache.
+"""The data fingerprint that keys KFP's cache on the data behind `data.source`.
 
 KFP caches a task on its inputs: parameter values, input artifacts and the component itself. `data.source` is
-a URI that stays the same when the files behind it change, so `submit`/`run-local` compute a fingerprint of
-what is there now and pass it as the `data_fingerprint` parameter of `make_digits` and `make_subset`. Every
-later task depends on their artifacts, so a new fingerprint re-runs the whole pipeline; the same data and
-params reuse the cache.
+a URI that stays the same when the files behind it change, so the pipeline's uncached `data_fingerprint`
+task (pipelines/runtime.py `fingerprint_data`) hashes what is there now and passes it to the step whose
+`fingerprint` field names its data input (`make_subset`). New data reruns everything downstream; the same
+data and params reuse the cache.
 """
 
 from __future__ import annotations
