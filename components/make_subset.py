@@ -1,5 +1,8 @@
 """make_subset: pick N train / val / test images per class from a raw image source, deterministically.
 
+Splits are stable: an image's split comes from a hash of its path in the source and `make_subset.seed`
+(`home_splits`), so adding or removing photos never moves another photo between train, val and test.
+
 Reads a class-folder or Kaggle-flat tree from a folder, a .zip or an s3:// prefix; every chosen file is
 decoded in full, odd formats are converted to 8-bit PNG, and unusable or duplicate files are quarantined
 (listed with the reason, never silently dropped) and replaced by the next candidate. The chosen images are
@@ -9,7 +12,7 @@ written as a few TFRecord shards per split, listed one row per image in manifest
 from __future__ import annotations
 
 import csv
-import random
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,33 +58,85 @@ def _inspect(source: Source, rel: str, max_pixels: int) -> tuple[bytes, ImageFac
         return str(exc)
 
 
-def choose_class(source: Source, cls: str, candidates: list[str], need: int, cfg: MakeSubsetConfig,
-                 seen: dict[str, str], workers: int = 8) -> tuple[list[Chosen], list[Quarantined]]:
-    """Walk a seeded shuffle of `candidates` until `need` usable, unique images are accepted."""
-    order = sorted(candidates)
-    random.Random(f"{cfg.seed}:{cls}").shuffle(order)
+def stable_key(seed: int, cls: str, rel: str) -> float:
+    """A number in [0, 1) fixed by the image's path in its source and the seed: it decides the image's split.
+
+    Hand-written (a few lines of hashlib) because the split must not depend on which other files exist:
+    sklearn's and TFDS's splitters shuffle the list they are given, so one added photo moves others.
+    """
+    digest = hashlib.sha256(f"{seed}\0{cls}\0{rel}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def home_splits(candidates: list[str], counts: dict[str, int], seed: int, cls: str) -> dict[str, list[str]]:
+    """Each file's own split, from its stable key and the requested proportions; each list in key order.
+
+    Adding or removing files never changes another file's home split.
+    """
+    need = sum(counts.values())
+    bounds, edge = [], 0.0
+    for split in SPLITS:
+        edge += counts[split] / need
+        bounds.append((edge, split))
+    homes: dict[str, list[str]] = {split: [] for split in SPLITS}
+    for key, rel in sorted((stable_key(seed, cls, rel), rel) for rel in candidates):
+        homes[next((split for bound, split in bounds if key < bound), SPLITS[-1])].append(rel)
+    return homes
+
+
+def _accept(source: Source, cls: str, order: list[str], need: int, max_pixels: int, seen: dict[str, str],
+            pool: ThreadPoolExecutor, bar) -> tuple[list[Chosen], list[Quarantined], list[str]]:
+    """Walk `order` until `need` usable, unique images are accepted; returns them, the rejects and the rest."""
     chosen: list[Chosen] = []
     rejected: list[Quarantined] = []
     position = 0
+    while len(chosen) < need and position < len(order):
+        batch = order[position : position + need - len(chosen)]
+        position += len(batch)
+        for rel, result in zip(batch, pool.map(lambda r: _inspect(source, r, max_pixels), batch), strict=True):
+            if isinstance(result, str):
+                rejected.append(Quarantined(cls, rel, result))
+                continue
+            data, facts = result
+            if facts.sha256 in seen:
+                rejected.append(Quarantined(cls, rel, f"duplicate of {seen[facts.sha256]}"))
+                continue
+            seen[facts.sha256] = rel
+            chosen.append(Chosen(cls, rel, facts, data))
+            bar.update(1)
+    return chosen, rejected, order[position:]
+
+
+def choose_class(source: Source, cls: str, candidates: list[str], counts: dict[str, int], cfg: MakeSubsetConfig,
+                 seen: dict[str, str], workers: int = 8) -> tuple[dict[str, list[Chosen]], list[Quarantined], int]:
+    """Fill each split from the files whose home split it is (stable keys), test first.
+
+    A split whose home files run short borrows the lowest-keyed unused files of the other splits, so a small
+    class still fills; those borrowed images are the only ones a later data version may move (counted and
+    reported). Returns the chosen images per split, the quarantined files and the number borrowed.
+    """
+    homes = home_splits(candidates, counts, cfg.seed, cls)
+    chosen: dict[str, list[Chosen]] = {}
+    rejected: list[Quarantined] = []
+    spare: list[str] = []
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
-        total=need, desc=f"make_subset {cls}", unit="img", leave=False
+        total=sum(counts.values()), desc=f"make_subset {cls}", unit="img", leave=False
     ) as bar:
-        while len(chosen) < need and position < len(order):
-            batch = order[position : position + need - len(chosen)]
-            position += len(batch)
-            for rel, result in zip(batch, pool.map(lambda r: _inspect(source, r, cfg.max_pixels), batch),
-                                   strict=True):
-                if isinstance(result, str):
-                    rejected.append(Quarantined(cls, rel, result))
-                    continue
-                data, facts = result
-                if facts.sha256 in seen:
-                    rejected.append(Quarantined(cls, rel, f"duplicate of {seen[facts.sha256]}"))
-                    continue
-                seen[facts.sha256] = rel
-                chosen.append(Chosen(cls, rel, facts, data))
-                bar.update(1)
-    return chosen, rejected
+        for split in ("test", "val", "train"):
+            chosen[split], bad, rest = _accept(source, cls, homes[split], counts[split], cfg.max_pixels, seen,
+                                               pool, bar)
+            rejected += bad
+            spare += rest
+        spare.sort(key=lambda rel: stable_key(cfg.seed, cls, rel))
+        borrowed = 0
+        for split in ("test", "val", "train"):
+            short = counts[split] - len(chosen[split])
+            if short > 0 and spare:
+                extra, bad, spare = _accept(source, cls, spare, short, cfg.max_pixels, seen, pool, bar)
+                chosen[split] += extra
+                rejected += bad
+                borrowed += len(extra)
+    return chosen, rejected, borrowed
 
 
 def _target_name(chosen: Chosen, used: set[str]) -> str:
@@ -106,23 +161,25 @@ def make_subset(source: Source, layout: str, cfg: MakeSubsetConfig,
     rows: list[dict] = []
     quarantine: list[Quarantined] = []
     seen: dict[str, str] = {}
+    borrowed = 0
     writers = {split: ShardWriter(out_dir / SHARDS_DIR, split) for split in SPLITS}
     try:
         for cls, candidates in listing.files.items():  # sorted by class (classify)
-            chosen, rejected = choose_class(source, cls, candidates, need, cfg, seen)
+            chosen, rejected, moved = choose_class(source, cls, candidates, counts, cfg, seen)
             quarantine += rejected
-            if len(chosen) < need:
+            borrowed += moved
+            usable = sum(len(items) for items in chosen.values())
+            if usable < need:
                 raise DataError(
-                    f"class {cls!r} in {source.description} has {len(chosen)} usable images "
+                    f"class {cls!r} in {source.description} has {usable} usable images "
                     f"({len(candidates)} files, {len(rejected)} quarantined) but make_subset asks {need} "
                     f"({counts['train']} train + {counts['val']} val + {counts['test']} test); "
                     "lower make_subset.*_per_class or add images"
                 )
             used: set[str] = set()
-            start = 0
             for split in SPLITS:
-                named = sorted(((f"{split}/{cls}/{_target_name(item, used)}", item)
-                                for item in chosen[start : start + counts[split]]), key=lambda pair: pair[0])
+                named = sorted(((f"{split}/{cls}/{_target_name(item, used)}", item) for item in chosen[split]),
+                               key=lambda pair: pair[0])
                 for rel, item in named:
                     shard = writers[split].write(rel, item.data)
                     rows.append({"path": rel, "class": cls, "split": split, "sha256": item.facts.sha256,
@@ -130,7 +187,6 @@ def make_subset(source: Source, layout: str, cfg: MakeSubsetConfig,
                                  "channels": item.facts.channels, "bytes": item.facts.bytes,
                                  "source_path": item.source_path, "source_mode": item.facts.source_mode,
                                  "shard": shard})
-                start += counts[split]
     finally:
         for writer in writers.values():
             writer.close()
@@ -142,7 +198,7 @@ def make_subset(source: Source, layout: str, cfg: MakeSubsetConfig,
     _write_quarantine(source, quarantine, out_dir)
     summary = SubsetSummary(source=source.description, layout=listing.layout, classes=list(listing.files),
                             requested=counts, images=len(rows), quarantined=len(quarantine),
-                            ignored_files=len(listing.ignored))
+                            ignored_files=len(listing.ignored), borrowed=borrowed)
     summary.write(out_dir)
     return summary, quarantine
 
@@ -186,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
         mlflow.log_metrics({"images": summary.images, "quarantined": summary.quarantined})
     print(f"make_subset: {summary.images} images in {len(summary.classes)} classes "
           f"({summary.layout} layout), {summary.quarantined} quarantined -> {args.subset}")
+    if summary.borrowed:
+        print(f"make_subset: {summary.borrowed} images placed outside their stable split (a class has few spare "
+              "images); a later data version may move those, and only those, between splits")
     for item in quarantine[:5]:
         print(f"make_subset: quarantined {item.cls}/{Path(item.source_path).name}: {item.reason}")
     if len(quarantine) > 5:

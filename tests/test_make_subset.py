@@ -128,12 +128,13 @@ def test_every_bad_kind_is_quarantined_with_its_reason(tmp_path):
     source = LocalSource(src)
     files = classify(source, "folders").files["cat"]
     # Asking for more than exists makes the walk visit every candidate.
-    chosen, rejected = choose_class(source, "cat", files, need=99, cfg=CFG, seen={})
+    chosen, rejected, _ = choose_class(source, "cat", files, {"train": 97, "val": 1, "test": 1}, cfg=CFG, seen={})
     reasons = {q.source_path: q.reason for q in rejected}
     assert "empty file" in reasons["cat/zero.jpg"]
     assert "not an image" in reasons["cat/text.jpg"]
     assert "truncated" in reasons["cat/trunc.png"]
-    assert len(chosen) == 3 and len([r for r in reasons.values() if r.startswith("duplicate of")]) == 1
+    assert sum(map(len, chosen.values())) == 3
+    assert len([r for r in reasons.values() if r.startswith("duplicate of")]) == 1
 
 
 def test_bad_files_quarantined_listed_and_replaced(tmp_path):
@@ -280,3 +281,28 @@ def test_s3_cli_with_endpoint_from_params(tmp_path, s3_server):
     missing = write_params(tmp_path / "p2.yaml", "s3://no-such-bucket/x", storage={"endpoint_url": s3_server})
     result = cli(missing, "s3://no-such-bucket/x", tmp_path / "s2")
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def _splits(out: Path) -> dict[str, str]:
+    return {r["source_path"]: r["split"] for r in rows(out)}
+
+
+@pytest.mark.parametrize("per_class", [12, 40])
+def test_adding_and_removing_images_never_moves_an_image_between_splits(tmp_path, per_class):
+    """A new data version (20 photos more per class, then some removed) keeps every kept image in its split;
+    with few spare images (12 for 5 asked) only the counted borrowed images may move."""
+    cfg = MakeSubsetConfig(train_per_class=3, val_per_class=1, test_per_class=1, seed=4)
+    src = make_tree(tmp_path / "raw", classes=("cat", "dog"), per_class=per_class)
+    before, first = build(LocalSource(src), tmp_path / "v1", cfg=cfg)
+    make_tree(tmp_path / "more", classes=("cat", "dog"), per_class=20, seed=1)
+    for cls in ("cat", "dog"):
+        for i, image in enumerate(sorted((tmp_path / "more" / cls).iterdir())):
+            (src / cls / f"new{i}.png").write_bytes(image.read_bytes())  # seed=1: other pixels, no duplicates
+    (src / "cat" / "1.png").unlink()
+    after, second = build(LocalSource(src), tmp_path / "v2", cfg=cfg)
+    old, new = _splits(before), _splits(after)
+    moved = {path for path in old.keys() & new.keys() if old[path] != new[path]}
+    assert len(moved) <= first.borrowed + second.borrowed
+    if per_class == 40:
+        assert first.borrowed == second.borrowed == 0 and not moved
+    assert all(s.startswith(("train", "val", "test")) for s in new.values())

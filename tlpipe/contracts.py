@@ -78,6 +78,9 @@ class SubsetSummary(Contract):
     images: int
     quarantined: int
     ignored_files: int
+    # Images placed outside their home split (a split short of its own files borrowed them): the only
+    # images a later data version may move between splits (components/make_subset.py: choose_class).
+    borrowed: int = 0
 
 
 class ValidationResult(Contract):
