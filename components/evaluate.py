@@ -1,6 +1,7 @@
 """evaluate: the final model and both baselines (frozen features, from scratch) on the same test split.
 
-Writes `metrics.json` (what `dvc metrics show` displays and MLflow logs) with bootstrap 95% intervals,
+Writes `evaluation.json` (the EvalMetrics contract) with bootstrap 95% intervals and `metrics.json` (its numbers
+only: what `dvc metrics` and `dvc exp show` compare),
 per-class precision/recall/F1, a confusion matrix (PNG and a CSV for `dvc plots`), and a grid of test images
 with truth and prediction. The candidates (final model, frozen features, scratch) are ranked on the validation
 split; the best baseline so chosen is compared with the final model on the test images (`vs_best_baseline`:
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
-from tlpipe.contracts import HEAD_FILE, MODEL_FILE, EvalMetrics, TrainedModel
+from tlpipe.contracts import CONFUSION_CSV, HEAD_FILE, METRICS_FILE, MODEL_FILE, EvalMetrics, TrainedModel, write_json
 from tlpipe.errors import PipelineError
 from tlpipe.reports.evaluation import bootstrap_ci, scores, spread, write_confusion_csv
 from tlpipe.reports.plots import plot_confusion, plot_samples
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--head", required=True, help="train_head's folder (frozen-features baseline)")
     p.add_argument("--features", required=True, help="extract_features' folder (test features)")
     p.add_argument("--baseline", required=True, help="train_scratch's folder (the from-scratch baseline)")
-    p.add_argument("--evaluation", required=True, help="folder for metrics.json and the plots")
+    p.add_argument("--evaluation", required=True, help="folder for evaluation.json, metrics.json and the plots")
     args = p.parse_args(argv)
     params = step_params(args, "evaluate", PARAMS)
     trained = TrainedModel.read(args.model)
@@ -125,10 +126,11 @@ def main(argv: list[str] | None = None) -> None:
         y_pred = probs.argmax(axis=1)
         with atomic_dir(args.evaluation) as staged:
             metrics.write(staged)
+            write_json(staged / METRICS_FILE, metrics.numbers())
             (staged / "per_class.json").write_text(json.dumps(
                 {"fine_tune": fine["per_class"], "frozen_features": frozen["per_class"],
                  "confusion": fine["confusion"], "classes": classes}, indent=2) + "\n", encoding="utf-8")
-            write_confusion_csv(labels, y_pred, classes, staged / "confusion.csv")
+            write_confusion_csv(labels, y_pred, classes, staged / CONFUSION_CSV)
             plot_confusion(np.array(fine["confusion"]), classes, staged / "confusion.png", "fine_tune, test split")
             pick = spread(labels, params.evaluate.grid_samples, params.seed)
             plot_samples(images[pick], labels[pick], y_pred[pick], classes, staged / "samples.png",

@@ -15,6 +15,7 @@ where `operators.review` finds it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from tlpipe.cli import atomic_dir, parser, run_main, scratch_dir, step_params
 from tlpipe.config import RegistryConfig
 from tlpipe.contracts import MODEL_FILE, BestParams, Registration, TrainedModel
 from tlpipe.errors import PipelineError
-from tlpipe.reports.champion import write_predictions
+from tlpipe.reports.champion import test_images, write_predictions
 from tlpipe.reports.diff import write_image_ids
 from tlpipe.reports.review import write_evidence
 from tlpipe.reports.summary import pipeline_outcome, read_evaluation, run_summary
@@ -66,7 +67,9 @@ def gate(challenger: dict, champion: dict | None, cfg: RegistryConfig,
     values = {"accuracy": challenger["accuracy"]}
     thresholds = {"accuracy": MetricThreshold(threshold=cfg.min_accuracy, greater_is_better=True)}
     if champion is not None:
-        values["accuracy_gain_over_champion"] = challenger["accuracy"] - champion["accuracy"]
+        # On the test images neither model trained on (comparison["gain"]) when the pairing was made.
+        values["accuracy_gain_over_champion"] = (comparison["gain"] if comparison and "gain" in comparison
+                                                 else challenger["accuracy"] - champion["accuracy"])
         thresholds["accuracy_gain_over_champion"] = MetricThreshold(threshold=cfg.min_improvement,
                                                                     greater_is_better=True)
     if cfg.min_class_recall is not None:
@@ -107,7 +110,10 @@ def describe(run: TrainedModel, metrics: dict, status: str, champion: dict | Non
              champion_version: str | None, comparison: dict | None = None) -> str:
     """The version's one-paragraph description."""
     hp = run.hyperparameters
-    versus = (f"The champion (v{champion_version}) scores {champion['accuracy']:.3f} on the same test set."
+    shared = (f"the {comparison['shared_test_images']} test images neither model trained on "
+              f"({comparison['excluded_seen_by_champion']} left out: the champion trained on them)"
+              if comparison and "shared_test_images" in comparison else "the same test set")
+    versus = (f"The champion (v{champion_version}) scores {champion['accuracy']:.3f} on {shared}."
               if champion else "There was no champion to compare with.")
     if comparison:
         low, high = comparison["gain_ci95"]
@@ -148,19 +154,21 @@ def versus_champion(client, name: str, run: TrainedModel, subset: Path, predicte
 
     All three are None when there is no champion, or when the champion is this very training run.
     """
-    from tlpipe.reports.stats import compare
+    from tlpipe.reports.champion import paired, test_images, trained_on, unseen
     from tlpipe.tracking.registry import CHAMPION, alias_version, load_version_model
 
     champ = alias_version(client, name, CHAMPION)
     if champ is None or champ.tags.get("training_run_id") == run.run_id:
         return None, None, None
     champion_model, champion_classes = load_version_model(client, name, champ)
-    champion, champion_probs, _, champion_labels = score_model(champion_model, subset, champion_classes)
+    _, champion_probs, _, champion_labels = score_model(champion_model, subset, champion_classes)
     if not np.array_equal(champion_labels, labels):
         raise PipelineError(f"champion v{champ.version} and the challenger were read different test labels from "
                             f"{subset}; the comparison needs the same images in the same order")
-    comparison = compare(champion_probs.argmax(axis=1) == labels, predicted == labels, labels, run.classes,
-                         seed=BOOTSTRAP_SEED)
+    with scratch_dir("champion-ids") as work:
+        keep = unseen(test_images(subset), trained_on(client, champ, Path(work)))
+    challenger_probs = np.eye(len(run.classes), dtype="float32")[predicted]
+    champion, comparison = paired(labels, challenger_probs, champion_probs, run.classes, keep)
     return str(champ.version), champion, comparison
 
 
@@ -194,30 +202,34 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
     wrong = np.flatnonzero(predicted != labels)[:32]
     write_evidence(work, summary, facts, (images[wrong], labels[wrong], predicted[wrong]), classes, tune_dir,
                    eval_dir)
-    write_predictions(work, labels, probs, classes, facts["test_set_sha256"])
+    write_predictions(work, labels, probs, classes, facts["test_set_sha256"], test_images(subset))
     write_image_ids(work, subset)
     study = BestParams.read(tune_dir).study_name
     tags = version_tags(run, challenger, status, reasons, facts, study, comparison)
     description = describe(run, challenger, status, champion, champion_version, comparison)
+    experiment = os.environ.get("DVC_EXP_NAME", "")  # set by `dvc exp run`: an experiment, not a release
     version, reused = _record(client, params, run, work, tags, description, model_dir, subset, validation,
-                              images[:2], pipeline_outcome(run, challenger, eval_dir))
+                              images[:2], pipeline_outcome(run, challenger, eval_dir), experiment)
     promoted = False
-    if cfg.auto_promote and status == "passed":
+    if cfg.auto_promote and status == "passed" and not experiment:
         current = alias_version(client, cfg.model_name, CHAMPION)
         if current is None or current.version != version.version:
             promote(client, cfg.model_name, version.version, "auto_promote: the gate passed")
             promoted = True
-    return Registration(model_name=cfg.model_name, version=str(version.version), reused=reused,
+    return Registration(model_name=cfg.model_name, version=str(version.version) if version else "", reused=reused,
                         validation_status=status, reasons=reasons, test_accuracy=challenger["accuracy"],
                         champion_version=champion_version,
                         champion_test_accuracy=champion["accuracy"] if champion else None,
                         auto_promoted=promoted, register_run_id=tags["register_run_id"],
-                        test_set_sha256=facts["test_set_sha256"], comparison=comparison)
+                        test_set_sha256=facts["test_set_sha256"], comparison=comparison, experiment=experiment)
 
 
 def _record(client, params, run: TrainedModel, work: Path, tags: dict, description: str, model_dir: Path,
-            subset: Path, validation: Path, examples: np.ndarray, result: dict):
+            subset: Path, validation: Path, examples: np.ndarray, result: dict, experiment: str = ""):
     """The registry writes: evidence on a `register` run, the version (new or reused), its tags and alias.
+
+    In a DVC experiment (`experiment`: its name) no alias moves, and with `registry.experiments: log` no version
+    is made either (the evidence and the gate's decision stay on the register run, tagged `dvc_experiment`).
 
     A new version is the serving model (tlpipe.tracking.serving: images in, labels out) logged on the
     register run, with `examples` (test images) as its input example.
@@ -240,6 +252,12 @@ def _record(client, params, run: TrainedModel, work: Path, tags: dict, descripti
             mlflow.log_artifacts(str(work), "evidence")
             mlflow.log_metric("test_accuracy", float(tags["test_accuracy"]))
             tags["register_run_id"] = step.info.run_id
+            if experiment:
+                mlflow.set_tag("dvc_experiment", experiment)
+                tags["dvc_experiment"] = experiment
+                if params.registry.experiments == "log":
+                    mlflow.set_tags({"registered_version": "none", "validation_status": tags["validation_status"]})
+                    return None, False
             version = registry_lib.existing_version(client, name, run.run_id)
             reused = version is not None
             if version is None:
@@ -249,7 +267,8 @@ def _record(client, params, run: TrainedModel, work: Path, tags: dict, descripti
                 for key, value in tags.items():
                     client.set_model_version_tag(name, version.version, key, value)
             client.update_model_version(name, version.version, description)
-            client.set_registered_model_alias(name, CHALLENGER, version.version)
+            if not experiment:
+                client.set_registered_model_alias(name, CHALLENGER, version.version)
             mlflow.set_tags({"registered_version": version.version, "validation_status": tags["validation_status"]})
             parent = mlflow.get_run(step.info.run_id).data.tags.get("mlflow.parentRunId")
             if parent:
@@ -278,10 +297,16 @@ def main(argv: list[str] | None = None) -> None:
                           Path(args.tuning), Path(args.evaluation), Path(work))
     with atomic_dir(args.registration) as staged:
         result.write(staged)
+    if result.experiment and not result.version:
+        print(f"register: experiment {result.experiment}: test accuracy {result.test_accuracy:.3f}, gate "
+              f"{result.validation_status}; not registered (registry.experiments: log). To register it: "
+              f"`dvc exp apply {result.experiment}` then `dvc repro --force --single-item register`")
+        return
     verb = "reused" if result.reused else "registered"
     versus = (f" vs champion v{result.champion_version} {result.champion_test_accuracy:.3f}"
               if result.champion_version else " (no champion yet)")
-    print(f"register: {verb} {result.model_name} v{result.version} @challenger, test accuracy "
+    alias = f"(experiment {result.experiment}, no alias)" if result.experiment else "@challenger"
+    print(f"register: {verb} {result.model_name} v{result.version} {alias}, test accuracy "
           f"{result.test_accuracy:.3f}{versus}: gate {result.validation_status}"
           + (f" ({'; '.join(result.reasons)})" if result.reasons else "")
           + ("; auto-promoted to @champion" if result.auto_promoted else ""))

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from tlpipe.cli import atomic_dir, parser, run_main, scratch_default, step_params
-from tlpipe.contracts import HEAD_FILE, BestParams
+from tlpipe.contracts import HEAD_FILE, TRANSFERABILITY_CSV, BestParams
 from tlpipe.errors import PipelineError
 
 PARAMS = ("tune", "model.weights", "model.image_size", "model.head_units", "model.dropout", "fine_tune.batch_size",
@@ -136,7 +136,11 @@ def _summarize(ctx: Context, timed_out: bool) -> BestParams:
 
             cost = sweep(worker, study, ctx.cfg, staged)
             mlflow.log_metrics({"sweep_seconds": cost["seconds"], "sweep_trainings": cost["trainings"]})
-            mlflow.log_artifact(str(staged / "transferability.csv"))
+            mlflow.log_artifact(str(staged / TRANSFERABILITY_CSV))
+        else:
+            from tlpipe.tuning.sweep import write_csv
+
+            write_csv([], staged)
         mlflow.log_dict(summary.model_dump(mode="json"), BestParams.FILE)
         for png in sorted(staged.glob("*.png")):
             mlflow.log_artifact(str(png))
@@ -155,9 +159,14 @@ def main(argv: list[str] | None = None) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.command == "run":
+        Path(args.cache_dir).mkdir(parents=True, exist_ok=True)  # DVC's persistent output, even when unused
     if args.command == "run" and not params.tune.enabled:
+        from tlpipe.tuning.plots import plot_disabled
+
         with atomic_dir(args.tuning) as staged:
             BestParams(source="params", stopped_by="disabled").write(staged)
+            plot_disabled(staged)  # the files dvc.yaml declares as plots, saying tuning was off
         print(f"tune: disabled (tune.enabled: false); fine_tune uses its own params -> {args.tuning}")
         return
     from tlpipe.tracking.runs import prepare, step_run

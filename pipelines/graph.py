@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 
 from tlpipe.config import BUILTIN, PRETRAIN, Params
+from tlpipe.contracts import CONFUSION_CSV, HISTORY_FILE, METRICS_FILE, TRANSFERABILITY_CSV, TRIALS_CSV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +42,7 @@ class External:
     """An input that no step produces: a local path (DVC tracks it) or a URI / model name (passed as is)."""
 
     value: str
+    param: str = ""  # the params key it comes from: dvc.yaml reads it from params.yaml (`${data.source}`)
 
     @property
     def is_local_path(self) -> bool:
@@ -114,7 +116,7 @@ def build(params: Params) -> list[Step]:
     steps: list[Step] = []
     if digits or pretrain_digits:
         steps.append(Step("make_digits", outputs=(Out("digits", "data/raw/digits"),)))
-    raw = Ref("make_digits", "digits", "target") if digits else External(params.data.source)
+    raw = Ref("make_digits", "digits", "target") if digits else External(params.data.source, "data.source")
     steps += [
         Step("make_subset", {"raw": raw}, (Out("subset", "data/subset"),), disk=True, fingerprint="raw"),
         Step("validate_data", {"subset": Ref("make_subset", "subset")},
@@ -126,14 +128,14 @@ def build(params: Params) -> list[Step]:
     ]
     if own_backbone:
         source = (Ref("make_digits", "digits", "source") if pretrain_digits
-                  else External(params.pretrain_backbone.source))
+                  else External(params.pretrain_backbone.source, "pretrain_backbone.source"))
         steps.append(Step("pretrain_backbone", {"source": source},
                           (Out("backbone", "models/backbone", "Model"),
                            Out("report", "reports/pretrain_backbone", "Artifact", cache=False)),
-                          gpu=True, metrics=("report/metrics.json",)))
+                          gpu=True, metrics=(f"report/{METRICS_FILE}",)))
         backbone: Ref | External = Ref("pretrain_backbone", "backbone")
     else:
-        backbone = External(params.model.backbone)
+        backbone = External(params.model.backbone, "model.backbone")
     subset, validation = Ref("make_subset", "subset"), Ref("validate_data", "validation")
     head, tuning = Ref("train_head", "head"), Ref("tune", "tuning")
     steps += [
@@ -141,31 +143,31 @@ def build(params: Params) -> list[Step]:
              (Out("features", "data/features"),), gpu=True, disk=True),
         Step("train_head", {"features": Ref("extract_features", "features"), "validation": validation},
              (Out("head", "models/head", "Model"), Out("report", "reports/train_head", "Artifact", cache=False)),
-             metrics=("report/metrics.json",)),
+             metrics=(f"report/{METRICS_FILE}",)),
         Step("tune", {"subset": subset, "augmented": Ref("augment", "augmented"), "head": head,
                       "backbone": backbone},
              (Out("tuning", "reports/tune", "Artifact", cache=False),), gpu=True,
              scratch={"cache-dir": "checkpoints/tune_cache"}, command="run", disk=True, fanout=True,
-             plots=(("tuning/transferability.csv", {"x": "freeze_ratio", "y": "mean", "template": "linear",
-                                                    "title": "transferability: validation accuracy vs share frozen"}),
-                    ("tuning/trials.csv", {"x": "freeze_ratio", "y": "value", "template": "scatter",
-                                           "title": "tuning trials by freeze ratio"}),
-                    ("tuning/transferability.png", {}), ("tuning/history.png", {}))),
+             plots=((f"tuning/{TRANSFERABILITY_CSV}", {"x": "freeze_ratio", "y": "mean", "template": "linear",
+                                                      "title": "transferability: validation accuracy vs share frozen"}),
+                    (f"tuning/{TRIALS_CSV}", {"x": "freeze_ratio", "y": "value", "template": "scatter",
+                                              "title": "tuning trials by freeze ratio"}))),
         Step("fine_tune", {"subset": subset, "validation": validation, "head": head, "backbone": backbone,
                            "tuning": tuning},
              (Out("model", "models/fine_tune", "Model"), Out("report", "reports/fine_tune", "Artifact", cache=False)),
-             gpu=True, disk=True, scratch={"workdir": "checkpoints/fine_tune"}, metrics=("report/metrics.json",),
-             plots=(("report/history.json", {"x": "epoch", "y": "val_accuracy"}),)),
+             gpu=True, disk=True, scratch={"workdir": "checkpoints/fine_tune"}, metrics=(f"report/{METRICS_FILE}",),
+             plots=((f"report/{HISTORY_FILE}", {"x": "epoch", "y": "val_accuracy"}),)),
         Step("train_scratch", {"subset": subset, "validation": validation, "backbone": backbone},
              (Out("baseline", "models/scratch", "Model"), Out("report", "reports/train_scratch", "Artifact",
                                                                cache=False)),
-             gpu=True, disk=True, scratch={"workdir": "checkpoints/train_scratch"}, metrics=("report/metrics.json",)),
+             gpu=True, disk=True, scratch={"workdir": "checkpoints/train_scratch"},
+             metrics=(f"report/{METRICS_FILE}",)),
         Step("evaluate", {"subset": subset, "validation": validation, "model": Ref("fine_tune", "model"),
                           "head": head, "features": Ref("extract_features", "features"),
                           "baseline": Ref("train_scratch", "baseline")},
              (Out("evaluation", "reports/evaluate", "Artifact", cache=False),),
-             metrics=("evaluation/metrics.json",),
-             plots=(("evaluation/confusion.csv", {"template": "confusion", "x": "actual", "y": "predicted"}),)),
+             metrics=(f"evaluation/{METRICS_FILE}",),
+             plots=((f"evaluation/{CONFUSION_CSV}", {"template": "confusion", "x": "actual", "y": "predicted"}),)),
         Step("register", {"model": Ref("fine_tune", "model"), "evaluation": Ref("evaluate", "evaluation"),
                           "subset": subset, "validation": validation, "tuning": tuning},
              (Out("registration", "reports/register", "Artifact", cache=False),), cache=False),
@@ -192,14 +194,23 @@ def file_path(step: Step, spec: str) -> str:
     return f"{step.output(output).path}/{name}"
 
 
-def argv(step: Step, steps: list[Step], root: str = "") -> list[str]:
-    """The step's CLI arguments (after `python -m components.<step>`), paths under `root` when given."""
+def template(ref: External) -> str:
+    """`${key}` for an input read from params (DVC templating), else the value itself."""
+    return "${" + ref.param + "}" if ref.param else ref.value
+
+
+def argv(step: Step, steps: list[Step], root: str = "", templated: bool = False) -> list[str]:
+    """The step's CLI arguments (after `python -m components.<step>`), paths under `root` when given.
+
+    `templated`: an external input is written as its params key (`${data.source}`), which DVC fills in
+    from params.yaml when it runs the stage (dvc.yaml), so an edited path is honoured by plain `dvc repro`.
+    """
     def at(path: str) -> str:
         return f"{root}/{path}" if root and not isinstance(path, External) else path
 
     args = [step.command] if step.command else []
     for name, ref in step.inputs.items():
-        value = path_of(steps, ref)
+        value = template(ref) if templated and isinstance(ref, External) else path_of(steps, ref)
         args += [f"--{name}", value if isinstance(ref, External) else at(value)]
     args += [part for out in step.outputs for part in (f"--{out.name}", at(out.path))]
     args += [part for flag, folder in step.scratch.items() for part in (f"--{flag}", at(folder))]

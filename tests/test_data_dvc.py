@@ -177,3 +177,66 @@ def test_make_subset_reads_an_s3_zip_object(s3_server, tmp_path):
     summary = json.loads((tmp_path / "subset" / "summary.json").read_text())
     assert summary["source"] == "s3://photos-zip/sets/photos.zip" and summary["classes"] == list(CLASSES)
     assert summary["images"] == len(CLASSES) * 4
+
+
+def _params(root: Path, source: str) -> None:
+    """Edit params.yaml the way a user does: only data.source (and small splits), dvc.yaml left as it is."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["source"] = source
+    params["make_subset"].update(SMALL)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_plain_dvc_repro_uses_the_edited_source_or_stops(project, tmp_path):
+    """`data.source` edited in params.yaml, then plain `dvc repro make_subset`: when the graph's shape changed
+    (builtin digits -> a folder) the stage stops in one line naming `make dvc.yaml`, outputs untouched; a path
+    edited to another path is read from params.yaml by DVC (`${data.source}`) without regenerating."""
+    root, repro = project
+    repro("builtin:digits")
+    env = {**os.environ, "PYTHONPATH": str(root), "DVC_NO_ANALYTICS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    summary = root / "data/subset/summary.json"
+    digits = summary.read_text()
+    make_tree(root / "photos", CLASSES, PER_CLASS)
+    make_tree(root / "photos2", CLASSES, PER_CLASS, seed=5)
+    _params(root, "photos")
+    stopped = _run([sys.executable, "-m", "dvc", "repro", "make_subset"], root, env, check=False)
+    assert stopped.returncode != 0 and "run `make dvc.yaml`" in stopped.stdout + stopped.stderr
+    assert summary.read_text() == digits  # the old subset is kept, not rebuilt from the digits
+    _run([sys.executable, "-m", "pipelines.dvc_yaml"], root, env)
+    _run([sys.executable, "-m", "dvc", "repro", "make_subset"], root, env)
+    assert json.loads(summary.read_text())["source"].endswith("photos")
+    _params(root, "photos2")  # a path -> another path: no regeneration needed
+    _run([sys.executable, "-m", "dvc", "repro", "make_subset"], root, env)
+    assert json.loads(summary.read_text())["source"].endswith("photos2")
+
+
+def test_dvc_add_and_import_url_as_the_readme_shows(project, tmp_path):
+    """README: `dvc add data/raw/photos`, commit the .dvc file, point data.source at it, run; add photos,
+    `dvc add` again (a new data version: the .dvc file changes, make_subset is stale); `dvc import-url` of a
+    folder and `dvc update` after it changed."""
+    root, repro = project
+    env = {**os.environ, "PYTHONPATH": str(root), "DVC_NO_ANALYTICS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    photos = make_tree(root / "data/raw/photos", CLASSES, PER_CLASS)
+    _run([sys.executable, "-m", "dvc", "add", "data/raw/photos"], root, env)
+    _run([*git, "add", "data/raw/photos.dvc", "data/raw/.gitignore"], root, env)
+    _run([*git, "commit", "-qm", "photos v1"], root, env)
+    first = (root / "data/raw/photos.dvc").read_text()
+    status = repro("data/raw/photos")
+    assert status() == []
+    (photos / "a" / "extra.png").write_bytes(_new_image(tmp_path, 7))
+    _run([sys.executable, "-m", "dvc", "add", "data/raw/photos"], root, env)
+    assert (root / "data/raw/photos.dvc").read_text() != first
+    _run([*git, "add", "data/raw/photos.dvc"], root, env)
+    _run([*git, "commit", "-qm", "photos v2"], root, env)
+    _assert_source_changed(status(), "data/raw/photos")
+    outside = make_tree(tmp_path / "shared-drive", CLASSES, PER_CLASS, seed=9)
+    _run([sys.executable, "-m", "dvc", "import-url", str(outside), "data/raw/imported"], root, env)
+    _run([*git, "add", "data/raw/imported.dvc", "data/raw/.gitignore"], root, env)
+    imported = (root / "data/raw/imported.dvc").read_text()
+    (outside / "b" / "extra.png").write_bytes(_new_image(tmp_path, 8))
+    _run([sys.executable, "-m", "dvc", "update", "data/raw/imported.dvc"], root, env)
+    assert (root / "data/raw/imported.dvc").read_text() != imported
+    assert (root / "data/raw/imported/b/extra.png").is_file()

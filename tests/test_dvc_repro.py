@@ -73,7 +73,9 @@ def test_every_stage_ran_and_metrics_show(repo_copy):
     metrics = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env))
     shown = json.dumps(metrics)
     assert "reports/evaluate/metrics.json" in shown and "frozen_features" in shown
-    evaluate = json.loads((root / "reports/evaluate/metrics.json").read_text())
+    numbers = json.loads((root / "reports/evaluate/metrics.json").read_text())
+    assert _all_numbers(numbers)  # labels live in evaluation.json, not in what DVC compares
+    evaluate = json.loads((root / "reports/evaluate/evaluation.json").read_text())
     assert evaluate["accuracy"] > 0.5  # 5 classes: chance is 0.2
     assert len(evaluate["accuracy_ci95"]) == 2 and evaluate["accuracy_ci95"][0] <= evaluate["accuracy"]
     best = json.loads((root / "reports/tune/best_params.json").read_text())
@@ -82,6 +84,12 @@ def test_every_stage_ran_and_metrics_show(repo_copy):
     for plot in ("history.png", "importances.png", "transferability.png", "transferability.csv"):
         assert (root / "reports/tune" / plot).stat().st_size > 0
     assert {"scratch", "frozen_features", "best_baseline"} <= set(evaluate)
+
+
+def _all_numbers(value) -> bool:
+    if isinstance(value, dict):
+        return all(_all_numbers(v) for v in value.values())
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def test_second_repro_does_nothing(repo_copy):
@@ -131,3 +139,50 @@ def test_a_params_typo_stops_before_dvc_touches_outputs(repo_copy):
         params.write_text(original)
     assert proc.returncode == 2 and "unknown key 'finetune'" in proc.stderr and "Traceback" not in proc.stderr
     assert (root / "reports/tune/best_params.json").is_file()
+
+
+def _exp_metrics(shown: list) -> dict[str, dict]:
+    """`dvc exp show --json` -> {experiment name or baseline rev: evaluate's metrics}."""
+    found = {}
+
+    def walk(entry):
+        data = entry.get("data") or {}
+        metrics = (data.get("metrics") or {}).get("reports/evaluate/metrics.json", {}).get("data")
+        if metrics:
+            found[entry.get("name") or entry.get("rev")] = metrics
+        for exp in entry.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                walk(rev)
+
+    for entry in shown:
+        walk(entry)
+    return found
+
+
+def test_dvc_experiments_compare_and_leave_the_registry_alone(repo_copy):
+    """The DVC user's loop: commit a run, `dvc exp run -S ...` twice, compare with `dvc exp show`, `dvc metrics
+    diff` and `dvc plots diff`; experiments make no registry version and move no alias (registry.experiments: log).
+    The first experiment also runs `tune.sweep: false` and `tune.pruner: none` through plain DVC."""
+    import mlflow
+
+    root, env, _ = repo_copy
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    run([*git, "add", "-A"], root, env)
+    run([*git, "commit", "-qm", "a run"], root, env)
+    assert "reports/evaluate/metrics.json" in run(["git", "ls-files", "reports"], root, env)
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    before = {v.version: v.aliases for v in client.search_model_versions("name = 'tlpipe-classifier'")}
+    first = run([sys.executable, "-m", "dvc", "exp", "run", "-n", "ep3", "-S", "fine_tune.epochs=3",
+                 "-S", "tune.sweep=false", "-S", "tune.pruner=none"], root, env)
+    assert "not registered" in first
+    run([sys.executable, "-m", "dvc", "exp", "run", "-n", "ep5", "-S", "fine_tune.epochs=5"], root, env)
+    shown = _exp_metrics(json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env)))
+    assert {"ep3", "ep5"} <= set(shown) and len(shown) >= 3, shown
+    assert all(_all_numbers(m) and "accuracy" in m for m in shown.values())
+    diff = json.loads(run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD", "ep3", "--all", "--json"],
+                          root, env))
+    assert diff.get("diff", diff), diff
+    plots = json.loads(run([sys.executable, "-m", "dvc", "plots", "diff", "HEAD", "ep5", "--json"], root, env))
+    assert not plots.get("errors"), plots.get("errors")
+    after = {v.version: v.aliases for v in client.search_model_versions("name = 'tlpipe-classifier'")}
+    assert after == before  # no version made, no alias moved

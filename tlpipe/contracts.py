@@ -23,7 +23,11 @@ BACKBONE_FILE = "backbone.keras"
 HEAD_FILE = "head.keras"
 MODEL_FILE = "model.keras"
 COPIES_FILE = "copies.npy"  # augment: pre-augmented copies of the training split, copy-major (K*N rows)
-METRICS_FILE = "metrics.json"
+METRICS_FILE = "metrics.json"  # numbers only: what `dvc metrics show/diff` and `dvc exp show` compare (in git)
+HISTORY_FILE = "history.json"  # one row per epoch: what `dvc plots` draws (in git)
+CONFUSION_CSV = "confusion.csv"  # evaluate: one row per test image (actual, predicted) for `dvc plots` (in git)
+TRIALS_CSV = "trials.csv"  # tune: one row per trial (in git)
+TRANSFERABILITY_CSV = "transferability.csv"  # tune: accuracy vs share frozen (in git)
 SPLITS = ("train", "val", "test")
 
 
@@ -32,7 +36,7 @@ def features_file(split: str) -> str:
     return f"{split}.npz"
 
 
-def write_json(path: str | Path, data: dict) -> None:
+def write_json(path: str | Path, data: dict | list) -> None:
     """Pretty JSON, creating the folder (reports that no other step reads)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +173,7 @@ class TrainedModel(Contract):
 class EvalMetrics(Contract):
     """evaluate: test-split scores of the final model and the baselines (what `dvc metrics show` shows)."""
 
-    FILE: ClassVar[str] = METRICS_FILE
+    FILE: ClassVar[str] = "evaluation.json"
     PRODUCER: ClassVar[str] = "evaluate"
     accuracy: float
     loss: float
@@ -191,6 +195,19 @@ class EvalMetrics(Contract):
     validation: dict[str, dict[str, float]] = {}  # candidate -> validation accuracy and loss
     best_on_validation: str = ""  # the candidate ranked first on validation (final, frozen_features, scratch)
 
+    def numbers(self) -> dict[str, Any]:
+        """What `dvc metrics` compares (METRICS_FILE): the scores only, no labels or lists; a few columns."""
+        out: dict[str, Any] = {"accuracy": self.accuracy, "accuracy_ci_low": self.accuracy_ci95[0],
+                               "accuracy_ci_high": self.accuracy_ci95[1], "macro_f1": self.macro_f1,
+                               "loss": self.loss, "test_images": self.test_images,
+                               "frozen_features": {"accuracy": self.frozen_features.get("accuracy")}}
+        if self.scratch:
+            out["scratch"] = {"accuracy": self.scratch.get("accuracy")}
+        if self.vs_best_baseline:
+            out["vs_best_baseline"] = {"delta": self.vs_best_baseline.get("delta"),
+                                       "mcnemar_p": self.vs_best_baseline.get("mcnemar_p")}
+        return out
+
 
 class Registration(Contract):
     """register: the version made (or reused) and the gate's decision."""
@@ -211,3 +228,5 @@ class Registration(Contract):
     # With a champion: tlpipe.reports.stats.compare() on the shared test images (fixed, broken, mcnemar_p,
     # gain, gain_ci95, recall_change_ci95, min_detectable_gain, ...); None when there was no champion.
     comparison: dict[str, Any] | None = None
+    experiment: str = ""  # the DVC experiment it ran in (`dvc exp run`); then no alias moves, and with
+    # registry.experiments: log (the default) no version is made (version "")

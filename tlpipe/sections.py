@@ -240,5 +240,8 @@ class RegistryConfig(_Section):
     require_significant: bool = False  # the gain's 95% CI lower bound must exceed min_improvement
     refuse_worse_than_baseline: bool = False  # fail when evaluate's best baseline beats the model (McNemar p < 0.05)
     auto_promote: bool = False
+    # Under `dvc exp run` (DVC_EXP_NAME set): log = gate and evidence on the MLflow run, no model version;
+    # register = a version tagged with the experiment's name, no alias moved. Plain runs always register.
+    experiments: Literal["log", "register"] = "log"
     http_retries: NonNegInt = 3
     http_timeout: PositiveInt = 30

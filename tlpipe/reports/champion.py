@@ -22,10 +22,64 @@ EVIDENCE = "evidence"  # the artifact folder on the register run (tlpipe.reports
 BOOTSTRAP_SEED = 0
 
 
-def write_predictions(out: Path, labels: np.ndarray, probs: np.ndarray, classes: list[str], test_set: str) -> None:
-    """The challenger's per-image test probabilities, the labels, class names and the test set's hash."""
+def write_predictions(out: Path, labels: np.ndarray, probs: np.ndarray, classes: list[str], test_set: str,
+                      test_sha: list[str] | None = None) -> None:
+    """The per-image test probabilities, labels, class names, test set hash and image sha256s (same order)."""
     np.savez(out / PREDICTIONS, labels=np.asarray(labels), probs=np.asarray(probs, "float32"),
-             classes=np.asarray(classes), test_set=np.asarray(test_set))
+             classes=np.asarray(classes), test_set=np.asarray(test_set), test_sha=np.asarray(test_sha or []))
+
+
+def test_images(subset: Path) -> list[str]:
+    """The sha256 of each test image of `subset`, in the order the test split is read (manifest order)."""
+    from tlpipe.data.datasets import read_manifest
+
+    manifest = read_manifest(subset, ["split", "sha256"])
+    return [str(s) for s in manifest.loc[manifest["split"] == "test", "sha256"]]
+
+
+def trained_on(client, version, work: Path) -> set[str] | None:
+    """The sha256 of the train and val images of `version` (registration evidence), or None if unknown."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from tlpipe.reports.diff import IMAGE_IDS
+
+    run_id = version.tags.get("register_run_id")
+    if not run_id:
+        return None
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        path = client.download_artifacts(run_id, f"{EVIDENCE}/{IMAGE_IDS}", str(work))
+    except (MlflowException, OSError):
+        return None
+    ids = json.loads(Path(path).read_text(encoding="utf-8"))
+    return set(ids.get("train", [])) | set(ids.get("val", []))
+
+
+def unseen(test_sha: list[str], champion_trained: set[str] | None) -> np.ndarray:
+    """Which test images the champion never trained on (all of them when that is unknown)."""
+    if not champion_trained or not test_sha:
+        return np.ones(len(test_sha), dtype=bool)
+    return np.array([sha not in champion_trained for sha in test_sha], dtype=bool)
+
+
+def paired(labels: np.ndarray, challenger_probs: np.ndarray, champion_probs: np.ndarray, classes: list[str],
+           keep: np.ndarray) -> tuple[dict, dict]:
+    """The champion's scores and the paired comparison on the test images in `keep` (neither model trained on).
+
+    The comparison also says how many images were shared and how many were left out.
+    """
+    from tlpipe.reports.evaluation import scores
+    from tlpipe.reports.stats import compare
+
+    if keep.size != labels.size:
+        keep = np.ones(labels.size, dtype=bool)
+    y = labels[keep]
+    comparison = compare(champion_probs[keep].argmax(axis=1) == y, challenger_probs[keep].argmax(axis=1) == y, y,
+                         classes, seed=BOOTSTRAP_SEED)
+    comparison.update(shared_test_images=int(keep.sum()), excluded_seen_by_champion=int((~keep).sum()))
+    return scores(y, champion_probs[keep], classes), comparison
 
 
 def read_predictions(client, version, work: Path) -> dict | None:
@@ -42,7 +96,8 @@ def read_predictions(client, version, work: Path) -> dict | None:
         return None
     with np.load(path) as data:
         return {"labels": data["labels"], "probs": data["probs"], "classes": [str(c) for c in data["classes"]],
-                "test_set": str(data["test_set"])}
+                "test_set": str(data["test_set"]),
+                "test_sha": [str(s) for s in data["test_sha"]] if "test_sha" in data.files else []}
 
 
 def _rescore(client, name: str, champion, mine: dict, subset: Path | None) -> np.ndarray:
@@ -74,7 +129,6 @@ def versus_current(client, name: str, version, work: Path, subset: Path | None =
         champion model was scored again (its stored predictions were on another test set)}.
     """
     from tlpipe.reports.evaluation import scores
-    from tlpipe.reports.stats import compare
     from tlpipe.tracking.registry import CHAMPION, alias_version
 
     mine = read_predictions(client, version, work / "challenger")
@@ -90,8 +144,7 @@ def versus_current(client, name: str, version, work: Path, subset: Path | None =
     theirs = read_predictions(client, current, work / "champion")
     same = theirs is not None and theirs["test_set"] == mine["test_set"] and theirs["classes"] == classes
     probs = theirs["probs"] if same else _rescore(client, name, current, mine, subset)
-    comparison = compare(probs.argmax(axis=1) == labels, mine["probs"].argmax(axis=1) == labels, labels, classes,
-                         seed=BOOTSTRAP_SEED)
-    out.update(champion_version=str(current.version), champion=scores(labels, probs, classes),
-               comparison=comparison, rescored=not same)
+    keep = unseen(mine["test_sha"], trained_on(client, current, work / "champion-ids"))
+    champion, comparison = paired(labels, mine["probs"], probs, classes, keep)
+    out.update(champion_version=str(current.version), champion=champion, comparison=comparison, rescored=not same)
     return out

@@ -69,8 +69,8 @@ def plot_samples(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, cla
 
 
 def training_report(history: dict[str, list[float]], monitor: str, folder: Path, title: str) -> dict:
-    """metrics.json (best epoch and its values), history.json (for `dvc plots`) and history.png in `folder`."""
-    from tlpipe.contracts import METRICS_FILE, write_json
+    """metrics.json (best epoch and its values), history.json (rows, for `dvc plots`), history.png in `folder`."""
+    from tlpipe.contracts import HISTORY_FILE, METRICS_FILE, write_json
 
     pick = max if monitor.endswith("accuracy") else min
     values = history.get(monitor, [])
@@ -78,6 +78,8 @@ def training_report(history: dict[str, list[float]], monitor: str, folder: Path,
     metrics = {"best_epoch": best + 1, "epochs_run": len(history.get("loss", [])),
                **{f"best_{k}": v[best] for k, v in history.items() if v}}
     write_json(folder / METRICS_FILE, metrics)
-    write_json(folder / "history.json", {"epoch": list(range(1, len(history.get("loss", [])) + 1)), **history})
+    epochs = len(history.get("loss", []))
+    rows = [{"epoch": i + 1, **{k: v[i] for k, v in history.items() if len(v) == epochs}} for i in range(epochs)]
+    write_json(folder / HISTORY_FILE, rows)  # row-wise: the shape `dvc plots` reads
     plot_history(history, folder / "history.png", title)
     return metrics

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.contracts import METRICS_FILE, BestParams, write_json
+from tlpipe.contracts import BestParams, EvalMetrics, write_json
 from tlpipe.errors import PipelineError
 from tlpipe.reports.html import data_uri, render
 from tlpipe.reports.review_rows import (
@@ -147,7 +147,7 @@ def collect(client, name: str, version_ref: str, work: Path, gate_now=None) -> d
             "aliases": {alias: v for v, names in aliases(client, name).items() for alias in names},
             "gate": gate, "lineage": _json(files / LINEAGE) or {},
             "tuning": BestParams.read(tuning.parent).model_dump() if tuning.is_file() else None,
-            "evaluation": _json(files / EVALUATE / METRICS_FILE), "version_tags": dict(version.tags),
+            "evaluation": _json(files / EVALUATE / EvalMetrics.FILE), "version_tags": dict(version.tags),
             "champion_tags": champion_tags, "current_champion": str(current.version) if current else None,
             "diff": diff, "register_run_id": register_run, "files": files, "backbone": backbone}
 

@@ -29,6 +29,8 @@ def run_summary(registration: Registration, evaluation: EvalMetrics | None, run:
         lines.append(f"final model: test accuracy {registration.test_accuracy:.3f} ({regime})")
     v = registration.version
     alias = "@champion (auto-promoted)" if registration.auto_promoted else "@challenger"
+    if registration.experiment:
+        alias = f"registered for DVC experiment {registration.experiment} (no alias moved)"
     versus = (f"vs @champion v{registration.champion_version}" if registration.champion_version
               else "no @champion yet")
     lines.append(f"registry:    {registration.model_name} v{v} is {alias}; gate {registration.validation_status} "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlpipe.contracts import TRIALS_CSV
 from tlpipe.reports.plots import pyplot
 
 TRIAL_COLUMNS = ("number", "state", "value", "regime", "freeze_ratio", "learning_rate", "train_bn", "epochs_run",
@@ -81,7 +82,7 @@ def _transferability(trials, path: Path, metric: str, maximize: bool) -> None:
 def plot_all(study, trials, out_dir: Path, metric: str) -> None:
     """history.png, importances.png, transferability.png and trials.csv."""
     maximize = metric.endswith("accuracy")
-    write_trials_csv(trials, out_dir / "trials.csv")
+    write_trials_csv(trials, out_dir / TRIALS_CSV)
     from optuna.visualization import matplotlib as optuna_plots
 
     _save_optuna_plot(optuna_plots.plot_optimization_history, study, out_dir / "history.png", "optimization history")
@@ -103,7 +104,10 @@ def _note(path: Path, text: str) -> None:
 def plot_disabled(out_dir: Path) -> None:
     """The same files when tuning is off, saying so."""
     plt = pyplot()
-    write_trials_csv([], out_dir / "trials.csv")
+    write_trials_csv([], out_dir / TRIALS_CSV)
+    from tlpipe.tuning.sweep import write_csv
+
+    write_csv([], out_dir)
     for name in ("history", "importances", "transferability"):
         fig, ax = plt.subplots(figsize=(6, 2))
         ax.axis("off")
