@@ -86,7 +86,20 @@ def stage(step: Step, steps: list[Step]) -> dict:
     """One dvc.yaml stage."""
     outs = [out.path if out.cache else {out.path: {"cache": False}} for out in step.outputs]
     outs += [{folder: {"persist": True, "cache": False}} for folder in step.scratch.values()]
-    return {"cmd": _cmd(step, steps), "deps": _deps(step, steps), "params": list(step.params), "outs": outs}
+    return {"cmd": _cmd(step, steps), "deps": _deps(step, steps), "params": _params(step), "outs": outs}
+
+
+def _params(step: Step) -> list[str]:
+    """The keys the step reads, plus those that decide where its inputs come from.
+
+    So a changed `data.source` or `model.backbone` reruns the stage, whose first command checks the declaration.
+    """
+    keys = list(step.params)
+    for ref in step.inputs.values():
+        key = ref.param if isinstance(ref, External) else ref.switch
+        if key and not any(key == k or key.startswith(k + ".") for k in keys):
+            keys.append(key)
+    return keys
 
 
 def check_stage(name: str, params_file: Path, dvc_file: Path) -> None:

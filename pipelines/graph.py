@@ -35,6 +35,7 @@ class Ref:
     step: str
     output: str
     sub: str = ""
+    switch: str = ""  # the params key that made this input come from a step (data.source: builtin:digits)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ def build(params: Params) -> list[Step]:
     steps: list[Step] = []
     if digits or pretrain_digits:
         steps.append(Step("make_digits", outputs=(Out("digits", "data/raw/digits"),)))
-    raw = Ref("make_digits", "digits", "target") if digits else External(params.data.source, "data.source")
+    raw = (Ref("make_digits", "digits", "target", "data.source") if digits
+           else External(params.data.source, "data.source"))
     steps += [
         Step("make_subset", {"raw": raw}, (Out("subset", "data/subset"),), disk=True, fingerprint="raw"),
         Step("validate_data", {"subset": Ref("make_subset", "subset")},
@@ -133,7 +135,7 @@ def build(params: Params) -> list[Step]:
                           (Out("backbone", "models/backbone", "Model"),
                            Out("report", "reports/pretrain_backbone", "Artifact", cache=False)),
                           gpu=True, metrics=(f"report/{METRICS_FILE}",)))
-        backbone: Ref | External = Ref("pretrain_backbone", "backbone")
+        backbone: Ref | External = Ref("pretrain_backbone", "backbone", switch="model.backbone")
     else:
         backbone = External(params.model.backbone, "model.backbone")
     subset, validation = Ref("make_subset", "subset"), Ref("validate_data", "validation")

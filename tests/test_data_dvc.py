@@ -189,7 +189,7 @@ def _params(root: Path, source: str) -> None:
 
 def test_plain_dvc_repro_uses_the_edited_source_or_stops(project, tmp_path):
     """`data.source` edited in params.yaml, then plain `dvc repro make_subset`: when the graph's shape changed
-    (builtin digits -> a folder) the stage stops in one line naming `make dvc.yaml`, outputs untouched; a path
+    (builtin digits -> a folder) the stage stops in one line naming `make dvc.yaml` (nothing built); a path
     edited to another path is read from params.yaml by DVC (`${data.source}`) without regenerating."""
     root, repro = project
     repro("builtin:digits")
@@ -202,7 +202,11 @@ def test_plain_dvc_repro_uses_the_edited_source_or_stops(project, tmp_path):
     _params(root, "photos")
     stopped = _run([sys.executable, "-m", "dvc", "repro", "make_subset"], root, env, check=False)
     assert stopped.returncode != 0 and "run `make dvc.yaml`" in stopped.stdout + stopped.stderr
-    assert summary.read_text() == digits  # the old subset is kept, not rebuilt from the digits
+    # Nothing was built from the digits; DVC removed the stage's output before running it, and its cache and
+    # dvc.lock still hold the last good one:
+    assert not summary.exists() or summary.read_text() == digits
+    _run([sys.executable, "-m", "dvc", "checkout", "data/subset"], root, env)
+    assert summary.read_text() == digits
     _run([sys.executable, "-m", "pipelines.dvc_yaml"], root, env)
     _run([sys.executable, "-m", "dvc", "repro", "make_subset"], root, env)
     assert json.loads(summary.read_text())["source"].endswith("photos")

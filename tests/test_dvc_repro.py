@@ -118,13 +118,17 @@ def test_mlflow_has_one_pipeline_run_with_lineage_and_a_challenger(repo_copy):
 
 
 def test_every_step_read_exactly_the_params_its_stage_lists(repo_copy):
-    """Keys recorded while the steps ran (TLPIPE_PARAMS_AUDIT) == the stage's params in dvc.yaml."""
+    """Keys recorded while the steps ran (TLPIPE_PARAMS_AUDIT) == the step's PARAMS, all listed in its stage
+    (the stage adds only the keys that decide where its inputs come from: data.source, model.backbone)."""
+    from pipelines.graph import declared_params
+
     root, _, _ = repo_copy
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     audit = root.parent / "params-audit"
     for name, stage in stages.items():
         read = json.loads((audit / f"{name}.json").read_text())
-        assert sorted(read) == sorted(stage["params"]), name
+        assert sorted(read) == sorted(declared_params(name)), name
+        assert set(read) <= set(stage["params"]) <= set(read) | {"data.source", "model.backbone"}, name
 
 
 def test_a_params_typo_stops_before_dvc_touches_outputs(repo_copy):
