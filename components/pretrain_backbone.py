@@ -13,7 +13,7 @@ import numpy as np
 
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.config import PretrainBackboneConfig
-from tlpipe.contracts import BACKBONE_FILE, METRICS_FILE, BackboneInfo, write_json
+from tlpipe.contracts import BACKBONE_FILE, METRICS_FILE, BackboneInfo, numbers, write_json
 from tlpipe.data.datasets import batches, decode_images
 from tlpipe.data.images import is_image_name
 from tlpipe.errors import DataError
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         backbone, metrics = pretrain(params.pretrain_backbone, size, params.seed, params.deterministic,
                                      Path(args.source))
         with atomic_dir(args.report) as report:
-            write_json(report / METRICS_FILE, {k: v for k, v in metrics.items() if k != "history"})
+            write_json(report / METRICS_FILE, numbers(metrics))
             plot_history(metrics["history"], report / "history.png", "pretrain_backbone on source classes")
         mlflow.log_artifact(str(Path(args.report) / "history.png"))
         with atomic_dir(args.backbone) as staged:

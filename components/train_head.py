@@ -13,7 +13,7 @@ import numpy as np
 
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.config import TrainHeadConfig
-from tlpipe.contracts import HEAD_FILE, METRICS_FILE, FeaturesInfo, features_file, write_json
+from tlpipe.contracts import HEAD_FILE, METRICS_FILE, FeaturesInfo, features_file, numbers, write_json
 from tlpipe.models.backbones import build_head
 from tlpipe.models.training import compile_for, save_model, set_determinism
 from tlpipe.reports.plots import plot_history
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         head, metrics = train_head(params.train_head, params.model.head_units, params.model.dropout, params.seed,
                                    params.deterministic, Path(args.features), callbacks=[epoch_callback()])
         with atomic_dir(args.report) as report:
-            write_json(report / METRICS_FILE, {k: v for k, v in metrics.items() if k != "history"})
+            write_json(report / METRICS_FILE, numbers(metrics))
             plot_history(metrics["history"], report / "history.png", "train_head on frozen features")
         mlflow.log_metrics({"best_val_accuracy": metrics["val_accuracy"], "best_val_loss": metrics["val_loss"]})
         mlflow.log_artifact(str(Path(args.report) / "history.png"))

@@ -36,6 +36,11 @@ def features_file(split: str) -> str:
     return f"{split}.npz"
 
 
+def numbers(data: dict) -> dict:
+    """The numeric entries of `data` (what a METRICS_FILE holds: `dvc metrics` compares numbers, not labels)."""
+    return {k: v for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
 def write_json(path: str | Path, data: dict | list) -> None:
     """Pretty JSON, creating the folder (reports that no other step reads)."""
     path = Path(path)
