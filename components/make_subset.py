@@ -14,10 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.config import MakeSubsetConfig, StorageConfig
+from tlpipe.console import progress
 from tlpipe.contracts import MANIFEST, QUARANTINE, SHARDS_DIR, SPLITS, SubsetSummary
 from tlpipe.data.images import BadImage, ImageFacts, normalise
 from tlpipe.data.records import ShardWriter
@@ -63,9 +62,7 @@ def choose_class(source: Source, cls: str, candidates: list[str], need: int, cfg
     chosen: list[Chosen] = []
     rejected: list[Quarantined] = []
     position = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
-        total=need, desc=f"make_subset {cls}", unit="img", leave=False
-    ) as bar:
+    with ThreadPoolExecutor(max_workers=workers) as pool, progress(need, f"make_subset {cls}") as bar:
         while len(chosen) < need and position < len(order):
             batch = order[position : position + need - len(chosen)]
             position += len(batch)
