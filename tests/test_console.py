@@ -68,7 +68,9 @@ def test_an_explicit_log_level_wins():
 
 @pytest.mark.slow
 def test_steps_write_no_carriage_returns_into_a_log_file(tmp_path):
-    """make_subset (our bars), validate_data (GX's bars) and augment (decode bars) with stderr in a file."""
+    """make_subset (our bars), validate_data (GX's bars) and augment (decode bars) with stderr in a file.
+
+    A clean environment, as a new shell: TensorFlow's log level is the one tlpipe sets."""
     from pipelines.graph import argv, build
     from tlpipe.config import load_params
 
@@ -88,6 +90,8 @@ def test_steps_write_no_carriage_returns_into_a_log_file(tmp_path):
     text = log.read_bytes()
     assert b"validate_data: all" in text and b"augment: preview" in text
     assert b"\r" not in text, text[:2000]
+    # ... and, with tf.data maps running, no C++ line either (e.g. "E0000 ... node_def_util.cc NodeDef mentions").
+    assert not [n for n in NOISE if n.encode() in text], text[:3000]
 
 
 def test_progress_on_a_log_file_is_plain_lines(capsys):
