@@ -12,7 +12,7 @@ STAMP := $(VENV)/.tlpipe-installed
 export PATH := $(VENV)/bin:$(PATH)
 export CHECKOV_BIN ?= $(TOOLS_VENV)/bin/checkov
 export PYTHONPATH := $(CURDIR)
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 export GX_ANALYTICS_ENABLED ?= false
 export MPLBACKEND ?= Agg
 IMAGE ?= ghcr.io/tlpipe/tlpipe
@@ -70,7 +70,7 @@ dvc.yaml: venv ## validate params.yaml, then regenerate dvc.yaml from pipelines/
 run: venv ## run the pipeline (dvc repro) on data.source (default: the embedded digits)
 	python -m pipelines.dvc_yaml  # checks params.yaml first: a typo stops here, before DVC deletes outputs
 	TLPIPE_RUN_GROUP=$${TLPIPE_RUN_GROUP:-repro-$$(date +%Y%m%d-%H%M%S)} dvc repro
-	dvc metrics show
+	@python -m operators.summary  # last: the score, the registry version and the next command (all metrics: dvc metrics show)
 
 test: venv tools system-deps ## ruff, then the whole test suite (slow end-to-end tests included)
 	ruff check components tlpipe operators pipelines tests benchmarks

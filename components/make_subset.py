@@ -17,10 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
 from tlpipe.config import MakeSubsetConfig, StorageConfig
+from tlpipe.console import progress
 from tlpipe.contracts import MANIFEST, QUARANTINE, SHARDS_DIR, SPLITS, SubsetSummary
 from tlpipe.data.images import BadImage, ImageFacts, normalise
 from tlpipe.data.records import ShardWriter
@@ -119,9 +118,7 @@ def choose_class(source: Source, cls: str, candidates: list[str], counts: dict[s
     chosen: dict[str, list[Chosen]] = {}
     rejected: list[Quarantined] = []
     spare: list[str] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
-        total=sum(counts.values()), desc=f"make_subset {cls}", unit="img", leave=False
-    ) as bar:
+    with ThreadPoolExecutor(max_workers=workers) as pool, progress(sum(counts.values()), f"make_subset {cls}") as bar:
         for split in ("test", "val", "train"):
             chosen[split], bad, rest = _accept(source, cls, homes[split], counts[split], cfg.max_pixels, seen,
                                                pool, bar)

@@ -27,7 +27,7 @@ from tlpipe.errors import PipelineError
 from tlpipe.reports.champion import test_images, write_predictions
 from tlpipe.reports.diff import write_image_ids
 from tlpipe.reports.review import write_evidence
-from tlpipe.reports.summary import pipeline_outcome, read_evaluation, run_summary
+from tlpipe.reports.summary import pipeline_outcome
 from tlpipe.tracking import registry as registry_lib
 from tlpipe.tracking.lineage import subset_lineage
 
@@ -310,7 +310,6 @@ def main(argv: list[str] | None = None) -> None:
           f"{result.test_accuracy:.3f}{versus}: gate {result.validation_status}"
           + (f" ({'; '.join(result.reasons)})" if result.reasons else "")
           + ("; auto-promoted to @champion" if result.auto_promoted else ""))
-    print("\n".join(run_summary(result, read_evaluation(Path(args.evaluation)), TrainedModel.read(args.model))))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Subcommands: `create-study` (once, before workers), `worker` (take trials until 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from tlpipe.cli import atomic_dir, parser, run_main, scratch_default, step_params
@@ -155,7 +154,6 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: `python -m components.tune {create-study,worker,summarize,run} --subset ... --backbone ...`."""
     args = _args(argv)
     params = step_params(args, "tune", PARAMS)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -114,12 +114,16 @@ def run_expectations(tables: dict[str, pd.DataFrame], cfg: ValidateDataConfig, c
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     if gx_dir is None:
         context = gx.get_context(mode="ephemeral")
     else:
         shutil.rmtree(gx_dir, ignore_errors=True)  # one run's context: suites from an earlier run would clash
         context = gx.get_context(mode="file", project_root_dir=str(gx_dir))
+    # GX's "Calculating Metrics" tqdm bar passes disable=False itself (TQDM_DISABLE cannot reach it) and writes
+    # carriage-return frames into log files; GX's own setting turns it off. The step prints its result.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas("subset")
     checks: list[Check] = []
     for table, expectations in _suite(cfg, classes).items():

@@ -1,1 +1,3 @@
-"""Operator commands (not pipeline steps): registry status/promote/rollback/predict, the promotion review."""
+"""Operator commands (not pipeline steps): registry status/promote/rollback/predict, the review, the run summary."""
+
+import tlpipe  # noqa: F401 - first: it silences TensorFlow's start-up lines before any module here imports TF

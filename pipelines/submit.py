@@ -100,8 +100,6 @@ def submit(host: str, experiment: str, package: Path | str, arguments: dict[str,
         PipelineError: The API could not be reached or refused the request (one line, no credentials).
         SystemExit: With `wait`, the run ended in a state other than SUCCEEDED.
     """
-    import kfp
-
     from tlpipe.errors import PipelineError
     from tlpipe.redact import redact
 
@@ -125,7 +123,7 @@ def submit(host: str, experiment: str, package: Path | str, arguments: dict[str,
     try:
         with warnings.catch_warnings(), kfp_logs_captured(logged):  # kfp warns on every Client() (v2 backend)
             warnings.simplefilter("ignore", FutureWarning)
-            client = kfp.Client(host=host, namespace=namespace, **auth) if namespace else kfp.Client(host=host, **auth)
+            client = _client(host, namespace, auth)
             run = client.create_run_from_pipeline_package(
                 str(package), arguments=arguments, experiment_name=experiment, namespace=namespace,
                 run_name=run_name or f"tlpipe-training {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -144,6 +142,23 @@ def submit(host: str, experiment: str, package: Path | str, arguments: dict[str,
         if str(state).upper() not in ("SUCCEEDED", "SUCCESS"):
             raise SystemExit(1)
     return run
+
+
+def _client(host: str, namespace: str | None, auth: dict[str, Any]):
+    """A `kfp.Client` whose health check is a single request.
+
+    Without a namespace, `kfp.Client()` asks the API's healthz endpoint whether it is multi-user, and kfp's
+    `get_kfp_healthz` retries a failing answer 5 times, 5 s apart: a server that answers 401 or 500 costs 25 s
+    before the one-line error. A person at a terminal reruns; one request answers the same question, and its
+    ApiException carries the status and body that `api_error_line` reports.
+    """
+    import kfp
+
+    class OneProbeClient(kfp.Client):
+        def get_kfp_healthz(self, sleep_duration: int = 5):
+            return self.healthzs.healthz_service_get_healthz()  # the public API kfp.Client builds in __init__
+
+    return OneProbeClient(host=host, namespace=namespace, **auth) if namespace else OneProbeClient(host=host, **auth)
 
 
 @contextlib.contextmanager

@@ -272,3 +272,88 @@ def test_the_registry_wording_of_the_store_check(silent_port):
     assert CHECK_SECONDS <= 15
     with pytest.raises(PipelineError, match=r"^MLflow registry at http://\*\*\*@127.0.0.1:\d+/ did not answer after"):
         check_http_store(f"http://alice:Zq9canary@127.0.0.1:{silent_port}/", 0, "MLflow registry")
+
+
+# register, killed right after MLflow created the model version: before its description, the @challenger
+# alias, the run's outcome tags and registration.json (the widest window for a half-done registration).
+KILL_AFTER_VERSION = """
+import os, signal, sys
+import mlflow
+from components import register
+from tlpipe.cli import run_main
+
+real = mlflow.register_model
+def register_then_die(*args, **kwargs):
+    real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+mlflow.register_model = register_then_die  # fault injection: this test's process only
+run_main(register.main, sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_register_killed_mid_registration_then_rerun_gives_the_uninterrupted_result(tiny_project, tmp_path):
+    """SIGKILL after the version exists; the rerun reuses it (one version), sets @challenger, closes the run."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    import keras
+    import mlflow
+    import yaml
+
+    from pipelines.graph import argv, build
+    from pipelines.local import run_steps
+    from tests.conftest import REPO
+    from tlpipe.config import load_params
+    from tlpipe.contracts import Registration
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_project, base)
+    raw = yaml.safe_load((base / "params.yaml").read_text())
+    raw["tune"]["enabled"] = False
+    (base / "params.yaml").write_text(yaml.safe_dump(raw))
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{base / 'mlflow.db'}"
+    try:
+        run_steps(base, ["tune", "fine_tune", "train_scratch", "evaluate"])
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI") if saved is None else os.environ.update(MLFLOW_TRACKING_URI=saved)
+        keras.backend.clear_session()
+    params = load_params(base / "params.yaml")
+    steps, model_name = build(params), params.registry.model_name
+    step = next(s for s in steps if s.name == "register")
+    args = ["--params", "params.yaml", *argv(step, steps)]
+    outcome = {}
+    for name in ("straight", "killed"):
+        root = tmp_path / name
+        shutil.copytree(base, root)
+        (root / "tmp").mkdir()
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        # Its own store and temp dir, named: an earlier in-process test may have exported MLFLOW_TRACKING_URI.
+        env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri, "TMPDIR": str(root / "tmp")}
+        if name == "killed":
+            killed = subprocess.run([sys.executable, "-c", KILL_AFTER_VERSION, *args], cwd=root, env=env,
+                                    capture_output=True, text=True)
+            assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+            client = mlflow.MlflowClient(uri, uri)
+            assert [str(v.version) for v in client.search_model_versions()] == ["1"]  # the kill left a half-done one
+            assert not client.get_registered_model(model_name).aliases  # ... with no @challenger yet
+            assert list((root / "tmp").glob("tlpipe-register-*")), "the kill left no scratch folder to clean up"
+        done = subprocess.run([sys.executable, "-m", "components.register", *args], cwd=root, env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert not list(root.rglob(".*partial-*")) and not list((root / "tmp").glob("tlpipe-*"))
+        client = mlflow.MlflowClient(uri, uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert not [r for r in runs if r.info.status == "RUNNING"], [(r.info.run_name, r.info.status) for r in runs]
+        registration = Registration.read(root / step.output("registration").path)
+        versions = client.search_model_versions(f"name = '{model_name}'")
+        assert [str(v.version) for v in versions] == ["1"]
+        aliases = client.get_registered_model(model_name).aliases
+        assert {alias: str(v) for alias, v in aliases.items()} == {"challenger": "1"}
+        assert versions[0].tags["register_run_id"] == registration.register_run_id
+        outcome[name] = registration.model_dump(exclude={"register_run_id", "reused"})
+    assert outcome["killed"] == outcome["straight"]

@@ -234,3 +234,58 @@ def test_a_401_that_echoes_the_credentials_is_one_line_with_the_token_hint(echo_
     assert len(output.strip().splitlines()) <= 3, output
     assert "HTTP 401" in proc.stderr and "--audience=pipelines.kubeflow.org" in proc.stderr, output
     assert "kubectl create token default-editor -n " + ("team-a" if namespace else "<namespace>") in proc.stderr
+
+
+class CountingRefusal(http.server.BaseHTTPRequestHandler):
+    """A KFP API that answers every request with `status` and counts the requests it got."""
+
+    status = 401
+    requests: list[str] = []
+
+    def _refuse(self):
+        type(self).requests.append(self.path)
+        body = json.dumps({"error": "refused", "code": 16}).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _refuse
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("status", [401, 500])
+def test_submit_without_namespace_fails_after_one_health_check(tmp_path, status):
+    """kfp.Client retries a failing healthz 5 times 5 s apart (25 s); submit asks once and says it in one line.
+
+    Counted in requests rather than seconds, so a busy machine cannot fail it.
+    """
+    import time
+
+    handler = type("Refusal", (CountingRefusal,), {"status": status, "requests": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    package = tmp_path / "p.yaml"
+    package.write_text("pipelineInfo: {name: tlpipe-training}\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), sub.SA_TOKEN_PATH_ENV: str(tmp_path / "none"),
+           "HOME": str(tmp_path)}
+    for key in (sub.NAMESPACE_ENV, sub.TOKEN_ENV, sub.COOKIE_ENV):
+        env.pop(key, None)
+    started = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pipelines.training_pipeline", "--params",
+                               str(REPO / "params.yaml"), "submit", "--host",
+                               f"http://127.0.0.1:{server.server_address[1]}", "--experiment", "e", "--package",
+                               str(package)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    print(f"submit against a {status} answered in {time.monotonic() - started:.1f} s, "
+          f"{len(handler.requests)} request(s)")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: KFP API at ") and f"HTTP {status}" in lines[0], lines
+    assert handler.requests == ["/apis/v2beta1/healthz"], handler.requests

@@ -1,8 +1,8 @@
 """tlpipe: the library the pipeline steps share (never imports a step)."""
 
-import os
+from tlpipe.console import quiet_tensorflow
 
-# TensorFlow reads its C++ log level once, when it is first imported. Every step imports tlpipe before it
-# imports TensorFlow, so its INFO and WARNING lines are off in every runner (make, DVC, a KFP pod) unless the
-# caller chose a level. Errors still show, and a failure still raises a Python exception.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Before anything imports TensorFlow: every step, operator and pipeline entry point imports tlpipe first (the
+# `components`, `operators` and `pipelines` packages do it in their __init__), so the TF/absl/oneDNN start-up
+# lines are off in every runner (make, DVC, a KFP pod) unless the caller set the log level.
+quiet_tensorflow()

@@ -36,7 +36,6 @@ def run_main(main: Callable[[list[str] | None], None], argv: list[str] | None = 
 
     Exit codes: 2 for an error the user can fix, 128 + the signal number for SIGINT/SIGTERM.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # store set-up chatter is not the user's business
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from tqdm import tqdm
 
+from tlpipe.console import progress
 from tlpipe.contracts import MANIFEST, SHARDS_DIR
 from tlpipe.data.records import Images
 from tlpipe.errors import DataError
@@ -112,7 +112,7 @@ def decoded_chunks(source: Images | list[str], size: int, batch_size: int = 256,
         return
     ds = (_encoded(source).map(_decoder(size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .batch(batch_size).prefetch(2))
-    with tqdm(total=len(source), desc=desc, unit="img", leave=False) as bar:
+    with progress(len(source), desc) as bar:
         for batch in ds:
             bar.update(len(batch))
             yield batch.numpy()

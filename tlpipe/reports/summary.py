@@ -35,7 +35,12 @@ def run_summary(registration: Registration, evaluation: EvalMetrics | None, run:
               else "no @champion yet")
     lines.append(f"registry:    {registration.model_name} v{v} is {alias}; gate {registration.validation_status} "
                  f"({versus})")
-    if not registration.auto_promoted:
+    if registration.auto_promoted:
+        lines.append("next:        make status   (make rollback REASON=\"...\" undoes the promotion)")
+    elif registration.validation_status == "failed":  # promote re-runs the gate and refuses without FORCE
+        lines.append(f"next:        make review   then, to promote it anyway, make promote VERSION={v} "
+                     "REASON=\"...\" FORCE=1")
+    else:
         lines.append(f"next:        make review   then   make promote VERSION={v} REASON=\"...\"")
     return lines
 
