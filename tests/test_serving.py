@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -33,12 +34,24 @@ def registered(tmp_path_factory):
     mlflow.set_registry_uri(uri)
     mlflow.set_experiment(experiment_id=mlflow.create_experiment("serving", artifact_location=str(root / "art")))
     examples = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
-    with mlflow.start_run():
+    with mlflow.start_run(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         info = log_image_model(root / "model.keras", CLASSES, SIZE, examples)
     version = mlflow.register_model(info.model_uri, "tiny")
     client = mlflow.MlflowClient(uri, uri)
     client.set_registered_model_alias("tiny", "challenger", version.version)
-    return {"model": model, "uri": uri}
+    return {"model": model, "uri": uri, "warnings": [str(w.message) for w in caught]}
+
+
+def test_logged_from_code_without_pickle_or_nags(registered):
+    """"Models from code" (no CloudPickle of a Python object) and a typed predict: the register step's output
+    carries no MLflow safety warning or type-hint nag."""
+    import mlflow
+    from mlflow.models import get_model_info
+
+    assert not [w for w in registered["warnings"] if "type hints" in w or "CloudPickle" in w]
+    flavor = get_model_info("models:/tiny@challenger").flavors["python_function"]
+    assert "python_model.pkl" not in str(flavor) and mlflow.pyfunc.load_model("models:/tiny@challenger")
 
 
 def png_b64(array: np.ndarray, fmt: str = "PNG") -> str:

@@ -22,6 +22,8 @@ ENV_DEFAULTS = {
     # MLflow configures its loggers on import (after run_main could), at INFO: "Creating initial MLflow database
     # tables...", "Experiment with name ... does not exist" on every step of a fresh project.
     "MLFLOW_LOGGING_LEVEL": "WARNING",
+    # MLflow's "Downloading artifacts" tqdm bar (carriage returns in log files; register and review download).
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 # Not set: TF_ENABLE_ONEDNN_OPTS=0 would also silence the oneDNN notice, but it turns oneDNN's custom ops off,
 # which changes the numbers (and the speed) of every model. The notice is held back at import instead.

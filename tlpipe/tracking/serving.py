@@ -27,6 +27,7 @@ IMAGE_COLUMN, LABEL_COLUMN = "image", "label"
 KERAS_ARTIFACT = "keras_model"
 REQUIREMENTS = ["tensorflow-cpu==2.21.0", "keras==3.15.1", "pandas", "pillow"]
 TLPIPE_PACKAGE = Path(__file__).resolve().parents[1]  # shipped as code: the decoder and the custom layers
+MODEL_CODE = Path(__file__).with_name("serving_model.py")  # "models from code": MLflow pickles nothing
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
@@ -68,8 +69,12 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                       else resize_array(np.asarray(item), self.size)[None])[0]
         return out
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        """`label` (the most probable class) and one probability column per class, one row per image."""
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """`label` (the most probable class) and one probability column per class, one row per image.
+
+        The hint is what `mlflow models serve` passes (a DataFrame; MLflow infers nothing from it, the signature
+        is explicit); lists and arrays of images work too.
+        """
         probs = np.asarray(self.model.predict(self.images(model_input).astype("float32"), verbose=0))
         frame = pd.DataFrame(probs.astype("float64"), columns=self.classes)
         frame.insert(0, LABEL_COLUMN, [self.classes[k] for k in probs.argmax(axis=1)])
@@ -105,7 +110,7 @@ def log_image_model(keras_file: Path, classes: list[str], image_size: int, examp
     """
     example = pd.DataFrame({IMAGE_COLUMN: [encode_png(image) for image in examples]})
     return mlflow.pyfunc.log_model(
-        name="model", python_model=ImageClassifier(), artifacts={KERAS_ARTIFACT: str(keras_file)},
+        name="model", python_model=str(MODEL_CODE), artifacts={KERAS_ARTIFACT: str(keras_file)},
         model_config={"classes": [str(c) for c in classes], "image_size": int(image_size)},
         code_paths=[str(TLPIPE_PACKAGE)], signature=signature(classes), input_example=example,
         pip_requirements=REQUIREMENTS)
