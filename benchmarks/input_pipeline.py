@@ -369,8 +369,8 @@ def bench_extract(
 
 def mobilenet_extractor(size: int):
     """MobileNetV2 (weights=None), built as extract_features builds it (load_backbone + preprocessing)."""
-    from tlpipe.config import ModelConfig
     from tlpipe.models.backbones import feature_extractor, load_backbone, preprocess_mode
+    from tlpipe.sections import ModelConfig
 
     cfg = ModelConfig(backbone="mobilenet_v2", weights="none", image_size=size)  # validates the size
     return feature_extractor(load_backbone(cfg.backbone, cfg.weights, size), size, preprocess_mode(cfg.backbone))
@@ -378,9 +378,9 @@ def mobilenet_extractor(size: int):
 
 def vgg_extractor(size: int):
     """The pipeline's default backbone architecture (untrained weights: speed does not depend on them)."""
-    from tlpipe.config import PretrainBackboneConfig
     from tlpipe.models.backbones import feature_extractor
     from tlpipe.models.vgg import vgg_style  # the architecture pretrain_backbone trains
+    from tlpipe.sections import PretrainBackboneConfig
 
     return feature_extractor(vgg_style(size, list(PretrainBackboneConfig().filters)), size, "none")
 

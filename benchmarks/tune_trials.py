@@ -73,7 +73,7 @@ def project_params(root: Path, args: argparse.Namespace) -> Path:
     The embedded default: builtin digits and our own pretrained backbone, laid out as dvc.yaml lays it out
     (data/subset, data/augmented, models/backbone, models/head, ...).
     """
-    from tlpipe.config import BUILTIN, PRETRAIN
+    from tlpipe.sections import BUILTIN, PRETRAIN
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     raw["data"]["source"] = BUILTIN

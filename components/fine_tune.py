@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe.cli import atomic_dir, parser, run_main, scratch_default, step_params
-from tlpipe.config import APPLICATION_BACKBONES, AugmentConfig, FineTuneConfig
 from tlpipe.contracts import HEAD_FILE, MODEL_FILE, BestParams, HyperParams, TrainedModel
 from tlpipe.data.datasets import decode_images, split_source
 from tlpipe.models.backbones import backbone_identity, describe_backbone, load_backbone, preprocess_mode
 from tlpipe.models.fitting import chance_level, job_id, train
 from tlpipe.models.training import save_model
 from tlpipe.reports.plots import training_report
+from tlpipe.sections import APPLICATION_BACKBONES, AugmentConfig, FineTuneConfig
 from tlpipe.tracking.lineage import content_hash
 
 PARAMS = ("fine_tune", "model.weights", "model.image_size", "model.head_units", "model.dropout", "augment", "seed",

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
-from tlpipe.config import MakeDigitsConfig
+from tlpipe.sections import MakeDigitsConfig
 
 PARAMS = ("make_digits",)
 

@@ -12,7 +12,6 @@ import keras
 import numpy as np
 
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
-from tlpipe.config import PretrainBackboneConfig
 from tlpipe.contracts import BACKBONE_FILE, METRICS_FILE, BackboneInfo, write_json
 from tlpipe.data.datasets import batches, decode_images
 from tlpipe.data.images import is_image_name
@@ -20,6 +19,7 @@ from tlpipe.errors import DataError
 from tlpipe.models.training import compile_for, save_model, set_determinism
 from tlpipe.models.vgg import vgg_style
 from tlpipe.reports.plots import plot_history
+from tlpipe.sections import PretrainBackboneConfig
 
 PARAMS = ("pretrain_backbone", "model.image_size", "seed", "deterministic")
 

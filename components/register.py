@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe.cli import atomic_dir, parser, run_main, scratch_dir, step_params
-from tlpipe.config import RegistryConfig
 from tlpipe.contracts import MODEL_FILE, BestParams, Registration, TrainedModel
 from tlpipe.errors import PipelineError
 from tlpipe.reports.champion import write_predictions
 from tlpipe.reports.diff import write_image_ids
 from tlpipe.reports.review import write_evidence
 from tlpipe.reports.summary import pipeline_outcome, read_evaluation, run_summary
+from tlpipe.sections import RegistryConfig
 from tlpipe.tracking import registry as registry_lib
 from tlpipe.tracking.lineage import subset_lineage
 

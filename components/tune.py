@@ -43,7 +43,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 def regimes(searched: list[str], backbone: str, weights: str) -> list[str]:
     """The regimes worth searching: an application backbone without weights has nothing to transfer."""
-    from tlpipe.config import APPLICATION_BACKBONES
+    from tlpipe.sections import APPLICATION_BACKBONES
 
     if backbone in APPLICATION_BACKBONES and weights == "none":
         return ["scratch"]  # freezing random layers (BatchNormalization in inference mode) learns nothing

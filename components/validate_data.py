@@ -20,12 +20,12 @@ from pathlib import Path
 import pandas as pd
 
 from tlpipe.cli import atomic_dir, parser, run_main, step_params
-from tlpipe.config import ValidateDataConfig
 from tlpipe.contracts import MANIFEST, QUARANTINE, SHARDS_DIR, SubsetSummary, ValidationResult
 from tlpipe.data.images import BadImage, normalise
 from tlpipe.data.records import records
 from tlpipe.errors import DataError
 from tlpipe.reports.html import render
+from tlpipe.sections import ValidateDataConfig
 
 PARAMS = ("validate_data", "make_subset.max_pixels")
 GX_DIR = "gx"  # GX's file data context inside the report folder

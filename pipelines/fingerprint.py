@@ -13,7 +13,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from tlpipe.config import BUILTIN, Params
+from tlpipe.config import Params
+from tlpipe.sections import BUILTIN
 
 
 def s3_listing_hash(uri: str, endpoint_url: str | None = None) -> str:

@@ -24,7 +24,8 @@ from functools import cache
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
-from tlpipe.config import BUILTIN, PRETRAIN, Params
+from tlpipe.config import Params
+from tlpipe.sections import BUILTIN, PRETRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,10 @@ from components.make_subset import run as make_subset_run
 from components.tune import main as tune_main
 from tests.conftest import REPO, create_database
 from tlpipe.cli import run_main
-from tlpipe.config import StorageConfig, load_params
+from tlpipe.config import load_params
 from tlpipe.contracts import BACKBONE_FILE, COPIES_FILE, HEAD_FILE, BestParams, HyperParams
 from tlpipe.models.backbones import backbone_identity, cut_points, load_backbone, preprocess_mode
+from tlpipe.sections import StorageConfig
 from tlpipe.tuning.study import create_study, freeze_points, make_storage, suggest
 from tlpipe.tuning.trial import ActivationCache, Recipe, load_trial_data, run_trial
 from tlpipe.tuning.worker import Defaults, Worker, summarize

@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlpipe.config import AugmentConfig
+from tlpipe.sections import AugmentConfig
 
 
 def _warp_impl(images, transforms, dtype):

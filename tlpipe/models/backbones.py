@@ -12,10 +12,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlpipe.config import APPLICATION_BACKBONES
 from tlpipe.contracts import BACKBONE_FILE
 from tlpipe.data.storage import fetch
 from tlpipe.errors import PipelineError
+from tlpipe.sections import APPLICATION_BACKBONES
 
 _CONSTRUCTORS = {
     "vgg16": "VGG16",

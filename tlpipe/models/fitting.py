@@ -18,12 +18,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlpipe.config import AugmentConfig, FineTuneConfig
 from tlpipe.contracts import HyperParams
 from tlpipe.data.augmentation import build_augmenter
 from tlpipe.data.datasets import any_batches
 from tlpipe.models.backbones import FreezePlan, apply_freeze, build_classifier, regime_plan
 from tlpipe.models.training import compile_for, make_head, set_determinism
+from tlpipe.sections import AugmentConfig, FineTuneConfig
 
 
 def build_model(backbone: keras.Model, preprocess: str, size: int, hp: HyperParams, classes: int,

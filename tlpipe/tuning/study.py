@@ -12,9 +12,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from tlpipe.config import TuneConfig
 from tlpipe.errors import PipelineError
 from tlpipe.redact import holds_credentials, redact, redact_text
+from tlpipe.sections import TuneConfig
 
 FINISHED = ("COMPLETE", "PRUNED")
 # Keys of `tune` that decide how long or where a study runs, not what a trial computes.

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.config import TuneConfig
 from tlpipe.contracts import HyperParams
 from tlpipe.reports.plots import pyplot
+from tlpipe.sections import TuneConfig
 
 COLUMNS = ("regime", "freeze_ratio", "boundary", "mean", "std", "n", "learning_rate", "train_bn")
 

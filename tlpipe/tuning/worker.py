@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlpipe.config import TuneConfig
 from tlpipe.contracts import BestParams, HyperParams
 from tlpipe.errors import PipelineError
+from tlpipe.sections import TuneConfig
 from tlpipe.tuning.budget import RegimePruning, frozen_weight_counts, label, pruning_warmup, regime_recipe
 from tlpipe.tuning.cache import cache_plan
 from tlpipe.tuning.study import FINISHED, counts, finished, freeze_points, suggest
