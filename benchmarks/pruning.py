@@ -100,19 +100,18 @@ def studies(root: Path, seed: int, names: list[str], trials: int | None, out: Pa
     import mlflow
     import optuna
 
-    from components.tune import Context, _worker
     from tlpipe.config import load_params
     from tlpipe.contracts import BestParams
+    from tlpipe.tuning.context import StudyContext
     from tlpipe.tuning.study import make_storage, sampler
     from tlpipe.tuning.worker import summarize
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = load_params(write_params(root, seed, trials, extra))
     mlflow.set_tracking_uri(params.tracking.default_uri)
-    args = argparse.Namespace(subset=str(root / "data/subset"), augmented=str(root / "data/augmented"),
-                              head=str(root / "models/head"), backbone=str(root / "models/backbone"),
-                              cache_dir=str(root / "checkpoints/tune_cache"), worker_index=0, storage=None)
-    ctx = Context(params, args)
+    ctx = StudyContext(params, subset=root / "data/subset", augmented=root / "data/augmented",
+                       head=root / "models/head", backbone=str(root / "models/backbone"),
+                       cache_dir=root / "checkpoints/tune_cache")
     cfg = ctx.cfg
     results = json.loads(out.read_text()) if out.exists() else {}
     for name in names:
@@ -124,7 +123,7 @@ def studies(root: Path, seed: int, names: list[str], trials: int | None, out: Pa
         study = optuna.create_study(study_name=ctx.study_name, storage=make_storage(cfg, f"sqlite:///{storage}"),
                                     direction="minimize", sampler=sampler(cfg, seed), pruner=candidates(cfg)[name]())
         t0 = time.perf_counter()
-        _worker(ctx).work(study)
+        ctx.worker().work(study)
         seconds = time.perf_counter() - t0
         summary_dir = root / "studies" / f"{name}-{seed}"
         shutil.rmtree(summary_dir, ignore_errors=True)

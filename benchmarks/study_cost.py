@@ -259,13 +259,15 @@ def fine_tune_test(root: Path, params, hp, workdir: Path) -> dict:
     from tlpipe.contracts import HEAD_FILE
     from tlpipe.data.datasets import load_split
     from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
+    from tlpipe.models.fitting import Training
 
     size, spec = params.model.image_size, str(root / "models/backbone")
     t0 = time.perf_counter()
-    model, info = fine_tune(params.fine_tune, params.augment, hp, params.seed, params.deterministic, size,
-                            lambda: load_backbone(spec, "none", size), preprocess_mode(spec),
-                            backbone_identity(spec, "none", size), root / "data/subset",
-                            root / "models/head" / HEAD_FILE, workdir)
+    run = Training.from_params(params, params.fine_tune, hp=hp, preprocess=preprocess_mode(spec),
+                               load=lambda: load_backbone(spec, "none", size),
+                               head_path=root / "models/head" / HEAD_FILE)
+    model, info = fine_tune(run, identity=backbone_identity(spec, "none", size), subset=root / "data/subset",
+                            workdir=workdir)
     x, y, _ = load_split(root / "data/subset", "test", size)
     pred = np.argmax(model.predict(x, verbose=0), axis=1)
     shutil.rmtree(info["job_dir"], ignore_errors=True)

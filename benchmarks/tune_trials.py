@@ -417,7 +417,7 @@ def run_study(root: Path, params_file: Path, pruner: str, seed: int, trials: int
     from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
     from tlpipe.tuning.study import FINISHED, counts, create_study
     from tlpipe.tuning.trial import Recipe
-    from tlpipe.tuning.worker import Defaults, Worker
+    from tlpipe.tuning.worker import Defaults, Worker, WorkerSetup
 
     folder = root / f"p5_seed{seed}_{pruner}"
     folder.mkdir()
@@ -431,10 +431,11 @@ def run_study(root: Path, params_file: Path, pruner: str, seed: int, trials: int
                     monitor=cfg.metric)
     start = time.perf_counter()
     study = create_study(cfg, f"{cfg.study_name}-p5-seed{seed}-{pruner}", params.seed)
-    worker = Worker(cfg, recipe, Defaults(model.dropout, model.head_units), root / "data/subset",
-                    root / "models/head" / HEAD_FILE, root / "data/augmented", folder / "cache",
-                    lambda: load_backbone(spec, model.weights, model.image_size),
-                    backbone_identity(spec, model.weights, model.image_size))
+    worker = Worker(WorkerSetup(cfg=cfg, recipe=recipe, defaults=Defaults(model.dropout, model.head_units),
+                                subset=root / "data/subset", head=root / "models/head" / HEAD_FILE,
+                                augmented=root / "data/augmented", cache_dir=folder / "cache",
+                                load_backbone=lambda: load_backbone(spec, model.weights, model.image_size),
+                                identity=backbone_identity(spec, model.weights, model.image_size)))
     with mlflow.start_run(run_name=f"p5 seed={seed} pruner={pruner}"):
         worker.work(study)
     wall = time.perf_counter() - start

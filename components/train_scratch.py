@@ -14,7 +14,7 @@ from tlpipe.cli import atomic_dir, parser, run_main, scratch_default, step_param
 from tlpipe.contracts import MODEL_FILE, HyperParams, ValidationResult
 from tlpipe.data.datasets import split_source
 from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
-from tlpipe.models.fitting import job_id, train
+from tlpipe.models.fitting import Training, job_id, train
 from tlpipe.models.training import save_model
 from tlpipe.reports.plots import training_report
 
@@ -50,10 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         job = Path(args.workdir) / job_id({"hp": hp.model_dump(), "seed": params.seed, "size": size,
                                            "arch": identity, "epochs": cfg.epochs, "patience": cfg.patience,
                                            "batch": cfg.batch_size, "augment": params.augment.model_dump()})
-        model, info = train(cfg, params.augment, hp, params.seed, params.deterministic, size,
-                            lambda: load_backbone(args.backbone, weights, size, params.storage.endpoint_url),
-                            preprocess_mode(args.backbone), (x_train, y_train, x_val, y_val, classes), None, job,
-                            [epoch_callback()])
+        run = Training.from_params(params, cfg, hp=hp, preprocess=preprocess_mode(args.backbone),
+                                   load=lambda: load_backbone(args.backbone, weights, size,
+                                                              params.storage.endpoint_url),
+                                   callbacks=[epoch_callback()])
+        model, info = train(run, (x_train, y_train, x_val, y_val, classes), job)
         with atomic_dir(args.report) as report:
             metrics = training_report(info["history"], cfg.monitor, report, "train_scratch (from scratch)")
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})

@@ -198,10 +198,10 @@ def test_a_killed_runs_scratch_folder_is_removed_on_the_next_start(tmp_path, mon
 def test_untrained_application_backbone_means_training_from_scratch():
     """weights: none on a keras.applications backbone: nothing to transfer, so no freeze ratio is searched."""
     from components.fine_tune import hyperparams
-    from components.tune import regimes
     from tlpipe.contracts import BestParams
     from tlpipe.models.fitting import chance_level
     from tlpipe.sections import FineTuneConfig
+    from tlpipe.tuning.context import regimes
 
     assert regimes(["transfer", "scratch"], "mobilenet_v2", "none") == ["scratch"]
     assert regimes(["transfer", "scratch"], "mobilenet_v2", "imagenet") == ["transfer", "scratch"]

@@ -23,7 +23,7 @@ from tlpipe.models.backbones import backbone_identity, cut_points, load_backbone
 from tlpipe.sections import StorageConfig
 from tlpipe.tuning.study import create_study, freeze_points, make_storage, suggest
 from tlpipe.tuning.trial import ActivationCache, Recipe, load_trial_data, run_trial
-from tlpipe.tuning.worker import Defaults, Worker, summarize
+from tlpipe.tuning.worker import Defaults, Worker, WorkerSetup, summarize
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -175,10 +175,12 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
         study.enqueue_trial({**point, "learning_rate": 1e-3})
     study.enqueue_trial({**point, "learning_rate": 50.0})  # diverges: accuracy collapses
     spec, model = backbone_of(tiny_project), params.model
-    worker = Worker(params.tune, recipe(tiny_project, params), Defaults(model.dropout, model.head_units),
-                    tiny_project / "data/subset", tiny_project / "models/head" / HEAD_FILE,
-                    tiny_project / "data/augmented", tmp_path / "cache", lambda: load(tiny_project, params),
-                    backbone_identity(spec, model.weights, model.image_size))
+    worker = Worker(WorkerSetup(
+        cfg=params.tune, recipe=recipe(tiny_project, params), defaults=Defaults(model.dropout, model.head_units),
+        subset=tiny_project / "data/subset", head=tiny_project / "models/head" / HEAD_FILE,
+        augmented=tiny_project / "data/augmented", cache_dir=tmp_path / "cache",
+        load_backbone=lambda: load(tiny_project, params),
+        identity=backbone_identity(spec, model.weights, model.image_size)))
     import mlflow
 
     mlflow.set_tracking_uri(params.tracking.default_uri)

@@ -32,6 +32,15 @@ _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _ATTACHED = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU)
 
 
+
+def trains_from_scratch(backbone: str, weights: str) -> bool:
+    """Whether a backbone has nothing to transfer: a keras.applications name without weights.
+
+    Freezing its random layers (BatchNormalization in inference mode) learns nothing, so tune searches only the
+    scratch regime and fine_tune without tuning trains it from scratch.
+    """
+    return backbone in APPLICATION_BACKBONES and weights == "none"
+
 def preprocess_mode(spec: str) -> str:
     """The input preprocessing a backbone expects (a .keras backbone carries its own)."""
     return PREPROCESS_MODE.get(spec, "none")
