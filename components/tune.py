@@ -111,8 +111,11 @@ def main(argv: list[str] | None = None) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.command == "run" and not params.tune.enabled:
+        from tlpipe.tuning.plots import plot_disabled
+
         with atomic_dir(args.tuning) as staged:
             BestParams(source="params", stopped_by="disabled").write(staged)
+            plot_disabled(staged)  # the plots the graph declares exist either way
         print(f"tune: disabled (tune.enabled: false); fine_tune uses its own params -> {args.tuning}")
         return
     from tlpipe.tracking.runs import prepare, step_run

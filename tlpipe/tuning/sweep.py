@@ -9,7 +9,6 @@ backbone and data. Written as transferability.csv (freeze_ratio, boundary, mean,
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import time
 from pathlib import Path
@@ -19,8 +18,7 @@ import numpy as np
 from tlpipe.contracts import HyperParams
 from tlpipe.reports.plots import pyplot
 from tlpipe.sections import TuneConfig
-
-COLUMNS = ("regime", "freeze_ratio", "boundary", "mean", "std", "n", "learning_rate", "train_bn")
+from tlpipe.tuning.plots import write_sweep_csv
 
 
 def chosen_points(points: list[float], count: int) -> list[float]:
@@ -82,10 +80,7 @@ def sweep(worker, study, cfg: TuneConfig, out_dir: Path) -> dict:
                      "learning_rate": hp.learning_rate, "train_bn": hp.train_bn})
         print(f"tune: sweep {regime} {ratio:.2f} ({boundary}): {rows[-1]['mean']:.4f} +- {rows[-1]['std']:.4f}",
               flush=True)
-    with open(out_dir / "transferability.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_sweep_csv(rows, out_dir / "transferability.csv")
     plot(rows, out_dir / "transferability.png", "val_accuracy")
     cost = {"seconds": round(time.monotonic() - started, 1), "trainings": len(jobs) * cfg.sweep_seeds}
     print(f"tune: transferability sweep cost {cost['seconds']} s for {cost['trainings']} trainings")
