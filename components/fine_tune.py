@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.cli import atomic_dir, parser, run_main, scratch_default, step_params
+from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import HEAD_FILE, MODEL_FILE, BestParams, HyperParams, TrainedModel
 from tlpipe.data.datasets import decode_images, split_source
+from tlpipe.fingerprint import content_hash, digest
+from tlpipe.fs import atomic_dir, scratch_default
 from tlpipe.models.backbones import (
     backbone_identity,
     describe_backbone,
@@ -26,11 +28,10 @@ from tlpipe.models.backbones import (
     preprocess_mode,
     trains_from_scratch,
 )
-from tlpipe.models.fitting import Training, chance_level, job_id, train
+from tlpipe.models.fitting import Training, chance_level, train
 from tlpipe.models.training import save_model
 from tlpipe.reports.plots import training_report
 from tlpipe.sections import FineTuneConfig
-from tlpipe.tracking.lineage import content_hash
 
 PARAMS = ("fine_tune", "model.weights", "model.image_size", "model.head_units", "model.dropout", "augment", "seed",
           "deterministic", "storage.endpoint_url")
@@ -51,10 +52,10 @@ def fine_tune(run: Training, *, identity: str, subset: Path, workdir: Path):
     cfg, size, head_path = run.cfg, run.size, run.head_path
     x_train, y_train, classes = split_source(subset, "train", size, cfg.input)
     x_val, y_val, _ = split_source(subset, "val", size, cfg.input)
-    job = workdir / job_id({"fine_tune": cfg.model_dump(), "augment": run.augment.model_dump(),
+    job = workdir / digest({"fine_tune": cfg.model_dump(), "augment": run.augment.model_dump(),
                             "hp": run.hp.model_dump(), "seed": run.seed, "size": size, "backbone": identity,
                             "data": content_hash(subset / "manifest.csv"),
-                            "head": content_hash(head_path) if head_path and head_path.exists() else ""})
+                            "head": content_hash(head_path) if head_path and head_path.exists() else ""}, 16)
     model, info = train(run, (x_train, y_train, x_val, y_val, classes), job)
     info["hp"], info["selected"] = run.hp, "fine_tune"
     if head_path is not None and head_path.exists():

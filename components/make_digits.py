@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
+from tlpipe.cli import parser, run_main, step_params
+from tlpipe.fs import atomic_dir
 from tlpipe.sections import MakeDigitsConfig
 
 PARAMS = ("make_digits",)

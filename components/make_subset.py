@@ -16,12 +16,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
+from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import MANIFEST, QUARANTINE, SHARDS_DIR, SPLITS, SubsetSummary
 from tlpipe.data.images import BadImage, ImageFacts, normalise
 from tlpipe.data.records import ShardWriter
 from tlpipe.data.sources import Source, classify, open_source
 from tlpipe.errors import DataError
+from tlpipe.fs import atomic_dir
 from tlpipe.sections import MakeSubsetConfig, StorageConfig
 
 PARAMS = ("data.layout", "make_subset", "storage")

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.cli import atomic_dir, parser, run_main, scratch_dir, step_params
+from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import MODEL_FILE, BestParams, Registration, TrainedModel
 from tlpipe.errors import PipelineError
+from tlpipe.fs import atomic_dir, scratch_dir
 from tlpipe.reports.champion import write_predictions
 from tlpipe.reports.diff import write_image_ids
 from tlpipe.reports.review import write_evidence

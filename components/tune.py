@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from tlpipe.cli import atomic_dir, parser, run_main, scratch_default, step_params
+from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import BestParams
 from tlpipe.errors import PipelineError
+from tlpipe.fs import atomic_dir, scratch_default
 
 PARAMS = ("tune", "model.weights", "model.image_size", "model.head_units", "model.dropout", "fine_tune.batch_size",
           "seed", "deterministic", "storage.endpoint_url")

@@ -13,12 +13,12 @@ import pytest
 import yaml
 
 from pipelines import training_pipeline as tp
-from pipelines.fingerprint import data_fingerprint
 from pipelines.graph import External, Ref, build
 from pipelines.kfp_build import all_pods
 from pipelines.runtime import numeric_metrics, resolve_params, task_params
 from tests.conftest import REPO, make_tree
 from tlpipe.config import load_params
+from tlpipe.fingerprint import data_fingerprint
 
 PARAMS_FILE = str(REPO / "params.yaml")
 PARAMS = load_params(REPO / "params.yaml")

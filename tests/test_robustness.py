@@ -139,7 +139,7 @@ def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tiny_project, tm
 
 
 def test_stale_staging_folders_are_removed_on_the_next_start(tmp_path):
-    from tlpipe.cli import atomic_dir
+    from tlpipe.fs import atomic_dir
 
     stale = tmp_path / ".subset.partial-deadbeef"
     (stale / "train").mkdir(parents=True)
@@ -183,7 +183,7 @@ def test_activation_cache_evicts_least_recently_used(tmp_path):
 def test_a_killed_runs_scratch_folder_is_removed_on_the_next_start(tmp_path, monkeypatch):
     import tempfile
 
-    from tlpipe.cli import scratch_dir
+    from tlpipe.fs import scratch_dir
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

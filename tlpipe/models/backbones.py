@@ -55,7 +55,7 @@ def backbone_file(spec: str) -> str:
 
 def backbone_identity(spec: str, weights: str, image_size: int) -> str:
     """What the backbone is, by content: the file's sha256, or the application, weights and input size."""
-    from tlpipe.tracking.lineage import content_hash
+    from tlpipe.fingerprint import content_hash
 
     source = backbone_file(spec)
     if source not in APPLICATION_BACKBONES and Path(source).is_file():

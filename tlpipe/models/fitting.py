@@ -10,9 +10,7 @@ of the same job (same fingerprint) continues from the last finished epoch with i
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 from tlpipe.contracts import HyperParams
 from tlpipe.data.augmentation import build_augmenter
 from tlpipe.data.datasets import any_batches
+from tlpipe.fs import atomic_file
 from tlpipe.models.backbones import FreezePlan, apply_freeze, build_classifier, regime_plan
 from tlpipe.models.training import compile_for, make_head, set_determinism
 from tlpipe.sections import AugmentConfig, FineTuneConfig
@@ -61,11 +60,6 @@ def build_model(backbone: keras.Model, preprocess: str, size: int, hp: HyperPara
     apply_freeze(backbone, plan, train_bn or hp.train_bn)
     head = make_head(head_path if hp.regime != "scratch" else None, backbone.output.shape[-1], classes, hp)
     return compile_for(build_classifier(backbone, head, size, preprocess), hp.learning_rate), plan
-
-
-def job_id(parts: dict) -> str:
-    """Identifies one training job, so that a checkpoint is resumed only by the same job."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -117,8 +111,8 @@ class _State:
             self.data.update(best=value, wait=0, best_epoch=epoch + 1)
         else:
             self.data["wait"] += 1
-        model.save(self.folder / "last.partial.keras")
-        os.replace(self.folder / "last.partial.keras", self.folder / "last.keras")
+        with atomic_file(self.folder / "last.keras") as staged:
+            model.save(staged)
         with open(self.folder / "history.csv", "a", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=["epoch", *sorted(logs)], lineterminator="\n")
             if fh.tell() == 0:
