@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
                    help="measure only these (make_subset always runs); other rows of --out are kept")
     args = p.parse_args(argv)
-    from benchmarks.input_pipeline import machine_facts
+    from benchmarks.machine import machine_facts
     from tlpipe.models.vgg import vgg_style
 
     base = args.work or Path(tempfile.mkdtemp(prefix="tlpipe-scale-"))
