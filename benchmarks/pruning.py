@@ -1,7 +1,7 @@
 """Pruning, judged on the final model: epochs spent, and the test accuracy of fine-tuning the study's best params.
 
-For each seed and pruner candidate, one study runs exactly as the `tune` step runs it (`components.tune.Context`
-for the recipe and search space, `tlpipe.tuning.worker.Worker.work` for the trials, `summarize` for
+For each seed and pruner candidate, one study runs exactly as the `tune` step runs it (`StudyContext` of
+tlpipe/tuning/context.py for the recipe and search space, `Worker.work` for the trials, `summarize` for
 best_params.json) with the committed params (val_loss, early stopping, regimes, train_bn search); only the
 pruner differs (the study is created with `tlpipe.tuning.study.sampler` and the candidate). The unpruned
 study (`none`) is the reference. Then `fine_tune`'s code trains the final model from every distinct best

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import shutil
@@ -59,8 +58,8 @@ def preimport() -> None:
     import tensorflow  # noqa: F401
     import tf_keras.preprocessing.image  # noqa: F401
 
-    import components.tune  # noqa: F401
     import tlpipe.models.backbones  # noqa: F401
+    import tlpipe.tuning.context  # noqa: F401
     import tlpipe.tuning.worker  # noqa: F401
 
 
@@ -146,19 +145,19 @@ def arm_naive(root: Path, seed: int, size: int, trials: int, out: Path, extra: d
     import optuna
     from optuna_integration import KerasPruningCallback
 
-    from components.tune import Context
-
     preimport()
     from tlpipe.config import load_params
     from tlpipe.contracts import HyperParams
     from tlpipe.data.datasets import class_names, read_manifest
     from tlpipe.models.backbones import freeze_plan
     from tlpipe.models.training import make_head
+    from tlpipe.tuning.context import StudyContext
     from tlpipe.tuning.study import freeze_points, pruner, sampler, suggest
 
     params = load_params(write_params(root, seed, size, trials, storage=out.parent / "unused.db", overrides=extra))
-    ctx = Context(params, argparse.Namespace(subset=str(root / "data/subset"), augmented=str(root / "data/augmented"),
-                                             head=str(root / "models/head"), backbone=str(root / "models/backbone")))
+    ctx = StudyContext(params, subset=root / "data/subset", augmented=root / "data/augmented",
+                       head=root / "models/head", backbone=str(root / "models/backbone"),
+                       cache_dir=root / "checkpoints/tune_cache")
     cfg, batch = params.tune, params.fine_tune.batch_size
     points = freeze_points(ctx.load_backbone())
     class_order = class_names(read_manifest(root / "data/subset"))

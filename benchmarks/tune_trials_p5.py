@@ -29,7 +29,7 @@ def run_study(root: Path, params_file: Path, pruner: str, seed: int, trials: int
                                        "tune.epochs": epochs,
                                        "tune.storage": f"sqlite:///{folder / 'optuna.db'}"})
     cfg, model, spec = params.tune, params.model, str(root / "models/backbone")
-    # The tune step's study, recipe and worker (components/tune.py Context), built from the library.
+    # The tune step's study, recipe and worker (tlpipe/tuning/context.py), built from the library.
     recipe = Recipe(seed=params.seed, image_size=model.image_size, preprocess=preprocess_mode(spec),
                     batch_size=params.fine_tune.batch_size, epochs=cfg.epochs, patience=cfg.patience,
                     monitor=cfg.metric)
