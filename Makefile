@@ -29,7 +29,7 @@ CLUSTER_FLAGS = $(if $(PULL_SECRET),--image-pull-secret $(PULL_SECRET)) $(if $(P
 PYTEST_ARGS ?=
 
 .PHONY: help venv tools system-deps dvc.yaml clean-cache run test test-fast lint review promote rollback status predict \
-        compile run-local submit bench image image-gpu clean clean-registry study
+        compile run-local submit bench typecheck image image-gpu clean clean-registry study
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -79,8 +79,12 @@ test: venv tools system-deps ## ruff, then the whole test suite (slow end-to-end
 test-fast: venv ## unit tests only (skips tests marked slow/servers/infra)
 	pytest -m "not slow and not servers and not infra" $(PYTEST_ARGS)
 
-lint: venv ## ruff
+lint: venv ## ruff (pyright joins once its basic-mode errors are fixed: make typecheck)
 	ruff check components tlpipe operators pipelines tests benchmarks
+	# ruff format --check components tlpipe operators pipelines tests benchmarks
+
+typecheck: venv tools ## pyright in basic mode ([tool.pyright] in pyproject.toml) against the project's venv
+	$(TOOLS_VENV)/bin/pyright --pythonpath $(VENV)/bin/python
 
 review: venv ## review @challenger (VERSION=N for another) against today's @champion -> reports/review/review.html
 	python -m operators.review --version $${VERSION:-@challenger} --out reports/review
@@ -119,9 +123,26 @@ submit: venv ## submit the package you compiled: make submit HOST=http://localho
 	  $(if $(NAMESPACE),--namespace $(NAMESPACE)) $(if $(RUN_NAME),--run-name "$(RUN_NAME)") $(if $(WAIT),--wait) \
 	  $(if $(ALLOW_DEFAULT_IMAGE),--allow-default-image) $(ARGS)
 
-bench: venv ## benchmarks (input pipeline, tuning trials) -> benchmarks/results/
-	python -m benchmarks.input_pipeline --out benchmarks/results/input_pipeline.json
-	python -m benchmarks.tune_trials --out benchmarks/results/tune_trials.json
+# `make bench QUICK=1`: every benchmark on tiny settings (minutes, results under $(BENCH_QUICK_DIR), the committed
+# benchmarks/results/ untouched): a smoke run that each one still works, not numbers to quote.
+BENCH_QUICK_DIR ?= /tmp/tlpipe-bench-quick
+BENCH_TINY_SET = --set make_digits.image_size=16 --set model.image_size=16 --set make_subset.train_per_class=6 \
+  --set make_subset.val_per_class=4 --set make_subset.test_per_class=4 --set pretrain_backbone.epochs=1 \
+  --set train_head.epochs=1 --set tune.epochs=2 --set tune.sweep=false --set fine_tune.epochs=1 --set augment.copies=1
+BENCH_OUT = $(if $(QUICK),$(BENCH_QUICK_DIR),benchmarks/results)
+BENCH_ARGS_input_pipeline = $(if $(QUICK),--images 8 --jpeg-width 40 --jpeg-height 30 --size 32 --batch 4 --epochs 1 \
+  --fx-images 8 --fx-batch 4 --fx-repeats 1 --mobilenet-size 32)
+BENCH_ARGS_tune_trials = $(if $(QUICK),--image-size 16 --train-per-class 6 --val-per-class 4 --copies 1 --pretrain-epochs 1 \
+  --p1-sizes 16 --p1-epochs 2 --p1-repeats 1 --trials 2 --trial-epochs 2 --p5-seeds 42)
+BENCH_ARGS_pruning = $(if $(QUICK),--seeds 42 --pruners none median --trials 3 --work $(BENCH_QUICK_DIR)/pruning $(BENCH_TINY_SET))
+BENCH_ARGS_regimes = $(if $(QUICK),--seeds 5 --work $(BENCH_QUICK_DIR)/regimes $(BENCH_TINY_SET))
+BENCH_ARGS_scale = $(if $(QUICK),--sizes 60 --work $(BENCH_QUICK_DIR)/scale)
+BENCH_ARGS_study_cost = $(if $(QUICK),--sizes 16 --seeds 42 --trials 2 --work $(BENCH_QUICK_DIR)/study_cost $(BENCH_TINY_SET))
+BENCH_ARGS_data_size = $(if $(QUICK),--quick --sizes 4 --seeds 5 --image-size 16 --work $(BENCH_QUICK_DIR)/data_size $(BENCH_TINY_SET))
+BENCHMARKS = input_pipeline tune_trials pruning regimes scale study_cost data_size
+
+bench: venv ## every benchmark -> benchmarks/results/ (QUICK=1: tiny settings, a smoke run, results in /tmp)
+	$(foreach name,$(BENCHMARKS),nice -n 19 python -m benchmarks.$(name) --out $(BENCH_OUT)/$(name).json $(BENCH_ARGS_$(name)) &&) true
 
 image: ## build the CPU image (needs a Docker engine; none here)
 	docker build --build-arg VARIANT=cpu --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(IMAGE):$(TAG) .

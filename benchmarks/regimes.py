@@ -5,7 +5,6 @@ params.yaml as committed, once per top-level `seed` (make_subset.seed stays fixe
 200 test images), each run in its own temporary project folder with its own params.yaml, MLflow and Optuna
 stores, and in its own child process so TensorFlow state does not leak between runs. One row per seed and
 regime from reports/evaluate/metrics.json, plus what tuning chose and where fine-tuning stopped.
-
 Goal per seed: final >= max(frozen, scratch) - 1/N_test (evaluate's `baseline_won` is its negation).
 
 Variants (the investigation) are the same runs with params overrides (`--set fine_tune.epochs=8`) and a name
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import yaml
 
+from tlpipe.config import with_overrides
+
 REPO = Path(__file__).resolve().parents[1]
 REGIMES = ("final", "frozen_features", "scratch")
 LATE = ("tune", "fine_tune", "train_scratch", "evaluate", "register")  # steps whose params variants change
@@ -52,17 +53,14 @@ def parse_value(text: str):
 
 
 def apply_overrides(params: dict, pairs: list[str]) -> dict:
-    """`section.key=value` pairs into the params dict (in place); returns it."""
+    """`section.key=value` pairs (values read as YAML) applied by the pipeline's own override helper."""
+    parsed = {}
     for pair in pairs:
-        key, _, value = pair.partition("=")
-        if not _:
+        key, sep, value = pair.partition("=")
+        if not sep:
             raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
-        *path, last = key.split(".")
-        node = params
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = parse_value(value)
-    return params
+        parsed[key] = parse_value(value)
+    return with_overrides(params, parsed)
 
 
 def project(root: Path, seed: int, overrides: list[str], base: Path | None = None) -> Path:
@@ -71,7 +69,7 @@ def project(root: Path, seed: int, overrides: list[str], base: Path | None = Non
     params["seed"] = seed
     params["tracking"]["default_uri"] = f"sqlite:///{root / 'mlflow.db'}"
     params["tune"]["storage"] = f"sqlite:///{root / 'optuna.db'}"
-    apply_overrides(params, overrides)
+    params = apply_overrides(params, overrides)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
@@ -261,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--upstream: an override changes a step before tune; run the whole pipeline instead")
     from concurrent.futures import ThreadPoolExecutor
 
-    from benchmarks.input_pipeline import machine_facts
+    from benchmarks.machine import machine_facts
 
     start = time.perf_counter()
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="tlpipe-regimes-")

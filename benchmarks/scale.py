@@ -190,12 +190,12 @@ def write_md(result: dict, path: Path) -> None:
 
 def epoch(argv: list[str]) -> None:
     """Child process: one epoch of fine_tune's training on the subset (its model, data path and augmentation)."""
-    from tlpipe.config import AugmentConfig
     from tlpipe.contracts import HyperParams
     from tlpipe.data.augmentation import build_augmenter
     from tlpipe.data.datasets import any_batches, split_source
     from tlpipe.models.backbones import load_backbone
     from tlpipe.models.fitting import build_model  # what fine_tune trains
+    from tlpipe.sections import AugmentConfig
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.scale epoch")
     p.add_argument("--subset", required=True)
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
                    help="measure only these (make_subset always runs); other rows of --out are kept")
     args = p.parse_args(argv)
-    from benchmarks.input_pipeline import machine_facts
+    from benchmarks.machine import machine_facts
     from tlpipe.models.vgg import vgg_style
 
     base = args.work or Path(tempfile.mkdtemp(prefix="tlpipe-scale-"))

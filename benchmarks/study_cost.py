@@ -23,7 +23,6 @@ run with the same code (`components.fine_tune.fine_tune`) and scores the test sp
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -35,10 +34,11 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.study_cost_arms import REPO, arm_naive, arm_tlpipe, overrides, write_params
+from benchmarks.study_cost_report import RATIO_GOAL, _load, markdown, summarize_rows
+
 UPSTREAM = ["make_digits", "make_subset", "validate_data", "augment", "pretrain_backbone", "extract_features",
             "train_head"]
-RATIO_GOAL = 0.5  # issue 22: median ratio <= 0.5 at >= 96 px against a naive arm that stops early and prunes
 
 
 def machine() -> dict:
@@ -51,24 +51,6 @@ def machine() -> dict:
                 if line.startswith("model name")), platform.processor())
     return {"cores": len(os.sched_getaffinity(0)), "cpu": cpu, "python": platform.python_version(),
             "tensorflow": tf.__version__, "keras": keras.__version__, "optuna": optuna.__version__}
-
-
-def write_params(root: Path, seed: int, size: int, trials: int, storage: Path | None = None,
-                 overrides: dict | None = None) -> Path:
-    """params.yaml of the benchmark project (committed params + size, transfer-only search, no sweep)."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["seed"] = seed
-    params["make_digits"]["image_size"] = params["model"]["image_size"] = size
-    params["tracking"]["default_uri"] = f"sqlite:///{root / 'mlflow.db'}"
-    params["tune"].update(n_trials=trials, regimes=["transfer"], search_bn=False, sweep=False, warm_start=0,
-                          storage=f"sqlite:///{storage or root / 'optuna.db'}")
-    for key, value in (overrides or {}).items():
-        section, _, name = key.partition(".")
-        params[section][name] = value
-    path = (storage.parent if storage else root) / "params.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    return path
 
 
 def child_env() -> dict:
@@ -87,170 +69,6 @@ def run_child(args: list[str], log: Path, module: str = "benchmarks.study_cost")
         raise SystemExit(f"{' '.join(args)} failed ({code}); see {log}:\n{log.read_text()[-3000:]}")
 
 
-def study_facts(study, started: dt.datetime) -> dict:
-    """Best value, when it was reached, states and epochs of a finished study."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
-    best = study.best_trial
-    states: dict[str, int] = {}
-    for t in trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
-    return {"best": best.value, "best_trial": best.number,
-            "to_best_s": (best.datetime_complete - started).total_seconds(),
-            "params": {"freeze_ratio": best.user_attrs["freeze_ratio"],
-                       "learning_rate": best.params["learning_rate"]},
-            "states": states, "epochs": sum(t.user_attrs.get("epochs_run", 0) for t in trials),
-            "trial_s_sum": round(sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials), 2),
-            "trials": [{"n": t.number, "state": t.state.name, "value": t.value,
-                        "freeze_ratio": t.user_attrs.get("freeze_ratio"), "lr": t.params.get("learning_rate"),
-                        "epochs": t.user_attrs.get("epochs_run")} for t in trials]}
-
-
-def preimport() -> None:
-    """The libraries both arms load, imported before either clock starts (process start-up is not the study)."""
-    import keras  # noqa: F401
-    import mlflow  # noqa: F401
-    import optuna  # noqa: F401
-    import optuna_integration  # noqa: F401
-    import tensorflow  # noqa: F401
-    import tf_keras.preprocessing.image  # noqa: F401
-
-    import components.tune  # noqa: F401
-    import tlpipe.models.backbones  # noqa: F401
-    import tlpipe.tuning.worker  # noqa: F401
-
-
-def arm_tlpipe(root: Path, seed: int, size: int, trials: int, out: Path, extra: dict) -> None:
-    """The real tune step, cold activation cache, its own Optuna storage."""
-    import optuna
-
-    from pipelines.local import run_steps
-
-    preimport()
-
-    run = out.parent
-    shutil.rmtree(run, ignore_errors=True)
-    params = write_params(root, seed, size, trials, storage=run / "optuna.db", overrides=extra)
-    shutil.rmtree(root / "checkpoints" / "tune_cache", ignore_errors=True)
-    started, t0 = dt.datetime.now(), time.perf_counter()
-    run_steps(root, ["tune"], params)
-    seconds = time.perf_counter() - t0
-    best = json.loads((root / "reports" / "tune" / "best_params.json").read_text())
-    study = optuna.load_study(study_name=best["study_name"], storage=f"sqlite:///{run / 'optuna.db'}")
-    facts = study_facts(study, started)
-    modes = {}
-    for t in study.get_trials(deepcopy=False):
-        modes[t.user_attrs.get("mode", "pruned")] = modes.get(t.user_attrs.get("mode", "pruned"), 0) + 1
-    out.write_text(json.dumps({"arm": "tlpipe", "seed": seed, "size": size, "seconds": seconds, **facts, "modes": modes,
-                               "best_params": best["params"]}, indent=1))
-
-
-def image_folders(subset: Path, out: Path) -> Path:
-    """The subset's images as the naive user keeps them, <split>/<class>/<file> (written once, not timed)."""
-    from tlpipe.contracts import SHARDS_DIR
-    from tlpipe.data.records import records
-
-    if not out.is_dir():
-        staged = out.with_name(out.name + ".partial")
-        shutil.rmtree(staged, ignore_errors=True)
-        for rel, data in records(sorted((subset / SHARDS_DIR).glob("*.tfrecord"))):
-            (staged / rel).parent.mkdir(parents=True, exist_ok=True)
-            (staged / rel).write_bytes(data)
-        staged.replace(out)
-    return out
-
-
-def naive_model(backbone, plan, head, size, preprocess, lr):
-    from tlpipe.models.backbones import apply_freeze, build_classifier
-    from tlpipe.models.training import compile_for
-
-    apply_freeze(backbone, plan, False)
-    return compile_for(build_classifier(backbone, head, size, preprocess), lr)
-
-
-class DirectoryData:
-    """tf_keras's DirectoryIterator as a Keras 3 PyDataset (Keras 3 does not take tf_keras Sequences)."""
-
-    @staticmethod
-    def make(folder: Path, size: int, batch: int, seed: int, augment=None, shuffle: bool = True):
-        import keras
-        from tf_keras.preprocessing.image import ImageDataGenerator
-
-        gen = ImageDataGenerator(
-            rotation_range=augment.rotation_degrees, zoom_range=augment.zoom, width_shift_range=augment.width_shift,
-            height_shift_range=augment.height_shift, horizontal_flip=augment.horizontal_flip,
-            fill_mode="nearest") if augment else ImageDataGenerator()
-        it = gen.flow_from_directory(str(folder), target_size=(size, size), color_mode="rgb", class_mode="sparse",
-                                     batch_size=batch, shuffle=shuffle, seed=seed)
-
-        class Wrapped(keras.utils.PyDataset):
-            def __len__(self):
-                return len(it)
-
-            def __getitem__(self, i):
-                return it[i]
-
-            def on_epoch_end(self):
-                it.on_epoch_end()
-
-        return Wrapped(), it.class_indices
-
-
-def arm_naive(root: Path, seed: int, size: int, trials: int, out: Path, extra: dict) -> None:
-    """Optuna + full model + ImageDataGenerator from the files every epoch, with early stopping and the pruner."""
-    import keras
-    import optuna
-    from optuna_integration import KerasPruningCallback
-
-    from components.tune import Context
-
-    preimport()
-    from tlpipe.config import load_params
-    from tlpipe.contracts import HyperParams
-    from tlpipe.data.datasets import class_names, read_manifest
-    from tlpipe.models.backbones import freeze_plan
-    from tlpipe.models.training import make_head
-    from tlpipe.tuning.study import freeze_points, pruner, sampler, suggest
-
-    params = load_params(write_params(root, seed, size, trials, storage=out.parent / "unused.db", overrides=extra))
-    ctx = Context(params, argparse.Namespace(subset=str(root / "data/subset"), augmented=str(root / "data/augmented"),
-                                             head=str(root / "models/head"), backbone=str(root / "models/backbone")))
-    cfg, batch = params.tune, params.fine_tune.batch_size
-    points = freeze_points(ctx.load_backbone())
-    class_order = class_names(read_manifest(root / "data/subset"))
-    folders = image_folders(root / "data/subset", root / "data/naive")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    def objective(trial) -> float:
-        hp = HyperParams(dropout=params.model.dropout, head_units=params.model.head_units,
-                         **suggest(trial, cfg, points, ["transfer"]))
-        keras.utils.set_random_seed(seed)
-        backbone = ctx.load_backbone()
-        plan = freeze_plan(backbone, hp.freeze_ratio)
-        train, classes = DirectoryData.make(folders / "train", size, batch, seed, params.augment)
-        val, _ = DirectoryData.make(folders / "val", size, 256, seed, shuffle=False)
-        if sorted(classes, key=classes.get) != class_order:
-            raise SystemExit(f"class order {classes} differs from the manifest's {class_order}")
-        head = make_head(ctx.head, backbone.output.shape[-1], len(classes), hp)
-        model = naive_model(backbone, plan, head, size, ctx.recipe.preprocess, hp.learning_rate)
-        epochs_run = keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: trial.set_user_attr("epochs_run", epoch + 1))
-        stop = keras.callbacks.EarlyStopping(cfg.metric, patience=cfg.patience)
-        history = model.fit(train, validation_data=val, epochs=cfg.epochs, verbose=0,
-                            callbacks=[epochs_run, stop, KerasPruningCallback(trial, cfg.metric)])
-        return min(history.history[cfg.metric])
-
-    started, t0 = dt.datetime.now(), time.perf_counter()
-    study = optuna.create_study(direction="minimize", sampler=sampler(cfg, seed), pruner=pruner(cfg))
-    study.optimize(objective, n_trials=trials)
-    seconds = time.perf_counter() - t0
-    facts = study_facts(study, started)
-    out.write_text(json.dumps({"arm": "naive", "seed": seed, "size": size, "seconds": seconds, **facts,
-                               "early_stopping": True, "patience": cfg.patience, "pruner": cfg.pruner,
-                               "best_params": {**facts["params"], "regime": "transfer", "train_bn": False,
-                                               "dropout": params.model.dropout,
-                                               "head_units": params.model.head_units}}, indent=1))
-
-
 def fine_tune_test(root: Path, params, hp, workdir: Path) -> dict:
     """Train the final model with `hp` by fine_tune's own code; its accuracy on the test split."""
     import numpy as np
@@ -259,13 +77,15 @@ def fine_tune_test(root: Path, params, hp, workdir: Path) -> dict:
     from tlpipe.contracts import HEAD_FILE
     from tlpipe.data.datasets import load_split
     from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
+    from tlpipe.models.fitting import Training
 
     size, spec = params.model.image_size, str(root / "models/backbone")
     t0 = time.perf_counter()
-    model, info = fine_tune(params.fine_tune, params.augment, hp, params.seed, params.deterministic, size,
-                            lambda: load_backbone(spec, "none", size), preprocess_mode(spec),
-                            backbone_identity(spec, "none", size), root / "data/subset",
-                            root / "models/head" / HEAD_FILE, workdir)
+    run = Training.from_params(params, params.fine_tune, hp=hp, preprocess=preprocess_mode(spec),
+                               load=lambda: load_backbone(spec, "none", size),
+                               head_path=root / "models/head" / HEAD_FILE)
+    model, info = fine_tune(run, identity=backbone_identity(spec, "none", size), subset=root / "data/subset",
+                            workdir=workdir)
     x, y, _ = load_split(root / "data/subset", "test", size)
     pred = np.argmax(model.predict(x, verbose=0), axis=1)
     shutil.rmtree(info["job_dir"], ignore_errors=True)
@@ -371,65 +191,6 @@ def step_overhead(root: Path, size: int, out: Path, ratios=(0.5, 0.9), repeats: 
     return result["overhead"]
 
 
-def _load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def summarize_rows(runs: dict[tuple[int, int, str], dict]) -> list[dict]:
-    """One row per (size, seed) from the two arms' run files."""
-    rows = []
-    for size, seed in sorted({(k[0], k[1]) for k in runs}):
-        naive, tl = runs[(size, seed, "naive")], runs[(size, seed, "tlpipe")]
-        n_test = naive.get("test_images") or 1
-        rows.append({
-            "image_size": size, "seed": seed, "naive_s": round(naive["seconds"], 1),
-            "tlpipe_s": round(tl["seconds"], 1), "ratio": round(tl["seconds"] / naive["seconds"], 3),
-            "naive_to_best_s": round(naive["to_best_s"], 1), "tlpipe_to_best_s": round(tl["to_best_s"], 1),
-            "naive_best": round(naive["best"], 4), "tlpipe_best": round(tl["best"], 4),
-            "naive_test": naive.get("test_accuracy"), "tlpipe_test": tl.get("test_accuracy"),
-            "test_images": n_test, "naive_early_stopping": naive.get("early_stopping", False),
-            "naive_pruner": naive.get("pruner", "none"), "naive_states": naive["states"], "tlpipe_states": tl["states"],
-            "naive_epochs": naive["epochs"], "tlpipe_epochs": tl["epochs"], "tlpipe_modes": tl.get("modes"),
-            "naive_params": naive["params"], "tlpipe_params": tl["params"], "order": naive.get("order"),
-            "load_before": naive.get("load_before"),
-            "ratio_ok": tl["seconds"] / naive["seconds"] <= RATIO_GOAL,
-            "test_ok": (tl.get("test_accuracy") is not None and naive.get("test_accuracy") is not None
-                        and tl["test_accuracy"] >= naive["test_accuracy"] - 1.0 / n_test - 1e-9)})
-    return rows
-
-
-def markdown(result: dict) -> str:
-    m = result["machine"]
-    lines = ["# Study cost: tlpipe `tune` vs the naive way", "",
-             f"{m['cores']} cores ({m['cpu']}), TensorFlow {m['tensorflow']}, Keras {m['keras']}, Optuna "
-             f"{m['optuna']}. Load average (1/5/15 min) at start {result['load']['start']}, at end "
-             f"{result['load']['end']}. {result['parameters']['trials']} trials per study, epoch cap "
-             f"{result['parameters']['epochs']}, transfer regime only. Naive arm: Keras EarlyStopping (same patience) "
-             f"and the same Optuna pruner ({', '.join(sorted({r['naive_pruner'] for r in result['rows']}))}) through "
-             f"KerasPruningCallback. Run took {result['wall_s']:.0f} s.", "",
-             f"| px | seed | naive s | tlpipe s | ratio (<= {RATIO_GOAL}) | to best s naive / tlpipe | "
-             "best val_loss naive / tlpipe | test acc naive / tlpipe | tlpipe states | epochs naive / tlpipe | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        test = (f"{r['naive_test']:.3f} / {r['tlpipe_test']:.3f} {'ok' if r['test_ok'] else '**short**'}"
-                if r["naive_test"] is not None and r["tlpipe_test"] is not None else "-")
-        lines.append(f"| {r['image_size']} | {r['seed']} | {r['naive_s']:.0f} | {r['tlpipe_s']:.0f} | "
-                     f"{r['ratio']:.3f} {'PASS' if r['ratio_ok'] else '**FAIL**'} | {r['naive_to_best_s']:.0f} / "
-                     f"{r['tlpipe_to_best_s']:.0f} | {r['naive_best']:.4f} / {r['tlpipe_best']:.4f} | {test} | "
-                     f"{r['tlpipe_states']} | {r['naive_epochs']} / {r['tlpipe_epochs']} | {r['load_before']} |")
-    if "overhead" in result:
-        o = result["overhead"]
-        lines += ["", f"## Per-step overhead of a cached trial ({o['image_size']} px, {o['epochs']} epochs, "
-                      f"{o['repeats']} interleaved repeats, load {o['load']})", "",
-                  "| freeze ratio (boundary) | setting | steady ms/step | epoch speed-up | whole-trial speed-up |",
-                  "|---|---|---|---|---|"]
-        for r in o["rows"]:
-            lines.append(f"| {r['ratio']} ({r['boundary']}) | {r['setting']} | {r['steady_ms_per_step']:.2f} | "
-                         f"{r['speedup_epoch']:.2f}x | {r['speedup_trial']:.2f}x |")
-    lines += ["", *[f"- {n}" for n in result.get("notes", [])]]
-    return "\n".join(lines) + "\n"
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", nargs="?", default="bench",
@@ -451,10 +212,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int)
     p.add_argument("--run", type=Path, nargs="*")
     return p.parse_args(argv)
-
-
-def overrides(pairs: list[str]) -> dict:
-    return {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs)}
 
 
 def bench(args: argparse.Namespace) -> dict:

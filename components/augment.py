@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
-from tlpipe.config import AugmentConfig
+from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import COPIES_FILE, ValidationResult
 from tlpipe.data.arrays import NpyWriter
 from tlpipe.data.augmentation import augmented_copies, build_augmenter, preview_grid
 from tlpipe.data.datasets import decode_images, decoded_chunks
 from tlpipe.data.records import Images
+from tlpipe.fs import atomic_dir
+from tlpipe.sections import AugmentConfig
 
 PARAMS = ("augment", "seed", "model.image_size")
 CHUNK = 256  # images per augmentation call (the random draws depend on it, as in augmented_copies)

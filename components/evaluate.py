@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
+from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import CONFUSION_CSV, HEAD_FILE, METRICS_FILE, MODEL_FILE, EvalMetrics, TrainedModel, write_json
 from tlpipe.errors import PipelineError
+from tlpipe.fs import atomic_dir
 from tlpipe.reports.evaluation import bootstrap_ci, scores, spread, write_confusion_csv
 from tlpipe.reports.plots import plot_confusion, plot_samples
 from tlpipe.reports.selection import FINAL, best_baseline, describe, rank, versus

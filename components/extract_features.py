@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
+from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import SPLITS, FeaturesInfo, ValidationResult, features_file
 from tlpipe.data.arrays import NpzWriter
 from tlpipe.data.datasets import decoded_chunks, split_images
 from tlpipe.data.records import Images
+from tlpipe.fs import atomic_dir
 from tlpipe.models.backbones import backbone_identity, feature_extractor, load_backbone, preprocess_mode
 
 PARAMS = ("model.weights", "model.image_size", "extract_features", "storage.endpoint_url")

@@ -16,15 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.cli import atomic_dir, parser, run_main, scratch_default, step_params
-from tlpipe.config import APPLICATION_BACKBONES, AugmentConfig, FineTuneConfig
+from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import HEAD_FILE, MODEL_FILE, BestParams, HyperParams, TrainedModel
 from tlpipe.data.datasets import decode_images, split_source
-from tlpipe.models.backbones import backbone_identity, describe_backbone, load_backbone, preprocess_mode
-from tlpipe.models.fitting import chance_level, job_id, train
+from tlpipe.fingerprint import content_hash, digest
+from tlpipe.fs import atomic_dir, scratch_default
+from tlpipe.models.backbones import (
+    backbone_identity,
+    describe_backbone,
+    load_backbone,
+    preprocess_mode,
+    trains_from_scratch,
+)
+from tlpipe.models.fitting import Training, chance_level, train
 from tlpipe.models.training import save_model
 from tlpipe.reports.plots import training_report
-from tlpipe.tracking.lineage import content_hash
+from tlpipe.sections import FineTuneConfig
 
 PARAMS = ("fine_tune", "model.weights", "model.image_size", "model.head_units", "model.dropout", "augment", "seed",
           "deterministic", "storage.endpoint_url")
@@ -35,32 +42,29 @@ def hyperparams(best: BestParams, cfg: FineTuneConfig, dropout: float, head_unit
     """Tuning's best params, or fine_tune's own when tuning was off (scratch for an untrained application)."""
     if best.params is not None:
         return best.params
-    scratch = backbone in APPLICATION_BACKBONES and weights == "none"
+    scratch = trains_from_scratch(backbone, weights)
     return HyperParams(freeze_ratio=0.0 if scratch else cfg.freeze_ratio, learning_rate=cfg.learning_rate,
                        dropout=dropout, head_units=head_units, regime="scratch" if scratch else "transfer")
 
 
-def fine_tune(cfg: FineTuneConfig, augment: AugmentConfig, hp: HyperParams, seed: int, deterministic: bool,
-              size: int, load, preprocess: str, identity: str, subset: Path, head_path: Path | None, workdir: Path,
-              callbacks=()):
+def fine_tune(run: Training, *, identity: str, subset: Path, workdir: Path):
     """Train and return the best model with what happened; resumes from `workdir` if a previous run died."""
+    cfg, size, head_path = run.cfg, run.size, run.head_path
     x_train, y_train, classes = split_source(subset, "train", size, cfg.input)
     x_val, y_val, _ = split_source(subset, "val", size, cfg.input)
-    job = workdir / job_id({"fine_tune": cfg.model_dump(), "augment": augment.model_dump(), "hp": hp.model_dump(),
-                            "seed": seed, "size": size, "backbone": identity,
+    job = workdir / digest({"fine_tune": cfg.model_dump(), "augment": run.augment.model_dump(),
+                            "hp": run.hp.model_dump(), "seed": run.seed, "size": size, "backbone": identity,
                             "data": content_hash(subset / "manifest.csv"),
-                            "head": content_hash(head_path) if head_path and head_path.exists() else ""})
-    model, info = train(cfg, augment, hp, seed, deterministic, size, load, preprocess,
-                        (x_train, y_train, x_val, y_val, classes), head_path, job, callbacks)
-    info["hp"], info["selected"] = hp, "fine_tune"
+                            "head": content_hash(head_path) if head_path and head_path.exists() else ""}, 16)
+    model, info = train(run, (x_train, y_train, x_val, y_val, classes), job)
+    info["hp"], info["selected"] = run.hp, "fine_tune"
     if head_path is not None and head_path.exists():
-        model, info = keep_better(model, info, cfg, size, load, preprocess, head_path, (x_val, y_val))
+        model, info = keep_better(model, info, run, (x_val, y_val))
     info["sample"] = x_val[:2] if isinstance(x_val, np.ndarray) else decode_images(x_val[:2], size)
     return model, info
 
 
-def keep_better(model, info: dict, cfg: FineTuneConfig, size: int, load, preprocess: str, head_path: Path,
-                val: tuple) -> tuple:
+def keep_better(model, info: dict, run: Training, val: tuple) -> tuple:
     """The better on validation (by `cfg.monitor`) of the trained model and the frozen-features candidate.
 
     The frozen-features candidate is the pretrained backbone, all frozen, with train_head's head.
@@ -72,9 +76,11 @@ def keep_better(model, info: dict, cfg: FineTuneConfig, size: int, load, preproc
     from tlpipe.data.datasets import any_batches
     from tlpipe.models.fitting import build_model
 
+    cfg, size = run.cfg, run.size
     hp = info["hp"]
     frozen_hp = hp.model_copy(update={"freeze_ratio": 1.0, "regime": "transfer", "train_bn": False})
-    frozen, plan = build_model(load(), preprocess, size, frozen_hp, len(info["classes"]), head_path)
+    frozen, plan = build_model(run.load(), run.preprocess, size, frozen_hp, len(info["classes"]),
+                               run.head_path)
     batches = any_batches(val[0], val[1], size, cfg.batch_size)
     scores = {name: {f"val_{k}": float(v) for k, v in net.evaluate(batches, verbose=0, return_dict=True).items()}
               for name, net in (("fine_tune", model), ("frozen_features", frozen))}
@@ -116,11 +122,11 @@ def main(argv: list[str] | None = None) -> None:
                   trained) as run:
         import mlflow
 
-        model, info = fine_tune(
-            params.fine_tune, params.augment, hp, params.seed, params.deterministic, size,
-            lambda: load_backbone(args.backbone, weights, size, params.storage.endpoint_url),
-            preprocess_mode(args.backbone), identity, Path(args.subset), Path(args.head) / HEAD_FILE,
-            Path(args.workdir), callbacks=[epoch_callback()])
+        run_spec = Training.from_params(
+            params, params.fine_tune, hp=hp, preprocess=preprocess_mode(args.backbone),
+            load=lambda: load_backbone(args.backbone, weights, size, params.storage.endpoint_url),
+            head_path=Path(args.head) / HEAD_FILE, callbacks=[epoch_callback()])
+        model, info = fine_tune(run_spec, identity=identity, subset=Path(args.subset), workdir=Path(args.workdir))
         mlflow.log_params({f"effective.{k}": v for k, v in info["hp"].model_dump().items()})
         mlflow.set_tag("backbone.description", describe_backbone(args.backbone, identity))
         mlflow.set_tag("selected_on_validation", info["selected"])

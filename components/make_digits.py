@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
-from tlpipe.config import MakeDigitsConfig
+from tlpipe.cli import parser, run_main, step_params
+from tlpipe.fs import atomic_dir
+from tlpipe.sections import MakeDigitsConfig
 
 PARAMS = ("make_digits",)
 

@@ -1,7 +1,7 @@
 """make_subset: pick N train / val / test images per class from a raw image source, deterministically.
 
 Splits are stable: an image's split comes from a hash of its path in the source and `make_subset.seed`
-(`home_splits`), so adding or removing photos never moves another photo between train, val and test.
+(`tlpipe.data.splits`), so adding or removing photos never moves another photo between train, val and test.
 
 Reads a class-folder or Kaggle-flat tree from a folder, a .zip or an s3:// prefix; every chosen file is
 decoded in full, odd formats are converted to 8-bit PNG, and unusable or duplicate files are quarantined
@@ -12,19 +12,20 @@ written as a few TFRecord shards per split, listed one row per image in manifest
 from __future__ import annotations
 
 import csv
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
-from tlpipe.config import MakeSubsetConfig, StorageConfig
+from tlpipe.cli import parser, run_main, step_params
 from tlpipe.console import progress
 from tlpipe.contracts import MANIFEST, QUARANTINE, SHARDS_DIR, SPLITS, SubsetSummary
 from tlpipe.data.images import BadImage, ImageFacts, normalise
 from tlpipe.data.records import ShardWriter
 from tlpipe.data.sources import Source, classify, open_source
+from tlpipe.data.splits import home_splits, stable_key
 from tlpipe.errors import DataError
+from tlpipe.fs import atomic_dir
+from tlpipe.sections import MakeSubsetConfig, StorageConfig
 
 PARAMS = ("data.layout", "make_subset", "storage")
 MANIFEST_COLUMNS = ("path", "class", "split", "sha256", "width", "height", "channels", "bytes",
@@ -55,32 +56,6 @@ def _inspect(source: Source, rel: str, max_pixels: int) -> tuple[bytes, ImageFac
         return normalise(source.read(rel), max_pixels)
     except BadImage as exc:
         return str(exc)
-
-
-def stable_key(seed: int, cls: str, rel: str) -> float:
-    """A number in [0, 1) fixed by the image's path in its source and the seed: it decides the image's split.
-
-    Hand-written (a few lines of hashlib) because the split must not depend on which other files exist:
-    sklearn's and TFDS's splitters shuffle the list they are given, so one added photo moves others.
-    """
-    digest = hashlib.sha256(f"{seed}\0{cls}\0{rel}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def home_splits(candidates: list[str], counts: dict[str, int], seed: int, cls: str) -> dict[str, list[str]]:
-    """Each file's own split, from its stable key and the requested proportions; each list in key order.
-
-    Adding or removing files never changes another file's home split.
-    """
-    need = sum(counts.values())
-    bounds, edge = [], 0.0
-    for split in SPLITS:
-        edge += counts[split] / need
-        bounds.append((edge, split))
-    homes: dict[str, list[str]] = {split: [] for split in SPLITS}
-    for key, rel in sorted((stable_key(seed, cls, rel), rel) for rel in candidates):
-        homes[next((split for bound, split in bounds if key < bound), SPLITS[-1])].append(rel)
-    return homes
 
 
 def _accept(source: Source, cls: str, order: list[str], need: int, max_pixels: int, seen: dict[str, str],

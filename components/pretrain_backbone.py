@@ -11,15 +11,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
-from tlpipe.config import PretrainBackboneConfig
+from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import BACKBONE_FILE, METRICS_FILE, BackboneInfo, numbers, write_json
 from tlpipe.data.datasets import batches, decode_images
 from tlpipe.data.images import is_image_name
 from tlpipe.errors import DataError
+from tlpipe.fs import atomic_dir
 from tlpipe.models.training import compile_for, save_model, set_determinism
 from tlpipe.models.vgg import vgg_style
 from tlpipe.reports.plots import plot_history
+from tlpipe.sections import PretrainBackboneConfig
 
 PARAMS = ("pretrain_backbone", "model.image_size", "seed", "deterministic")
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report", required=True, help="folder for metrics.json and training curves")
     args = p.parse_args(argv)
     params = step_params(args, "pretrain_backbone", PARAMS)
-    from tlpipe.tracking.lineage import content_hash
+    from tlpipe.fingerprint import content_hash
     from tlpipe.tracking.runs import step_run
 
     with step_run(params, "pretrain_backbone", {"source": args.source}) as _:

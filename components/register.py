@@ -20,35 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.cli import atomic_dir, parser, run_main, scratch_dir, step_params
-from tlpipe.config import RegistryConfig
+from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import MODEL_FILE, BestParams, Registration, TrainedModel
 from tlpipe.errors import PipelineError
-from tlpipe.reports.champion import test_images, write_predictions
+from tlpipe.fs import atomic_dir, scratch_dir
+from tlpipe.reports.champion import score_model, test_images, versus_champion, write_predictions
 from tlpipe.reports.diff import write_image_ids
 from tlpipe.reports.review import write_evidence
 from tlpipe.reports.summary import pipeline_outcome
+from tlpipe.sections import RegistryConfig
 from tlpipe.tracking import registry as registry_lib
 from tlpipe.tracking.lineage import subset_lineage
 
 PARAMS = ("registry",)
-# The bootstrap's seed is fixed rather than `seed`: the gate's decision on the same predictions must not move
-# when only the training seed changes.
-BOOTSTRAP_SEED = 0
-
-
-def score_model(model, subset: Path, classes: list[str]) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """Test-split scores of a Keras model at its own input size, with its probabilities, images and labels."""
-    from tlpipe.data.datasets import load_split
-    from tlpipe.reports.evaluation import scores
-
-    size = int(model.inputs[0].shape[1])
-    images, labels, found = load_split(subset, "test", size)
-    if list(found) != list(classes):
-        raise PipelineError(f"the model predicts classes {classes} but the test split has {found}; "
-                            "the two cannot be compared")
-    probs = np.asarray(model.predict(images.astype("float32"), verbose=0))
-    return scores(labels, probs, classes), probs, images, labels
 
 
 def gate(challenger: dict, champion: dict | None, cfg: RegistryConfig,
@@ -148,30 +132,6 @@ def version_tags(run: TrainedModel, metrics: dict, status: str, reasons: list[st
     return tags
 
 
-def versus_champion(client, name: str, run: TrainedModel, subset: Path, predicted: np.ndarray,
-                    labels: np.ndarray) -> tuple[str | None, dict | None, dict | None]:
-    """The `@champion`'s version, its scores and the paired comparison on the same test images.
-
-    All three are None when there is no champion, or when the champion is this very training run.
-    """
-    from tlpipe.reports.champion import paired, test_images, trained_on, unseen
-    from tlpipe.tracking.registry import CHAMPION, alias_version, load_version_model
-
-    champ = alias_version(client, name, CHAMPION)
-    if champ is None or champ.tags.get("training_run_id") == run.run_id:
-        return None, None, None
-    champion_model, champion_classes = load_version_model(client, name, champ)
-    _, champion_probs, _, champion_labels = score_model(champion_model, subset, champion_classes)
-    if not np.array_equal(champion_labels, labels):
-        raise PipelineError(f"champion v{champ.version} and the challenger were read different test labels from "
-                            f"{subset}; the comparison needs the same images in the same order")
-    with scratch_dir("champion-ids") as work:
-        keep = unseen(test_images(subset), trained_on(client, champ, Path(work)))
-    challenger_probs = np.eye(len(run.classes), dtype="float32")[predicted]
-    champion, comparison = paired(labels, challenger_probs, champion_probs, run.classes, keep)
-    return str(champ.version), champion, comparison
-
-
 def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validation: Path, tune_dir: Path,
              eval_dir: Path, work: Path) -> Registration:
     """Score, compare, gate, register (or reuse) the version, set `@challenger`; returns the registration."""
@@ -187,7 +147,8 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
     model = keras.saving.load_model(model_dir / MODEL_FILE, safe_mode=True)
     challenger, probs, images, labels = score_model(model, subset, classes)
     predicted = probs.argmax(axis=1)
-    champion_version, champion, comparison = versus_champion(client, cfg.model_name, run, subset, predicted, labels)
+    champion_version, champion, comparison = versus_champion(client, cfg.model_name, run.run_id, run.classes, subset,
+                                                             predicted, labels)
     status, reasons = gate(challenger, champion, cfg, comparison)
     worse = baseline_reasons(cfg, eval_dir)
     if worse:

@@ -11,12 +11,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
-from tlpipe.config import TrainHeadConfig
+from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import HEAD_FILE, METRICS_FILE, FeaturesInfo, features_file, numbers, write_json
+from tlpipe.fs import atomic_dir
 from tlpipe.models.backbones import build_head
 from tlpipe.models.training import compile_for, save_model, set_determinism
 from tlpipe.reports.plots import plot_history
+from tlpipe.sections import TrainHeadConfig
 
 PARAMS = ("train_head", "model.head_units", "model.dropout", "seed", "deterministic")
 

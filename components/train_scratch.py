@@ -10,11 +10,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tlpipe.cli import atomic_dir, parser, run_main, scratch_default, step_params
+from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import MODEL_FILE, HyperParams, ValidationResult
 from tlpipe.data.datasets import split_source
+from tlpipe.fingerprint import digest
+from tlpipe.fs import atomic_dir, scratch_default
 from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
-from tlpipe.models.fitting import job_id, train
+from tlpipe.models.fitting import Training, train
 from tlpipe.models.training import save_model
 from tlpipe.reports.plots import training_report
 
@@ -47,13 +49,14 @@ def main(argv: list[str] | None = None) -> None:
         x_train, y_train, classes = split_source(Path(args.subset), "train", size, cfg.input)
         x_val, y_val, _ = split_source(Path(args.subset), "val", size, cfg.input)
         identity = backbone_identity(args.backbone, weights, size)
-        job = Path(args.workdir) / job_id({"hp": hp.model_dump(), "seed": params.seed, "size": size,
+        job = Path(args.workdir) / digest({"hp": hp.model_dump(), "seed": params.seed, "size": size,
                                            "arch": identity, "epochs": cfg.epochs, "patience": cfg.patience,
-                                           "batch": cfg.batch_size, "augment": params.augment.model_dump()})
-        model, info = train(cfg, params.augment, hp, params.seed, params.deterministic, size,
-                            lambda: load_backbone(args.backbone, weights, size, params.storage.endpoint_url),
-                            preprocess_mode(args.backbone), (x_train, y_train, x_val, y_val, classes), None, job,
-                            [epoch_callback()])
+                                           "batch": cfg.batch_size, "augment": params.augment.model_dump()}, 16)
+        run = Training.from_params(params, cfg, hp=hp, preprocess=preprocess_mode(args.backbone),
+                                   load=lambda: load_backbone(args.backbone, weights, size,
+                                                              params.storage.endpoint_url),
+                                   callbacks=[epoch_callback()])
+        model, info = train(run, (x_train, y_train, x_val, y_val, classes), job)
         with atomic_dir(args.report) as report:
             metrics = training_report(info["history"], cfg.monitor, report, "train_scratch (from scratch)")
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tlpipe.cli import atomic_dir, parser, run_main, scratch_default, step_params
-from tlpipe.contracts import HEAD_FILE, TRANSFERABILITY_CSV, BestParams
+from tlpipe.cli import parser, run_main, step_params
+from tlpipe.contracts import TRANSFERABILITY_CSV, BestParams
 from tlpipe.errors import PipelineError
+from tlpipe.fs import atomic_dir, scratch_default
 
 PARAMS = ("tune", "model.weights", "model.image_size", "model.head_units", "model.dropout", "fine_tune.batch_size",
           "seed", "deterministic", "storage.endpoint_url")
@@ -40,62 +41,18 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def regimes(searched: list[str], backbone: str, weights: str) -> list[str]:
-    """The regimes worth searching: an application backbone without weights has nothing to transfer."""
-    from tlpipe.config import APPLICATION_BACKBONES
+def _context(params, args: argparse.Namespace):
+    from tlpipe.tuning.context import StudyContext
 
-    if backbone in APPLICATION_BACKBONES and weights == "none":
-        return ["scratch"]  # freezing random layers (BatchNormalization in inference mode) learns nothing
-    return list(searched)
+    return StudyContext(params, subset=args.subset, augmented=args.augmented, head=args.head, backbone=args.backbone,
+                        cache_dir=args.cache_dir, storage=args.storage, worker_index=args.worker_index)
 
 
-class Context:
-    """The study's inputs, recipe and name, computed the same way by every subcommand."""
-
-    def __init__(self, params, args: argparse.Namespace):
-        from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
-        from tlpipe.tuning.study import study_fingerprint
-        from tlpipe.tuning.trial import Recipe
-
-        model = params.model
-        self.params, self.args = params, args
-        self.cfg = params.tune
-        self.recipe = Recipe(seed=params.seed, image_size=model.image_size, preprocess=preprocess_mode(args.backbone),
-                             batch_size=params.fine_tune.batch_size, epochs=self.cfg.epochs,
-                             patience=self.cfg.patience, monitor=self.cfg.metric)
-        self.regimes = regimes(self.cfg.regimes, args.backbone, model.weights)
-        self.identity = backbone_identity(args.backbone, model.weights, model.image_size)
-        self.head = Path(args.head) / HEAD_FILE
-        self.load_backbone = lambda: load_backbone(args.backbone, model.weights, model.image_size,
-                                                   params.storage.endpoint_url)
-        recipe = {**self.recipe.__dict__, "dropout": model.dropout, "head_units": model.head_units,
-                  "deterministic": params.deterministic}
-        fingerprint = study_fingerprint(self.cfg, recipe, Path(args.subset), Path(args.augmented), self.head,
-                                        self.identity)
-        self.study_name = f"{self.cfg.study_name}-{fingerprint}"
-
-    def study(self):
-        """Create or load the shared study."""
-        from tlpipe.tuning.study import create_study
-
-        return create_study(self.cfg, self.study_name, self.params.seed, self.args.storage, self.args.worker_index)
-
-
-def _worker(ctx: Context):
-    from tlpipe.tuning.worker import Defaults, Worker
-
-    args, model = ctx.args, ctx.params.model
-    return Worker(ctx.cfg, ctx.recipe, Defaults(model.dropout, model.head_units), Path(args.subset), ctx.head,
-                  Path(args.augmented), Path(args.cache_dir), ctx.load_backbone, ctx.identity, args.worker_index,
-                  ctx.regimes)
-
-
-def _work(ctx: Context) -> bool:
+def _work(ctx, args: argparse.Namespace) -> bool:
     from tlpipe.tuning.study import counts, warm_start
 
-    args = ctx.args
     study = ctx.study()
-    worker = _worker(ctx)
+    worker = ctx.worker()
     queued = warm_start(study, ctx.cfg, worker.points, worker.regimes, args.storage)
     if queued:
         print(f"tune: warm start: the first {len(queued)} trials are the previous study's best points")
@@ -119,7 +76,7 @@ def _sweep_wanted(worker, study, cfg) -> bool:
     return runs
 
 
-def _summarize(ctx: Context, timed_out: bool) -> BestParams:
+def _summarize(ctx, tuning: str, timed_out: bool) -> BestParams:
     import mlflow
 
     from tlpipe.tuning.study import finished
@@ -127,19 +84,15 @@ def _summarize(ctx: Context, timed_out: bool) -> BestParams:
 
     study = ctx.study()
     stopped_by = "timeout" if timed_out or finished(study) < ctx.cfg.n_trials else "n_trials"
-    with atomic_dir(ctx.args.tuning) as staged:
+    with atomic_dir(tuning) as staged:
         summary = summarize(study, ctx.cfg, staged, stopped_by)
-        worker = _worker(ctx) if ctx.cfg.sweep else None
+        worker = ctx.worker() if ctx.cfg.sweep else None
         if worker is not None and _sweep_wanted(worker, study, ctx.cfg):
             from tlpipe.tuning.sweep import sweep
 
             cost = sweep(worker, study, ctx.cfg, staged)
             mlflow.log_metrics({"sweep_seconds": cost["seconds"], "sweep_trainings": cost["trainings"]})
             mlflow.log_artifact(str(staged / TRANSFERABILITY_CSV))
-        else:
-            from tlpipe.tuning.sweep import write_csv
-
-            write_csv([], staged)
         mlflow.log_dict(summary.model_dump(mode="json"), BestParams.FILE)
         for png in sorted(staged.glob("*.png")):
             mlflow.log_artifact(str(png))
@@ -164,24 +117,24 @@ def main(argv: list[str] | None = None) -> None:
 
         with atomic_dir(args.tuning) as staged:
             BestParams(source="params", stopped_by="disabled").write(staged)
-            plot_disabled(staged)  # the files dvc.yaml declares as plots, saying tuning was off
+            plot_disabled(staged)  # the plots the graph declares exist either way
         print(f"tune: disabled (tune.enabled: false); fine_tune uses its own params -> {args.tuning}")
         return
     from tlpipe.tracking.runs import prepare, step_run
 
     if args.command == "create-study":
         prepare(params)  # the tracking store and pipeline run exist before the workers race to make them
-        ctx = Context(params, args)
+        ctx = _context(params, args)
         print(f"tune: study {ctx.study_name} ready ({len(ctx.study().trials)} trials so far)")
         return
-    ctx = Context(params, args)
+    ctx = _context(params, args)
     with step_run(params, "tune", {"subset": args.subset, "head": args.head}):
         import mlflow
 
         mlflow.set_tag("optuna.study", ctx.study_name)
-        timed_out = _work(ctx) if args.command in ("worker", "run") else False
+        timed_out = _work(ctx, args) if args.command in ("worker", "run") else False
         if args.command in ("summarize", "run"):
-            summary = _summarize(ctx, timed_out)
+            summary = _summarize(ctx, args.tuning, timed_out)
             print(f"tune: best {summary.metric} {summary.value:.4f} (trial {summary.trial}): "
                   f"{summary.params.model_dump()} -> {args.tuning}")
 

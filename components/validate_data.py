@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from tlpipe.cli import atomic_dir, parser, run_main, step_params
-from tlpipe.config import ValidateDataConfig
-from tlpipe.contracts import MANIFEST, QUARANTINE, SHARDS_DIR, SubsetSummary, ValidationResult
+from tlpipe.cli import parser, run_main, step_params
+from tlpipe.contracts import QUARANTINE, SHARDS_DIR, SubsetSummary, ValidationResult
+from tlpipe.data.datasets import read_manifest
 from tlpipe.data.images import BadImage, normalise
 from tlpipe.data.records import records
 from tlpipe.errors import DataError
+from tlpipe.fs import atomic_dir
 from tlpipe.reports.html import render
+from tlpipe.sections import ValidateDataConfig
 
 PARAMS = ("validate_data", "make_subset.max_pixels")
 GX_DIR = "gx"  # GX's file data context inside the report folder
@@ -44,10 +46,7 @@ class Check:
 
 def image_table(subset: Path, max_pixels: int) -> pd.DataFrame:
     """The manifest with per-image facts recomputed from the files themselves."""
-    manifest = subset / MANIFEST
-    if not manifest.is_file():
-        raise DataError(f"{manifest}: manifest not found; run make_subset first")
-    df = pd.read_csv(manifest, dtype={"class": str}, keep_default_na=False)
+    df = read_manifest(subset)
     facts_of: dict[str, tuple[int, int]] = {}  # manifest path -> (width, height) of the stored image
     shards = sorted({s for s in df.get("shard", []) if (subset / SHARDS_DIR / s).is_file()})
     for rel, data in records([subset / SHARDS_DIR / s for s in shards]):

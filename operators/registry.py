@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.cli import atomic_file, params_from, parser, run_main
+from tlpipe.cli import params_from, parser, run_main
 from tlpipe.errors import PipelineError
+from tlpipe.fs import atomic_file
 from tlpipe.tracking.registry import CHAMPION, connect, get_version, load_version_model, promote, rollback, status_rows
 
 

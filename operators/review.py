@@ -17,7 +17,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from tlpipe.cli import atomic_dir, params_from, parser, run_main
+from tlpipe.cli import params_from, parser, run_main
+from tlpipe.fs import atomic_dir
 
 
 def gate_now(client, params, version, work: Path, subset: Path | None) -> dict:

@@ -18,12 +18,15 @@ records the keys every step touches in a real run and compares).
 from __future__ import annotations
 
 import ast
+import heapq
 from dataclasses import dataclass, field
 from functools import cache
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
-from tlpipe.config import BUILTIN, PRETRAIN, Params
+from tlpipe.config import Params
 from tlpipe.contracts import CONFUSION_CSV, HISTORY_FILE, METRICS_FILE, TRANSFERABILITY_CSV, TRIALS_CSV
+from tlpipe.sections import BUILTIN, PRETRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +113,45 @@ def declared_params(step: str) -> tuple[str, ...]:
 
 
 def build(params: Params) -> list[Step]:
-    """The steps for these params, in run order."""
+    """The steps for these params, in run order (`ordered`: from their refs, not from this listing)."""
+    return ordered(_declare(params))
+
+
+def ordered(steps: list[Step]) -> list[Step]:
+    """The steps in run order, decided by their `Ref` inputs alone.
+
+    graphlib finds the order and any cycle; among steps that are ready together the smallest name goes first,
+    so the order (and the generated dvc.yaml) does not depend on the order the steps are declared in.
+
+    Raises:
+        ValueError: a cycle, or a ref to a step that is not declared.
+    """
+    names = by_name(steps)
+    sorter: TopologicalSorter[str] = TopologicalSorter()
+    for step in steps:
+        needs = {ref.step for ref in step.inputs.values() if isinstance(ref, Ref)}
+        unknown = needs - names.keys()
+        if unknown:
+            raise ValueError(f"step {step.name} reads from undeclared step(s) {sorted(unknown)}; declare them")
+        sorter.add(step.name, *needs)
+    try:
+        sorter.prepare()
+    except CycleError as exc:
+        raise ValueError(f"the steps' refs form a cycle: {' -> '.join(exc.args[1])}; break it") from None
+    ready: list[str] = list(sorter.get_ready())
+    heapq.heapify(ready)
+    order: list[Step] = []
+    while ready:
+        name = heapq.heappop(ready)
+        order.append(names[name])
+        sorter.done(name)
+        for new in sorter.get_ready():
+            heapq.heappush(ready, new)
+    return order
+
+
+def _declare(params: Params) -> list[Step]:
+    """The steps for these params, in any order."""
     digits = params.data.source == BUILTIN
     own_backbone = params.model.backbone == PRETRAIN
     pretrain_digits = own_backbone and params.pretrain_backbone.source == BUILTIN

@@ -20,33 +20,15 @@ from pipelines.isolation import PARAMS_FILE, run_isolated, step_argv
 ISOLATE_ENV = "TLPIPE_ISOLATE"  # run-local sets it to the pipeline root: tasks run as on a cluster
 
 
-def dotted(overrides: dict[str, Any] | None, prefix: str = "") -> dict[str, Any]:
-    """Flatten `{"fine_tune": {"epochs": 2}}` and `{"fine_tune.epochs": 2}` alike to dotted keys."""
-    out: dict[str, Any] = {}
-    for key, value in (overrides or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(dotted(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
 def resolve_params(base: dict[str, Any], typed: dict[str, Any], overrides: dict[str, Any] | None) -> dict:
     """The run's params: the compile-time params <- typed pipeline parameters <- params_overrides, validated.
 
     Returns:
         The resolved params as a plain mapping.
     """
-    from tlpipe.config import parse_params
+    from tlpipe.config import parse_params, with_overrides
 
-    raw = json.loads(json.dumps(base))
-    for key, value in {**typed, **dotted(overrides)}.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    raw = with_overrides(with_overrides(base, typed), overrides)
     return parse_params(raw, origin="pipeline parameters").model_dump(mode="json")
 
 
@@ -82,8 +64,8 @@ def _params_file(params: str, folder: Path) -> Path:
 
 def fingerprint_data(params: str) -> str:
     """`<kind>:<sha256>` of the data behind data.source now (the uncached first task on a cluster)."""
-    from pipelines.fingerprint import data_fingerprint
     from tlpipe.config import parse_params
+    from tlpipe.fingerprint import data_fingerprint
 
     fingerprint = data_fingerprint(parse_params(yaml.safe_load(params), origin="pipeline parameters"))
     print(f"data_fingerprint: {fingerprint}", flush=True)

@@ -14,7 +14,6 @@ redacted):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -215,12 +214,3 @@ def _secret_values(auth: dict[str, Any]) -> tuple[str, ...]:
     cookie = auth.get("cookies") or ""
     values += [cookie] + [part.partition("=")[2].strip() for part in cookie.split(";")]
     return tuple(v for v in values if v)
-
-
-def auth_arguments() -> argparse.ArgumentParser:
-    """A parent parser with the credential flags (`--namespace`, `--token-file`); the rest comes from env."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--namespace", help=f"Kubeflow profile namespace (default: ${NAMESPACE_ENV})")
-    p.add_argument("--token-file", help=f"file holding a bearer token (default: ${TOKEN_ENV}, else the "
-                                        f"service-account token at ${SA_TOKEN_PATH_ENV} or {SA_TOKEN_PATH})")
-    return p

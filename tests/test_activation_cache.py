@@ -123,14 +123,16 @@ def test_worker_scratch_sizes_the_emptydir_from_the_plan():
 
 def test_a_worker_states_the_cache_plan_in_one_line_before_tuning(tiny_project, tmp_path, capsys):
     from tlpipe.models.backbones import backbone_identity
-    from tlpipe.tuning.worker import Defaults, Worker
+    from tlpipe.tuning.worker import Defaults, Worker, WorkerSetup
 
     params = params_for(tiny_project, tmp_path, **{"tune.cache_max_bytes": 1})
     model = params.model
-    worker = Worker(params.tune, recipe(tiny_project, params), Defaults(model.dropout, model.head_units),
-                    tiny_project / "data/subset", tiny_project / "models/head" / HEAD_FILE,
-                    tiny_project / "data/augmented", tmp_path / "cache", lambda: load(tiny_project, params),
-                    backbone_identity(str(tiny_project / "models/backbone"), model.weights, model.image_size))
+    worker = Worker(WorkerSetup(
+        cfg=params.tune, recipe=recipe(tiny_project, params), defaults=Defaults(model.dropout, model.head_units),
+        subset=tiny_project / "data/subset", head=tiny_project / "models/head" / HEAD_FILE,
+        augmented=tiny_project / "data/augmented", cache_dir=tmp_path / "cache",
+        load_backbone=lambda: load(tiny_project, params),
+        identity=backbone_identity(str(tiny_project / "models/backbone"), model.weights, model.image_size)))
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("tune: activation cache in")]
     plan = cache_plan(load(tiny_project, params), worker.data.images)
     assert str(tmp_path / "cache") in line and all(f"{name} " in line for name in plan)

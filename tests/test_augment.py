@@ -11,7 +11,8 @@ from PIL import Image
 from tlpipe.data.augmentation import FusedAugment, augmented_copies
 from tlpipe.data.datasets import batches, decode_images
 
-SEEDS_AUG = (10.0, 0.1, 0.1, 0.1, True)
+SEEDS_AUG = {"rotation_degrees": 10.0, "zoom": 0.1, "width_shift": 0.1, "height_shift": 0.1,
+             "horizontal_flip": True}
 
 
 def _images(n=6, h=20, w=24, c=3, seed=0):
@@ -27,30 +28,30 @@ def _reference(images, transforms):
 @pytest.mark.parametrize("shape", [(6, 20, 24, 3), (3, 17, 11, 1)])
 def test_resampling_matches_the_tf_kernel(shape):
     images = _images(*shape)
-    ours = keras.ops.convert_to_numpy(FusedAugment(*SEEDS_AUG, seed=4)(images.astype("float32")))
-    transforms = FusedAugment(*SEEDS_AUG, seed=4).transforms(shape[0], shape[1], shape[2])
+    ours = keras.ops.convert_to_numpy(FusedAugment(**SEEDS_AUG, seed=4)(images.astype("float32")))
+    transforms = FusedAugment(**SEEDS_AUG, seed=4).transforms(shape[0], shape[1], shape[2])
     np.testing.assert_allclose(ours, _reference(images, transforms), atol=2e-3)
 
 
 def test_uint8_in_float32_out_is_the_float_path_and_uint8_out_is_rounded():
     images = _images()
-    reference = keras.ops.convert_to_numpy(FusedAugment(*SEEDS_AUG, seed=2)(images.astype("float32")))
-    as_float = keras.ops.convert_to_numpy(FusedAugment(*SEEDS_AUG, seed=2).augment(images, "float32"))
+    reference = keras.ops.convert_to_numpy(FusedAugment(**SEEDS_AUG, seed=2)(images.astype("float32")))
+    as_float = keras.ops.convert_to_numpy(FusedAugment(**SEEDS_AUG, seed=2).augment(images, "float32"))
     np.testing.assert_allclose(as_float, reference, atol=1e-4)
-    as_uint8 = keras.ops.convert_to_numpy(FusedAugment(*SEEDS_AUG, seed=2)(images))
+    as_uint8 = keras.ops.convert_to_numpy(FusedAugment(**SEEDS_AUG, seed=2)(images))
     assert as_uint8.dtype == np.uint8
     assert np.abs(as_uint8.astype(float) - reference).max() <= 0.5 + 1e-3
 
 
 def test_seeded_and_identity_when_not_training():
     images = _images()
-    a = augmented_copies(images, FusedAugment(*SEEDS_AUG, seed=9), 2, batch_size=4)
-    b = augmented_copies(images, FusedAugment(*SEEDS_AUG, seed=9), 2, batch_size=4)
+    a = augmented_copies(images, FusedAugment(**SEEDS_AUG, seed=9), 2, batch_size=4)
+    b = augmented_copies(images, FusedAugment(**SEEDS_AUG, seed=9), 2, batch_size=4)
     assert a.shape == (12, 20, 24, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a[:6], a[6:])  # each copy draws new transforms
     x = images.astype("float32")
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(FusedAugment(*SEEDS_AUG)(x, training=False)), x)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(FusedAugment(**SEEDS_AUG)(x, training=False)), x)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(FusedAugment()(x)), x)
 
 
@@ -58,7 +59,7 @@ def test_batches_are_float32_seeded_and_augmented():
     images, labels = _images(10), np.arange(10, dtype=np.int32)
 
     def epoch(seed):
-        ds = batches(images, labels, 4, augmenter=FusedAugment(*SEEDS_AUG, seed=seed), shuffle_seed=1)
+        ds = batches(images, labels, 4, augmenter=FusedAugment(**SEEDS_AUG, seed=seed), shuffle_seed=1)
         return [(x.numpy(), y.numpy()) for x, y in ds]
 
     first, again = epoch(3), epoch(3)
@@ -74,7 +75,7 @@ def test_batches_are_float32_seeded_and_augmented():
 
 def test_layer_in_a_model_loads_with_safe_mode(tmp_path):
     inputs = keras.Input((16, 16, 3))
-    x = FusedAugment(*SEEDS_AUG, seed=1, name="augment")(inputs)
+    x = FusedAugment(**SEEDS_AUG, seed=1, name="augment")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
     model.compile("adam", "mse")
     model.fit(np.random.rand(8, 16, 16, 3).astype("float32"), np.zeros((8, 2)), epochs=1, verbose=0)
@@ -119,3 +120,18 @@ def test_decode_grayscale_png_gives_three_channels(tmp_path):
     out = decode_images([path], 32)
     assert out.shape == (1, 32, 32, 3)
     np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def test_the_augmenter_takes_each_param_by_its_name():
+    """build_augmenter passes every augment field by keyword; the layer refuses positional numbers."""
+    from tlpipe.data.augmentation import build_augmenter
+    from tlpipe.sections import AugmentConfig
+
+    cfg = AugmentConfig(rotation_degrees=7.0, zoom=0.2, width_shift=0.05, height_shift=0.15, horizontal_flip=True)
+    layer = build_augmenter(cfg, seed=3)
+    assert (layer.rotation_degrees, layer.zoom, layer.width_shift, layer.height_shift, layer.horizontal_flip) == \
+        (7.0, 0.2, 0.05, 0.15, True)
+    assert {k: v for k, v in layer.get_config().items() if k in SEEDS_AUG} == {
+        "rotation_degrees": 7.0, "zoom": 0.2, "width_shift": 0.05, "height_shift": 0.15, "horizontal_flip": True}
+    with pytest.raises(TypeError):
+        FusedAugment(10.0, 0.1)

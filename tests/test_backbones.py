@@ -2,7 +2,6 @@ import keras
 import numpy as np
 import pytest
 
-from tlpipe.config import ModelConfig
 from tlpipe.contracts import BACKBONE_FILE
 from tlpipe.errors import PipelineError
 from tlpipe.models.backbones import (
@@ -19,6 +18,7 @@ from tlpipe.models.backbones import (
     preprocessing,
     split_at,
 )
+from tlpipe.sections import ModelConfig
 
 SIZES = {"vgg16": 32, "inception_v3": 75, "mobilenet_v2": 32, "resnet50": 32, "efficientnet_b0": 32}
 

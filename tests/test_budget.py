@@ -6,7 +6,7 @@ import keras
 import optuna
 import pytest
 
-from tlpipe.config import TuneConfig
+from tlpipe.sections import TuneConfig
 from tlpipe.tuning.budget import (
     RegimePruning,
     frozen_weight_counts,

@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
-from tlpipe.config import BUILTIN, PRETRAIN, TuneConfig, load_params, parse_params
+from tlpipe.config import load_params, parse_params
 from tlpipe.errors import ConfigError
+from tlpipe.sections import BUILTIN, PRETRAIN, TuneConfig
 
 BASE = {"data": {"source": "x"}, "model": {"backbone": "models/backbone.keras"}}
 
@@ -116,3 +119,30 @@ def test_dvc_yaml_refuses_unrunnable_params_in_one_line_before_dvc_starts(tmp_pa
     for (_, expected), error, code in zip(UNRUNNABLE, lines[::2], lines[1::2], strict=True):
         assert error.startswith("error: ") and expected in error and code == "exit 2", proc.stderr
     assert not list(tmp_path.glob("dvc*.yaml"))
+
+
+def test_one_home_per_section_every_model_is_a_params_field_and_a_params_yaml_block():
+    """A section is one class in tlpipe/sections.py plus its block in params.yaml: Params gets the field."""
+    from tlpipe import sections
+    from tlpipe.config import SECTIONS, Params
+
+    models = [m for m in vars(sections).values()
+              if isinstance(m, type) and issubclass(m, sections._Section) and m is not sections._Section]
+    assert sorted(SECTIONS.values(), key=lambda m: m.__name__) == sorted(models, key=lambda m: m.__name__)
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    assert set(Params.model_fields) == set(raw) == {"seed", "deterministic", *SECTIONS}
+    for key, model in SECTIONS.items():
+        assert Params.model_fields[key].annotation is model
+        assert getattr(Params(), key) == model()  # the default is the model's own defaults
+    assert "make_digits" in SECTIONS and SECTIONS["make_digits"] is sections.MakeDigitsConfig
+
+
+def test_overrides_merge_nested_mappings_and_leave_the_input_alone():
+    from tlpipe.config import with_overrides
+
+    raw = {"fine_tune": {"epochs": 9, "patience": 4}}
+    out = with_overrides(raw, {"fine_tune": {"epochs": 2}, "tune.dropout": [0.1, 0.3], "seed": 7})
+    assert out == {"fine_tune": {"epochs": 2, "patience": 4}, "tune": {"dropout": [0.1, 0.3]}, "seed": 7}
+    assert raw == {"fine_tune": {"epochs": 9, "patience": 4}}
+    assert load_params("params.yaml", {"fine_tune": {"epochs": 2}}).fine_tune.patience == \
+        load_params("params.yaml").fine_tune.patience

@@ -34,8 +34,8 @@ def md5s(folder: Path) -> dict[str, str]:
 
 
 def fingerprint(root: Path) -> str:
-    from tlpipe.config import TuneConfig
     from tlpipe.models.backbones import backbone_identity
+    from tlpipe.sections import TuneConfig
     from tlpipe.tuning.study import study_fingerprint
 
     identity = backbone_identity(str(root / "models/backbone"), "none", TINY["model"]["image_size"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tlpipe.config import TuneConfig
 from tlpipe.errors import PipelineError
+from tlpipe.sections import TuneConfig
 from tlpipe.tuning.worker import Worker, summarize
 
 

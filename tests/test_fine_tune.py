@@ -8,6 +8,7 @@ from tlpipe.config import load_params
 from tlpipe.contracts import HEAD_FILE, BestParams, HyperParams
 from tlpipe.errors import DataError
 from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
+from tlpipe.models.fitting import Training
 
 
 def from_params(params) -> HyperParams:
@@ -19,10 +20,11 @@ def from_params(params) -> HyperParams:
 def run(project, params, hp, workdir, callbacks=()):
     """fine_tune's core wired as its main() wires it, on the tiny project's folders."""
     spec, model = str(project / "models/backbone"), params.model
-    return fine_tune(params.fine_tune, params.augment, hp, params.seed, params.deterministic, model.image_size,
-                     lambda: load_backbone(spec, model.weights, model.image_size), preprocess_mode(spec),
-                     backbone_identity(spec, model.weights, model.image_size), project / "data/subset",
-                     project / "models/head" / HEAD_FILE, workdir, callbacks=callbacks)
+    spec_run = Training.from_params(params, params.fine_tune, hp=hp, preprocess=preprocess_mode(spec),
+                                    load=lambda: load_backbone(spec, model.weights, model.image_size),
+                                    head_path=project / "models/head" / HEAD_FILE, callbacks=callbacks)
+    return fine_tune(spec_run, identity=backbone_identity(spec, model.weights, model.image_size),
+                     subset=project / "data/subset", workdir=workdir)
 
 
 class Killed(Exception):

@@ -11,11 +11,11 @@ from PIL import Image
 
 from components.make_subset import choose_class, make_subset
 from tests.conftest import make_tree, run_cli, write_params
-from tlpipe.config import MakeSubsetConfig
 from tlpipe.contracts import MANIFEST, QUARANTINE, SHARDS_DIR, SubsetSummary
 from tlpipe.data.records import records, shard_name
 from tlpipe.data.sources import LocalSource, ZipSource, classify, open_source
 from tlpipe.errors import DataError
+from tlpipe.sections import MakeSubsetConfig
 
 CFG = MakeSubsetConfig(train_per_class=3, val_per_class=1, test_per_class=1, seed=1)
 

@@ -13,12 +13,12 @@ import pytest
 import yaml
 
 from pipelines import training_pipeline as tp
-from pipelines.fingerprint import data_fingerprint
 from pipelines.graph import External, Ref, build
 from pipelines.kfp_build import all_pods
-from pipelines.runtime import dotted, numeric_metrics, resolve_params, task_params
+from pipelines.runtime import numeric_metrics, resolve_params, task_params
 from tests.conftest import REPO, make_tree
 from tlpipe.config import load_params
+from tlpipe.fingerprint import data_fingerprint
 
 PARAMS_FILE = str(REPO / "params.yaml")
 PARAMS = load_params(REPO / "params.yaml")
@@ -163,8 +163,12 @@ def test_fingerprint_follows_local_data(tmp_path):
 
 
 def test_overrides_and_metrics_helpers():
-    assert dotted({"fine_tune": {"epochs": 2}, "tune.n_trials": 3, "tune": {"dropout": None}}) == \
-        {"fine_tune.epochs": 2, "tune.n_trials": 3, "tune.dropout": None}
+    base = {"fine_tune": {"epochs": 9, "patience": 4}, "tune": {"n_trials": 5, "dropout": [0.1, 0.2]}}
+    resolved = resolve_params(base, {"fine_tune.epochs": 3}, {"fine_tune": {"epochs": 2}, "tune.n_trials": 3,
+                                                                "tune": {"dropout": None}})
+    assert resolved["fine_tune"]["epochs"] == 2 and resolved["fine_tune"]["patience"] == 4  # merged, not replaced
+    assert resolved["tune"]["n_trials"] == 3 and resolved["tune"]["dropout"] is None
+    assert base["fine_tune"]["epochs"] == 9  # the compile-time params are not changed
     assert numeric_metrics({"accuracy": 0.5, "n": 4, "ok": True, "frozen": {"loss": 1}, "name": "x"}) == \
         {"accuracy": 0.5, "n": 4.0, "frozen.loss": 1.0}
 

@@ -370,9 +370,9 @@ def test_gate_thresholds_and_params_diff():
     import numpy as np
 
     from components.register import gate
-    from tlpipe.config import RegistryConfig
     from tlpipe.reports.review import params_diff
     from tlpipe.reports.stats import compare
+    from tlpipe.sections import RegistryConfig
 
     per_class = {"a": {"recall": 0.9}, "b": {"recall": 0.4}}
     good = {"accuracy": 0.9, "per_class": per_class}

@@ -139,7 +139,7 @@ def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tiny_project, tm
 
 
 def test_stale_staging_folders_are_removed_on_the_next_start(tmp_path):
-    from tlpipe.cli import atomic_dir
+    from tlpipe.fs import atomic_dir
 
     stale = tmp_path / ".subset.partial-deadbeef"
     (stale / "train").mkdir(parents=True)
@@ -183,7 +183,7 @@ def test_activation_cache_evicts_least_recently_used(tmp_path):
 def test_a_killed_runs_scratch_folder_is_removed_on_the_next_start(tmp_path, monkeypatch):
     import tempfile
 
-    from tlpipe.cli import scratch_dir
+    from tlpipe.fs import scratch_dir
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -198,10 +198,10 @@ def test_a_killed_runs_scratch_folder_is_removed_on_the_next_start(tmp_path, mon
 def test_untrained_application_backbone_means_training_from_scratch():
     """weights: none on a keras.applications backbone: nothing to transfer, so no freeze ratio is searched."""
     from components.fine_tune import hyperparams
-    from components.tune import regimes
-    from tlpipe.config import FineTuneConfig
     from tlpipe.contracts import BestParams
     from tlpipe.models.fitting import chance_level
+    from tlpipe.sections import FineTuneConfig
+    from tlpipe.tuning.context import regimes
 
     assert regimes(["transfer", "scratch"], "mobilenet_v2", "none") == ["scratch"]
     assert regimes(["transfer", "scratch"], "mobilenet_v2", "imagenet") == ["transfer", "scratch"]

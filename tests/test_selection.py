@@ -6,10 +6,10 @@ from scipy.stats import binomtest
 
 from components.evaluate import evaluate
 from components.register import baseline_reasons
-from tlpipe.config import RegistryConfig
 from tlpipe.errors import PipelineError
 from tlpipe.reports.review_rows import baseline_rows
 from tlpipe.reports.selection import best_baseline, rank, significantly_worse, versus
+from tlpipe.sections import RegistryConfig
 
 CLASSES = ["a", "b"]
 

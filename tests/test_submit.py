@@ -179,14 +179,6 @@ def test_unreachable_host_is_one_line_with_the_real_client(tmp_path, capsys, nam
     _assert_no_secrets(message + out.out + out.err)
 
 
-def test_auth_flags_parse():
-    import argparse
-
-    parser = argparse.ArgumentParser(parents=[sub.auth_arguments()])
-    args = parser.parse_args(["--namespace", "team-a", "--token-file", "/run/token"])
-    assert (args.namespace, args.token_file) == ("team-a", "/run/token")
-
-
 class EchoUnauthorized(http.server.BaseHTTPRequestHandler):
     """A KFP API that refuses every request and echoes the credentials it was sent in the body."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from components.make_subset import run as make_subset_run
 from components.validate_data import GX_DIR, validate, write_report
 from tests.conftest import make_tree
-from tlpipe.config import MakeSubsetConfig, StorageConfig, ValidateDataConfig
+from tlpipe.sections import MakeSubsetConfig, StorageConfig, ValidateDataConfig
 
 
 def test_gx_context_suite_results_and_data_docs_reopen(tmp_path):

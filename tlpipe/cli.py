@@ -1,4 +1,4 @@
-"""The thin CLI boundary shared by every step: argument parsing, one-line errors, atomic outputs."""
+"""The thin CLI boundary shared by every step: argument parsing and one-line errors (files: tlpipe/fs.py)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,15 @@ import argparse
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from tlpipe.config import Params, load_params
-from tlpipe.errors import PipelineError, failed_outputs, resource_error
+from tlpipe.errors import PipelineError, resource_error
 from tlpipe.redact import redact_text, redacted_console
 
 GRACE_SECONDS = 3.0  # after SIGINT/SIGTERM, the time a step gets to stop by itself before it is ended
@@ -141,91 +138,3 @@ def step_params(args: argparse.Namespace, step: str, keys: tuple[str, ...]):
     from tlpipe.step_params import load_step_params
 
     return load_step_params(args.params, step, keys)
-
-
-def _staging(path: Path) -> Path:
-    _remove_stale(path)
-    return path.with_name(f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}")
-
-
-def _remove_stale(path: Path) -> None:
-    """Staging leftovers of a killed earlier run of the same output (one step writes an output at a time)."""
-    for stale in path.parent.glob(f".{path.stem}.partial-*{path.suffix}"):
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
-
-
-def _replace(staged: Path, final: Path) -> None:
-    if final.is_dir() and not final.is_symlink():
-        shutil.rmtree(final)
-    elif final.exists() or final.is_symlink():
-        final.unlink()
-    os.replace(staged, final)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a staging folder that replaces `path` only if the block succeeds; else it is removed."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staged = _staging(final)
-    staged.mkdir()
-    try:
-        yield staged
-    except BaseException:
-        failed_outputs.append(final)
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    _replace(staged, final)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a staging file path that replaces `path` only if the block succeeds."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staged = _staging(final)
-    try:
-        yield staged
-    except BaseException:
-        failed_outputs.append(final)
-        staged.unlink(missing_ok=True)
-        raise
-    _replace(staged, final)
-
-
-@contextlib.contextmanager
-def scratch_dir(name: str) -> Iterator[Path]:
-    """A temporary folder `<tmp>/tlpipe-<name>-<pid>-*`, removed at the end; ones left by killed runs go first."""
-    import tempfile
-
-    base = Path(tempfile.gettempdir())
-    for stale in base.glob(f"tlpipe-{name}-*"):
-        pid = stale.name.split("-")[2] if stale.name.count("-") >= 3 else ""
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"tlpipe-{name}-{os.getpid()}-"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (a permission refusal means it does)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def scratch_default(name: str) -> str:
-    """A step's default scratch folder: under the temp dir, never the working directory (read-only in a pod)."""
-    import tempfile
-
-    return os.path.join(tempfile.gettempdir(), "tlpipe", name)

@@ -6,66 +6,50 @@ raises `ConfigError` with one line naming the key, the bad value and what is all
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ValidationError
+from omegaconf import OmegaConf
+from pydantic import ValidationError, create_model
 
+from tlpipe import sections
 from tlpipe.errors import ConfigError
-from tlpipe.sections import (  # noqa: F401 - the section models are part of this module's interface
-    APPLICATION_BACKBONES,
-    BUILTIN,
-    MIN_IMAGE_SIZE,
-    PRETRAIN,
-    AugmentConfig,
-    DataConfig,
-    EvaluateConfig,
-    ExtractFeaturesConfig,
-    FineTuneConfig,
-    Fraction,
-    MakeDigitsConfig,
-    MakeSubsetConfig,
-    ModelConfig,
-    NonNegInt,
-    PositiveFloat,
-    PositiveInt,
-    PretrainBackboneConfig,
-    RegistryConfig,
-    StorageConfig,
-    TrackingConfig,
-    TrainHeadConfig,
-    TrainScratchConfig,
-    TuneConfig,
-    ValidateDataConfig,
-    _Section,
-)
+from tlpipe.sections import _Section
 
 
-class Params(_Section):
-    """The whole `params.yaml`."""
+def section_key(model: type[_Section]) -> str:
+    """The params.yaml key of a section model: `MakeDigitsConfig` -> `make_digits`."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", model.__name__.removesuffix("Config")).lower()
+
+
+# Every section model of tlpipe/sections.py, in the order written there: a new section is one class there (and
+# its block in params.yaml); Params gets its field from here.
+SECTIONS: dict[str, type[_Section]] = {
+    section_key(obj): obj for obj in vars(sections).values()
+    if isinstance(obj, type) and issubclass(obj, _Section) and obj.__module__ == sections.__name__
+    and obj is not _Section
+}
+
+
+class _Shared(_Section):
+    """The keys shared by every step; each section of `SECTIONS` is added as a field of the same name."""
 
     seed: int = 42
     deterministic: bool = True
-    data: DataConfig = DataConfig()
-    storage: StorageConfig = StorageConfig()
-    make_digits: MakeDigitsConfig = MakeDigitsConfig()
-    make_subset: MakeSubsetConfig = MakeSubsetConfig()
-    validate_data: ValidateDataConfig = ValidateDataConfig()
-    augment: AugmentConfig = AugmentConfig()
-    model: ModelConfig = ModelConfig()
-    pretrain_backbone: PretrainBackboneConfig = PretrainBackboneConfig()
-    extract_features: ExtractFeaturesConfig = ExtractFeaturesConfig()
-    train_head: TrainHeadConfig = TrainHeadConfig()
-    fine_tune: FineTuneConfig = FineTuneConfig()
-    train_scratch: TrainScratchConfig = TrainScratchConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    tune: TuneConfig = TuneConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    registry: RegistryConfig = RegistryConfig()
+
+    if TYPE_CHECKING:  # the section fields are made at import time, so a type checker cannot list them
+        def __getattr__(self, name: str) -> Any: ...
 
 
-def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
+class Params(create_model("Params", __base__=_Shared,
+                          **{key: (model, model()) for key, model in SECTIONS.items()})):  # type: ignore[misc]
+    """The whole `params.yaml`: the shared keys plus one field per section model."""
+
+
+def _describe(error: Mapping[str, Any], raw: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in error["loc"])
     msg = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
@@ -108,12 +92,21 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
-    for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    raw = with_overrides(raw, overrides)
     return parse_params(raw, origin=str(path))
 
 
+
+
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """`raw` with overrides applied: dotted keys (`{"fine_tune.epochs": 2}`) and nested mappings alike.
+
+    OmegaConf does the merge (a nested mapping merges into its section instead of replacing it); the input is
+    not changed.
+    """
+    merged = OmegaConf.create(raw)
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(merged, key, value, merge=True, force_add=True)
+    out = OmegaConf.to_container(merged)
+    assert isinstance(out, dict)  # OmegaConf.create of a mapping is a DictConfig
+    return out  # type: ignore[return-value]

@@ -12,7 +12,6 @@ server does not make DVC retrain everything.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from tlpipe.config import Params, load_params
 from tlpipe.errors import ConfigError
+from tlpipe.fingerprint import content_hash
 
 AUDIT_ENV = "TLPIPE_PARAMS_AUDIT"
 EXEMPT = ("tracking",)
@@ -93,8 +93,7 @@ class _SectionView:
 def load_step_params(path: str | Path, step: str, keys: tuple[str, ...]) -> StepParams:
     """Validate `path` and return the view of `step`'s keys (audited at exit when TLPIPE_PARAMS_AUDIT is set)."""
     params = load_params(path)
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
-    view = StepParams(params, step, keys, digest)
+    view = StepParams(params, step, keys, content_hash(path)[:8])
     folder = os.environ.get(AUDIT_ENV)
     if folder:
         atexit.register(_write_audit, Path(folder), view)

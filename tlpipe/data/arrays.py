@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tlpipe.fs import atomic_file
+
 
 def _write_npy(fh, name: str, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> None:
     """The .npy header for `shape`, then `chunks` (row blocks, in order, together exactly shape[0] rows)."""
@@ -67,14 +69,8 @@ class NpyWriter:
     def write(path: str | Path, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> None:
         """Write `path` (staged next to it, then renamed) from `chunks` totalling exactly shape[0] rows."""
         path = Path(path)
-        staged = path.with_name(f".{path.name}.partial")
-        try:
-            with open(staged, "wb") as fh:
-                _write_npy(fh, path.name, chunks, shape, dtype)
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
-        staged.replace(path)
+        with atomic_file(path) as staged, open(staged, "wb") as fh:
+            _write_npy(fh, path.name, chunks, shape, dtype)
 
 
 class NpyRows:

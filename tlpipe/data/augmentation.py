@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlpipe.config import AugmentConfig
+from tlpipe.sections import AugmentConfig
 
 
 def _warp_impl(images, transforms, dtype):
@@ -72,8 +72,8 @@ def _warp(images, transforms, dtype: str):
 class FusedAugment(keras.layers.Layer):
     """Random rotation, zoom, shift and optional horizontal flip, as one resampling per image."""
 
-    def __init__(self, rotation_degrees=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0,
-                 horizontal_flip=False, seed=None, **kwargs):
+    def __init__(self, *, rotation_degrees=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0,
+                 horizontal_flip=False, seed=None, **kwargs):  # keyword-only: five numbers never swap silently
         super().__init__(**kwargs)
         self.rotation_degrees = float(rotation_degrees)
         self.zoom = float(zoom)
@@ -141,9 +141,9 @@ class FusedAugment(keras.layers.Layer):
 
 
 def build_augmenter(cfg: AugmentConfig, seed: int) -> FusedAugment:
-    """The augmentation layer described by `augment` params."""
-    return FusedAugment(cfg.rotation_degrees, cfg.zoom, cfg.width_shift, cfg.height_shift,
-                        cfg.horizontal_flip, seed=seed, name="augment")
+    """The augmentation layer described by `augment` params (each field passed by its own name)."""
+    return FusedAugment(rotation_degrees=cfg.rotation_degrees, zoom=cfg.zoom, width_shift=cfg.width_shift,
+                        height_shift=cfg.height_shift, horizontal_flip=cfg.horizontal_flip, seed=seed, name="augment")
 
 
 def augmented_copies(images: np.ndarray, augmenter: FusedAugment, copies: int, batch_size: int = 256) -> np.ndarray:

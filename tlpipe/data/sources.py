@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from tlpipe.data.images import is_image_name
-from tlpipe.data.storage import fetch, s3_client, split_s3_uri
+from tlpipe.data.storage import fetch, list_objects, s3_client, split_s3_uri
 from tlpipe.errors import DataError
 
 _IGNORED_PARTS = ("__MACOSX", ".DS_Store", "Thumbs.db")
@@ -95,6 +95,7 @@ class S3Source:
         if self.prefix and not self.prefix.endswith("/"):
             self.prefix += "/"
         self._client = s3_client(endpoint_url, max_attempts)
+        self._uri, self._endpoint_url, self._max_attempts = uri, endpoint_url, max_attempts
 
     def _unreachable(self, exc: Exception) -> DataError:
         from tlpipe.redact import redact_text
@@ -106,16 +107,13 @@ class S3Source:
     def list_files(self) -> list[str]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        keys = []
         try:
-            for page in self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self.prefix
-            ):
-                keys += [o["Key"][len(self.prefix) :] for o in page.get("Contents", []) if o["Size"] >= 0]
+            objects = list_objects(self._uri, self._endpoint_url, self._max_attempts)
         except self._client.exceptions.NoSuchBucket:
             raise DataError(f"data.source {self.description}: bucket {self.bucket!r} does not exist") from None
         except (BotoCoreError, ClientError) as exc:  # unreachable endpoint, denied, throttled after retries
             raise self._unreachable(exc) from None
+        keys = [o["Key"][len(self.prefix) :] for o in objects]
         return sorted(k for k in keys if k and not k.endswith("/"))
 
     def list_dirs(self) -> list[str]:

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from tlpipe.errors import PipelineError
+from tlpipe.fs import atomic_file
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -28,6 +29,20 @@ def s3_client(endpoint_url: str | None = None, max_attempts: int = 5):
     return boto3.client("s3", endpoint_url=endpoint_url or None, config=config)
 
 
+def list_objects(uri: str, endpoint_url: str | None = None, max_attempts: int = 5) -> list[dict]:
+    """Every object under an s3:// prefix (a folder prefix gets its trailing /; a .zip key is listed as is).
+
+    Returns:
+        The listing's object records (`Key`, `Size`, `ETag`, ...), in key order.
+    """
+    bucket, prefix = split_s3_uri(uri)
+    if prefix and not prefix.endswith("/") and not prefix.lower().endswith(".zip"):
+        prefix += "/"
+    pages = s3_client(endpoint_url, max_attempts).get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                                            Prefix=prefix)
+    return [obj for page in pages for obj in page.get("Contents", [])]
+
+
 def fetch(uri: str, endpoint_url: str | None = None, cache_dir: str | Path | None = None,
           max_attempts: int = 5) -> Path:
     """Return a local path for a local path or an s3:// URI (downloaded once per ETag into cache_dir)."""
@@ -47,12 +62,9 @@ def fetch(uri: str, endpoint_url: str | None = None, cache_dir: str | Path | Non
     target = base / bucket / etag / key
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
     try:
-        client.download_file(bucket, key, str(partial))
+        with atomic_file(target) as staged:
+            client.download_file(bucket, key, str(staged))
     except Exception as exc:  # botocore raises several unrelated types; all mean "could not fetch"
-        partial.unlink(missing_ok=True)
         raise PipelineError(f"{uri}: download failed ({exc})") from None
-    partial.replace(target)
     return target

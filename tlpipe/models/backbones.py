@@ -12,10 +12,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlpipe.config import APPLICATION_BACKBONES
 from tlpipe.contracts import BACKBONE_FILE
 from tlpipe.data.storage import fetch
 from tlpipe.errors import PipelineError
+from tlpipe.sections import APPLICATION_BACKBONES
 
 _CONSTRUCTORS = {
     "vgg16": "VGG16",
@@ -32,6 +32,15 @@ _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _ATTACHED = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU)
 
 
+
+def trains_from_scratch(backbone: str, weights: str) -> bool:
+    """Whether a backbone has nothing to transfer: a keras.applications name without weights.
+
+    Freezing its random layers (BatchNormalization in inference mode) learns nothing, so tune searches only the
+    scratch regime and fine_tune without tuning trains it from scratch.
+    """
+    return backbone in APPLICATION_BACKBONES and weights == "none"
+
 def preprocess_mode(spec: str) -> str:
     """The input preprocessing a backbone expects (a .keras backbone carries its own)."""
     return PREPROCESS_MODE.get(spec, "none")
@@ -46,7 +55,7 @@ def backbone_file(spec: str) -> str:
 
 def backbone_identity(spec: str, weights: str, image_size: int) -> str:
     """What the backbone is, by content: the file's sha256, or the application, weights and input size."""
-    from tlpipe.tracking.lineage import content_hash
+    from tlpipe.fingerprint import content_hash
 
     source = backbone_file(spec)
     if source not in APPLICATION_BACKBONES and Path(source).is_file():

@@ -10,20 +10,47 @@ of the same job (same fingerprint) continues from the last finished epoch with i
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 
-from tlpipe.config import AugmentConfig, FineTuneConfig
 from tlpipe.contracts import HyperParams
 from tlpipe.data.augmentation import build_augmenter
 from tlpipe.data.datasets import any_batches
+from tlpipe.fs import atomic_file
 from tlpipe.models.backbones import FreezePlan, apply_freeze, build_classifier, regime_plan
 from tlpipe.models.training import compile_for, make_head, set_determinism
+from tlpipe.sections import AugmentConfig, FineTuneConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class Training:
+    """What one training run is made of, apart from its data and its checkpoint folder (keyword-only)."""
+
+    cfg: FineTuneConfig  # epochs, batch size, patience, monitor, mixed precision, input mode
+    augment: AugmentConfig
+    hp: HyperParams
+    seed: int
+    deterministic: bool
+    size: int  # the image side
+    load: Callable[[], Any]  # returns a fresh backbone (keras.Model)
+    preprocess: str  # tlpipe.models.backbones.preprocess_mode of the backbone
+    head_path: Path | None = None  # train_head's head.keras to warm-start from (transfer regime)
+    callbacks: Sequence[Any] = ()
+    devices: Sequence[str] | None = None  # for tf.distribute (None: the default device)
+
+    @classmethod
+    def from_params(cls, params: Any, cfg: FineTuneConfig, *, hp: HyperParams, load: Callable[[], Any],
+                    preprocess: str, head_path: Path | None = None, callbacks: Sequence[Any] = ()) -> Training:
+        """Built once from a step's params (`seed`, `deterministic`, `augment`, `model.image_size`)."""
+        return cls(cfg=cfg, augment=params.augment, hp=hp, seed=params.seed, deterministic=params.deterministic,
+                   size=params.model.image_size, load=load, preprocess=preprocess, head_path=head_path,
+                   callbacks=tuple(callbacks))
 
 
 def build_model(backbone: keras.Model, preprocess: str, size: int, hp: HyperParams, classes: int,
@@ -33,11 +60,6 @@ def build_model(backbone: keras.Model, preprocess: str, size: int, hp: HyperPara
     apply_freeze(backbone, plan, train_bn or hp.train_bn)
     head = make_head(head_path if hp.regime != "scratch" else None, backbone.output.shape[-1], classes, hp)
     return compile_for(build_classifier(backbone, head, size, preprocess), hp.learning_rate), plan
-
-
-def job_id(parts: dict) -> str:
-    """Identifies one training job, so that a checkpoint is resumed only by the same job."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -89,8 +111,8 @@ class _State:
             self.data.update(best=value, wait=0, best_epoch=epoch + 1)
         else:
             self.data["wait"] += 1
-        model.save(self.folder / "last.partial.keras")
-        os.replace(self.folder / "last.partial.keras", self.folder / "last.keras")
+        with atomic_file(self.folder / "last.keras") as staged:
+            model.save(staged)
         with open(self.folder / "history.csv", "a", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=["epoch", *sorted(logs)], lineterminator="\n")
             if fh.tell() == 0:
@@ -100,26 +122,25 @@ class _State:
         self.path.write_text(json.dumps(self.data), encoding="utf-8")  # last: the epoch counts only when complete
 
 
-def train(cfg: FineTuneConfig, augment: AugmentConfig, hp: HyperParams, seed: int, deterministic: bool,
-          size: int, load, preprocess: str, data: tuple, head_path: Path | None, job: Path,
-          callbacks=(), devices: list[str] | None = None) -> tuple[keras.Model, dict]:
-    """Train to convergence (early stopping under `cfg.epochs`); returns the best model and what happened.
+def train(run: Training, data: tuple, job: Path) -> tuple[keras.Model, dict]:
+    """Train to convergence (early stopping under `run.cfg.epochs`); returns the best model and what happened.
 
     `data` is (x_train, y_train, x_val, y_val, classes), images decoded in memory or file paths to stream
     (tlpipe/data/datasets.split_source). A `job` folder holding a checkpoint of the same job resumes from
     its last finished epoch.
     """
+    cfg, seed, size = run.cfg, run.seed, run.size
     x_train, y_train, x_val, y_val, classes = data
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    set_determinism(seed, deterministic)
+    set_determinism(seed, run.deterministic)
     job.mkdir(parents=True, exist_ok=True)
     # The checkpoint folder outlives the job folder (removed on success); a note keeps DVC from calling the
     # persisted output "empty" on every run.
     (job.parent / "README.txt").write_text("resumable checkpoints of unfinished training jobs live here\n")
     state = _State(job, cfg.monitor)
-    with strategy(devices).scope():
-        model, plan = build_model(load(), preprocess, size, hp, len(classes), head_path)
+    with strategy(list(run.devices) if run.devices else None).scope():
+        model, plan = build_model(run.load(), run.preprocess, size, run.hp, len(classes), run.head_path)
     resumed = state.data["epoch"] > 0 and (job / "last.keras").is_file()
     if resumed:
         print(f"resuming from epoch {state.data['epoch']} of the checkpoint in {job}")
@@ -134,11 +155,11 @@ def train(cfg: FineTuneConfig, augment: AugmentConfig, hp: HyperParams, seed: in
             break
         keras.utils.set_random_seed(epoch_seed(seed, epoch))
         _reseed_layers(model, epoch_seed(seed, epoch))
-        augmenter = build_augmenter(augment, epoch_seed(seed, epoch))
+        augmenter = build_augmenter(run.augment, epoch_seed(seed, epoch))
         train_ds = any_batches(x_train, y_train, size, cfg.batch_size, augmenter=augmenter,
                                shuffle_seed=epoch_seed(seed, epoch))
         history = model.fit(train_ds, validation_data=val, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
-                            callbacks=list(callbacks))
+                            callbacks=list(run.callbacks))
         logs = {k: v[-1] for k, v in history.history.items()}
         state.save(model, epoch, float(logs[cfg.monitor]), logs)
         print(f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())),

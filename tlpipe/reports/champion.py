@@ -103,7 +103,7 @@ def read_predictions(client, version, work: Path) -> dict | None:
 def _rescore(client, name: str, champion, mine: dict, subset: Path | None) -> np.ndarray:
     """The champion model's probabilities on the challenger's own test split (read from `subset`)."""
     from tlpipe.data.datasets import load_split
-    from tlpipe.reports.evaluation import test_set_id
+    from tlpipe.fingerprint import test_set_id
     from tlpipe.tracking.registry import load_version_model
 
     if subset is None or not subset.is_dir() or test_set_id(subset) != mine["test_set"]:
@@ -148,3 +148,41 @@ def versus_current(client, name: str, version, work: Path, subset: Path | None =
     champion, comparison = paired(labels, mine["probs"], probs, classes, keep)
     out.update(champion_version=str(current.version), champion=champion, comparison=comparison, rescored=not same)
     return out
+
+
+def score_model(model, subset: Path, classes: list[str]) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """Test-split scores of a Keras model at its own input size, with its probabilities, images and labels."""
+    from tlpipe.data.datasets import load_split
+    from tlpipe.reports.evaluation import scores
+
+    size = int(model.inputs[0].shape[1])
+    images, labels, found = load_split(subset, "test", size)
+    if list(found) != list(classes):
+        raise PipelineError(f"the model predicts classes {classes} but the test split has {found}; "
+                            "the two cannot be compared")
+    probs = np.asarray(model.predict(images.astype("float32"), verbose=0))
+    return scores(labels, probs, classes), probs, images, labels
+
+
+def versus_champion(client, name: str, run_id: str, classes: list[str], subset: Path, predicted: np.ndarray,
+                    labels: np.ndarray) -> tuple[str | None, dict | None, dict | None]:
+    """The `@champion`'s version, its scores and the paired comparison on the same test images.
+
+    All three are None when there is no champion, or when the champion is this very training run.
+    """
+    from tlpipe.fs import scratch_dir
+    from tlpipe.tracking.registry import CHAMPION, alias_version, load_version_model
+
+    champ = alias_version(client, name, CHAMPION)
+    if champ is None or champ.tags.get("training_run_id") == run_id:
+        return None, None, None
+    champion_model, champion_classes = load_version_model(client, name, champ)
+    _, champion_probs, _, champion_labels = score_model(champion_model, subset, champion_classes)
+    if not np.array_equal(champion_labels, labels):
+        raise PipelineError(f"champion v{champ.version} and the challenger were read different test labels from "
+                            f"{subset}; the comparison needs the same images in the same order")
+    with scratch_dir("champion-ids") as work:
+        keep = unseen(test_images(subset), trained_on(client, champ, Path(work)))
+    challenger_probs = np.eye(len(classes), dtype="float32")[predicted]
+    champion, comparison = paired(labels, challenger_probs, champion_probs, classes, keep)
+    return str(champ.version), champion, comparison

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +58,3 @@ def write_confusion_csv(y_true, y_pred, classes: list[str], path: Path) -> None:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["actual", "predicted"])
         writer.writerows((classes[t], classes[p]) for t, p in zip(y_true, y_pred, strict=True))
-
-
-def test_set_id(subset: Path) -> str:
-    """A sha256 over the test split's file hashes: two scores are comparable only when these match."""
-    from tlpipe.data.datasets import read_manifest
-
-    manifest = read_manifest(subset)
-    files = sorted(manifest.loc[manifest["split"] == "test", "sha256"])
-    return hashlib.sha256("\n".join(files).encode()).hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from tlpipe.contracts import ValidationResult
+from tlpipe.fingerprint import content_hash, test_set_id
 
 
 def git_commit() -> str:
@@ -21,19 +21,6 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("TLPIPE_GIT_COMMIT", "unknown")
     return head + ("-dirty" if dirty else "")
-
-
-def content_hash(path: str | Path) -> str:
-    """A sha256 over a file, or over a folder's relative paths and file contents (sorted)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(file.relative_to(path).as_posix().encode() if file != path else b"")
-        with open(file, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def dvc_lock_hashes(paths: list[str], lock: Path = Path("dvc.lock")) -> dict[str, str]:
@@ -70,7 +57,6 @@ def subset_lineage(subset: Path, validation: Path, inputs: list[str], backbone: 
     """Git commit, data source, backbone, dvc.lock hashes, sizes per class and split, validation, test-set id."""
     from tlpipe.contracts import SubsetSummary
     from tlpipe.data.datasets import read_manifest
-    from tlpipe.reports.evaluation import test_set_id
 
     manifest = read_manifest(subset)
     sizes = manifest.groupby(["split", "class"]).size()

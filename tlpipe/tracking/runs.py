@@ -76,7 +76,7 @@ def _alive(owner: str) -> bool:
     host, _, pid = owner.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine's process: not ours to judge
-    from tlpipe.cli import pid_alive
+    from tlpipe.fs import pid_alive
 
     return pid_alive(int(pid))
 

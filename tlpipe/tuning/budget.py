@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 from optuna_integration import KerasPruningCallback
 
-from tlpipe.config import TuneConfig
+from tlpipe.sections import TuneConfig
 from tlpipe.tuning.trial import Recipe
 
 

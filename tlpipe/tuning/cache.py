@@ -9,7 +9,6 @@ worker's `--cache-dir`, an emptyDir on Kubeflow) and are streamed in shuffled bl
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
@@ -20,6 +19,7 @@ import keras
 import numpy as np
 
 from tlpipe.data.arrays import NpyRows, NpyWriter
+from tlpipe.fingerprint import digest
 
 DEFAULT_MEMORY_BYTES = 2 * 1024**3  # tune.cache_max_bytes' default
 DISK_SHARE = 0.9  # of the free space: leave the rest to the checkpoints and logs on the same disk
@@ -99,7 +99,7 @@ class ActivationCache:
 
     def key(self, identity: str, frozen: int, fingerprint: str) -> str:
         """Cache key: backbone identity + boundary + the images' fingerprint (augmentation included) + dtype."""
-        return hashlib.sha256(f"{identity}|{frozen}|{self.dtype}|{fingerprint}".encode()).hexdigest()[:20]
+        return digest(f"{identity}|{frozen}|{self.dtype}|{fingerprint}", 20)
 
     def bytes_needed(self, images: int, shape: tuple[int, ...]) -> int:
         """Bytes for `images` activations of `shape`."""

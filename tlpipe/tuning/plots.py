@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.contracts import TRIALS_CSV
+from tlpipe.contracts import TRANSFERABILITY_CSV, TRIALS_CSV
 from tlpipe.reports.plots import pyplot
 
+# transferability.csv (tlpipe/tuning/sweep.py): one row per (regime, freeze point) of the controlled sweep.
+SWEEP_COLUMNS = ("regime", "freeze_ratio", "boundary", "mean", "std", "n", "learning_rate", "train_bn")
 TRIAL_COLUMNS = ("number", "state", "value", "regime", "freeze_ratio", "learning_rate", "train_bn", "epochs_run",
                  "mode")
 
@@ -89,7 +91,17 @@ def plot_all(study, trials, out_dir: Path, metric: str) -> None:
     _save_optuna_plot(optuna_plots.plot_param_importances, study, out_dir / "importances.png",
                       "hyperparameter importances")
     _transferability(trials, out_dir / "trials.png", metric, maximize)
-    _note(out_dir / "transferability.png", "transferability sweep: off (tune.sweep: false)")  # the sweep replaces it
+    # the sweep, when it runs, replaces both; until then they say it is off (dvc plots read both)
+    write_sweep_csv([], out_dir / TRANSFERABILITY_CSV)
+    _note(out_dir / "transferability.png", "transferability sweep: off (tune.sweep: false)")
+
+
+def write_sweep_csv(rows: list[dict], path: Path) -> None:
+    """transferability.csv: the sweep's rows (header only when no sweep ran)."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _note(path: Path, text: str) -> None:
@@ -102,15 +114,8 @@ def _note(path: Path, text: str) -> None:
 
 
 def plot_disabled(out_dir: Path) -> None:
-    """The same files when tuning is off, saying so."""
-    plt = pyplot()
+    """The files the graph declares for tune (pipelines/graph.py plots), when tuning is off, saying so."""
     write_trials_csv([], out_dir / TRIALS_CSV)
-    from tlpipe.tuning.sweep import write_csv
-
-    write_csv([], out_dir)
+    write_sweep_csv([], out_dir / TRANSFERABILITY_CSV)
     for name in ("history", "importances", "transferability"):
-        fig, ax = plt.subplots(figsize=(6, 2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, f"{name}: tuning disabled (tune.enabled: false)", ha="center", va="center")
-        fig.savefig(out_dir / f"{name}.png", dpi=90)
-        plt.close(fig)
+        _note(out_dir / f"{name}.png", f"{name}: tuning disabled (tune.enabled: false)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 def tune_worker_scratch(params) -> str | None:
     """The Kubernetes quantity of the tuning worker's emptyDir for these params, or None when unknowable."""
-    from tlpipe.config import APPLICATION_BACKBONES, BUILTIN, PRETRAIN
+    from tlpipe.sections import APPLICATION_BACKBONES, BUILTIN, PRETRAIN
 
     model, subset = params.model, params.make_subset
     if params.data.source != BUILTIN or model.backbone not in (PRETRAIN, *APPLICATION_BACKBONES):

@@ -8,13 +8,11 @@ resumed; any change = a new study, so trials of two datasets or two backbones ne
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
-from tlpipe.config import TuneConfig
 from tlpipe.errors import PipelineError
 from tlpipe.redact import holds_credentials, redact, redact_text
+from tlpipe.sections import TuneConfig
 
 FINISHED = ("COMPLETE", "PRUNED")
 # Keys of `tune` that decide how long or where a study runs, not what a trial computes.
@@ -25,20 +23,17 @@ VOLATILE = ("n_trials", "timeout", "storage", "enabled", "study_name", "heartbea
 def study_fingerprint(cfg: TuneConfig, recipe: dict, subset: Path, augmented: Path | None, head: Path | None,
                       backbone_identity: str) -> str:
     """sha256 (12 hex) over the data, backbone, head, search space and recipe."""
-    from tlpipe.data.datasets import read_manifest
-    from tlpipe.tracking.lineage import content_hash
+    from tlpipe.fingerprint import content_hash, digest, split_ids
 
-    manifest = read_manifest(subset)
-    used = manifest[manifest["split"].isin(["train", "val"])][["split", "class", "sha256"]]
     parts = {
-        "data": hashlib.sha256(used.to_csv(index=False).encode()).hexdigest(),
+        "data": split_ids(subset, ("train", "val")),
         "augmented": content_hash(augmented) if augmented and Path(augmented).exists() else "",
         "head": content_hash(head) if head and Path(head).exists() else "",
         "backbone": backbone_identity,
         "space": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in VOLATILE},
         "recipe": recipe,
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return digest(parts, 12)
 
 
 def make_storage(cfg: TuneConfig, url: str | None = None):
@@ -53,11 +48,13 @@ def make_storage(cfg: TuneConfig, url: str | None = None):
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    from tlpipe.tracking.stores import sql_uri
+
     kwargs = {}
     if url.startswith("postgresql"):
         # Credentials come from PGUSER/PGPASSWORD (libpq reads them); a small pool per worker keeps
         # N workers x pool_size under PostgreSQL's max_connections (infra/README.md has the arithmetic).
-        url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
+        url = sql_uri(url)
         kwargs["engine_kwargs"] = {"pool_size": cfg.pool_size, "max_overflow": 0, "pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(

@@ -9,18 +9,16 @@ backbone and data. Written as transferability.csv (freeze_ratio, boundary, mean,
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tlpipe.config import TuneConfig
 from tlpipe.contracts import TRANSFERABILITY_CSV, HyperParams
 from tlpipe.reports.plots import pyplot
-
-COLUMNS = ("regime", "freeze_ratio", "boundary", "mean", "std", "n", "learning_rate", "train_bn")
+from tlpipe.sections import TuneConfig
+from tlpipe.tuning.plots import write_sweep_csv
 
 
 def chosen_points(points: list[float], count: int) -> list[float]:
@@ -82,19 +80,11 @@ def sweep(worker, study, cfg: TuneConfig, out_dir: Path) -> dict:
                      "learning_rate": hp.learning_rate, "train_bn": hp.train_bn})
         print(f"tune: sweep {regime} {ratio:.2f} ({boundary}): {rows[-1]['mean']:.4f} +- {rows[-1]['std']:.4f}",
               flush=True)
-    write_csv(rows, out_dir)
+    write_sweep_csv(rows, out_dir / TRANSFERABILITY_CSV)
     plot(rows, out_dir / "transferability.png", "val_accuracy")
     cost = {"seconds": round(time.monotonic() - started, 1), "trainings": len(jobs) * cfg.sweep_seeds}
     print(f"tune: transferability sweep cost {cost['seconds']} s for {cost['trainings']} trainings")
     return cost
-
-
-def write_csv(rows: list[dict], out_dir: Path) -> None:
-    """transferability.csv (header only when the sweep did not run: `dvc plots` still finds the file)."""
-    with open(out_dir / TRANSFERABILITY_CSV, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def plot(rows: list[dict], path: Path, metric: str) -> None:

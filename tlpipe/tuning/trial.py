@@ -16,7 +16,6 @@ flat whatever the dataset size.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import weakref
 from contextlib import ExitStack
@@ -27,14 +26,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlpipe.cli import scratch_dir
 from tlpipe.contracts import COPIES_FILE, HyperParams
 from tlpipe.data.arrays import NpyRows, NpyWriter
-from tlpipe.data.datasets import decode_images, decoded_chunks, read_manifest, split_images
+from tlpipe.data.datasets import decode_images, decoded_chunks, split_images
 from tlpipe.errors import DataError
+from tlpipe.fingerprint import content_hash, digest, split_ids
+from tlpipe.fs import scratch_dir
 from tlpipe.models.backbones import FreezePlan, apply_freeze, preprocessing, split_at
 from tlpipe.models.training import compile_for, make_head
-from tlpipe.tracking.lineage import content_hash
 from tlpipe.tuning.cache import DEFAULT_MEMORY_BYTES, ActivationCache
 
 
@@ -74,12 +73,8 @@ class TrialData:
 
 def _fingerprint(subset: Path, size: int, copies: Path | None) -> str:
     """What the trial images are, cheaply: the manifest's image hashes per split, the size, the copies' bytes."""
-    manifest = read_manifest(subset, ["split", "sha256"])
-    digest = hashlib.sha256(f"{size}|".encode())
-    for split in ("train", "val"):
-        digest.update("|".join(manifest.loc[manifest["split"] == split, "sha256"]).encode())
-    digest.update(content_hash(copies).encode() if copies is not None else b"")
-    return digest.hexdigest()[:20]
+    return digest({"size": size, "images": split_ids(subset, ("train", "val")),
+                   "copies": content_hash(copies) if copies is not None else ""}, 20)
 
 
 def load_trial_data(subset: Path, augmented: Path | None, size: int, mode: str = "auto",

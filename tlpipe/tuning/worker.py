@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tlpipe.config import TuneConfig
 from tlpipe.contracts import BestParams, HyperParams
 from tlpipe.errors import PipelineError
+from tlpipe.sections import TuneConfig
 from tlpipe.tuning.budget import RegimePruning, frozen_weight_counts, label, pruning_warmup, regime_recipe
 from tlpipe.tuning.cache import cache_plan
 from tlpipe.tuning.study import FINISHED, counts, finished, freeze_points, suggest
@@ -30,18 +32,37 @@ class Defaults:
     head_units: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class WorkerSetup:
+    """What a worker is made of (keyword-only): built once per step run, by tlpipe/tuning/context.py."""
+
+    cfg: TuneConfig
+    recipe: Recipe
+    defaults: Defaults
+    subset: Path  # make_subset's folder
+    head: Path  # train_head's head.keras
+    augmented: Path | None  # augment's folder (pre-augmented training copies), if any
+    cache_dir: Path  # the activation cache
+    load_backbone: Callable[[], Any]  # returns a fresh backbone (keras.Model)
+    identity: str  # tlpipe.models.backbones.backbone_identity: keys the cache and the study
+    worker: int = 0  # seeds this worker's sampler
+    regimes: tuple[str, ...] | None = None  # None: cfg.regimes
+
+
 class Worker:
     """One worker process (or pod) of a study."""
 
-    def __init__(self, cfg: TuneConfig, recipe: Recipe, defaults: Defaults, subset: Path, head: Path,
-                 augmented: Path | None, cache_dir: Path, load_backbone, identity: str, worker: int = 0,
-                 regimes: list[str] | None = None):
-        self.cfg, self.recipe, self.defaults, self.head, self.worker = cfg, recipe, defaults, head, worker
-        self.regimes = list(regimes or cfg.regimes)
+    def __init__(self, setup: WorkerSetup):
+        cfg = setup.cfg
+        self.cfg, self.recipe, self.defaults = cfg, setup.recipe, setup.defaults
+        self.head, self.worker = setup.head, setup.worker
+        self.regimes = list(setup.regimes or cfg.regimes)
         self.ran = 0  # trials this worker ran (the study also holds other workers' trials)
-        self.data = load_trial_data(subset, augmented, recipe.image_size, cfg.input, cfg.cache_max_bytes)
-        self.load_backbone, self.identity = load_backbone, identity
-        backbone = load_backbone()
+        self.data = load_trial_data(setup.subset, setup.augmented, setup.recipe.image_size, cfg.input,
+                                    cfg.cache_max_bytes)
+        self.load_backbone, self.identity = setup.load_backbone, setup.identity
+        backbone = setup.load_backbone()
+        cache_dir = setup.cache_dir
         self.points = freeze_points(backbone)
         self.frozen_weights = frozen_weight_counts(backbone)  # per boundary: what "transfer" really freezes
         self.cache = (ActivationCache(cache_dir, cfg.cache_max_bytes, cfg.cache_dtype, cfg.cache_disk_bytes)

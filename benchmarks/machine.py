@@ -1,0 +1,52 @@
+"""What machine a benchmark ran on, and how busy it was: the facts every benchmark report carries."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+
+def machine_facts() -> dict:
+    """Cores, CPU, library versions: what the numbers depend on."""
+    import keras
+    import tensorflow as tf
+
+    try:
+        import tf_keras
+
+        tf_keras_version = tf_keras.__version__
+    except ImportError:
+        tf_keras_version = None
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    quota = None
+    try:
+        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if text and text[0] != "max":
+            quota = round(int(text[0]) / int(text[1]), 2)
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "os_cpu_count": os.cpu_count(),
+        "cgroup_cpu_quota": quota,
+        "cpu_model": cpu_model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tf_keras": tf_keras_version,
+        "numpy": np.__version__,
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }

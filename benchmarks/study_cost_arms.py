@@ -1,0 +1,199 @@
+"""The study_cost benchmark's two arms: tlpipe's tune step and the naive study a skilled user would write."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_params(root: Path, seed: int, size: int, trials: int, storage: Path | None = None,
+                 overrides: dict | None = None) -> Path:
+    """params.yaml of the benchmark project (committed params + size, transfer-only search, no sweep)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["seed"] = seed
+    params["make_digits"]["image_size"] = params["model"]["image_size"] = size
+    params["tracking"]["default_uri"] = f"sqlite:///{root / 'mlflow.db'}"
+    params["tune"].update(n_trials=trials, regimes=["transfer"], search_bn=False, sweep=False, warm_start=0,
+                          storage=f"sqlite:///{storage or root / 'optuna.db'}")
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        params[section][name] = value
+    path = (storage.parent if storage else root) / "params.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def study_facts(study, started: dt.datetime) -> dict:
+    """Best value, when it was reached, states and epochs of a finished study."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
+    best = study.best_trial
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    return {"best": best.value, "best_trial": best.number,
+            "to_best_s": (best.datetime_complete - started).total_seconds(),
+            "params": {"freeze_ratio": best.user_attrs["freeze_ratio"],
+                       "learning_rate": best.params["learning_rate"]},
+            "states": states, "epochs": sum(t.user_attrs.get("epochs_run", 0) for t in trials),
+            "trial_s_sum": round(sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials), 2),
+            "trials": [{"n": t.number, "state": t.state.name, "value": t.value,
+                        "freeze_ratio": t.user_attrs.get("freeze_ratio"), "lr": t.params.get("learning_rate"),
+                        "epochs": t.user_attrs.get("epochs_run")} for t in trials]}
+
+
+def preimport() -> None:
+    """The libraries both arms load, imported before either clock starts (process start-up is not the study)."""
+    import keras  # noqa: F401
+    import mlflow  # noqa: F401
+    import optuna  # noqa: F401
+    import optuna_integration  # noqa: F401
+    import tensorflow  # noqa: F401
+    import tf_keras.preprocessing.image  # noqa: F401
+
+    import tlpipe.models.backbones  # noqa: F401
+    import tlpipe.tuning.context  # noqa: F401
+    import tlpipe.tuning.worker  # noqa: F401
+
+
+def arm_tlpipe(root: Path, seed: int, size: int, trials: int, out: Path, extra: dict) -> None:
+    """The real tune step, cold activation cache, its own Optuna storage."""
+    import optuna
+
+    from pipelines.local import run_steps
+
+    preimport()
+
+    run = out.parent
+    shutil.rmtree(run, ignore_errors=True)
+    params = write_params(root, seed, size, trials, storage=run / "optuna.db", overrides=extra)
+    shutil.rmtree(root / "checkpoints" / "tune_cache", ignore_errors=True)
+    started, t0 = dt.datetime.now(), time.perf_counter()
+    run_steps(root, ["tune"], params)
+    seconds = time.perf_counter() - t0
+    best = json.loads((root / "reports" / "tune" / "best_params.json").read_text())
+    study = optuna.load_study(study_name=best["study_name"], storage=f"sqlite:///{run / 'optuna.db'}")
+    facts = study_facts(study, started)
+    modes = {}
+    for t in study.get_trials(deepcopy=False):
+        modes[t.user_attrs.get("mode", "pruned")] = modes.get(t.user_attrs.get("mode", "pruned"), 0) + 1
+    out.write_text(json.dumps({"arm": "tlpipe", "seed": seed, "size": size, "seconds": seconds, **facts, "modes": modes,
+                               "best_params": best["params"]}, indent=1))
+
+
+def image_folders(subset: Path, out: Path) -> Path:
+    """The subset's images as the naive user keeps them, <split>/<class>/<file> (written once, not timed)."""
+    from tlpipe.contracts import SHARDS_DIR
+    from tlpipe.data.records import records
+
+    if not out.is_dir():
+        staged = out.with_name(out.name + ".partial")
+        shutil.rmtree(staged, ignore_errors=True)
+        for rel, data in records(sorted((subset / SHARDS_DIR).glob("*.tfrecord"))):
+            (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+            (staged / rel).write_bytes(data)
+        staged.replace(out)
+    return out
+
+
+def naive_model(backbone, plan, head, size, preprocess, lr):
+    from tlpipe.models.backbones import apply_freeze, build_classifier
+    from tlpipe.models.training import compile_for
+
+    apply_freeze(backbone, plan, False)
+    return compile_for(build_classifier(backbone, head, size, preprocess), lr)
+
+
+class DirectoryData:
+    """tf_keras's DirectoryIterator as a Keras 3 PyDataset (Keras 3 does not take tf_keras Sequences)."""
+
+    @staticmethod
+    def make(folder: Path, size: int, batch: int, seed: int, augment=None, shuffle: bool = True):
+        import keras
+        from tf_keras.preprocessing.image import ImageDataGenerator
+
+        gen = ImageDataGenerator(
+            rotation_range=augment.rotation_degrees, zoom_range=augment.zoom, width_shift_range=augment.width_shift,
+            height_shift_range=augment.height_shift, horizontal_flip=augment.horizontal_flip,
+            fill_mode="nearest") if augment else ImageDataGenerator()
+        it = gen.flow_from_directory(str(folder), target_size=(size, size), color_mode="rgb", class_mode="sparse",
+                                     batch_size=batch, shuffle=shuffle, seed=seed)
+
+        class Wrapped(keras.utils.PyDataset):
+            def __len__(self):
+                return len(it)
+
+            def __getitem__(self, i):
+                return it[i]
+
+            def on_epoch_end(self):
+                it.on_epoch_end()
+
+        return Wrapped(), it.class_indices
+
+
+def arm_naive(root: Path, seed: int, size: int, trials: int, out: Path, extra: dict) -> None:
+    """Optuna + full model + ImageDataGenerator from the files every epoch, with early stopping and the pruner."""
+    import keras
+    import optuna
+    from optuna_integration import KerasPruningCallback
+
+    preimport()
+    from tlpipe.config import load_params
+    from tlpipe.contracts import HyperParams
+    from tlpipe.data.datasets import class_names, read_manifest
+    from tlpipe.models.backbones import freeze_plan
+    from tlpipe.models.training import make_head
+    from tlpipe.tuning.context import StudyContext
+    from tlpipe.tuning.study import freeze_points, pruner, sampler, suggest
+
+    params = load_params(write_params(root, seed, size, trials, storage=out.parent / "unused.db", overrides=extra))
+    ctx = StudyContext(params, subset=root / "data/subset", augmented=root / "data/augmented",
+                       head=root / "models/head", backbone=str(root / "models/backbone"),
+                       cache_dir=root / "checkpoints/tune_cache")
+    cfg, batch = params.tune, params.fine_tune.batch_size
+    points = freeze_points(ctx.load_backbone())
+    class_order = class_names(read_manifest(root / "data/subset"))
+    folders = image_folders(root / "data/subset", root / "data/naive")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def objective(trial) -> float:
+        hp = HyperParams(dropout=params.model.dropout, head_units=params.model.head_units,
+                         **suggest(trial, cfg, points, ["transfer"]))
+        keras.utils.set_random_seed(seed)
+        backbone = ctx.load_backbone()
+        plan = freeze_plan(backbone, hp.freeze_ratio)
+        train, classes = DirectoryData.make(folders / "train", size, batch, seed, params.augment)
+        val, _ = DirectoryData.make(folders / "val", size, 256, seed, shuffle=False)
+        if sorted(classes, key=classes.get) != class_order:
+            raise SystemExit(f"class order {classes} differs from the manifest's {class_order}")
+        head = make_head(ctx.head, backbone.output.shape[-1], len(classes), hp)
+        model = naive_model(backbone, plan, head, size, ctx.recipe.preprocess, hp.learning_rate)
+        epochs_run = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: trial.set_user_attr("epochs_run", epoch + 1))
+        stop = keras.callbacks.EarlyStopping(cfg.metric, patience=cfg.patience)
+        history = model.fit(train, validation_data=val, epochs=cfg.epochs, verbose=0,
+                            callbacks=[epochs_run, stop, KerasPruningCallback(trial, cfg.metric)])
+        return min(history.history[cfg.metric])
+
+    started, t0 = dt.datetime.now(), time.perf_counter()
+    study = optuna.create_study(direction="minimize", sampler=sampler(cfg, seed), pruner=pruner(cfg))
+    study.optimize(objective, n_trials=trials)
+    seconds = time.perf_counter() - t0
+    facts = study_facts(study, started)
+    out.write_text(json.dumps({"arm": "naive", "seed": seed, "size": size, "seconds": seconds, **facts,
+                               "early_stopping": True, "patience": cfg.patience, "pruner": cfg.pruner,
+                               "best_params": {**facts["params"], "regime": "transfer", "train_bn": False,
+                                               "dropout": params.model.dropout,
+                                               "head_units": params.model.head_units}}, indent=1))
+
+
+def overrides(pairs: list[str]) -> dict:
+    return {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs)}
