@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe.cli import parser, run_main, step_params
-from tlpipe.contracts import COPIES_FILE, ValidationResult
+from tlpipe.contracts import COPIES_FILE, PREVIEW_PNG, ValidationResult
 from tlpipe.data.arrays import NpyWriter
 from tlpipe.data.augmentation import augmented_copies, build_augmenter, preview_grid
 from tlpipe.data.datasets import decode_images, decoded_chunks
@@ -57,7 +57,7 @@ def augment(paths: Images, labels: np.ndarray, classes: list[str], cfg: AugmentC
     augmenter = build_augmenter(cfg, seed)
     picks = _preview_order(labels, classes)[: cfg.preview_samples]
     preview_grid(decode_images(paths[picks], size, desc="decode preview"), augmenter,
-                 preview / "preview.png", cfg.preview_samples)
+                 preview / PREVIEW_PNG, cfg.preview_samples)
     made = cfg.copies if augmenter.active and len(paths) else 0
     NpyWriter.write(out / COPIES_FILE, _copies(paths, size, augmenter, made, out) if made else [],
                     (made * len(paths), size, size, 3), np.uint8)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         with atomic_dir(args.preview) as preview, atomic_dir(args.augmented) as out:
             made = augment(paths, labels, classes, params.augment, params.seed, params.model.image_size,
                            preview, out)
-        mlflow.log_artifact(str(Path(args.preview) / "preview.png"))
+        mlflow.log_artifact(str(Path(args.preview) / PREVIEW_PNG))
         mlflow.log_metric("copies", made)
     print(f"augment: preview -> {args.preview}; {made} augmented copies of {len(paths)} training images "
           f"-> {args.augmented}")

@@ -17,7 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe.cli import parser, run_main, step_params
-from tlpipe.contracts import CONFUSION_CSV, HEAD_FILE, METRICS_FILE, MODEL_FILE, EvalMetrics, TrainedModel, write_json
+from tlpipe.contracts import (
+    CONFUSION_CSV,
+    CONFUSION_PNG,
+    HEAD_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    PER_CLASS_FILE,
+    SAMPLES_PNG,
+    EvalMetrics,
+    TrainedModel,
+    write_json,
+)
 from tlpipe.errors import PipelineError
 from tlpipe.fs import atomic_dir
 from tlpipe.reports.evaluation import bootstrap_ci, scores, spread, write_confusion_csv
@@ -128,13 +139,13 @@ def main(argv: list[str] | None = None) -> None:
         with atomic_dir(args.evaluation) as staged:
             metrics.write(staged)
             write_json(staged / METRICS_FILE, metrics.numbers())
-            (staged / "per_class.json").write_text(json.dumps(
+            (staged / PER_CLASS_FILE).write_text(json.dumps(
                 {"fine_tune": fine["per_class"], "frozen_features": frozen["per_class"],
                  "confusion": fine["confusion"], "classes": classes}, indent=2) + "\n", encoding="utf-8")
             write_confusion_csv(labels, y_pred, classes, staged / CONFUSION_CSV)
-            plot_confusion(np.array(fine["confusion"]), classes, staged / "confusion.png", "fine_tune, test split")
+            plot_confusion(np.array(fine["confusion"]), classes, staged / CONFUSION_PNG, "fine_tune, test split")
             pick = spread(labels, params.evaluate.grid_samples, params.seed)
-            plot_samples(images[pick], labels[pick], y_pred[pick], classes, staged / "samples.png",
+            plot_samples(images[pick], labels[pick], y_pred[pick], classes, staged / SAMPLES_PNG,
                          params.evaluate.grid_samples)
         mlflow.set_tag("evaluated_run_id", trained.run_id)
         mlflow.log_metrics({"test_accuracy": metrics.accuracy, "test_loss": metrics.loss,

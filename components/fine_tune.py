@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe.cli import parser, run_main, step_params
-from tlpipe.contracts import HEAD_FILE, MODEL_FILE, BestParams, HyperParams, TrainedModel
+from tlpipe.contracts import HEAD_FILE, HISTORY_PNG, MANIFEST, MODEL_FILE, BestParams, HyperParams, TrainedModel
 from tlpipe.data.datasets import decode_images, split_source
 from tlpipe.fingerprint import content_hash, digest
 from tlpipe.fs import atomic_dir, scratch_default
@@ -54,7 +54,7 @@ def fine_tune(run: Training, *, identity: str, subset: Path, workdir: Path):
     x_val, y_val, _ = split_source(subset, "val", size, cfg.input)
     job = workdir / digest({"fine_tune": cfg.model_dump(), "augment": run.augment.model_dump(),
                             "hp": run.hp.model_dump(), "seed": run.seed, "size": size, "backbone": identity,
-                            "data": content_hash(subset / "manifest.csv"),
+                            "data": content_hash(subset / MANIFEST),
                             "head": content_hash(head_path) if head_path and head_path.exists() else ""}, 16)
     model, info = train(run, (x_train, y_train, x_val, y_val, classes), job)
     info["hp"], info["selected"] = run.hp, "fine_tune"
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
             metrics = training_report(info["history"], monitor, report,
                                       f"fine_tune ({hp.regime}, freeze {info['freeze']['boundary']}; handed on: "
                                       f"{info['selected']})")
-        mlflow.log_artifact(str(Path(args.report) / "history.png"))
+        mlflow.log_artifact(str(Path(args.report) / HISTORY_PNG))
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
         handed_on = info.get("candidates", {}).get(info["selected"], {})
         chance = chance_level(handed_on.get("val_accuracy", metrics.get("best_val_accuracy", 0.0)),

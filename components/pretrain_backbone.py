@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from tlpipe.cli import parser, run_main, step_params
-from tlpipe.contracts import BACKBONE_FILE, METRICS_FILE, BackboneInfo, numbers, write_json
+from tlpipe.contracts import BACKBONE_FILE, HISTORY_PNG, METRICS_FILE, BackboneInfo, numbers, write_json
 from tlpipe.data.datasets import batches, decode_images
 from tlpipe.data.images import is_image_name
 from tlpipe.errors import DataError
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
                                      Path(args.source))
         with atomic_dir(args.report) as report:
             write_json(report / METRICS_FILE, numbers(metrics))
-            plot_history(metrics["history"], report / "history.png", "pretrain_backbone on source classes")
-        mlflow.log_artifact(str(Path(args.report) / "history.png"))
+            plot_history(metrics["history"], report / HISTORY_PNG, "pretrain_backbone on source classes")
+        mlflow.log_artifact(str(Path(args.report) / HISTORY_PNG))
         with atomic_dir(args.backbone) as staged:
             save_model(backbone, staged / BACKBONE_FILE)
             BackboneInfo(architecture=f"vgg_style{list(params.pretrain_backbone.filters)}",

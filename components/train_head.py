@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from tlpipe.cli import parser, run_main, step_params
-from tlpipe.contracts import HEAD_FILE, METRICS_FILE, FeaturesInfo, features_file, numbers, write_json
+from tlpipe.contracts import HEAD_FILE, HISTORY_PNG, METRICS_FILE, FeaturesInfo, features_file, numbers, write_json
 from tlpipe.fs import atomic_dir
 from tlpipe.models.backbones import build_head
 from tlpipe.models.training import compile_for, save_model, set_determinism
@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> None:
                                    params.deterministic, Path(args.features), callbacks=[epoch_callback()])
         with atomic_dir(args.report) as report:
             write_json(report / METRICS_FILE, numbers(metrics))
-            plot_history(metrics["history"], report / "history.png", "train_head on frozen features")
+            plot_history(metrics["history"], report / HISTORY_PNG, "train_head on frozen features")
         mlflow.log_metrics({"best_val_accuracy": metrics["val_accuracy"], "best_val_loss": metrics["val_loss"]})
-        mlflow.log_artifact(str(Path(args.report) / "history.png"))
+        mlflow.log_artifact(str(Path(args.report) / HISTORY_PNG))
         with atomic_dir(args.head) as staged:
             save_model(head, staged / HEAD_FILE)
     print(f"train_head: val accuracy {metrics['val_accuracy']:.3f} on frozen features -> {args.head}")

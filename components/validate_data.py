@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from tlpipe.cli import parser, run_main, step_params
-from tlpipe.contracts import QUARANTINE, SHARDS_DIR, SubsetSummary, ValidationResult
+from tlpipe.contracts import QUARANTINE, SHARDS_DIR, VALIDATION_PAGE, VALIDATION_REPORT, SubsetSummary, ValidationResult
 from tlpipe.data.datasets import read_manifest
 from tlpipe.data.images import BadImage, normalise
 from tlpipe.data.records import records
@@ -170,9 +170,9 @@ def validate(subset: Path, cfg: ValidateDataConfig, max_pixels: int, gx_dir: Pat
 def write_report(report: dict, folder: Path) -> None:
     """report.json and report.html (rendered from templates/validation.html.j2)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / VALIDATION_REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     html = render("validation.html.j2", report=report, verdict="PASSED" if report["success"] else "FAILED")
-    (folder / "report.html").write_text(html, encoding="utf-8")
+    (folder / VALIDATION_PAGE).write_text(html, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         report = validate(Path(args.subset), params.validate_data, params.make_subset.max_pixels,
                           Path(args.report) / GX_DIR)
         write_report(report, Path(args.report))
-        mlflow.log_artifact(str(Path(args.report) / "report.html"))
+        mlflow.log_artifact(str(Path(args.report) / VALIDATION_PAGE))
         failed = [c for c in report["checks"] if not c["success"]]
         mlflow.log_metrics({"expectations": len(report["checks"]), "failed": len(failed)})
         for c in failed:
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         if failed:
             shutil.rmtree(args.validation, ignore_errors=True)
             raise DataError(f"{len(failed)} of {len(report['checks'])} data expectations failed; "
-                            f"see {Path(args.report) / 'report.html'}")
+                            f"see {Path(args.report) / VALIDATION_PAGE}")
         result = ValidationResult(success=True, images=report["images"], classes=report["classes"],
                                   expectations=len(report["checks"]), quarantined=len(report["quarantine"]))
         with atomic_dir(args.validation) as staged:

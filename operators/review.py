@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from tlpipe.cli import params_from, parser, run_main
+from tlpipe.contracts import REVIEW_PAGE
 from tlpipe.fs import atomic_dir
 
 
@@ -62,13 +63,13 @@ def main(argv: list[str] | None = None) -> None:
         data = collect(client, name, args.version, Path(tmp),
                        lambda version, work: gate_now(client, params, version, work, args.subset))
         ctx = context(data)
-        (staged / "review.html").write_text(render_html(ctx), encoding="utf-8")
+        (staged / REVIEW_PAGE).write_text(render_html(ctx), encoding="utf-8")
         (staged / "review.md").write_text(render_markdown(ctx), encoding="utf-8")
-        for page in ("review.html", "review.md"):
+        for page in (REVIEW_PAGE, "review.md"):
             client.log_artifact(data["register_run_id"], str(staged / page), "review")
         client.set_model_version_tag(name, data["version"], "review_artifact",
-                                     f"runs:/{data['register_run_id']}/review/review.html")
-    print(f"review: {name} v{data['version']} ({ctx['status']}) -> {Path(args.out) / 'review.html'} and review.md")
+                                     f"runs:/{data['register_run_id']}/review/{REVIEW_PAGE}")
+    print(f"review: {name} v{data['version']} ({ctx['status']}) -> {Path(args.out) / REVIEW_PAGE} and review.md")
 
 
 if __name__ == "__main__":

@@ -94,3 +94,24 @@ def test_the_check_line_names_the_fix(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "run `make dvc.yaml`" in err and "extract_features" in err
     assert Path(dvc_file).is_file()
+
+
+def test_artifact_file_names_live_only_in_contracts():
+    """Every report or artifact file name is a constant in tlpipe/contracts.py; no other module spells it."""
+    import ast
+
+    import tlpipe.contracts as contracts
+
+    names = {value for key, value in vars(contracts).items() if key.isupper() and isinstance(value, str)
+             and value.endswith((".json", ".csv", ".png", ".html", ".keras", ".npy"))}
+    names |= {model.FILE for model in vars(contracts).values()
+              if isinstance(model, type) and isinstance(getattr(model, "FILE", None), str)}
+    spelled = []
+    for folder in ("components", "tlpipe", "operators", "pipelines"):
+        for path in (REPO / folder).rglob("*.py"):
+            if path.name == "contracts.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Constant) and node.value in names:
+                    spelled.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value}")
+    assert not spelled, spelled

@@ -28,6 +28,18 @@ HISTORY_FILE = "history.json"  # one row per epoch: what `dvc plots` draws (in g
 CONFUSION_CSV = "confusion.csv"  # evaluate: one row per test image (actual, predicted) for `dvc plots` (in git)
 TRIALS_CSV = "trials.csv"  # tune: one row per trial (in git)
 TRANSFERABILITY_CSV = "transferability.csv"  # tune: accuracy vs share frozen (in git)
+# Reports people look at (git-ignored; logged to MLflow). One home per name: steps, review and tests use these.
+HISTORY_PNG = "history.png"  # a training curve (pretrain_backbone, train_head, fine_tune) or tune's study history
+IMPORTANCES_PNG = "importances.png"  # tune: Optuna's parameter importances
+TRANSFERABILITY_PNG = "transferability.png"  # tune: the sweep's curve
+TRIALS_PNG = "trials.png"  # tune: trials by freeze ratio
+PER_CLASS_FILE = "per_class.json"  # evaluate: precision / recall / F1 per class, the confusion matrix
+CONFUSION_PNG = "confusion.png"  # evaluate
+SAMPLES_PNG = "samples.png"  # evaluate: test images with truth and prediction
+PREVIEW_PNG = "preview.png"  # augment: augmented training images
+VALIDATION_REPORT = "report.json"  # validate_data: the checks and their results
+VALIDATION_PAGE = "report.html"  # validate_data: the same, as a page
+REVIEW_PAGE = "review.html"  # operators.review: the promotion review
 SPLITS = ("train", "val", "test")
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tlpipe.contracts import HISTORY_PNG
+
 
 def pyplot():
     """matplotlib.pyplot on the non-interactive Agg backend."""
@@ -81,5 +83,5 @@ def training_report(history: dict[str, list[float]], monitor: str, folder: Path,
     epochs = len(history.get("loss", []))
     rows = [{"epoch": i + 1, **{k: v[i] for k, v in history.items() if len(v) == epochs}} for i in range(epochs)]
     write_json(folder / HISTORY_FILE, rows)  # row-wise: the shape `dvc plots` reads
-    plot_history(history, folder / "history.png", title)
+    plot_history(history, folder / HISTORY_PNG, title)
     return metrics

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.contracts import BestParams, EvalMetrics, write_json
+from tlpipe.contracts import HISTORY_PNG, BestParams, EvalMetrics, write_json
 from tlpipe.errors import PipelineError
 from tlpipe.reports.html import data_uri, render
 from tlpipe.reports.review_rows import (
@@ -33,7 +33,7 @@ TUNE, EVALUATE = "tune", "evaluate"  # copies of tune's and evaluate's folders
 IMAGES = {"confusion_challenger": "confusion_challenger.png", "confusion_champion": "confusion_champion.png",
           "mistakes": "mistakes.png", "tuning_history": f"{TUNE}/history.png",
           "transferability": f"{TUNE}/transferability.png", "importances": f"{TUNE}/importances.png"}
-TRAINING_CURVES = "history.png"  # logged by fine_tune on the training run
+TRAINING_CURVES = HISTORY_PNG  # logged by fine_tune on the training run
 VOLATILE = ("effective.", "tracking.", "registry.", "tune.storage", "tune.timeout")
 
 

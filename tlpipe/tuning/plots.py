@@ -11,7 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.contracts import TRANSFERABILITY_CSV, TRIALS_CSV
+from tlpipe.contracts import (
+    HISTORY_PNG,
+    IMPORTANCES_PNG,
+    TRANSFERABILITY_CSV,
+    TRANSFERABILITY_PNG,
+    TRIALS_CSV,
+    TRIALS_PNG,
+)
 from tlpipe.reports.plots import pyplot
 
 # transferability.csv (tlpipe/tuning/sweep.py): one row per (regime, freeze point) of the controlled sweep.
@@ -87,13 +94,13 @@ def plot_all(study, trials, out_dir: Path, metric: str) -> None:
     write_trials_csv(trials, out_dir / TRIALS_CSV)
     from optuna.visualization import matplotlib as optuna_plots
 
-    _save_optuna_plot(optuna_plots.plot_optimization_history, study, out_dir / "history.png", "optimization history")
-    _save_optuna_plot(optuna_plots.plot_param_importances, study, out_dir / "importances.png",
+    _save_optuna_plot(optuna_plots.plot_optimization_history, study, out_dir / HISTORY_PNG, "optimization history")
+    _save_optuna_plot(optuna_plots.plot_param_importances, study, out_dir / IMPORTANCES_PNG,
                       "hyperparameter importances")
-    _transferability(trials, out_dir / "trials.png", metric, maximize)
+    _transferability(trials, out_dir / TRIALS_PNG, metric, maximize)
     # the sweep, when it runs, replaces both; until then they say it is off (dvc plots read both)
     write_sweep_csv([], out_dir / TRANSFERABILITY_CSV)
-    _note(out_dir / "transferability.png", "transferability sweep: off (tune.sweep: false)")
+    _note(out_dir / TRANSFERABILITY_PNG, "transferability sweep: off (tune.sweep: false)")
 
 
 def write_sweep_csv(rows: list[dict], path: Path) -> None:

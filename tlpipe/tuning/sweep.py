@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.contracts import TRANSFERABILITY_CSV, HyperParams
+from tlpipe.contracts import TRANSFERABILITY_CSV, TRANSFERABILITY_PNG, HyperParams
 from tlpipe.reports.plots import pyplot
 from tlpipe.sections import TuneConfig
 from tlpipe.tuning.plots import write_sweep_csv
@@ -81,7 +81,7 @@ def sweep(worker, study, cfg: TuneConfig, out_dir: Path) -> dict:
         print(f"tune: sweep {regime} {ratio:.2f} ({boundary}): {rows[-1]['mean']:.4f} +- {rows[-1]['std']:.4f}",
               flush=True)
     write_sweep_csv(rows, out_dir / TRANSFERABILITY_CSV)
-    plot(rows, out_dir / "transferability.png", "val_accuracy")
+    plot(rows, out_dir / TRANSFERABILITY_PNG, "val_accuracy")
     cost = {"seconds": round(time.monotonic() - started, 1), "trainings": len(jobs) * cfg.sweep_seeds}
     print(f"tune: transferability sweep cost {cost['seconds']} s for {cost['trainings']} trainings")
     return cost
