@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from benchmarks.regimes import UPSTREAM, project, read_json
 
@@ -70,16 +71,30 @@ def write_far(folder: Path, size: int, classes: list[int]) -> Path:
     return folder
 
 
-def run(root: Path, only_late: bool = False) -> float:
-    """The pipeline in `root` in a child process (all steps, or tune onwards); returns seconds."""
+# The child runs the declared steps in order (as `dvc repro` would), minus the skipped ones; register is skipped
+# everywhere (the grid reads evaluate's metrics), and the scratch arm reuses the cell's upstream and train_scratch.
+CHILD = ("import sys; from pathlib import Path; from pipelines.graph import build; from pipelines.local import "
+         "run_steps; from tlpipe.config import load_params; root = Path(sys.argv[1]); run_steps(root, [s.name for s "
+         "in build(load_params(root / 'params.yaml')) if s.name not in sys.argv[2:]])")
+SCRATCH_ARM = ("tune", "fine_tune", "evaluate")
+COPIED = (*UPSTREAM, "models/scratch", "reports/train_scratch")
+
+
+def run(root: Path, only: tuple[str, ...] = ()) -> float:
+    """The pipeline in `root` in a child process (all steps but register, or `only` these); returns seconds."""
+    from pipelines.graph import build
+    from tlpipe.config import load_params
+
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "GX_ANALYTICS_ENABLED": "false",
            "TQDM_DISABLE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "benchmarks.regimes", "child", str(root), *(["--only-late"] if only_late else [])]
+    names = [s.name for s in build(load_params(root / "params.yaml"))]
+    skip = [n for n in names if n == "register" or (only and n not in only)]
     start = time.perf_counter()
     with open(root / "run.log", "w", encoding="utf-8") as log:
-        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    if code and not (root / "reports/evaluate/metrics.json").exists():
+        code = subprocess.run([sys.executable, "-c", CHILD, str(root), *skip], cwd=REPO, env=env, stdout=log,
+                              stderr=subprocess.STDOUT).returncode
+    if code or not (root / "reports/evaluate/metrics.json").exists():
         tail = (root / "run.log").read_text(encoding="utf-8")[-2000:]
         raise SystemExit(f"{root.name} failed ({code}); log {root / 'run.log'}:\n{tail}")
     return time.perf_counter() - start
@@ -106,17 +121,34 @@ def cell(work: Path, size: int, similarity: str, seed: int, args: argparse.Names
         tuned = work / f"{root.name}-scratch"
         shutil.rmtree(tuned, ignore_errors=True)
         project(tuned, seed, [*base, "tune.regimes=[scratch]"])
-        for part in UPSTREAM:
+        for part in COPIED:
             if (root / part).is_dir():
                 shutil.copytree(root / part, tuned / part)
-        row["seconds"] += round(run(tuned, only_late=True), 1)
+        row["seconds"] += round(run(tuned, only=SCRATCH_ARM), 1)
         scratch = read_json(tuned / "reports/evaluate/metrics.json")
-        row.update(scratch=scratch["accuracy"], scratch_arm="tuned scratch (tune.regimes: [scratch])")
+        row.update(scratch=scratch["accuracy"], scratch_arm="tuned scratch (tune.regimes: [scratch])",
+                   scratch_regime=scratch["regime"], vs_tuned_scratch=paired(root, tuned))
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(work / f"{root.name}-scratch", ignore_errors=True)
     print(json.dumps({k: row[k] for k in FIELDS}), flush=True)
     return row
+
+
+def paired(root: Path, tuned: Path) -> dict:
+    """Exact McNemar of the final model against the tuned scratch arm's model on the cell's test images."""
+    import keras
+
+    from tlpipe.contracts import MODEL_FILE
+    from tlpipe.data.datasets import load_split
+    from tlpipe.reports.selection import versus
+
+    size = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))["model"]["image_size"]
+    images, labels, _ = load_split(root / "data/subset", "test", size)
+    preds = [np.asarray(keras.saving.load_model(r / "models/fine_tune" / MODEL_FILE, safe_mode=True)
+                        .predict(images.astype("float32"), verbose=0)).argmax(axis=1) for r in (root, tuned)]
+    vs = versus("tuned_scratch", labels, *preds)
+    return {k: vs[k] for k in ("delta", "mcnemar_p", "fixed", "broken")}
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -144,7 +176,23 @@ def markdown(result: dict) -> str:
         lines.append(f"| {s['similarity']} | {s['train_per_class']} | {s['seeds']} | {s['final']:.3f} | "
                      f"{s['frozen']:.3f} | {s['scratch']:.3f} | {'met' if s['goal_met'] else '**missed**'} | "
                      f"{s['significantly_worse_seeds'] or '-'} | {', '.join(s['regimes'])} |")
+    lines += ["", "## Rows measured", "",
+              "| similarity | images/class | seed | final | frozen | scratch | test images | chosen | freeze ratio | "
+              "vs best baseline (p) | vs tuned scratch (p) | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(result["rows"], key=lambda r: (r["similarity"], r["train_per_class"], r["seed"])):
+        ratio = "-" if r["freeze_ratio"] is None else f"{r['freeze_ratio']:.2f}"
+        lines.append(f"| {r['similarity']} | {r['train_per_class']} | {r['seed']} | {r['final']:.3f} | "
+                     f"{r['frozen']:.3f} | {r['scratch']:.3f} | {r['test_images']} | {r['label'] or r['regime']} | "
+                     f"{ratio} | {versus_text(r.get('vs_best_baseline'))} | {versus_text(r.get('vs_tuned_scratch'))} | "
+                     f"{r.get('seconds', '-')} |")
     return "\n".join(lines) + "\n"
+
+
+def versus_text(vs: dict | None) -> str:
+    """`name +0.015 (p 0.031)` for a McNemar comparison, `-` when the row has none."""
+    if not vs:
+        return "-"
+    return f"{vs.get('name', '')} {vs['delta']:+.3f} (p {vs['mcnemar_p']:.3g})".strip()
 
 
 def plot(summary: list[dict], path: Path) -> None:
@@ -168,8 +216,29 @@ def plot(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def commit() -> str:
+    """`git rev-parse --short HEAD`, with "-dirty" when tracked files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def report(result: dict, out: Path) -> None:
+    """Rewrite the summary, the markdown table and the plot from the rows (also `--report`: no cell runs)."""
+    result["summary"] = summarize(result["rows"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+    plot(result["summary"], out.with_suffix(".png"))
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """CLI: run the cells, merge them into data_size.json (a rerun cell replaces its row), write .md and .png."""
+    """CLI: run the cells, merge them into data_size.json (a rerun cell replaces its row), write .md and .png.
+
+    Each finished cell is written at once, so a partial run leaves valid rows; `--resume` skips the cells the
+    file already holds. Seeds are the outer loop: every size and similarity at one seed before the next seed.
+    """
     p = argparse.ArgumentParser(prog="python -m benchmarks.data_size", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 25, 50, 100])
@@ -180,28 +249,40 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeatable)")
     p.add_argument("--work", type=Path, default=Path("/tmp/tlpipe-data-size"))
     p.add_argument("--keep", action="store_true", help="keep each cell's project folder")
+    p.add_argument("--resume", action="store_true", help="skip cells already in --out")
+    p.add_argument("--report", action="store_true", help="only rewrite the .md and .png from --out")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/data_size.json")
     args = p.parse_args(argv)
+    result = read_json(args.out) or {"rows": []}
+    if args.report:
+        report(result, args.out)
+        return result
     if args.quick:
         args.sizes, args.seeds = [5, 25], [42]
     args.work.mkdir(parents=True, exist_ok=True)
-    result = read_json(args.out) or {"rows": []}
-    for size in args.sizes:
-        for similarity in args.similarities:
-            for seed in args.seeds:
-                row = cell(args.work, size, similarity, seed, args)
+    result["settings"] = {"overrides": args.set, "quick": args.quick, "commit": commit(), "machine": machine()}
+    result["note"] = (f"Goal per cell: mean final >= max(mean frozen, mean scratch) - 1 test image, and no seed "
+                      f"significantly worse than its best baseline (McNemar p < 0.05). Overrides of params.yaml: "
+                      f"{' '.join(args.set) or 'none'}; quick: {args.quick}; code at {result['settings']['commit']}.")
+    done = {(r["train_per_class"], r["similarity"], r["seed"]) for r in result["rows"]} if args.resume else set()
+    for seed in args.seeds:
+        for size in args.sizes:
+            for similarity in args.similarities:
                 key = (size, similarity, seed)
+                if key in done:
+                    continue
+                row = cell(args.work, size, similarity, seed, args)
                 result["rows"] = [r for r in result["rows"]
                                   if (r["train_per_class"], r["similarity"], r["seed"]) != key] + [row]
-                result["summary"] = summarize(result["rows"])
-                result["note"] = (f"Goal per cell: mean final >= max(mean frozen, mean scratch) - 1 test image, and no "
-                                  f"seed significantly worse than its best baseline (McNemar p < 0.05). Overrides: "
-                                  f"{args.set or 'none'}; quick: {args.quick}.")
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-                args.out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-                plot(result["summary"], args.out.with_suffix(".png"))
+                report(result, args.out)
     return result
+
+
+def machine() -> str:
+    """CPU model and core count, as the other benchmarks record it."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    return f"{cpu}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

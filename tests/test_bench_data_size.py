@@ -39,7 +39,7 @@ def test_summary_goal_and_report(tmp_path):
     far = next(s for s in summary if s["similarity"] == "far")
     assert near["seeds"] == 2 and near["final"] == pytest.approx(0.91) and near["goal_met"]
     assert not far["goal_met"] and far["significantly_worse_seeds"] == [42]
-    text = markdown({"summary": summary, "note": "n"})
+    text = markdown({"summary": summary, "note": "n", "rows": rows})
     assert "| near | 5 | 2 | 0.910 | 0.855 | 0.610 | met |" in text and "**missed**" in text
     plot(summary, tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 1000
