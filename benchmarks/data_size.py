@@ -107,7 +107,7 @@ def cell(work: Path, size: int, similarity: str, seed: int, args: argparse.Names
         base.append(f"data.source={write_far(work / 'far-target', args.image_size, [5, 6, 7, 8, 9])}")
     root = work / f"{similarity}-n{size}-seed{seed}"
     shutil.rmtree(root, ignore_errors=True)
-    project(root, seed, base)
+    project(root, seed, base, args.base)
     seconds = run(root)
     metrics = read_json(root / "reports/evaluate/metrics.json")
     hp = read_json(root / "models/fine_tune/run.json").get("hyperparameters", {})
@@ -120,7 +120,7 @@ def cell(work: Path, size: int, similarity: str, seed: int, args: argparse.Names
     if not args.quick:
         tuned = work / f"{root.name}-scratch"
         shutil.rmtree(tuned, ignore_errors=True)
-        project(tuned, seed, [*base, "tune.regimes=[scratch]"])
+        project(tuned, seed, [*base, "tune.regimes=[scratch]"], args.base)
         for part in COPIED:
             if (root / part).is_dir():
                 shutil.copytree(root / part, tuned / part)
@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", type=Path, default=Path("/tmp/tlpipe-data-size"))
     p.add_argument("--keep", action="store_true", help="keep each cell's project folder")
     p.add_argument("--resume", action="store_true", help="skip cells already in --out")
+    p.add_argument("--why", default="", help="why these overrides (what was cut to fit the time), kept in the JSON")
     p.add_argument("--report", action="store_true", help="only rewrite the .md and .png from --out")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/data_size.json")
     args = p.parse_args(argv)
@@ -260,7 +261,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.sizes, args.seeds = [5, 25], [42]
     args.work.mkdir(parents=True, exist_ok=True)
-    result["settings"] = {"overrides": args.set, "quick": args.quick, "commit": commit(), "machine": machine()}
+    # params.yaml as it is now: the working tree may change while a long grid runs
+    args.base = args.work / "params.base.yaml"
+    shutil.copyfile(REPO / "params.yaml", args.base)
+    result["settings"] = {"overrides": args.set, "quick": args.quick, "commit": commit(), "machine": machine(),
+                          "why": args.why}
     result["note"] = (f"Goal per cell: mean final >= max(mean frozen, mean scratch) - 1 test image, and no seed "
                       f"significantly worse than its best baseline (McNemar p < 0.05). Overrides of params.yaml: "
                       f"{' '.join(args.set) or 'none'}; quick: {args.quick}; code at {result['settings']['commit']}.")
