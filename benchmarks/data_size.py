@@ -80,8 +80,8 @@ SCRATCH_ARM = ("tune", "fine_tune", "evaluate")
 COPIED = (*UPSTREAM, "models/scratch", "reports/train_scratch")
 
 
-def run(root: Path, only: tuple[str, ...] = ()) -> float:
-    """The pipeline in `root` in a child process (all steps but register, or `only` these); returns seconds."""
+def run(root: Path, only: tuple[str, ...] = (), register: bool = False) -> float:
+    """The pipeline in `root` in a child process (all steps, but register unless asked, or `only` these); seconds."""
     from pipelines.graph import build
     from tlpipe.config import load_params
 
@@ -89,7 +89,7 @@ def run(root: Path, only: tuple[str, ...] = ()) -> float:
            "TQDM_DISABLE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     names = [s.name for s in build(load_params(root / "params.yaml"))]
-    skip = [n for n in names if n == "register" or (only and n not in only)]
+    skip = [n for n in names if (n == "register" and not register) or (only and n not in only)]
     start = time.perf_counter()
     with open(root / "run.log", "w", encoding="utf-8") as log:
         code = subprocess.run([sys.executable, "-c", CHILD, str(root), *skip], cwd=REPO, env=env, stdout=log,
@@ -126,8 +126,9 @@ def cell(work: Path, size: int, similarity: str, seed: int, args: argparse.Names
                 shutil.copytree(root / part, tuned / part)
         row["seconds"] += round(run(tuned, only=SCRATCH_ARM), 1)
         scratch = read_json(tuned / "reports/evaluate/metrics.json")
+        vs = paired(root, root / "models/fine_tune", tuned / "models/fine_tune", "tuned_scratch")
         row.update(scratch=scratch["accuracy"], scratch_arm="tuned scratch (tune.regimes: [scratch])",
-                   scratch_regime=scratch["regime"], vs_tuned_scratch=paired(root, tuned))
+                   scratch_regime=scratch["regime"], vs_tuned_scratch=vs)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(work / f"{root.name}-scratch", ignore_errors=True)
@@ -135,8 +136,8 @@ def cell(work: Path, size: int, similarity: str, seed: int, args: argparse.Names
     return row
 
 
-def paired(root: Path, tuned: Path) -> dict:
-    """Exact McNemar of the final model against the tuned scratch arm's model on the cell's test images."""
+def paired(root: Path, model: Path, baseline: Path, name: str) -> dict:
+    """Exact McNemar of two trained models (their `models/...` folders) on the test images of project `root`."""
     import keras
 
     from tlpipe.contracts import MODEL_FILE
@@ -145,10 +146,10 @@ def paired(root: Path, tuned: Path) -> dict:
 
     size = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))["model"]["image_size"]
     images, labels, _ = load_split(root / "data/subset", "test", size)
-    preds = [np.asarray(keras.saving.load_model(r / "models/fine_tune" / MODEL_FILE, safe_mode=True)
-                        .predict(images.astype("float32"), verbose=0)).argmax(axis=1) for r in (root, tuned)]
-    vs = versus("tuned_scratch", labels, *preds)
-    return {k: vs[k] for k in ("delta", "mcnemar_p", "fixed", "broken")}
+    preds = [np.asarray(keras.saving.load_model(folder / MODEL_FILE, safe_mode=True)
+                        .predict(images.astype("float32"), verbose=0)).argmax(axis=1) for folder in (model, baseline)]
+    vs = versus(name, labels, *preds)
+    return {k: vs[k] for k in ("name", "delta", "mcnemar_p", "fixed", "broken")}
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -252,10 +253,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--resume", action="store_true", help="skip cells already in --out")
     p.add_argument("--why", default="", help="why these overrides (what was cut to fit the time), kept in the JSON")
     p.add_argument("--report", action="store_true", help="only rewrite the .md and .png from --out")
+    p.add_argument("--merge", type=Path, nargs="+", default=[], help="with --report: add these files' rows "
+                   "(a grid split over processes); a cell in both keeps --out's row")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/data_size.json")
     args = p.parse_args(argv)
     result = read_json(args.out) or {"rows": []}
     if args.report:
+        have = {(r["train_per_class"], r["similarity"], r["seed"]) for r in result["rows"]}
+        for other in args.merge:
+            result["rows"] += [r for r in read_json(other).get("rows", [])
+                               if (r["train_per_class"], r["similarity"], r["seed"]) not in have]
         report(result, args.out)
         return result
     if args.quick:
