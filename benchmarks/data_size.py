@@ -152,20 +152,36 @@ def paired(root: Path, model: Path, baseline: Path, name: str) -> dict:
     return {k: vs[k] for k in ("name", "delta", "mcnemar_p", "fixed", "broken")}
 
 
+def significantly_worse(vs: dict | None) -> bool:
+    """The final model trails this arm on the test images and McNemar's exact test says p < 0.05."""
+    return bool(vs) and vs["delta"] < 0 and vs["mcnemar_p"] < 0.05
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per (similarity, size): mean of each arm, seeds, and the goal mean final >= max(frozen, scratch) - 1 image."""
+    """Per (similarity, size): mean of each arm, seeds, and the goal mean final >= max(frozen, scratch) - 1 image.
+
+    A seed counts as significantly worse against evaluate's best baseline or against the tuned scratch arm.
+    """
     out = []
     for key in sorted({(r["similarity"], r["train_per_class"]) for r in rows}):
         mine = [r for r in rows if (r["similarity"], r["train_per_class"]) == key]
         mean = {arm: float(np.mean([r[arm] for r in mine])) for arm in ("final", "frozen", "scratch")}
         image = 1.0 / min(r["test_images"] for r in mine)
-        worse = [r["seed"] for r in mine if (r.get("vs_best_baseline") or {}).get("delta", 0) < 0
-                 and (r.get("vs_best_baseline") or {}).get("mcnemar_p", 1) < 0.05]
+        worse = [r["seed"] for r in mine if any(significantly_worse(r.get(k)) for k in ("vs_best_baseline",
+                                                                                        "vs_tuned_scratch"))]
         out.append({"similarity": key[0], "train_per_class": key[1], "seeds": len(mine), **mean,
                     "goal_met": mean["final"] >= max(mean["frozen"], mean["scratch"]) - image - 1e-9,
                     "significantly_worse_seeds": worse,
-                    "regimes": sorted({r["label"] or r["regime"] for r in mine})})
+                    "regimes": sorted({chosen(r) for r in mine})})
     return out
+
+
+def chosen(row: dict) -> str:
+    """The model the pipeline handed on: scratch, frozen features (freeze ratio 1), or transfer with its ratio."""
+    ratio = row["freeze_ratio"]
+    if row["regime"] == "scratch":
+        return "scratch"
+    return "frozen features" if ratio is not None and ratio >= 1.0 else f"fine-tuned ({ratio or 0:.2f} frozen)"
 
 
 def markdown(result: dict) -> str:
@@ -183,7 +199,7 @@ def markdown(result: dict) -> str:
     for r in sorted(result["rows"], key=lambda r: (r["similarity"], r["train_per_class"], r["seed"])):
         ratio = "-" if r["freeze_ratio"] is None else f"{r['freeze_ratio']:.2f}"
         lines.append(f"| {r['similarity']} | {r['train_per_class']} | {r['seed']} | {r['final']:.3f} | "
-                     f"{r['frozen']:.3f} | {r['scratch']:.3f} | {r['test_images']} | {r['label'] or r['regime']} | "
+                     f"{r['frozen']:.3f} | {r['scratch']:.3f} | {r['test_images']} | {chosen(r)} | "
                      f"{ratio} | {versus_text(r.get('vs_best_baseline'))} | {versus_text(r.get('vs_tuned_scratch'))} | "
                      f"{r.get('seconds', '-')} |")
     return "\n".join(lines) + "\n"
@@ -260,9 +276,11 @@ def main(argv: list[str] | None = None) -> dict:
     result = read_json(args.out) or {"rows": []}
     if args.report:
         have = {(r["train_per_class"], r["similarity"], r["seed"]) for r in result["rows"]}
-        for other in args.merge:
-            result["rows"] += [r for r in read_json(other).get("rows", [])
+        for other in map(read_json, args.merge):
+            result["rows"] += [r for r in other.get("rows", [])
                                if (r["train_per_class"], r["similarity"], r["seed"]) not in have]
+            for key in ("note", "settings"):
+                result.setdefault(key, other.get(key))
         report(result, args.out)
         return result
     if args.quick:

@@ -68,3 +68,9 @@ def test_report_merges_a_split_grid_and_keeps_its_own_rows(tmp_path):
     assert json.loads(mine.read_text())["summary"][0]["final"] == pytest.approx(0.85)
     assert "| near | 5 | 43 | 0.800 |" in mine.with_suffix(".md").read_text()
     assert mine.with_suffix(".png").exists()
+
+
+def test_a_seed_significantly_worse_than_the_tuned_scratch_arm_counts():
+    worse = {**row(5, "near", 43, 0.5, 0.5, 0.7), "vs_tuned_scratch": {"delta": -0.2, "mcnemar_p": 1e-7}}
+    (summary,) = summarize([row(5, "near", 42, 0.5, 0.5, 0.5), worse])
+    assert summary["significantly_worse_seeds"] == [43] and not summary["goal_met"]
