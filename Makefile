@@ -29,7 +29,7 @@ CLUSTER_FLAGS = $(if $(PULL_SECRET),--image-pull-secret $(PULL_SECRET)) $(if $(P
 PYTEST_ARGS ?=
 
 .PHONY: help venv tools system-deps dvc.yaml clean-cache run test test-fast lint review promote rollback status predict \
-        compile run-local submit bench typecheck image image-gpu clean clean-registry study
+        compile run-local submit bench typecheck readme-numbers image image-gpu clean clean-registry study
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -143,6 +143,9 @@ BENCHMARKS = input_pipeline tune_trials pruning regimes scale study_cost data_si
 
 bench: venv ## every benchmark -> benchmarks/results/ (QUICK=1: tiny settings, a smoke run, results in /tmp)
 	$(foreach name,$(BENCHMARKS),nice -n 19 python -m benchmarks.$(name) --out $(BENCH_OUT)/$(name).json $(BENCH_ARGS_$(name)) &&) true
+
+readme-numbers: venv ## run the default pipeline in a scratch folder -> benchmarks/results/readme_numbers.{json,md} and the README tables, with the commit
+	nice -n 19 python -m benchmarks.readme_numbers
 
 image: ## build the CPU image (needs a Docker engine; none here)
 	docker build --build-arg VARIANT=cpu --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(IMAGE):$(TAG) .

@@ -31,8 +31,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from benchmarks.regimes import UPSTREAM, project, read_json
+from tlpipe.contracts import EvalMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 SIMILARITIES = ("near", "far")
@@ -70,16 +72,30 @@ def write_far(folder: Path, size: int, classes: list[int]) -> Path:
     return folder
 
 
-def run(root: Path, only_late: bool = False) -> float:
-    """The pipeline in `root` in a child process (all steps, or tune onwards); returns seconds."""
+# The child runs the declared steps in order (as `dvc repro` would), minus the skipped ones; register is skipped
+# everywhere (the grid reads evaluate's metrics), and the scratch arm reuses the cell's upstream and train_scratch.
+CHILD = ("import sys; from pathlib import Path; from pipelines.graph import build; from pipelines.local import "
+         "run_steps; from tlpipe.config import load_params; root = Path(sys.argv[1]); run_steps(root, [s.name for s "
+         "in build(load_params(root / 'params.yaml')) if s.name not in sys.argv[2:]])")
+SCRATCH_ARM = ("tune", "fine_tune", "evaluate")
+COPIED = (*UPSTREAM, "models/scratch", "reports/train_scratch")
+
+
+def run(root: Path, only: tuple[str, ...] = (), register: bool = False) -> float:
+    """The pipeline in `root` in a child process (all steps, but register unless asked, or `only` these); seconds."""
+    from pipelines.graph import build
+    from tlpipe.config import load_params
+
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "GX_ANALYTICS_ENABLED": "false",
            "TQDM_DISABLE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "benchmarks.regimes", "child", str(root), *(["--only-late"] if only_late else [])]
+    names = [s.name for s in build(load_params(root / "params.yaml"))]
+    skip = [n for n in names if (n == "register" and not register) or (only and n not in only)]
     start = time.perf_counter()
     with open(root / "run.log", "w", encoding="utf-8") as log:
-        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    if code and not (root / "reports/evaluate/metrics.json").exists():
+        code = subprocess.run([sys.executable, "-c", CHILD, str(root), *skip], cwd=REPO, env=env, stdout=log,
+                              stderr=subprocess.STDOUT).returncode
+    if code or not (root / f"reports/evaluate/{EvalMetrics.FILE}").exists():
         tail = (root / "run.log").read_text(encoding="utf-8")[-2000:]
         raise SystemExit(f"{root.name} failed ({code}); log {root / 'run.log'}:\n{tail}")
     return time.perf_counter() - start
@@ -92,9 +108,9 @@ def cell(work: Path, size: int, similarity: str, seed: int, args: argparse.Names
         base.append(f"data.source={write_far(work / 'far-target', args.image_size, [5, 6, 7, 8, 9])}")
     root = work / f"{similarity}-n{size}-seed{seed}"
     shutil.rmtree(root, ignore_errors=True)
-    project(root, seed, base)
+    project(root, seed, base, args.base)
     seconds = run(root)
-    metrics = read_json(root / "reports/evaluate/metrics.json")
+    metrics = read_json(root / f"reports/evaluate/{EvalMetrics.FILE}")
     hp = read_json(root / "models/fine_tune/run.json").get("hyperparameters", {})
     row = {"train_per_class": size, "similarity": similarity, "seed": seed, "final": metrics["accuracy"],
            "frozen": metrics["frozen_features"]["accuracy"], "scratch": metrics["scratch"]["accuracy"],
@@ -105,13 +121,15 @@ def cell(work: Path, size: int, similarity: str, seed: int, args: argparse.Names
     if not args.quick:
         tuned = work / f"{root.name}-scratch"
         shutil.rmtree(tuned, ignore_errors=True)
-        project(tuned, seed, [*base, "tune.regimes=[scratch]"])
-        for part in UPSTREAM:
+        project(tuned, seed, [*base, "tune.regimes=[scratch]"], args.base)
+        for part in COPIED:
             if (root / part).is_dir():
                 shutil.copytree(root / part, tuned / part)
-        row["seconds"] += round(run(tuned, only_late=True), 1)
-        scratch = read_json(tuned / "reports/evaluate/metrics.json")
-        row.update(scratch=scratch["accuracy"], scratch_arm="tuned scratch (tune.regimes: [scratch])")
+        row["seconds"] += round(run(tuned, only=SCRATCH_ARM), 1)
+        scratch = read_json(tuned / f"reports/evaluate/{EvalMetrics.FILE}")
+        vs = paired(root, root / "models/fine_tune", tuned / "models/fine_tune", "tuned_scratch")
+        row.update(scratch=scratch["accuracy"], scratch_arm="tuned scratch (tune.regimes: [scratch])",
+                   scratch_regime=scratch["regime"], vs_tuned_scratch=vs)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(work / f"{root.name}-scratch", ignore_errors=True)
@@ -119,20 +137,52 @@ def cell(work: Path, size: int, similarity: str, seed: int, args: argparse.Names
     return row
 
 
+def paired(root: Path, model: Path, baseline: Path, name: str) -> dict:
+    """Exact McNemar of two trained models (their `models/...` folders) on the test images of project `root`."""
+    import keras
+
+    from tlpipe.contracts import MODEL_FILE
+    from tlpipe.data.datasets import load_split
+    from tlpipe.reports.selection import versus
+
+    size = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))["model"]["image_size"]
+    images, labels, _ = load_split(root / "data/subset", "test", size)
+    preds = [np.asarray(keras.saving.load_model(folder / MODEL_FILE, safe_mode=True)
+                        .predict(images.astype("float32"), verbose=0)).argmax(axis=1) for folder in (model, baseline)]
+    vs = versus(name, labels, *preds)
+    return {k: vs[k] for k in ("name", "delta", "mcnemar_p", "fixed", "broken")}
+
+
+def significantly_worse(vs: dict | None) -> bool:
+    """The final model trails this arm on the test images and McNemar's exact test says p < 0.05."""
+    return bool(vs) and vs["delta"] < 0 and vs["mcnemar_p"] < 0.05
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per (similarity, size): mean of each arm, seeds, and the goal mean final >= max(frozen, scratch) - 1 image."""
+    """Per (similarity, size): mean of each arm, seeds, and the goal mean final >= max(frozen, scratch) - 1 image.
+
+    A seed counts as significantly worse against evaluate's best baseline or against the tuned scratch arm.
+    """
     out = []
     for key in sorted({(r["similarity"], r["train_per_class"]) for r in rows}):
         mine = [r for r in rows if (r["similarity"], r["train_per_class"]) == key]
         mean = {arm: float(np.mean([r[arm] for r in mine])) for arm in ("final", "frozen", "scratch")}
         image = 1.0 / min(r["test_images"] for r in mine)
-        worse = [r["seed"] for r in mine if (r.get("vs_best_baseline") or {}).get("delta", 0) < 0
-                 and (r.get("vs_best_baseline") or {}).get("mcnemar_p", 1) < 0.05]
+        worse = [r["seed"] for r in mine if any(significantly_worse(r.get(k)) for k in ("vs_best_baseline",
+                                                                                        "vs_tuned_scratch"))]
         out.append({"similarity": key[0], "train_per_class": key[1], "seeds": len(mine), **mean,
                     "goal_met": mean["final"] >= max(mean["frozen"], mean["scratch"]) - image - 1e-9,
                     "significantly_worse_seeds": worse,
-                    "regimes": sorted({r["label"] or r["regime"] for r in mine})})
+                    "regimes": sorted({chosen(r) for r in mine})})
     return out
+
+
+def chosen(row: dict) -> str:
+    """The model the pipeline handed on: scratch, frozen features (freeze ratio 1), or transfer with its ratio."""
+    ratio = row["freeze_ratio"]
+    if row["regime"] == "scratch":
+        return "scratch"
+    return "frozen features" if ratio is not None and ratio >= 1.0 else f"fine-tuned ({ratio or 0:.2f} frozen)"
 
 
 def markdown(result: dict) -> str:
@@ -144,7 +194,23 @@ def markdown(result: dict) -> str:
         lines.append(f"| {s['similarity']} | {s['train_per_class']} | {s['seeds']} | {s['final']:.3f} | "
                      f"{s['frozen']:.3f} | {s['scratch']:.3f} | {'met' if s['goal_met'] else '**missed**'} | "
                      f"{s['significantly_worse_seeds'] or '-'} | {', '.join(s['regimes'])} |")
+    lines += ["", "## Rows measured", "",
+              "| similarity | images/class | seed | final | frozen | scratch | test images | chosen | freeze ratio | "
+              "vs best baseline (p) | vs tuned scratch (p) | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(result["rows"], key=lambda r: (r["similarity"], r["train_per_class"], r["seed"])):
+        ratio = "-" if r["freeze_ratio"] is None else f"{r['freeze_ratio']:.2f}"
+        lines.append(f"| {r['similarity']} | {r['train_per_class']} | {r['seed']} | {r['final']:.3f} | "
+                     f"{r['frozen']:.3f} | {r['scratch']:.3f} | {r['test_images']} | {chosen(r)} | "
+                     f"{ratio} | {versus_text(r.get('vs_best_baseline'))} | {versus_text(r.get('vs_tuned_scratch'))} | "
+                     f"{r.get('seconds', '-')} |")
     return "\n".join(lines) + "\n"
+
+
+def versus_text(vs: dict | None) -> str:
+    """`name +0.015 (p 0.031)` for a McNemar comparison, `-` when the row has none."""
+    if not vs:
+        return "-"
+    return f"{vs.get('name', '')} {vs['delta']:+.3f} (p {vs['mcnemar_p']:.3g})".strip()
 
 
 def plot(summary: list[dict], path: Path) -> None:
@@ -168,8 +234,29 @@ def plot(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def commit() -> str:
+    """`git rev-parse --short HEAD`, with "-dirty" when tracked files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def report(result: dict, out: Path) -> None:
+    """Rewrite the summary, the markdown table and the plot from the rows (also `--report`: no cell runs)."""
+    result["summary"] = summarize(result["rows"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+    plot(result["summary"], out.with_suffix(".png"))
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """CLI: run the cells, merge them into data_size.json (a rerun cell replaces its row), write .md and .png."""
+    """CLI: run the cells, merge them into data_size.json (a rerun cell replaces its row), write .md and .png.
+
+    Each finished cell is written at once, so a partial run leaves valid rows; `--resume` skips the cells the
+    file already holds. Seeds are the outer loop: every size and similarity at one seed before the next seed.
+    """
     p = argparse.ArgumentParser(prog="python -m benchmarks.data_size", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 25, 50, 100])
@@ -180,28 +267,53 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeatable)")
     p.add_argument("--work", type=Path, default=Path("/tmp/tlpipe-data-size"))
     p.add_argument("--keep", action="store_true", help="keep each cell's project folder")
+    p.add_argument("--resume", action="store_true", help="skip cells already in --out")
+    p.add_argument("--why", default="", help="why these overrides (what was cut to fit the time), kept in the JSON")
+    p.add_argument("--report", action="store_true", help="only rewrite the .md and .png from --out")
+    p.add_argument("--merge", type=Path, nargs="+", default=[], help="with --report: add these files' rows "
+                   "(a grid split over processes); a cell in both keeps --out's row")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/data_size.json")
     args = p.parse_args(argv)
+    result = read_json(args.out) or {"rows": []}
+    if args.report:
+        have = {(r["train_per_class"], r["similarity"], r["seed"]) for r in result["rows"]}
+        for other in map(read_json, args.merge):
+            result["rows"] += [r for r in other.get("rows", [])
+                               if (r["train_per_class"], r["similarity"], r["seed"]) not in have]
+            for key in ("note", "settings"):
+                result.setdefault(key, other.get(key))
+        report(result, args.out)
+        return result
     if args.quick:
         args.sizes, args.seeds = [5, 25], [42]
     args.work.mkdir(parents=True, exist_ok=True)
-    result = read_json(args.out) or {"rows": []}
-    for size in args.sizes:
-        for similarity in args.similarities:
-            for seed in args.seeds:
-                row = cell(args.work, size, similarity, seed, args)
+    # params.yaml as it is now: the working tree may change while a long grid runs
+    args.base = args.work / "params.base.yaml"
+    shutil.copyfile(REPO / "params.yaml", args.base)
+    result["settings"] = {"overrides": args.set, "quick": args.quick, "commit": commit(), "machine": machine(),
+                          "why": args.why}
+    result["note"] = (f"Goal per cell: mean final >= max(mean frozen, mean scratch) - 1 test image, and no seed "
+                      f"significantly worse than its best baseline (McNemar p < 0.05). Overrides of params.yaml: "
+                      f"{' '.join(args.set) or 'none'}; quick: {args.quick}; code at {result['settings']['commit']}.")
+    done = {(r["train_per_class"], r["similarity"], r["seed"]) for r in result["rows"]} if args.resume else set()
+    for seed in args.seeds:
+        for size in args.sizes:
+            for similarity in args.similarities:
                 key = (size, similarity, seed)
+                if key in done:
+                    continue
+                row = cell(args.work, size, similarity, seed, args)
                 result["rows"] = [r for r in result["rows"]
                                   if (r["train_per_class"], r["similarity"], r["seed"]) != key] + [row]
-                result["summary"] = summarize(result["rows"])
-                result["note"] = (f"Goal per cell: mean final >= max(mean frozen, mean scratch) - 1 test image, and no "
-                                  f"seed significantly worse than its best baseline (McNemar p < 0.05). Overrides: "
-                                  f"{args.set or 'none'}; quick: {args.quick}.")
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-                args.out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-                plot(result["summary"], args.out.with_suffix(".png"))
+                report(result, args.out)
     return result
+
+
+def machine() -> str:
+    """CPU model and core count, as the other benchmarks record it."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    return f"{cpu}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Runs the whole declared pipeline (`pipelines.local.run_steps`, every step as `dv
 params.yaml as committed, once per top-level `seed` (make_subset.seed stays fixed, so every run scores the same
 200 test images), each run in its own temporary project folder with its own params.yaml, MLflow and Optuna
 stores, and in its own child process so TensorFlow state does not leak between runs. One row per seed and
-regime from reports/evaluate/metrics.json, plus what tuning chose and where fine-tuning stopped.
+regime from reports/evaluate/evaluation.json, plus what tuning chose and where fine-tuning stopped.
 Goal per seed: final >= max(frozen, scratch) - 1/N_test (evaluate's `baseline_won` is its negation).
 
 Variants (the investigation) are the same runs with params overrides (`--set fine_tune.epochs=8`) and a name
@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from tlpipe.config import with_overrides
+from tlpipe.contracts import EvalMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 REGIMES = ("final", "frozen_features", "scratch")
@@ -117,7 +118,7 @@ def failure(root: Path) -> str | None:
 
 def collect(root: Path, seed: int, variant: str, seconds: float) -> list[dict]:
     """One row per regime from the project's reports."""
-    metrics = read_json(root / "reports/evaluate/metrics.json")
+    metrics = read_json(root / f"reports/evaluate/{EvalMetrics.FILE}")
     run = read_json(root / "models/fine_tune/run.json")
     best = read_json(root / "reports/tune/best_params.json")
     fine = read_json(root / "reports/fine_tune/metrics.json")
@@ -178,7 +179,7 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> list[dict]:
     (root / "seconds.txt").write_text(f"{seconds:.1f}\n", encoding="utf-8")
     if code:
         tail = (root / "run.log").read_text(encoding="utf-8")[-3000:]
-        if not (root / "reports/evaluate/metrics.json").exists():
+        if not (root / f"reports/evaluate/{EvalMetrics.FILE}").exists():
             raise SystemExit(f"seed {seed} ({args.variant}) failed ({code}); log {root / 'run.log'}:\n{tail}")
         print(f"seed {seed} ({args.variant}): a step after evaluate failed ({code}); rows kept with `error`:\n"
               f"{tail[-600:]}", flush=True)

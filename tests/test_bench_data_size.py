@@ -39,7 +39,7 @@ def test_summary_goal_and_report(tmp_path):
     far = next(s for s in summary if s["similarity"] == "far")
     assert near["seeds"] == 2 and near["final"] == pytest.approx(0.91) and near["goal_met"]
     assert not far["goal_met"] and far["significantly_worse_seeds"] == [42]
-    text = markdown({"summary": summary, "note": "n"})
+    text = markdown({"summary": summary, "note": "n", "rows": rows})
     assert "| near | 5 | 2 | 0.910 | 0.855 | 0.610 | met |" in text and "**missed**" in text
     plot(summary, tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 1000
@@ -57,3 +57,20 @@ def test_one_tiny_cell_runs_the_pipeline_and_the_tuned_scratch_arm(tmp_path):
     assert only["scratch_arm"].startswith("tuned scratch") and 0 <= only["scratch"] <= 1
     assert set(only["vs_best_baseline"]) >= {"name", "delta", "mcnemar_p"}
     assert out.with_suffix(".md").exists() and out.with_suffix(".png").exists()
+
+
+def test_report_merges_a_split_grid_and_keeps_its_own_rows(tmp_path):
+    mine, other = tmp_path / "data_size.json", tmp_path / "b.json"
+    mine.write_text(json.dumps({"note": "n", "rows": [row(5, "near", 42, 0.9, 0.8, 0.6)]}))
+    other.write_text(json.dumps({"rows": [row(5, "near", 42, 0.1, 0.1, 0.1), row(5, "near", 43, 0.8, 0.8, 0.6)]}))
+    result = main(["--report", "--out", str(mine), "--merge", str(other)])
+    assert sorted((r["seed"], r["final"]) for r in result["rows"]) == [(42, 0.9), (43, 0.8)]
+    assert json.loads(mine.read_text())["summary"][0]["final"] == pytest.approx(0.85)
+    assert "| near | 5 | 43 | 0.800 |" in mine.with_suffix(".md").read_text()
+    assert mine.with_suffix(".png").exists()
+
+
+def test_a_seed_significantly_worse_than_the_tuned_scratch_arm_counts():
+    worse = {**row(5, "near", 43, 0.5, 0.5, 0.7), "vs_tuned_scratch": {"delta": -0.2, "mcnemar_p": 1e-7}}
+    (summary,) = summarize([row(5, "near", 42, 0.5, 0.5, 0.5), worse])
+    assert summary["significantly_worse_seeds"] == [43] and not summary["goal_met"]

@@ -1,0 +1,126 @@
+"""The README's numbers: the default pipeline on the embedded digits, run at a commit, written beside that commit.
+
+Runs every declared step (as `make run` / `dvc repro` does) on params.yaml as committed, in a scratch project
+folder with its own MLflow and Optuna stores, in a child process, and times it. Then writes
+`benchmarks/results/readme_numbers.json` and `.md`: final accuracy with its bootstrap 95% CI, the frozen-features
+and from-scratch baselines, evaluate's `vs_best_baseline` (delta, exact McNemar p), the final model against the
+from-scratch baseline (exact McNemar on the same test images), the regime and freeze ratio tuning chose, the
+wall time, and the commit (`git rev-parse --short HEAD`, "dirty" when tracked files differ from it). The README
+blocks between `<!-- readme-numbers:default -->` / `<!-- readme-numbers:grid -->` markers are rewritten from
+this file and from `benchmarks/results/data_size.json`, so no number in them is typed by hand.
+
+    make readme-numbers        # = python -m benchmarks.readme_numbers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks.data_size import commit, machine, paired
+from benchmarks.data_size import markdown as grid_markdown
+from benchmarks.data_size import run as run_pipeline
+from benchmarks.regimes import project, read_json
+from tlpipe.contracts import EvalMetrics
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks/results"
+
+
+def numbers(root: Path, seconds: float) -> dict:
+    """What the README states, read from one finished project's reports (and its two models, for McNemar)."""
+    metrics = read_json(root / f"reports/evaluate/{EvalMetrics.FILE}")
+    run = read_json(root / "models/fine_tune/run.json")
+    hp, freeze = run.get("hyperparameters", {}), run.get("freeze", {})
+    return {"final": metrics["accuracy"], "final_ci95": metrics["accuracy_ci95"],
+            "frozen": metrics["frozen_features"]["accuracy"], "scratch": metrics["scratch"]["accuracy"],
+            "vs_best_baseline": {k: metrics["vs_best_baseline"][k] for k in ("name", "delta", "mcnemar_p")},
+            "vs_scratch": paired(root, root / "models/fine_tune", root / "models/scratch", "scratch"),
+            "test_images": metrics["test_images"], "regime": metrics["regime"],
+            "freeze_ratio": hp.get("freeze_ratio"), "frozen_layers": f"{freeze.get('frozen')}/{freeze.get('total')}",
+            "wall_seconds": round(seconds, 1)}
+
+
+def table(result: dict) -> str:
+    """The markdown table of one readme-numbers result, with the commit it was run at."""
+    n = result["numbers"]
+    low, high = n["final_ci95"]
+    vs, sc = n["vs_best_baseline"], n["vs_scratch"]
+    ratio = "-" if n["freeze_ratio"] is None else f"{n['freeze_ratio']:.2f}"
+    return "\n".join([
+        f"Run at commit `{result['commit']}` ({result['when']}, {result['machine']}); "
+        f"{result['train_per_class']} training images per class, {n['test_images']} test images.",
+        "",
+        "| final (95% CI) | frozen features + head | from scratch | vs best baseline (McNemar p) | "
+        "vs scratch (McNemar p) | regime | freeze ratio (layers) | wall time |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {n['final']:.3f} ({low:.3f}-{high:.3f}) | {n['frozen']:.3f} | {n['scratch']:.3f} | "
+        f"{vs['name']} {vs['delta']:+.3f} (p {vs['mcnemar_p']:.2g}) | {sc['delta']:+.3f} (p {sc['mcnemar_p']:.2g}) | "
+        f"{n['regime']} | {ratio} ({n['frozen_layers']}) | {n['wall_seconds'] / 60:.1f} min |",
+    ]) + "\n"
+
+
+def splice(text: str, name: str, block: str) -> str:
+    """`text` with the lines between `<!-- readme-numbers:NAME -->` and `<!-- /readme-numbers:NAME -->` replaced."""
+    start, end = f"<!-- readme-numbers:{name} -->", f"<!-- /readme-numbers:{name} -->"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no {start} ... {end} block: add the two markers where the table goes")
+    return pattern.sub(lambda _: f"{start}\n{block.rstrip()}\n{end}", text)
+
+
+def grid_summary(grid: dict) -> str:
+    """The grid's cell means (the summary table of benchmarks/results/data_size.md) with its commit."""
+    body = grid_markdown({**grid, "rows": []}).split("\n## Rows measured")[0].splitlines()[4:]
+    settings = grid.get("settings", {})
+    return "\n".join([f"Grid run at commit `{settings.get('commit', '?')}` "
+                      f"(`benchmarks/results/data_size.md`: every row, settings and what was cut).", "", *body])
+
+
+def update_readme(readme: Path, result: dict, grid: dict) -> None:
+    """Rewrite the README's generated blocks: the default's numbers and, when the grid has rows, its summary."""
+    text = splice(readme.read_text(encoding="utf-8"), "default", table(result))
+    if grid.get("rows"):
+        text = splice(text, "grid", grid_summary(grid))
+    readme.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI: run the default pipeline in a scratch folder, write the result files and the README blocks."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.readme_numbers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=RESULTS / "readme_numbers.json")
+    p.add_argument("--readme", type=Path, default=REPO / "README.md")
+    p.add_argument("--grid", type=Path, default=RESULTS / "data_size.json")
+    p.add_argument("--from-json", action="store_true", help="no run: rewrite the .md and README from --out")
+    args = p.parse_args(argv)
+    if args.from_json:
+        result = read_json(args.out)
+    else:
+        code = commit()  # before the run: the outputs written below make the tree dirty
+        with tempfile.TemporaryDirectory(prefix="tlpipe-readme-") as tmp:
+            root = Path(tmp) / "project"
+            params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+            project(root, params["seed"], [])
+            start = time.perf_counter()
+            run_pipeline(root, register=True)
+            result = {"commit": code.replace("-dirty", " (dirty)"), "when": time.strftime("%Y-%m-%d"),
+                      "machine": machine(), "numbers": numbers(root, time.perf_counter() - start),
+                      "train_per_class": params["make_subset"]["train_per_class"]}
+            shutil.rmtree(root / "checkpoints", ignore_errors=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    args.out.with_suffix(".md").write_text("# README numbers\n\n" + table(result), encoding="utf-8")
+    update_readme(args.readme, result, read_json(args.grid))
+    print(table(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
