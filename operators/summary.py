@@ -24,11 +24,9 @@ def summary_lines(params, root: Path = Path()) -> list[str]:
     def folder(step: str, output: str) -> Path:
         return root / path_of(steps, Ref(step, output))
 
-    return run_summary(
-        Registration.read(folder("register", "registration")),
-        read_evaluation(folder("evaluate", "evaluation")),
-        TrainedModel.read(folder("fine_tune", "model")),
-    )
+    return run_summary(Registration.read(folder("register", "registration")),
+                       read_evaluation(folder("evaluate", "evaluation")),
+                       TrainedModel.read(folder("fine_tune", "model")))
 
 
 def main(argv: list[str] | None = None) -> None:

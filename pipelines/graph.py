@@ -158,141 +158,62 @@ def _declare(params: Params) -> list[Step]:
     steps: list[Step] = []
     if digits or pretrain_digits:
         steps.append(Step("make_digits", outputs=(Out("digits", "data/raw/digits"),)))
-    raw = (
-        Ref("make_digits", "digits", "target", "data.source") if digits else External(params.data.source, "data.source")
-    )
+    raw = (Ref("make_digits", "digits", "target", "data.source") if digits
+           else External(params.data.source, "data.source"))
     steps += [
         Step("make_subset", {"raw": raw}, (Out("subset", "data/subset"),), disk=True, fingerprint="raw"),
-        Step(
-            "validate_data",
-            {"subset": Ref("make_subset", "subset")},
-            (
-                Out("validation", "data/validation", "Artifact"),
-                Out("report", "reports/validate_data", "Artifact", cache=False),
-            ),
-        ),
-        Step(
-            "augment",
-            {"subset": Ref("make_subset", "subset"), "validation": Ref("validate_data", "validation")},
-            (Out("augmented", "data/augmented"), Out("preview", "reports/augment", "Artifact", cache=False)),
-            disk=True,
-        ),
+        Step("validate_data", {"subset": Ref("make_subset", "subset")},
+             (Out("validation", "data/validation", "Artifact"), Out("report", "reports/validate_data", "Artifact",
+                                                                    cache=False))),
+        Step("augment", {"subset": Ref("make_subset", "subset"), "validation": Ref("validate_data", "validation")},
+             (Out("augmented", "data/augmented"), Out("preview", "reports/augment", "Artifact", cache=False)),
+             disk=True),
     ]
     if own_backbone:
-        source = (
-            Ref("make_digits", "digits", "source")
-            if pretrain_digits
-            else External(params.pretrain_backbone.source, "pretrain_backbone.source")
-        )
-        steps.append(
-            Step(
-                "pretrain_backbone",
-                {"source": source},
-                (
-                    Out("backbone", "models/backbone", "Model"),
-                    Out("report", "reports/pretrain_backbone", "Artifact", cache=False),
-                ),
-                gpu=True,
-                metrics=(f"report/{METRICS_FILE}",),
-            )
-        )
+        source = (Ref("make_digits", "digits", "source") if pretrain_digits
+                  else External(params.pretrain_backbone.source, "pretrain_backbone.source"))
+        steps.append(Step("pretrain_backbone", {"source": source},
+                          (Out("backbone", "models/backbone", "Model"),
+                           Out("report", "reports/pretrain_backbone", "Artifact", cache=False)),
+                          gpu=True, metrics=(f"report/{METRICS_FILE}",)))
         backbone: Ref | External = Ref("pretrain_backbone", "backbone", switch="model.backbone")
     else:
         backbone = External(params.model.backbone, "model.backbone")
     subset, validation = Ref("make_subset", "subset"), Ref("validate_data", "validation")
     head, tuning = Ref("train_head", "head"), Ref("tune", "tuning")
     steps += [
-        Step(
-            "extract_features",
-            {"subset": subset, "validation": validation, "backbone": backbone},
-            (Out("features", "data/features"),),
-            gpu=True,
-            disk=True,
-        ),
-        Step(
-            "train_head",
-            {"features": Ref("extract_features", "features"), "validation": validation},
-            (Out("head", "models/head", "Model"), Out("report", "reports/train_head", "Artifact", cache=False)),
-            metrics=(f"report/{METRICS_FILE}",),
-        ),
-        Step(
-            "tune",
-            {"subset": subset, "augmented": Ref("augment", "augmented"), "head": head, "backbone": backbone},
-            (Out("tuning", "reports/tune", "Artifact", cache=False),),
-            gpu=True,
-            scratch={"cache-dir": "checkpoints/tune_cache"},
-            command="run",
-            disk=True,
-            fanout=True,
-            plots=(
-                (
-                    f"tuning/{TRANSFERABILITY_CSV}",
-                    {
-                        "x": "freeze_ratio",
-                        "y": "mean",
-                        "template": "linear",
-                        "title": "transferability: validation accuracy vs share frozen",
-                    },
-                ),
-                (
-                    f"tuning/{TRIALS_CSV}",
-                    {
-                        "x": "freeze_ratio",
-                        "y": "value",
-                        "template": "scatter",
-                        "title": "tuning trials by freeze ratio",
-                    },
-                ),
-            ),
-        ),
-        Step(
-            "fine_tune",
-            {"subset": subset, "validation": validation, "head": head, "backbone": backbone, "tuning": tuning},
-            (Out("model", "models/fine_tune", "Model"), Out("report", "reports/fine_tune", "Artifact", cache=False)),
-            gpu=True,
-            disk=True,
-            scratch={"workdir": "checkpoints/fine_tune"},
-            metrics=(f"report/{METRICS_FILE}",),
-            plots=((f"report/{HISTORY_FILE}", {"x": "epoch", "y": "val_accuracy"}),),
-        ),
-        Step(
-            "train_scratch",
-            {"subset": subset, "validation": validation, "backbone": backbone},
-            (
-                Out("baseline", "models/scratch", "Model"),
-                Out("report", "reports/train_scratch", "Artifact", cache=False),
-            ),
-            gpu=True,
-            disk=True,
-            scratch={"workdir": "checkpoints/train_scratch"},
-            metrics=(f"report/{METRICS_FILE}",),
-        ),
-        Step(
-            "evaluate",
-            {
-                "subset": subset,
-                "validation": validation,
-                "model": Ref("fine_tune", "model"),
-                "head": head,
-                "features": Ref("extract_features", "features"),
-                "baseline": Ref("train_scratch", "baseline"),
-            },
-            (Out("evaluation", "reports/evaluate", "Artifact", cache=False),),
-            metrics=(f"evaluation/{METRICS_FILE}",),
-            plots=((f"evaluation/{CONFUSION_CSV}", {"template": "confusion", "x": "actual", "y": "predicted"}),),
-        ),
-        Step(
-            "register",
-            {
-                "model": Ref("fine_tune", "model"),
-                "evaluation": Ref("evaluate", "evaluation"),
-                "subset": subset,
-                "validation": validation,
-                "tuning": tuning,
-            },
-            (Out("registration", "reports/register", "Artifact", cache=False),),
-            cache=False,
-        ),
+        Step("extract_features", {"subset": subset, "validation": validation, "backbone": backbone},
+             (Out("features", "data/features"),), gpu=True, disk=True),
+        Step("train_head", {"features": Ref("extract_features", "features"), "validation": validation},
+             (Out("head", "models/head", "Model"), Out("report", "reports/train_head", "Artifact", cache=False)),
+             metrics=(f"report/{METRICS_FILE}",)),
+        Step("tune", {"subset": subset, "augmented": Ref("augment", "augmented"), "head": head,
+                      "backbone": backbone},
+             (Out("tuning", "reports/tune", "Artifact", cache=False),), gpu=True,
+             scratch={"cache-dir": "checkpoints/tune_cache"}, command="run", disk=True, fanout=True,
+             plots=((f"tuning/{TRANSFERABILITY_CSV}", {"x": "freeze_ratio", "y": "mean", "template": "linear",
+                                                      "title": "transferability: validation accuracy vs share frozen"}),
+                    (f"tuning/{TRIALS_CSV}", {"x": "freeze_ratio", "y": "value", "template": "scatter",
+                                              "title": "tuning trials by freeze ratio"}))),
+        Step("fine_tune", {"subset": subset, "validation": validation, "head": head, "backbone": backbone,
+                           "tuning": tuning},
+             (Out("model", "models/fine_tune", "Model"), Out("report", "reports/fine_tune", "Artifact", cache=False)),
+             gpu=True, disk=True, scratch={"workdir": "checkpoints/fine_tune"}, metrics=(f"report/{METRICS_FILE}",),
+             plots=((f"report/{HISTORY_FILE}", {"x": "epoch", "y": "val_accuracy"}),)),
+        Step("train_scratch", {"subset": subset, "validation": validation, "backbone": backbone},
+             (Out("baseline", "models/scratch", "Model"), Out("report", "reports/train_scratch", "Artifact",
+                                                               cache=False)),
+             gpu=True, disk=True, scratch={"workdir": "checkpoints/train_scratch"},
+             metrics=(f"report/{METRICS_FILE}",)),
+        Step("evaluate", {"subset": subset, "validation": validation, "model": Ref("fine_tune", "model"),
+                          "head": head, "features": Ref("extract_features", "features"),
+                          "baseline": Ref("train_scratch", "baseline")},
+             (Out("evaluation", "reports/evaluate", "Artifact", cache=False),),
+             metrics=(f"evaluation/{METRICS_FILE}",),
+             plots=((f"evaluation/{CONFUSION_CSV}", {"template": "confusion", "x": "actual", "y": "predicted"}),)),
+        Step("register", {"model": Ref("fine_tune", "model"), "evaluation": Ref("evaluate", "evaluation"),
+                          "subset": subset, "validation": validation, "tuning": tuning},
+             (Out("registration", "reports/register", "Artifact", cache=False),), cache=False),
     ]
     return steps
 
@@ -327,7 +248,6 @@ def argv(step: Step, steps: list[Step], root: str = "", templated: bool = False)
     `templated`: an external input is written as its params key (`${data.source}`), which DVC fills in
     from params.yaml when it runs the stage (dvc.yaml), so an edited path is honoured by plain `dvc repro`.
     """
-
     def at(path: str) -> str:
         return f"{root}/{path}" if root and not isinstance(path, External) else path
 

@@ -30,13 +30,9 @@ from tlpipe.config import Params
 
 PIPELINE_NAME = "tlpipe-training"
 # Typed pipeline parameters -> the params key each one sets (everything else: params_overrides).
-TYPED = {
-    "image_size": "model.image_size",
-    "train_per_class": "make_subset.train_per_class",
-    "pretrain_epochs": "pretrain_backbone.epochs",
-    "fine_tune_epochs": "fine_tune.epochs",
-    "tune_n_trials": "tune.n_trials",
-}
+TYPED = {"image_size": "model.image_size", "train_per_class": "make_subset.train_per_class",
+         "pretrain_epochs": "pretrain_backbone.epochs", "fine_tune_epochs": "fine_tune.epochs",
+         "tune_n_trials": "tune.n_trials"}
 FINGERPRINT = "data_fingerprint"  # the uncached task that hashes the data behind data.source
 FINGERPRINT_KEYS = ("data", "make_digits", "storage")
 CLOSE = "close_run"  # the exit handler: closes the MLflow pipeline run, FAILED when the run failed
@@ -50,20 +46,11 @@ def pods(step: Step, params: Params) -> dict[str, Pod]:
     if not step.fanout:
         return {step.name: Pod(step.name, gpu=step.gpu, disk=step.disk)}
     sweep = bool(getattr(params.tune, "sweep", False))  # the sweep trains many models: GPU work with scratch
-    return {
-        f"{step.name} create-study": Pod(f"{step.name} create-study", study=True),
-        f"{step.name} worker": Pod(
-            f"{step.name} worker",
-            gpu=step.gpu,
-            disk=step.disk,
-            study=True,
-            retry=False,
-            scratch=_worker_scratch(params),
-        ),
-        f"{step.name} summarize": Pod(
-            f"{step.name} summarize", gpu=step.gpu and sweep, disk=step.disk and sweep, study=True
-        ),
-    }
+    return {f"{step.name} create-study": Pod(f"{step.name} create-study", study=True),
+            f"{step.name} worker": Pod(f"{step.name} worker", gpu=step.gpu, disk=step.disk, study=True,
+                                       retry=False, scratch=_worker_scratch(params)),
+            f"{step.name} summarize": Pod(f"{step.name} summarize", gpu=step.gpu and sweep,
+                                          disk=step.disk and sweep, study=True)}
 
 
 def _worker_scratch(params: Params) -> str:
@@ -121,18 +108,9 @@ def _component(name: str, source: str, image: str):
     filename = f"<tlpipe component {name}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     # `List[int]` (list[int]): the loop item is typed NUMBER_INTEGER in the IR, like worker_index.
-    scope: dict[str, Any] = {
-        "Input": Input,
-        "Output": Output,
-        "Artifact": Artifact,
-        "Dataset": Dataset,
-        "Model": Model,
-        "Metrics": Metrics,
-        "List": list,
-        "NamedTuple": NamedTuple,
-        "PipelineTaskFinalStatus": dsl.PipelineTaskFinalStatus,
-        "__name__": "tlpipe_components",
-    }
+    scope: dict[str, Any] = {"Input": Input, "Output": Output, "Artifact": Artifact, "Dataset": Dataset,
+                             "Model": Model, "Metrics": Metrics, "List": list, "NamedTuple": NamedTuple,
+                             "PipelineTaskFinalStatus": dsl.PipelineTaskFinalStatus, "__name__": "tlpipe_components"}
     exec(compile(source, filename, "exec", dont_inherit=True), scope)  # noqa: S102 - generated above
     return dsl.component(base_image=image, install_kfp_package=False)(scope[name])
 
@@ -144,10 +122,8 @@ def step_component(step: Step, steps: dict[str, Step], image: str):
     values = _values(step)
     if step.fingerprint:
         args.append(f"{FINGERPRINT}: str")  # the raw data's content: busts KFP's cache when the data changes
-    body = [
-        f"run_step({step.name!r}, params, {{{_flags(step)}}}, {{{outs}}}, {tuple(step.scratch)!r}, "
-        f"{step.command!r}, values={{{', '.join(values)}}})"
-    ]
+    body = [f"run_step({step.name!r}, params, {{{_flags(step)}}}, {{{outs}}}, {tuple(step.scratch)!r}, "
+            f"{step.command!r}, values={{{', '.join(values)}}})"]
     if step.metrics:
         args.append("metrics: Output[Metrics]")
         output, _, file = step.metrics[0].partition("/")
@@ -173,36 +149,27 @@ def fanout_components(step: Step, steps: dict[str, Step], images: dict[str, str]
     out = step.outputs[0].name
     header = "import os\n\n    from pipelines.runtime import run_step\n"
     sources = {
-        "create-study": (
-            f"{step.name}_create_study",
-            f'''
+        "create-study": (f"{step.name}_create_study", f'''
 def {step.name}_create_study({args}, n_workers: int) -> List[int]:
     """Create the study (idempotent); returns the worker indices (integers, as worker_index is typed)."""
     {header}
     run_step({step.name!r}, params, {{{flags}}}, {{}}, (), "create-study", values={{{values}}})
     return list(range(n_workers))
-''',
-        ),
-        "worker": (
-            f"{step.name}_worker",
-            f'''
+'''),
+        "worker": (f"{step.name}_worker", f'''
 def {step.name}_worker({args}, worker_index: int):
     """Take trials of the shared study until its trial budget is spent; a failed trial fails only itself."""
     {header}
     run_step({step.name!r}, params, {{{flags}}}, {{}}, {scratch!r}, "worker",
              values={{{values}, "worker-index": str(worker_index)}})
-''',
-        ),
-        "summarize": (
-            f"{step.name}_summarize",
-            f'''
+'''),
+        "summarize": (f"{step.name}_summarize", f'''
 def {step.name}_summarize({args}, {out}: Output[Artifact]):
     """The fan-in: the best params (what the next step reads), the study's plots and the sweep."""
     {header}
     run_step({step.name!r}, params, {{{flags}}}, {{{out!r}: {out}.path}}, {scratch!r}, "summarize",
              values={{{values}}})
-''',
-        ),
+'''),
     }
     return {role: _component(fn, src, images[role]) for role, (fn, src) in sources.items()}
 
@@ -257,48 +224,31 @@ def build_pipeline(params: Params, cluster: ClusterConfig | None = None):
     image = cluster.image_for(False)
     names = tuple([FINGERPRINT] + [s.name for s in steps])
     plain = {s.name: step_component(s, named, cluster.image_for(s.gpu)) for s in steps if not s.fanout}
-    fanned = {
-        s.name: fanout_components(s, named, {role: cluster.image_for(every[f"{s.name} {role}"].gpu) for role in ROLES})
-        for s in steps
-        if s.fanout
-    }
+    fanned = {s.name: fanout_components(s, named, {role: cluster.image_for(every[f"{s.name} {role}"].gpu)
+                                                   for role in ROLES}) for s in steps if s.fanout}
     helpers = helper_components(image)
     base = json.dumps(params.model_dump(mode="json"), sort_keys=True)  # a string: KFP constants hold no null
     defaults = {name: _get(params, key) for name, key in TYPED.items()}
-    description = (
-        f"Transfer learning: {', '.join(named)}. Needs a KFP backend >= {MIN_KFP_BACKEND} (see pipelines/README.md)."
-    )
+    description = (f"Transfer learning: {', '.join(named)}. Needs a KFP backend >= {MIN_KFP_BACKEND} "
+                   "(see pipelines/README.md).")
 
     @dsl.pipeline(name=PIPELINE_NAME, description=description, pipeline_root=cluster.pipeline_root or None)
-    def training_pipeline(
-        image_size: int = defaults["image_size"],
-        train_per_class: int = defaults["train_per_class"],
-        pretrain_epochs: int = defaults["pretrain_epochs"],
-        fine_tune_epochs: int = defaults["fine_tune_epochs"],
-        tune_n_trials: int = defaults["tune_n_trials"],
-        n_tuning_workers: int = 2,
-        tune_storage: str = cluster.tune_storage,
-        params_overrides: dict = {},  # noqa: B006 - KFP reads the literal default
-    ):
-        resolved = configure(
-            params_component(image, names)(
-                base=base,
-                image_size=image_size,
-                train_per_class=train_per_class,
-                pretrain_epochs=pretrain_epochs,
-                fine_tune_epochs=fine_tune_epochs,
-                tune_n_trials=tune_n_trials,
-                params_overrides=params_overrides,
-            ),
-            every["params"],
-            cluster,
-        )
+    def training_pipeline(image_size: int = defaults["image_size"],
+                          train_per_class: int = defaults["train_per_class"],
+                          pretrain_epochs: int = defaults["pretrain_epochs"],
+                          fine_tune_epochs: int = defaults["fine_tune_epochs"],
+                          tune_n_trials: int = defaults["tune_n_trials"],
+                          n_tuning_workers: int = 2, tune_storage: str = cluster.tune_storage,
+                          params_overrides: dict = {}):  # noqa: B006 - KFP reads the literal default
+        resolved = configure(params_component(image, names)(
+            base=base, image_size=image_size, train_per_class=train_per_class, pretrain_epochs=pretrain_epochs,
+            fine_tune_epochs=fine_tune_epochs, tune_n_trials=tune_n_trials, params_overrides=params_overrides),
+            every["params"], cluster)
         own = resolved.outputs
         # The exit task's only upstream must be the exit handler: the backend hooks it onto every task it
         # depends on (argocompiler/dag.go), so its params are a compile-time constant, not resolve_params'.
-        close = configure(
-            helpers[CLOSE](params=task_params(params.model_dump(mode="json"), CLOSE)), every[CLOSE], cluster
-        )
+        close = configure(helpers[CLOSE](params=task_params(params.model_dump(mode="json"), CLOSE)), every[CLOSE],
+                          cluster)
         close.set_caching_options(False)
         with dsl.ExitHandler(close, name="pipeline"):
             fingerprint = configure(helpers[FINGERPRINT](params=own[FINGERPRINT]), every[FINGERPRINT], cluster)
@@ -309,9 +259,8 @@ def build_pipeline(params: Params, cluster: ClusterConfig | None = None):
                 for name, ref in step.inputs.items():
                     args[name] = made[ref.step].outputs[ref.output] if isinstance(ref, Ref) else ref.value
                 if step.fanout:
-                    made[step.name] = _fan_out(
-                        step, fanned[step.name], args, every, cluster, n_tuning_workers, tune_storage
-                    )
+                    made[step.name] = _fan_out(step, fanned[step.name], args, every, cluster, n_tuning_workers,
+                                               tune_storage)
                     continue
                 if step.fingerprint:
                     args[FINGERPRINT] = fingerprint.output
@@ -322,19 +271,11 @@ def build_pipeline(params: Params, cluster: ClusterConfig | None = None):
     return training_pipeline
 
 
-def _fan_out(
-    step: Step,
-    comps: dict[str, Any],
-    args: dict[str, Any],
-    every: dict[str, Pod],
-    cluster: ClusterConfig,
-    n_workers,
-    storage,
-) -> dsl.PipelineTask:
+def _fan_out(step: Step, comps: dict[str, Any], args: dict[str, Any], every: dict[str, Pod],
+             cluster: ClusterConfig, n_workers, storage) -> dsl.PipelineTask:
     shared = {**args, "storage": storage}
-    create = configure(
-        comps["create-study"](**shared, n_workers=n_workers), every[f"{step.name} create-study"], cluster
-    )
+    create = configure(comps["create-study"](**shared, n_workers=n_workers), every[f"{step.name} create-study"],
+                       cluster)
     with dsl.ParallelFor(create.output) as index:
         worker = configure(comps["worker"](**shared, worker_index=index), every[f"{step.name} worker"], cluster)
     summarize = configure(comps["summarize"](**shared), every[f"{step.name} summarize"], cluster).after(worker)

@@ -87,16 +87,9 @@ def close_pipeline_run(params: str, state: str, error: str) -> None:
     run_main(close, [])
 
 
-def run_step(
-    step: str,
-    params: str,
-    inputs: dict[str, str],
-    outputs: dict[str, str],
-    scratch: tuple[str, ...] = (),
-    command: str = "",
-    module: str = "",
-    values: dict[str, str] | None = None,
-) -> None:
+def run_step(step: str, params: str, inputs: dict[str, str], outputs: dict[str, str],
+             scratch: tuple[str, ...] = (), command: str = "", module: str = "",
+             values: dict[str, str] | None = None) -> None:
     """Run `python -m components.<step> [command] --params P --input path ... --output path ...`.
 
     `params` is the task's params YAML (written to a private params.yaml), `inputs` are the task's declared
@@ -114,12 +107,8 @@ def run_step(
         run_isolated(Path(root), module, params, inputs, outputs, values or {}, scratch, command)
         return
     params_dir = Path(tempfile.mkdtemp(prefix=f"{step}-params-"))
-    argv = step_argv(
-        _params_file(params, params_dir),
-        {**inputs, **(values or {}), **outputs},
-        {flag: tempfile.mkdtemp(prefix=f"{step}-{flag}-") for flag in scratch},
-        command,
-    )
+    argv = step_argv(_params_file(params, params_dir), {**inputs, **(values or {}), **outputs},
+                     {flag: tempfile.mkdtemp(prefix=f"{step}-{flag}-") for flag in scratch}, command)
     print(f"{step}: python -m {module} {' '.join(argv)}", flush=True)
     run_main(importlib.import_module(module).main, argv)
 

@@ -41,9 +41,8 @@ def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
 
 
 def test_committed_dvc_yaml_is_generated_from_the_declaration():
-    assert (REPO / "dvc.yaml").read_text() == render(REPO / "params.yaml"), (
+    assert (REPO / "dvc.yaml").read_text() == render(REPO / "params.yaml"), \
         "dvc.yaml is out of date: run `python -m pipelines.dvc_yaml`"
-    )
 
 
 def test_stage_deps_are_the_import_closure_including_function_level_imports():
@@ -131,10 +130,8 @@ def _stages(tmp_path, **sections):
         return value
 
     stages = yaml.safe_load(render(params_file))["stages"]
-    filled = {
-        name: {**stage, "cmd": " && ".join(fill(stage["cmd"])), "deps": fill(stage["deps"])}
-        for name, stage in stages.items()
-    }
+    filled = {name: {**stage, "cmd": " && ".join(fill(stage["cmd"])), "deps": fill(stage["deps"])}
+              for name, stage in stages.items()}
     return {s.name: s for s in build(load_params(params_file))}, filled
 
 

@@ -28,11 +28,8 @@ def section_key(model: type[_Section]) -> str:
 # Every section model of tlpipe/sections.py, in the order written there: a new section is one class there (and
 # its block in params.yaml); Params gets its field from here.
 SECTIONS: dict[str, type[_Section]] = {
-    section_key(obj): obj
-    for obj in vars(sections).values()
-    if isinstance(obj, type)
-    and issubclass(obj, _Section)
-    and obj.__module__ == sections.__name__
+    section_key(obj): obj for obj in vars(sections).values()
+    if isinstance(obj, type) and issubclass(obj, _Section) and obj.__module__ == sections.__name__
     and obj is not _Section
 }
 
@@ -44,11 +41,11 @@ class _Shared(_Section):
     deterministic: bool = True
 
     if TYPE_CHECKING:  # the section fields are made at import time, so a type checker cannot list them
-
         def __getattr__(self, name: str) -> Any: ...
 
 
-class Params(create_model("Params", __base__=_Shared, **{key: (model, model()) for key, model in SECTIONS.items()})):  # type: ignore[misc]
+class Params(create_model("Params", __base__=_Shared,
+                          **{key: (model, model()) for key, model in SECTIONS.items()})):  # type: ignore[misc]
     """The whole `params.yaml`: the shared keys plus one field per section model."""
 
 
@@ -97,6 +94,8 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     raw = with_overrides(raw, overrides)
     return parse_params(raw, origin=str(path))
+
+
 
 
 def with_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
