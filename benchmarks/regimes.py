@@ -2,9 +2,8 @@
 
 Runs the whole declared pipeline (`pipelines.local.run_steps`, every step as `dvc repro` would run it) on
 params.yaml as committed, once per top-level `seed` (make_subset.seed stays fixed, so every run scores the same
-200 test images), each run in its own temporary project folder with its own params.yaml, MLflow and Optuna
-stores, and in its own child process so TensorFlow state does not leak between runs. One row per seed and
-regime from reports/evaluate/evaluation.json, plus what tuning chose and where fine-tuning stopped.
+200 test images), each in its own project folder (params.yaml, MLflow, Optuna) and child process. One row per
+seed and regime from reports/evaluate/evaluation.json, plus what tuning chose and where fine-tuning stopped.
 Goal per seed: final >= max(frozen, scratch) - 1/N_test (evaluate's `baseline_won` is its negation).
 
 Variants (the investigation) are the same runs with params overrides (`--set fine_tune.epochs=8`) and a name
