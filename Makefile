@@ -72,8 +72,7 @@ run: venv ## run the pipeline (dvc repro) on data.source (default: the embedded 
 	TLPIPE_RUN_GROUP=$${TLPIPE_RUN_GROUP:-repro-$$(date +%Y%m%d-%H%M%S)} dvc repro
 	@python -m operators.summary  # last: the score, the registry version and the next command (all metrics: dvc metrics show)
 
-test: venv tools system-deps ## ruff, then the whole test suite (slow end-to-end tests included)
-	ruff check components tlpipe operators pipelines tests benchmarks
+test: venv tools system-deps lint ## lint (ruff, formatting, pyright), then the whole test suite (slow end-to-end tests included)
 	pytest $(PYTEST_ARGS)
 
 test-fast: venv ## unit tests only (skips tests marked slow/servers/infra)
@@ -81,7 +80,7 @@ test-fast: venv ## unit tests only (skips tests marked slow/servers/infra)
 
 lint: venv ## ruff (pyright joins once its basic-mode errors are fixed: make typecheck)
 	ruff check components tlpipe operators pipelines tests benchmarks
-	# ruff format --check components tlpipe operators pipelines tests benchmarks
+	ruff format --check components tlpipe operators pipelines tests benchmarks
 
 typecheck: venv tools ## pyright in basic mode ([tool.pyright] in pyproject.toml) against the project's venv
 	$(TOOLS_VENV)/bin/pyright --pythonpath $(VENV)/bin/python

@@ -39,8 +39,17 @@ from tlpipe.contracts import EvalMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 SIMILARITIES = ("near", "far")
-FIELDS = ("train_per_class", "similarity", "seed", "final", "frozen", "scratch", "test_images", "regime",
-          "freeze_ratio")
+FIELDS = (
+    "train_per_class",
+    "similarity",
+    "seed",
+    "final",
+    "frozen",
+    "scratch",
+    "test_images",
+    "regime",
+    "freeze_ratio",
+)
 
 
 def far_images(images: np.ndarray) -> np.ndarray:
@@ -75,9 +84,11 @@ def write_far(folder: Path, size: int, classes: list[int]) -> Path:
 
 # The child runs the declared steps in order (as `dvc repro` would), minus the skipped ones; register is skipped
 # everywhere (the grid reads evaluate's metrics), and the scratch arm reuses the cell's upstream and train_scratch.
-CHILD = ("import sys; from pathlib import Path; from pipelines.graph import build; from pipelines.local import "
-         "run_steps; from tlpipe.config import load_params; root = Path(sys.argv[1]); run_steps(root, [s.name for s "
-         "in build(load_params(root / 'params.yaml')) if s.name not in sys.argv[2:]])")
+CHILD = (
+    "import sys; from pathlib import Path; from pipelines.graph import build; from pipelines.local import "
+    "run_steps; from tlpipe.config import load_params; root = Path(sys.argv[1]); run_steps(root, [s.name for s "
+    "in build(load_params(root / 'params.yaml')) if s.name not in sys.argv[2:]])"
+)
 SCRATCH_ARM = ("tune", "fine_tune", "evaluate")
 COPIED = (*UPSTREAM, "models/scratch", "reports/train_scratch")
 
@@ -87,15 +98,21 @@ def run(root: Path, only: tuple[str, ...] = (), register: bool = False) -> float
     from pipelines.graph import build
     from tlpipe.config import load_params
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "GX_ANALYTICS_ENABLED": "false",
-           "TQDM_DISABLE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "GX_ANALYTICS_ENABLED": "false",
+        "TQDM_DISABLE": "1",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     names = [s.name for s in build(load_params(root / "params.yaml"))]
     skip = [n for n in names if (n == "register" and not register) or (only and n not in only)]
     start = time.perf_counter()
     with open(root / "run.log", "w", encoding="utf-8") as log:
-        code = subprocess.run([sys.executable, "-c", CHILD, str(root), *skip], cwd=REPO, env=env, stdout=log,
-                              stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(
+            [sys.executable, "-c", CHILD, str(root), *skip], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        ).returncode
     if code or not (root / f"reports/evaluate/{EvalMetrics.FILE}").exists():
         tail = (root / "run.log").read_text(encoding="utf-8")[-2000:]
         raise SystemExit(f"{root.name} failed ({code}); log {root / 'run.log'}:\n{tail}")
@@ -113,12 +130,22 @@ def cell(work: Path, size: int, similarity: str, seed: int, args: argparse.Names
     seconds = run(root)
     metrics = read_json(root / f"reports/evaluate/{EvalMetrics.FILE}")
     hp = read_json(root / "models/fine_tune/run.json").get("hyperparameters", {})
-    row = {"train_per_class": size, "similarity": similarity, "seed": seed, "final": metrics["accuracy"],
-           "frozen": metrics["frozen_features"]["accuracy"], "scratch": metrics["scratch"]["accuracy"],
-           "test_images": metrics["test_images"], "regime": metrics["regime"], "freeze_ratio": hp.get("freeze_ratio"),
-           "label": read_json(root / "reports/tune/best_params.json").get("label", ""),
-           "vs_best_baseline": metrics.get("vs_best_baseline", {}), "scratch_arm": "train_scratch (fixed lr)",
-           "scratch_fixed_lr": metrics["scratch"]["accuracy"], "seconds": round(seconds, 1)}
+    row = {
+        "train_per_class": size,
+        "similarity": similarity,
+        "seed": seed,
+        "final": metrics["accuracy"],
+        "frozen": metrics["frozen_features"]["accuracy"],
+        "scratch": metrics["scratch"]["accuracy"],
+        "test_images": metrics["test_images"],
+        "regime": metrics["regime"],
+        "freeze_ratio": hp.get("freeze_ratio"),
+        "label": read_json(root / "reports/tune/best_params.json").get("label", ""),
+        "vs_best_baseline": metrics.get("vs_best_baseline", {}),
+        "scratch_arm": "train_scratch (fixed lr)",
+        "scratch_fixed_lr": metrics["scratch"]["accuracy"],
+        "seconds": round(seconds, 1),
+    }
     if not args.quick:
         tuned = work / f"{root.name}-scratch"
         shutil.rmtree(tuned, ignore_errors=True)
@@ -129,8 +156,12 @@ def cell(work: Path, size: int, similarity: str, seed: int, args: argparse.Names
         row["seconds"] += round(run(tuned, only=SCRATCH_ARM), 1)
         scratch = read_json(tuned / f"reports/evaluate/{EvalMetrics.FILE}")
         vs = paired(root, root / "models/fine_tune", tuned / "models/fine_tune", "tuned_scratch")
-        row.update(scratch=scratch["accuracy"], scratch_arm="tuned scratch (tune.regimes: [scratch])",
-                   scratch_regime=scratch["regime"], vs_tuned_scratch=vs)
+        row.update(
+            scratch=scratch["accuracy"],
+            scratch_arm="tuned scratch (tune.regimes: [scratch])",
+            scratch_regime=scratch["regime"],
+            vs_tuned_scratch=vs,
+        )
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(work / f"{root.name}-scratch", ignore_errors=True)
@@ -148,8 +179,12 @@ def paired(root: Path, model: Path, baseline: Path, name: str) -> dict:
 
     size = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))["model"]["image_size"]
     images, labels, _ = load_split(root / "data/subset", "test", size)
-    preds = [np.asarray(keras.saving.load_model(folder / MODEL_FILE, safe_mode=True)
-                        .predict(images.astype("float32"), verbose=0)).argmax(axis=1) for folder in (model, baseline)]
+    preds = [
+        np.asarray(
+            keras.saving.load_model(folder / MODEL_FILE, safe_mode=True).predict(images.astype("float32"), verbose=0)
+        ).argmax(axis=1)
+        for folder in (model, baseline)
+    ]
     vs = versus(name, labels, *preds)
     return {k: vs[k] for k in ("name", "delta", "mcnemar_p", "fixed", "broken")}
 
@@ -157,8 +192,9 @@ def paired(root: Path, model: Path, baseline: Path, name: str) -> dict:
 def commit() -> str:
     """`git rev-parse --short HEAD`, with "-dirty" when tracked files differ from it."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                           text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
@@ -177,8 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
     Each finished cell is written at once, so a partial run leaves valid rows; `--resume` skips the cells the
     file already holds. Seeds are the outer loop: every size and similarity at one seed before the next seed.
     """
-    p = argparse.ArgumentParser(prog="python -m benchmarks.data_size", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.data_size", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 25, 50, 100])
     p.add_argument("--similarities", nargs="+", choices=SIMILARITIES, default=list(SIMILARITIES))
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
@@ -190,16 +227,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--resume", action="store_true", help="skip cells already in --out")
     p.add_argument("--why", default="", help="why these overrides (what was cut to fit the time), kept in the JSON")
     p.add_argument("--report", action="store_true", help="only rewrite the .md and .png from --out")
-    p.add_argument("--merge", type=Path, nargs="+", default=[], help="with --report: add these files' rows "
-                   "(a grid split over processes); a cell in both keeps --out's row")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="with --report: add these files' rows (a grid split over processes); a cell in both keeps --out's row",
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/data_size.json")
     args = p.parse_args(argv)
     result = read_json(args.out) or {"rows": []}
     if args.report:
         have = {(r["train_per_class"], r["similarity"], r["seed"]) for r in result["rows"]}
         for other in map(read_json, args.merge):
-            result["rows"] += [r for r in other.get("rows", [])
-                               if (r["train_per_class"], r["similarity"], r["seed"]) not in have]
+            result["rows"] += [
+                r for r in other.get("rows", []) if (r["train_per_class"], r["similarity"], r["seed"]) not in have
+            ]
             for key in ("note", "settings"):
                 result.setdefault(key, other.get(key))
         report(result, args.out)
@@ -210,11 +253,18 @@ def main(argv: list[str] | None = None) -> dict:
     # params.yaml as it is now: the working tree may change while a long grid runs
     args.base = args.work / "params.base.yaml"
     shutil.copyfile(REPO / "params.yaml", args.base)
-    result["settings"] = {"overrides": args.set, "quick": args.quick, "commit": commit(), "machine": machine(),
-                          "why": args.why}
-    result["note"] = (f"Goal per cell: mean final >= max(mean frozen, mean scratch) - 1 test image, and no seed "
-                      f"significantly worse than its best baseline (McNemar p < 0.05). Overrides of params.yaml: "
-                      f"{' '.join(args.set) or 'none'}; quick: {args.quick}; code at {result['settings']['commit']}.")
+    result["settings"] = {
+        "overrides": args.set,
+        "quick": args.quick,
+        "commit": commit(),
+        "machine": machine(),
+        "why": args.why,
+    }
+    result["note"] = (
+        f"Goal per cell: mean final >= max(mean frozen, mean scratch) - 1 test image, and no seed "
+        f"significantly worse than its best baseline (McNemar p < 0.05). Overrides of params.yaml: "
+        f"{' '.join(args.set) or 'none'}; quick: {args.quick}; code at {result['settings']['commit']}."
+    )
     done = {(r["train_per_class"], r["similarity"], r["seed"]) for r in result["rows"]} if args.resume else set()
     for seed in args.seeds:
         for size in args.sizes:
@@ -223,16 +273,23 @@ def main(argv: list[str] | None = None) -> dict:
                 if key in done:
                     continue
                 row = cell(args.work, size, similarity, seed, args)
-                result["rows"] = [r for r in result["rows"]
-                                  if (r["train_per_class"], r["similarity"], r["seed"]) != key] + [row]
+                result["rows"] = [
+                    r for r in result["rows"] if (r["train_per_class"], r["similarity"], r["seed"]) != key
+                ] + [row]
                 report(result, args.out)
     return result
 
 
 def machine() -> str:
     """CPU model and core count, as the other benchmarks record it."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
     return f"{cpu}, {os.cpu_count()} cores"
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 SIMILARITIES = ("near", "far")  # the panels' order
 
+
 def significantly_worse(vs: dict | None) -> bool:
     """The final model trails this arm on the test images and McNemar's exact test says p < 0.05."""
     return bool(vs) and vs["delta"] < 0 and vs["mcnemar_p"] < 0.05
@@ -26,12 +27,22 @@ def summarize(rows: list[dict]) -> list[dict]:
         mine = [r for r in rows if (r["similarity"], r["train_per_class"]) == key]
         mean = {arm: float(np.mean([r[arm] for r in mine])) for arm in ("final", "frozen", "scratch")}
         image = 1.0 / min(r["test_images"] for r in mine)
-        worse = [r["seed"] for r in mine if any(significantly_worse(r.get(k)) for k in ("vs_best_baseline",
-                                                                                        "vs_tuned_scratch"))]
-        out.append({"similarity": key[0], "train_per_class": key[1], "seeds": len(mine), **mean,
-                    "goal_met": mean["final"] >= max(mean["frozen"], mean["scratch"]) - image - 1e-9,
-                    "significantly_worse_seeds": worse,
-                    "regimes": sorted({chosen(r) for r in mine})})
+        worse = [
+            r["seed"]
+            for r in mine
+            if any(significantly_worse(r.get(k)) for k in ("vs_best_baseline", "vs_tuned_scratch"))
+        ]
+        out.append(
+            {
+                "similarity": key[0],
+                "train_per_class": key[1],
+                "seeds": len(mine),
+                **mean,
+                "goal_met": mean["final"] >= max(mean["frozen"], mean["scratch"]) - image - 1e-9,
+                "significantly_worse_seeds": worse,
+                "regimes": sorted({chosen(r) for r in mine}),
+            }
+        )
     return out
 
 
@@ -45,22 +56,36 @@ def chosen(row: dict) -> str:
 
 def markdown(result: dict) -> str:
     """The table of cell means and what each cell's tuner chose."""
-    lines = ["# Transfer vs data size and similarity", "", result["note"], "",
-             "| similarity | images/class | seeds | final | frozen | scratch | goal | sig. worse seeds | chosen |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Transfer vs data size and similarity",
+        "",
+        result["note"],
+        "",
+        "| similarity | images/class | seeds | final | frozen | scratch | goal | sig. worse seeds | chosen |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in result["summary"]:
-        lines.append(f"| {s['similarity']} | {s['train_per_class']} | {s['seeds']} | {s['final']:.3f} | "
-                     f"{s['frozen']:.3f} | {s['scratch']:.3f} | {'met' if s['goal_met'] else '**missed**'} | "
-                     f"{s['significantly_worse_seeds'] or '-'} | {', '.join(s['regimes'])} |")
-    lines += ["", "## Rows measured", "",
-              "| similarity | images/class | seed | final | frozen | scratch | test images | chosen | freeze ratio | "
-              "vs best baseline (p) | vs tuned scratch (p) | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {s['similarity']} | {s['train_per_class']} | {s['seeds']} | {s['final']:.3f} | "
+            f"{s['frozen']:.3f} | {s['scratch']:.3f} | {'met' if s['goal_met'] else '**missed**'} | "
+            f"{s['significantly_worse_seeds'] or '-'} | {', '.join(s['regimes'])} |"
+        )
+    lines += [
+        "",
+        "## Rows measured",
+        "",
+        "| similarity | images/class | seed | final | frozen | scratch | test images | chosen | freeze ratio | "
+        "vs best baseline (p) | vs tuned scratch (p) | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(result["rows"], key=lambda r: (r["similarity"], r["train_per_class"], r["seed"])):
         ratio = "-" if r["freeze_ratio"] is None else f"{r['freeze_ratio']:.2f}"
-        lines.append(f"| {r['similarity']} | {r['train_per_class']} | {r['seed']} | {r['final']:.3f} | "
-                     f"{r['frozen']:.3f} | {r['scratch']:.3f} | {r['test_images']} | {chosen(r)} | "
-                     f"{ratio} | {versus_text(r.get('vs_best_baseline'))} | {versus_text(r.get('vs_tuned_scratch'))} | "
-                     f"{r.get('seconds', '-')} |")
+        lines.append(
+            f"| {r['similarity']} | {r['train_per_class']} | {r['seed']} | {r['final']:.3f} | "
+            f"{r['frozen']:.3f} | {r['scratch']:.3f} | {r['test_images']} | {chosen(r)} | "
+            f"{ratio} | {versus_text(r.get('vs_best_baseline'))} | {versus_text(r.get('vs_tuned_scratch'))} | "
+            f"{r.get('seconds', '-')} |"
+        )
     return "\n".join(lines) + "\n"
 
 

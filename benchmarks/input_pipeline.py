@@ -74,12 +74,8 @@ PIPELINE_TARGET = 3.0
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.input_pipeline", description=__doc__.split("\n")[0]
-    )
-    p.add_argument(
-        "--out", default="benchmarks/results/input_pipeline.json", help="result JSON (a .md goes beside)"
-    )
+    p = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="benchmarks/results/input_pipeline.json", help="result JSON (a .md goes beside)")
     p.add_argument("--images", type=int, default=800, help="JPEGs generated for part 1")
     p.add_argument("--jpeg-width", type=int, default=400)
     p.add_argument("--jpeg-height", type=int, default=300)
@@ -116,9 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         measured = bench_loaders(tmp / "jpegs", paths, args.size, args.batch, args.epochs)
         load_after_pipeline = os.getloadavg()
-        idg, fused, layers = (
-            measured[k] for k in ("imagedatagenerator", "tlpipe_fused", "tfdata_keras_layers")
-        )
+        idg, fused, layers = (measured[k] for k in ("imagedatagenerator", "tlpipe_fused", "tfdata_keras_layers"))
         for name, r in measured.items():
             print(
                 f"{name}: {r['images_per_s_total']} img/s total, {r['images_per_s_steady']} steady",
@@ -136,13 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "target": PIPELINE_TARGET,
                 "pass": bool(ratio >= PIPELINE_TARGET),
             },
-            "ratio_first_epoch": round(
-                fused["images_per_s_first_epoch"] / idg["images_per_s_first_epoch"], 3
-            ),
+            "ratio_first_epoch": round(fused["images_per_s_first_epoch"] / idg["images_per_s_first_epoch"], 3),
             "ratio_steady": round(fused["images_per_s_steady"] / idg["images_per_s_steady"], 3),
-            "fused_vs_keras_layers_steady": round(
-                fused["images_per_s_steady"] / layers["images_per_s_steady"], 3
-            ),
+            "fused_vs_keras_layers_steady": round(fused["images_per_s_steady"] / layers["images_per_s_steady"], 3),
         }
 
         fx_paths = paths[: args.fx_images]
@@ -185,9 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "benchmark": "input_pipeline",
-        "command": " ".join(
-            [Path(sys.executable).name, "-m", "benchmarks.input_pipeline", *(argv or sys.argv[1:])]
-        ),
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.input_pipeline", *(argv or sys.argv[1:])]),
         "machine": machine_facts(),
         "parameters": {
             "images": args.images,
@@ -216,9 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         "input_pipeline": pipeline,
         "feature_extraction": extraction,
         "targets": {"input_pipeline_ratio": PIPELINE_TARGET, "feature_extraction_ratio": EXTRACT_TARGET},
-        "pass": bool(
-            pipeline["ratio"]["pass"] and all(r["pass"] for r in extraction.values() if r["counts_for_pass"])
-        ),
+        "pass": bool(pipeline["ratio"]["pass"] and all(r["pass"] for r in extraction.values() if r["counts_for_pass"])),
         "load_average_1_5_15": {
             "start": [round(v, 2) for v in load_before],
             "after_input_pipeline": [round(v, 2) for v in load_after_pipeline],
@@ -233,8 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
             "tlpipe. Both augment with bilinear resampling and nearest fill.",
             "tfdata_keras_layers reuses tlpipe_fused's decoded cache and charges its decode time; it differs "
             "only in the augmentation (4 Keras layers, 4 resamplings, vs 1 fused affine).",
-            f"Feature extraction uses the first {len(fx_paths)} of the {args.images} JPEGs, "
-            "to keep the run short.",
+            f"Feature extraction uses the first {len(fx_paths)} of the {args.images} JPEGs, to keep the run short.",
             "Backbone weights are untrained (weights=None / fresh init): speed does not depend on them.",
             "vgg_style_native_png (same CNN on native-size 32x32 PNGs, like the embedded digits) is "
             "informational and does not count towards pass.",

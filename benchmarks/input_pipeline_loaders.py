@@ -15,9 +15,7 @@ CLASSES = ("class_a", "class_b")
 ROTATION, ZOOM, WIDTH_SHIFT, HEIGHT_SHIFT, FLIP = 10.0, 0.1, 0.1, 0.1, True
 
 
-def make_jpegs(
-    root: Path, count: int, width: int, height: int, seed: int = 0, ext: str = ".jpg"
-) -> list[str]:
+def make_jpegs(root: Path, count: int, width: int, height: int, seed: int = 0, ext: str = ".jpg") -> list[str]:
     """`count` deterministic gradient + noise images (JPEG, or PNG for ext=".png") in two class folders."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     paths = []
@@ -158,17 +156,13 @@ class DatasetLoader(Loader):
             self.images, decode_seconds = self.timed(lambda: decode_images(paths, size))
         else:
             self.images, decode_seconds = decoded
-            self.setup_is += (
-                " (decode shared with tlpipe_fused: its measured decode time is charged here too)"
-            )
+            self.setup_is += " (decode shared with tlpipe_fused: its measured decode time is charged here too)"
         labels = labels_of(paths)
         self.ds, build_seconds = self.timed(
             lambda: batches(self.images, labels, batch, augmenter=augmenter, shuffle_seed=1)
         )
         self.setup_seconds = decode_seconds + build_seconds
-        self.extra.update(
-            decode_seconds=round(decode_seconds, 4), dataset_build_seconds=round(build_seconds, 4)
-        )
+        self.extra.update(decode_seconds=round(decode_seconds, 4), dataset_build_seconds=round(build_seconds, 4))
 
     def _epoch(self):
         count = 0
@@ -211,8 +205,14 @@ def bench_loaders(root: Path, paths: list[str], size: int, batch: int, epochs: i
         paths,
         size,
         batch,
-        FusedAugment(rotation_degrees=ROTATION, zoom=ZOOM, width_shift=WIDTH_SHIFT, height_shift=HEIGHT_SHIFT,
-                     horizontal_flip=FLIP, seed=1),
+        FusedAugment(
+            rotation_degrees=ROTATION,
+            zoom=ZOOM,
+            width_shift=WIDTH_SHIFT,
+            height_shift=HEIGHT_SHIFT,
+            horizontal_flip=FLIP,
+            seed=1,
+        ),
     )
     layers = DatasetLoader(
         "tfdata_keras_layers",
@@ -227,8 +227,7 @@ def bench_loaders(root: Path, paths: list[str], size: int, batch: int, epochs: i
         for loader in loaders:
             loader.run_epoch()
         print(
-            f"epoch {epoch + 1}/{epochs}: "
-            + ", ".join(f"{x.name} {x.epoch_seconds[-1]:.2f} s" for x in loaders),
+            f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{x.name} {x.epoch_seconds[-1]:.2f} s" for x in loaders),
             flush=True,
         )
     return {loader.name: loader.result() for loader in loaders}

@@ -31,21 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.pruning_report import EPOCHS_GOAL, WALL_GOAL, decide, judge, markdown, why
-from benchmarks.study_cost import REPO, UPSTREAM, _load, fine_tune_test, machine, overrides, run_child
-
-DESCRIBE = {
-    "none": "NopPruner (the reference)",
-    "median": "the default, MedianPruner(n_startup_trials=2, n_warmup_steps=1)",
-    "median_w2": "MedianPruner(2, n_warmup_steps=2)",
-    "median_s4_w1": "MedianPruner(n_startup_trials=4, n_warmup_steps=1)",
-    "patient_median": "PatientPruner(MedianPruner(2, 1), patience=1)",
-    "wilcoxon": "WilcoxonPruner(p_threshold=0.1, n_startup_steps=2), epochs as its steps",
-    "sha_r2": "SuccessiveHalvingPruner(min_resource=2, reduction_factor=3)",
-    "hyperband": "HyperbandPruner(min_resource=1, max_resource=tune.epochs)",
-    "percentile_33": "PercentilePruner(33, n_startup_trials=2, n_warmup_steps=1): keep only the best third",
-    "percentile_25": "PercentilePruner(25, n_startup_trials=2, n_warmup_steps=1): keep only the best quarter",
-}
+from benchmarks.pruning_notes import report, rewrite
+from benchmarks.study_cost import REPO, UPSTREAM, _load, fine_tune_test, overrides, run_child
 
 
 def candidates(cfg) -> dict:
@@ -106,9 +93,14 @@ def studies(root: Path, seed: int, names: list[str], trials: int | None, out: Pa
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = load_params(write_params(root, seed, trials, extra))
     mlflow.set_tracking_uri(params.tracking.default_uri)
-    ctx = StudyContext(params, subset=root / "data/subset", augmented=root / "data/augmented",
-                       head=root / "models/head", backbone=str(root / "models/backbone"),
-                       cache_dir=root / "checkpoints/tune_cache")
+    ctx = StudyContext(
+        params,
+        subset=root / "data/subset",
+        augmented=root / "data/augmented",
+        head=root / "models/head",
+        backbone=str(root / "models/backbone"),
+        cache_dir=root / "checkpoints/tune_cache",
+    )
     cfg = ctx.cfg
     results = json.loads(out.read_text()) if out.exists() else {}
     for name in names:
@@ -117,8 +109,13 @@ def studies(root: Path, seed: int, names: list[str], trials: int | None, out: Pa
         storage = root / "studies" / f"{name}-{seed}.db"
         storage.unlink(missing_ok=True)
         storage.parent.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(study_name=ctx.study_name, storage=make_storage(cfg, f"sqlite:///{storage}"),
-                                    direction="minimize", sampler=sampler(cfg, seed), pruner=candidates(cfg)[name]())
+        study = optuna.create_study(
+            study_name=ctx.study_name,
+            storage=make_storage(cfg, f"sqlite:///{storage}"),
+            direction="minimize",
+            sampler=sampler(cfg, seed),
+            pruner=candidates(cfg)[name](),
+        )
         t0 = time.perf_counter()
         ctx.worker().work(study)
         seconds = time.perf_counter() - t0
@@ -126,18 +123,34 @@ def studies(root: Path, seed: int, names: list[str], trials: int | None, out: Pa
         shutil.rmtree(summary_dir, ignore_errors=True)
         summarize(study, cfg, summary_dir, "n_trials")
         best = BestParams.read(summary_dir)
-        trials_out = [{"n": t.number, "state": t.state.name, "value": t.value,
-                       "last": (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None),
-                       "epochs": t.user_attrs.get("epochs_run"), "regime": t.user_attrs.get("regime"),
-                       "freeze_ratio": t.user_attrs.get("freeze_ratio"), "lr": t.params.get("learning_rate"),
-                       "train_bn": t.user_attrs.get("train_bn")}
-                      for t in study.get_trials(deepcopy=False)]
-        results[name] = {"seconds": round(seconds, 1), "epochs": best.epochs_run, "best": best.value,
-                         "best_trial": best.trial, "states": best.states,
-                         "params": best.params.model_dump(), "trials": trials_out}
+        trials_out = [
+            {
+                "n": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "last": (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None),
+                "epochs": t.user_attrs.get("epochs_run"),
+                "regime": t.user_attrs.get("regime"),
+                "freeze_ratio": t.user_attrs.get("freeze_ratio"),
+                "lr": t.params.get("learning_rate"),
+                "train_bn": t.user_attrs.get("train_bn"),
+            }
+            for t in study.get_trials(deepcopy=False)
+        ]
+        results[name] = {
+            "seconds": round(seconds, 1),
+            "epochs": best.epochs_run,
+            "best": best.value,
+            "best_trial": best.trial,
+            "states": best.states,
+            "params": best.params.model_dump(),
+            "trials": trials_out,
+        }
         out.write_text(json.dumps(results, indent=1))
-        print(f"seed {seed} {name}: {best.epochs_run} epochs, best {best.value:.4f}, {best.states}, "
-              f"{seconds:.0f} s", flush=True)
+        print(
+            f"seed {seed} {name}: {best.epochs_run} epochs, best {best.value:.4f}, {best.states}, {seconds:.0f} s",
+            flush=True,
+        )
 
 
 def finals(root: Path, seed: int, trials: int | None, out: Path, extra: dict) -> None:
@@ -151,19 +164,22 @@ def finals(root: Path, seed: int, trials: int | None, out: Path, extra: dict) ->
     for res in results.values():
         key = json.dumps(res["params"], sort_keys=True)
         if key not in done:
-            done[key] = res.get("final") or fine_tune_test(root, params, HyperParams(**res["params"]),
-                                                           root / "fine_tune_work")
+            done[key] = res.get("final") or fine_tune_test(
+                root, params, HyperParams(**res["params"]), root / "fine_tune_work"
+            )
         res["final"] = done[key]
         out.write_text(json.dumps(results, indent=1))
 
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", nargs="?", default="bench",
-                   choices=("bench", "build", "studies", "finals", "report"))
+    p.add_argument("command", nargs="?", default="bench", choices=("bench", "build", "studies", "finals", "report"))
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
-    p.add_argument("--pruners", nargs="+", default=["none", "median", "median_w2", "median_s4_w1", "patient_median",
-                                                   "wilcoxon", "sha_r2"])
+    p.add_argument(
+        "--pruners",
+        nargs="+",
+        default=["none", "median", "median_w2", "median_s4_w1", "patient_median", "wilcoxon", "sha_r2"],
+    )
     p.add_argument("--trials", type=int, help="override tune.n_trials (smoke tests)")
     p.add_argument("--set", action="append", default=[], help="params override section.key=value (smoke tests)")
     p.add_argument("--work", type=Path)
@@ -199,92 +215,24 @@ def main(argv: list[str] | None = None):
         out = work / f"seed{seed}.json"
         loads[seed] = _load()
         for command in ("studies", "finals"):
-            run_child([command, "--root", str(root), "--seed", str(seed), "--result", str(out), "--pruners",
-                       *args.pruners, *trials], log, module="benchmarks.pruning")
+            run_child(
+                [
+                    command,
+                    "--root",
+                    str(root),
+                    "--seed",
+                    str(seed),
+                    "--result",
+                    str(out),
+                    "--pruners",
+                    *args.pruners,
+                    *trials,
+                ],
+                log,
+                module="benchmarks.pruning",
+            )
         results[seed] = json.loads(out.read_text())
         result = report(args, results, loads, load_start, work, started)  # after every seed: partial results
-    return result
-
-
-def notes(result: dict, planned: list[int]) -> list[str]:
-    """The notes of the report, computed from the rows and the studies' trials."""
-    rows, studies = result["rows"], {int(s): v for s, v in result["studies"].items()}
-    seeds = sorted(studies)
-    names = [n for n in dict.fromkeys(r["pruner"] for r in rows) if n != "none"]
-    tune = yaml.safe_load((REPO / "params.yaml").read_text())["tune"]
-    tune.update({k.partition(".")[2]: v for k, v in overrides(result["parameters"].get("overrides", [])).items()
-                 if k.startswith("tune.")})
-    out = []
-    missing = [s for s in planned if s not in studies]
-    out.append(f"Seeds run: {', '.join(map(str, seeds))}" + (f"; not run (time budget): "
-               f"{', '.join(map(str, missing))}" if missing else " (all planned)") + ". Each study: "
-               f"{result['parameters']['n_trials']} trials, cap {tune['epochs']} epochs with early stopping "
-               f"(patience {tune['patience']}) on {tune['metric']}, regimes {' + '.join(tune['regimes'])}, "
-               f"train_bn searched: {tune['search_bn']} (the committed params); the project (data, backbone, head) "
-               "is built once with seed 42, the seed varies the sampler, the trials and the final fine-tune. "
-               "Pruned trials count with the epochs they ran (epochs_run).")
-    out.append("Candidates: " + "; ".join(f"{n} = {DESCRIBE.get(n, n)}" for n in names) + ".")
-    for n in names:
-        mine = [r for r in rows if r["pruner"] == n]
-        ok = [r["seed"] for r in mine if r["ok"]]
-        ratios = " / ".join(f"{r['epochs_ratio']:.2f}" for r in mine)
-        same = sum(r["params"] == studies[r["seed"]]["none"]["params"] for r in mine)
-        walls = " / ".join(f"{r['wall_ratio']:.2f}" for r in mine)
-        judged = [r for r in mine if not r["same_params"]]
-        out.append(f"{n}: goal met on {len(ok)}/{len(mine)} seeds ({', '.join(map(str, ok)) or 'none'}); epochs "
-                   f"ratio {ratios} (mean {sum(r['epochs_ratio'] for r in mine) / len(mine):.3f}); wall-time ratio "
-                   f"{walls} (goal <= {WALL_GOAL}: {sum(r['wall_ok'] for r in mine)}/{len(mine)} seeds); same best "
-                   f"params as the unpruned study on {same}/{len(mine)} seeds (no evidence either way there); test "
-                   f"images short on the {len(judged)} seeds that chose other params: "
-                   + (" / ".join(f"{r['test_short_images']:.0f}" for r in judged) or "none to judge") + ".")
-        for r in mine:
-            if not r["ok"]:
-                out.append(f"{n} misses seed {r['seed']}: {why(studies[r['seed']], n, r, tune['epochs'])}.")
-    ref = [r for r in rows if r["pruner"] == "none"]
-    n_test = next(iter(studies.values()))["none"]["final"]["test_images"]
-    out.append("Unpruned reference per seed: " + ", ".join(f"seed {r['seed']} {r['epochs']} epochs, test "
-                                                          f"{r['test']:.3f}" for r in ref)
-               + f" ({n_test} test images; one image = {1 / n_test:.3f}).")
-    per_seed = result["load"].get("per_seed", {})
-    out.append(f"Load (1/5/15 min) at start {result['load']['start']}, before each seed "
-               + ", ".join(f"{s}: {v}" for s, v in per_seed.items()) + f", at end {result['load']['end']} on "
-               f"{result['machine']['cores']} cores, shared with another engineer's tests. The judged quantities "
-               "(epochs, test accuracy) do not depend on load, the seconds do. The tune step runs with TF op "
-               "determinism off, so the same point can score differently in two studies and a rerun can differ "
-               "by a trial.")
-    return out
-
-
-def rewrite(out: Path, planned: list[int] | None = None) -> dict:
-    """Recompute rows, decision and notes of a written report from its studies; rewrite the .json and .md."""
-    result = json.loads(out.read_text(encoding="utf-8"))
-    results = {int(s): v for s, v in result["studies"].items()}
-    result["rows"] = judge(results)
-    result["met"], result["decision"] = decide(result["rows"], result["parameters"]["pruners"], len(results))
-    planned = planned or result["parameters"].get("planned_seeds") or sorted(results)
-    result["notes"] = notes(result, planned) + result.get("extra_notes", [])
-    out.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
-    out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-    return result
-
-
-def report(args, results: dict, loads: dict, load_start: list, work: Path, started: float) -> dict:
-    """Judge the seeds run so far; write pruning.json and .md."""
-    rows = judge(results)
-    met, decision = decide(rows, args.pruners, len(results))
-    result = {"rows": rows, "machine": machine(), "load": {"start": load_start, "end": _load(), "per_seed": loads},
-              "parameters": {"seeds": sorted(results), "planned_seeds": args.seeds, "pruners": args.pruners,
-                             "overrides": args.set,
-                             "n_trials": args.trials or yaml.safe_load((REPO / "params.yaml").read_text())["tune"][
-                                 "n_trials"]},
-              "goal": {"epochs_ratio_le": EPOCHS_GOAL, "test_within_images": 1}, "met": met, "decision": decision,
-              "studies": {str(s): v for s, v in results.items()}, "work": str(work),
-              "wall_s": round(time.perf_counter() - started, 1)}
-    result["notes"] = notes(result, args.seeds)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
-    args.out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-    print(f"wrote {args.out} ({result['wall_s']:.0f} s, seeds {sorted(results)}): {decision}", flush=True)
     return result
 
 

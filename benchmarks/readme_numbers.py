@@ -39,13 +39,19 @@ def numbers(root: Path, seconds: float) -> dict:
     metrics = read_json(root / f"reports/evaluate/{EvalMetrics.FILE}")
     run = read_json(root / "models/fine_tune/run.json")
     hp, freeze = run.get("hyperparameters", {}), run.get("freeze", {})
-    return {"final": metrics["accuracy"], "final_ci95": metrics["accuracy_ci95"],
-            "frozen": metrics["frozen_features"]["accuracy"], "scratch": metrics["scratch"]["accuracy"],
-            "vs_best_baseline": {k: metrics["vs_best_baseline"][k] for k in ("name", "delta", "mcnemar_p")},
-            "vs_scratch": paired(root, root / "models/fine_tune", root / "models/scratch", "scratch"),
-            "test_images": metrics["test_images"], "regime": metrics["regime"],
-            "freeze_ratio": hp.get("freeze_ratio"), "frozen_layers": f"{freeze.get('frozen')}/{freeze.get('total')}",
-            "wall_seconds": round(seconds, 1)}
+    return {
+        "final": metrics["accuracy"],
+        "final_ci95": metrics["accuracy_ci95"],
+        "frozen": metrics["frozen_features"]["accuracy"],
+        "scratch": metrics["scratch"]["accuracy"],
+        "vs_best_baseline": {k: metrics["vs_best_baseline"][k] for k in ("name", "delta", "mcnemar_p")},
+        "vs_scratch": paired(root, root / "models/fine_tune", root / "models/scratch", "scratch"),
+        "test_images": metrics["test_images"],
+        "regime": metrics["regime"],
+        "freeze_ratio": hp.get("freeze_ratio"),
+        "frozen_layers": f"{freeze.get('frozen')}/{freeze.get('total')}",
+        "wall_seconds": round(seconds, 1),
+    }
 
 
 def table(result: dict) -> str:
@@ -54,17 +60,23 @@ def table(result: dict) -> str:
     low, high = n["final_ci95"]
     vs, sc = n["vs_best_baseline"], n["vs_scratch"]
     ratio = "-" if n["freeze_ratio"] is None else f"{n['freeze_ratio']:.2f}"
-    return "\n".join([
-        f"Run at commit `{result['commit']}` ({result['when']}, {result['machine']}); "
-        f"{result['train_per_class']} training images per class, {n['test_images']} test images.",
-        "",
-        "| final (95% CI) | frozen features + head | from scratch | vs best baseline (McNemar p) | "
-        "vs scratch (McNemar p) | regime | freeze ratio (layers) | wall time |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {n['final']:.3f} ({low:.3f}-{high:.3f}) | {n['frozen']:.3f} | {n['scratch']:.3f} | "
-        f"{vs['name']} {vs['delta']:+.3f} (p {vs['mcnemar_p']:.2g}) | {sc['delta']:+.3f} (p {sc['mcnemar_p']:.2g}) | "
-        f"{n['regime']} | {ratio} ({n['frozen_layers']}) | {n['wall_seconds'] / 60:.1f} min |",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                f"Run at commit `{result['commit']}` ({result['when']}, {result['machine']}); "
+                f"{result['train_per_class']} training images per class, {n['test_images']} test images.",
+                "",
+                "| final (95% CI) | frozen features + head | from scratch | vs best baseline (McNemar p) | "
+                "vs scratch (McNemar p) | regime | freeze ratio (layers) | wall time |",
+                "|---|---|---|---|---|---|---|---|",
+                f"| {n['final']:.3f} ({low:.3f}-{high:.3f}) | {n['frozen']:.3f} | {n['scratch']:.3f} | "
+                f"{vs['name']} {vs['delta']:+.3f} (p {vs['mcnemar_p']:.2g}) | "
+                f"{sc['delta']:+.3f} (p {sc['mcnemar_p']:.2g}) | "
+                f"{n['regime']} | {ratio} ({n['frozen_layers']}) | {n['wall_seconds'] / 60:.1f} min |",
+            ]
+        )
+        + "\n"
+    )
 
 
 def splice(text: str, name: str, block: str) -> str:
@@ -80,8 +92,14 @@ def grid_summary(grid: dict) -> str:
     """The grid's cell means (the summary table of benchmarks/results/data_size.md) with its commit."""
     body = grid_markdown({**grid, "rows": []}).split("\n## Rows measured")[0].splitlines()[4:]
     settings = grid.get("settings", {})
-    return "\n".join([f"Grid run at commit `{settings.get('commit', '?')}` "
-                      f"(`benchmarks/results/data_size.md`: every row, settings and what was cut).", "", *body])
+    return "\n".join(
+        [
+            f"Grid run at commit `{settings.get('commit', '?')}` "
+            f"(`benchmarks/results/data_size.md`: every row, settings and what was cut).",
+            "",
+            *body,
+        ]
+    )
 
 
 def update_readme(readme: Path, result: dict, grid: dict) -> None:
@@ -94,8 +112,11 @@ def update_readme(readme: Path, result: dict, grid: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI: run the default pipeline in a scratch folder, write the result files and the README blocks."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.readme_numbers", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.readme_numbers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "readme_numbers.json")
     p.add_argument("--readme", type=Path, default=REPO / "README.md")
     p.add_argument("--grid", type=Path, default=RESULTS / "data_size.json")
@@ -111,9 +132,13 @@ def main(argv: list[str] | None = None) -> dict:
             project(root, params["seed"], [])
             start = time.perf_counter()
             run_pipeline(root, register=True)
-            result = {"commit": code.replace("-dirty", " (dirty)"), "when": time.strftime("%Y-%m-%d"),
-                      "machine": machine(), "numbers": numbers(root, time.perf_counter() - start),
-                      "train_per_class": params["make_subset"]["train_per_class"]}
+            result = {
+                "commit": code.replace("-dirty", " (dirty)"),
+                "when": time.strftime("%Y-%m-%d"),
+                "machine": machine(),
+                "numbers": numbers(root, time.perf_counter() - start),
+                "train_per_class": params["make_subset"]["train_per_class"],
+            }
             shutil.rmtree(root / "checkpoints", ignore_errors=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     args.out.with_suffix(".md").write_text("# README numbers\n\n" + table(result), encoding="utf-8")

@@ -31,36 +31,22 @@ from pathlib import Path
 
 import yaml
 
-from tlpipe.config import with_overrides
+from benchmarks.regimes_report import met, write_md
+from tlpipe.config import parse_assignments, parse_value, with_overrides
 from tlpipe.contracts import EvalMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 REGIMES = ("final", "frozen_features", "scratch")
 LATE = ("tune", "fine_tune", "train_scratch", "evaluate", "register")  # steps whose params variants change
-UPSTREAM = ("data", "models/backbone", "models/head", "reports/validate_data", "reports/augment",
-            "reports/pretrain_backbone", "reports/train_head")
-
-
-def parse_value(text: str):
-    """A `--set` value as YAML (numbers, booleans, lists), so `[transfer]` and `1e-3` mean what they say."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
-def apply_overrides(params: dict, pairs: list[str]) -> dict:
-    """`section.key=value` pairs (values read as YAML) applied by the pipeline's own override helper."""
-    parsed = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
-        parsed[key] = parse_value(value)
-    return with_overrides(params, parsed)
+UPSTREAM = (
+    "data",
+    "models/backbone",
+    "models/head",
+    "reports/validate_data",
+    "reports/augment",
+    "reports/pretrain_backbone",
+    "reports/train_head",
+)
 
 
 def project(root: Path, seed: int, overrides: list[str], base: Path | None = None) -> Path:
@@ -69,7 +55,7 @@ def project(root: Path, seed: int, overrides: list[str], base: Path | None = Non
     params["seed"] = seed
     params["tracking"]["default_uri"] = f"sqlite:///{root / 'mlflow.db'}"
     params["tune"]["storage"] = f"sqlite:///{root / 'optuna.db'}"
-    params = apply_overrides(params, overrides)
+    params = with_overrides(params, parse_assignments(overrides, "--set"))
     root.mkdir(parents=True, exist_ok=True)
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
@@ -124,21 +110,41 @@ def collect(root: Path, seed: int, variant: str, seconds: float) -> list[dict]:
     scratch_report = read_json(root / "reports/train_scratch/metrics.json")
     hp = run.get("hyperparameters", {})
     freeze = run.get("freeze", {})
-    common = {"variant": variant, "seed": seed, "test_images": metrics["test_images"],
-              "final_regime": metrics["regime"], "freeze_ratio": hp.get("freeze_ratio"),
-              "frozen_layers": f"{freeze.get('frozen')}/{freeze.get('total')}", "boundary": freeze.get("boundary"),
-              "train_bn": hp.get("train_bn"), "learning_rate": hp.get("learning_rate"),
-              "tune_metric": best.get("metric"), "tune_best_value": best.get("value"), "tune_trial": best.get("trial"),
-              "seconds": round(seconds, 1), "error": failure(root)}
-    accuracy = {"final": metrics["accuracy"], "frozen_features": metrics["frozen_features"]["accuracy"],
-                "scratch": metrics["scratch"]["accuracy"]}
+    common = {
+        "variant": variant,
+        "seed": seed,
+        "test_images": metrics["test_images"],
+        "final_regime": metrics["regime"],
+        "freeze_ratio": hp.get("freeze_ratio"),
+        "frozen_layers": f"{freeze.get('frozen')}/{freeze.get('total')}",
+        "boundary": freeze.get("boundary"),
+        "train_bn": hp.get("train_bn"),
+        "learning_rate": hp.get("learning_rate"),
+        "tune_metric": best.get("metric"),
+        "tune_best_value": best.get("value"),
+        "tune_trial": best.get("trial"),
+        "seconds": round(seconds, 1),
+        "error": failure(root),
+    }
+    accuracy = {
+        "final": metrics["accuracy"],
+        "frozen_features": metrics["frozen_features"]["accuracy"],
+        "scratch": metrics["scratch"]["accuracy"],
+    }
     training = {"final": fine, "scratch": scratch_report}
     rows = []
     for regime in REGIMES:
         report = training.get(regime, {})
-        rows.append({**common, "regime": regime, "accuracy": accuracy[regime],
-                     "best_epoch": report.get("best_epoch"), "best_val_accuracy": report.get("best_val_accuracy"),
-                     "best_val_loss": report.get("best_val_loss")})
+        rows.append(
+            {
+                **common,
+                "regime": regime,
+                "accuracy": accuracy[regime],
+                "best_epoch": report.get("best_epoch"),
+                "best_val_accuracy": report.get("best_val_accuracy"),
+                "best_val_loss": report.get("best_val_loss"),
+            }
+        )
     return rows
 
 
@@ -146,8 +152,11 @@ def collect_kept(seed: int, args: argparse.Namespace, work: Path) -> list[dict]:
     """`--collect`: the rows of a project a previous run kept (seconds: its record, else params.yaml to run.log)."""
     root = work / f"{args.variant}-seed{seed}"
     record = root / "seconds.txt"
-    seconds = (float(record.read_text()) if record.exists()
-               else (root / "run.log").stat().st_mtime - (root / "params.yaml").stat().st_mtime)
+    seconds = (
+        float(record.read_text())
+        if record.exists()
+        else (root / "run.log").stat().st_mtime - (root / "params.yaml").stat().st_mtime
+    )
     return collect(root, seed, args.variant, seconds)
 
 
@@ -165,8 +174,13 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> list[dict]:
             if (source / part).is_dir():
                 shutil.copytree(source / part, root / part)
         only_late = True
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "GX_ANALYTICS_ENABLED": "false",
-           "TQDM_DISABLE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "GX_ANALYTICS_ENABLED": "false",
+        "TQDM_DISABLE": "1",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "benchmarks.regimes", "child", str(root)]
     cmd += ["--pin", args.pin] if args.pin else []
@@ -180,54 +194,20 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> list[dict]:
         tail = (root / "run.log").read_text(encoding="utf-8")[-3000:]
         if not (root / f"reports/evaluate/{EvalMetrics.FILE}").exists():
             raise SystemExit(f"seed {seed} ({args.variant}) failed ({code}); log {root / 'run.log'}:\n{tail}")
-        print(f"seed {seed} ({args.variant}): a step after evaluate failed ({code}); rows kept with `error`:\n"
-              f"{tail[-600:]}", flush=True)
+        print(
+            f"seed {seed} ({args.variant}): a step after evaluate failed ({code}); rows kept with `error`:\n"
+            f"{tail[-600:]}",
+            flush=True,
+        )
     rows = collect(root, seed, args.variant, seconds)
-    print(json.dumps({r["regime"]: r["accuracy"] for r in rows} | {"seed": seed, "variant": args.variant,
-                                                                    "seconds": round(seconds)}), flush=True)
+    print(
+        json.dumps(
+            {r["regime"]: r["accuracy"] for r in rows}
+            | {"seed": seed, "variant": args.variant, "seconds": round(seconds)}
+        ),
+        flush=True,
+    )
     return rows
-
-
-def met(rows: list[dict]) -> dict[int, bool]:
-    """Per seed: final >= max(frozen, scratch) - 1/N_test."""
-    out = {}
-    for seed in sorted({r["seed"] for r in rows}):
-        acc = {r["regime"]: r["accuracy"] for r in rows if r["seed"] == seed}
-        n = next(r["test_images"] for r in rows if r["seed"] == seed)
-        out[seed] = acc["final"] >= max(acc["frozen_features"], acc["scratch"]) - 1.0 / n - 1e-9
-    return out
-
-
-def write_md(result: dict, path: Path) -> None:
-    """regimes.md: the table of every variant's rows and the goal per seed."""
-    lines = [f"Goal: {result['goal']}. Machine: {result['machine'].get('cpu_model', '')}, "
-             f"{result['machine'].get('usable_cores', '')} cores.", ""]
-    for name, info in sorted(result["variants"].items(), key=lambda item: item[0] != "default"):
-        rows = [r for r in result["rows"] if r["variant"] == name]
-        lines += [f"## {name}", "", f"Overrides of {info.get('based_on', 'params.yaml')}: "
-                  f"{' '.join(info['overrides']) or '(none)'}"
-                  + (f"; pinned: {info['pin']}" if info.get("pin") else ""),
-                  f"Goal met per seed: {info['met']}; {info['seconds']:.0f} s for {len(info['met'])} runs.", "",
-                  "| seed | final | frozen | scratch | final - best baseline | final regime | frozen layers | train_bn "
-                  "| lr | final best epoch | final best val acc / loss | scratch best epoch | tune best (trial) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for seed in sorted({r["seed"] for r in rows}):
-            by = {r["regime"]: r for r in rows if r["seed"] == seed}
-            f, s = by["final"], by["scratch"]
-            margin = f["accuracy"] - max(by["frozen_features"]["accuracy"], s["accuracy"])
-            tune = (f"{f['tune_metric']} {f['tune_best_value']:.4f} ({f['tune_trial']})"
-                    if f["tune_best_value"] is not None else "pinned")
-            lr = f"{f['learning_rate']:.2e}" if f["learning_rate"] is not None else ""
-            fv = (f"{f['best_val_accuracy']:.3f} / {f['best_val_loss']:.4f}"
-                  if f["best_val_accuracy"] is not None and f["best_val_loss"] is not None else "")
-            lines.append(f"| {seed} | {f['accuracy']:.3f} | {by['frozen_features']['accuracy']:.3f} | "
-                         f"{s['accuracy']:.3f} | {margin:+.3f} | {f['final_regime']} | {f['frozen_layers']} "
-                         f"({f['boundary']}) | {f['train_bn']} | {lr} | {f['best_epoch']} | {fv} | "
-                         f"{s['best_epoch']} | {tune} |")
-        failed = [f"seed {r['seed']}: {r['error']}" for r in rows if r["regime"] == "final" and r.get("error")]
-        lines += ["", f"A step after evaluate failed (rows kept): {'; '.join(failed)}"] if failed else []
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -240,8 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         c.add_argument("--only-late", action="store_true")
         a = c.parse_args(argv[1:])
         return child(a.root, a.pin, a.only_late)
-    p = argparse.ArgumentParser(prog="python -m benchmarks.regimes", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.regimes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     p.add_argument("--variant", default="default", help="name of this set of overrides in the JSON")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeatable)")
@@ -276,16 +257,23 @@ def main(argv: list[str] | None = None) -> None:
     earlier = result["variants"].get(args.variant, {})
     if earlier and (earlier["overrides"], earlier.get("pin")) != (args.set, args.pin):
         earlier = {}  # the same name with other overrides: its old rows are dropped
-    result["rows"] = [r for r in result["rows"] if r["variant"] != args.variant
-                      or (earlier and r["seed"] not in args.seeds)] + rows
+    result["rows"] = [
+        r for r in result["rows"] if r["variant"] != args.variant or (earlier and r["seed"] not in args.seeds)
+    ] + rows
     mine = [r for r in result["rows"] if r["variant"] == args.variant]
     seeds = sorted({r["seed"] for r in mine})
     goal = met(mine)
     result["variants"][args.variant] = {
-        "overrides": args.set, "pin": args.pin, "seeds": seeds,
-        "based_on": args.upstream_variant if args.upstream else "params.yaml", "met": [goal[s] for s in seeds],
+        "overrides": args.set,
+        "pin": args.pin,
+        "seeds": seeds,
+        "based_on": args.upstream_variant if args.upstream else "params.yaml",
+        "met": [goal[s] for s in seeds],
         "seconds": round(sum(r["seconds"] for r in mine if r["regime"] == "final"), 1),  # each seed's pipeline
-        "last_wall_seconds": seconds, "jobs": args.jobs, "load_average_after": os.getloadavg()[0]}
+        "last_wall_seconds": seconds,
+        "jobs": args.jobs,
+        "load_average_after": os.getloadavg()[0],
+    }
     result["goal"] = "final >= max(frozen, scratch) - 1/N_test"
     default = result["variants"].get("default", result["variants"][args.variant])
     result["met"], result["seconds"] = default["met"], default["seconds"]

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from benchmarks.scale_report import STEPS, verdict, write_md
+
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("make_subset", "augment", "extract_features", "tune_trial", "fine_tune_epoch")
-RSS_GOAL, SPEED_GOAL = 1.5, 0.8  # largest size vs smallest: peak RSS <= 1.5x, img/s >= 0.8x
 CLASSES, SIZE, FILTERS = 10, 32, [16, 32, 64]
 # tune_trial: 96 px, frozen up to block2_pool (24 x 24 x 24 float16 = 27 KiB per image, 2.5 GB at 100k
 # images): above tune's 2 GiB memory budget at 100k, so that size runs with the activations on disk.
@@ -68,8 +68,9 @@ def make_dataset(root: Path, images: int, seed: int = 0) -> None:
 
 def du_mb(*paths: Path) -> float:
     """Disk used by files under `paths`, MB."""
-    return round(sum(f.stat().st_blocks * 512 for p in paths if p.exists() for f in [p, *p.rglob("*")]
-                     if f.is_file()) / 2**20, 2)
+    return round(
+        sum(f.stat().st_blocks * 512 for p in paths if p.exists() for f in [p, *p.rglob("*")] if f.is_file()) / 2**20, 2
+    )
 
 
 def measure(cmd: list[str], cwd: Path, log: Path) -> tuple[float, float]:
@@ -102,24 +103,55 @@ def project(work: Path, raw: Path, images: int, backbone: Path) -> tuple[Path, d
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     steps = {s.name: s for s in build(load_params(params_file))}
     every = list(steps.values())
-    cmds = {name: [sys.executable, "-m", f"components.{name}", "--params", str(params_file),
-                   *argv(steps[name], every)] for name in ("make_subset", "augment", "extract_features")}
-    cmds["fine_tune_epoch"] = [sys.executable, "-m", "benchmarks.scale", "epoch", "--subset", "data/subset",
-                               "--backbone", str(backbone)]
-    cmds["tune_trial"] = [sys.executable, "-m", "benchmarks.scale_trial", "--subset", "data/subset",
-                          "--backbone", str(backbone.with_name("trial_backbone.keras")), "--cache", "tune_cache",
-                          "--report", "tune_trial.json"]
+    cmds = {
+        name: [sys.executable, "-m", f"components.{name}", "--params", str(params_file), *argv(steps[name], every)]
+        for name in ("make_subset", "augment", "extract_features")
+    }
+    cmds["fine_tune_epoch"] = [
+        sys.executable,
+        "-m",
+        "benchmarks.scale",
+        "epoch",
+        "--subset",
+        "data/subset",
+        "--backbone",
+        str(backbone),
+    ]
+    cmds["tune_trial"] = [
+        sys.executable,
+        "-m",
+        "benchmarks.scale_trial",
+        "--subset",
+        "data/subset",
+        "--backbone",
+        str(backbone.with_name("trial_backbone.keras")),
+        "--cache",
+        "tune_cache",
+        "--report",
+        "tune_trial.json",
+    ]
     train = CLASSES * (per_class - val - test)
     # tune_trial: its img/s is the training images per second of a cached epoch (the child measures it).
-    images_of = {"make_subset": images, "augment": train, "extract_features": images,
-                 "tune_trial": train, "fine_tune_epoch": CLASSES * (per_class - test)}
-    outs = {"make_subset": ["data/subset"], "augment": ["data/augmented", "reports/augment"],
-            "extract_features": ["data/features"], "tune_trial": ["tune_cache"], "fine_tune_epoch": []}
+    images_of = {
+        "make_subset": images,
+        "augment": train,
+        "extract_features": images,
+        "tune_trial": train,
+        "fine_tune_epoch": CLASSES * (per_class - test),
+    }
+    outs = {
+        "make_subset": ["data/subset"],
+        "augment": ["data/augmented", "reports/augment"],
+        "extract_features": ["data/features"],
+        "tune_trial": ["tune_cache"],
+        "fine_tune_epoch": [],
+    }
     return params_file, {n: (cmds[n], images_of[n], outs[n]) for n in STEPS}
 
 
-def run_size(images: int, work: Path, backbone: Path, startup: dict, load: list,
-             steps: list[str] = STEPS) -> list[dict]:
+def run_size(
+    images: int, work: Path, backbone: Path, startup: dict, load: list, steps: list[str] = STEPS
+) -> list[dict]:
     """Dataset, then every step in its own process; one row per step."""
     from tlpipe.contracts import ValidationResult
 
@@ -132,60 +164,33 @@ def run_size(images: int, work: Path, backbone: Path, startup: dict, load: list,
             continue
         if step not in startup:  # interpreter start-up and the imports (mlflow too), without the work
             module = {"fine_tune_epoch": "tlpipe.models.fitting", "tune_trial": "tlpipe.tuning.trial"}.get(step, cmd[2])
-            startup[step] = measure([sys.executable, "-c", f"import mlflow, {module}"], work,
-                                    work / "startup.log")[0]
+            startup[step] = measure([sys.executable, "-c", f"import mlflow, {module}"], work, work / "startup.log")[0]
         load.append({"images": images, "before": step, "load1": os.getloadavg()[0]})
         wall, rss = measure(cmd, work, work / f"{step}.log")
         if step == "make_subset":
-            ValidationResult(success=True, images=images, classes=[f"c{c}" for c in range(CLASSES)],
-                             expectations=0, quarantined=0).write(work / "data" / "validation")
+            ValidationResult(
+                success=True, images=images, classes=[f"c{c}" for c in range(CLASSES)], expectations=0, quarantined=0
+            ).write(work / "data" / "validation")
         if step not in steps:
             continue  # ran only to make the subset the measured steps read
-        rows.append({"images": images, "step": step, "step_images": n, "peak_rss_mb": round(rss, 1),
-                     "img_per_s": round(n / max(wall - startup[step], 1e-3), 1), "img_per_s_wall": round(n / wall, 1),
-                     "wall_s": round(wall, 2), "startup_s": round(startup[step], 2),
-                     "disk_mb": du_mb(*(work / o for o in outs))})
+        rows.append(
+            {
+                "images": images,
+                "step": step,
+                "step_images": n,
+                "peak_rss_mb": round(rss, 1),
+                "img_per_s": round(n / max(wall - startup[step], 1e-3), 1),
+                "img_per_s_wall": round(n / wall, 1),
+                "wall_s": round(wall, 2),
+                "startup_s": round(startup[step], 2),
+                "disk_mb": du_mb(*(work / o for o in outs)),
+            }
+        )
         if step == "tune_trial":  # the child's own measurements: cached vs full epoch, memory, FLOPs limit
             rows[-1].update(json.loads((work / "tune_trial.json").read_text()))
         print(json.dumps(rows[-1]), flush=True)
     rows.append({"images": images, "step": "raw_dataset", "disk_mb": du_mb(raw)})
     return rows
-
-
-def verdict(rows: list[dict]) -> dict:
-    """Largest size vs smallest, per step: RSS and throughput ratios against the goals."""
-    out = {}
-    for step in STEPS:
-        mine = sorted((r for r in rows if r["step"] == step), key=lambda r: r["images"])
-        if len(mine) < 2:
-            continue
-        small, large = mine[0], mine[-1]
-        rss, speed = large["peak_rss_mb"] / small["peak_rss_mb"], large["img_per_s"] / small["img_per_s"]
-        out[step] = {"compared": f"{large['images']} vs {small['images']}", "rss_ratio": round(rss, 3),
-                     "speed_ratio": round(speed, 3), "rss_ok": rss <= RSS_GOAL, "speed_ok": speed >= SPEED_GOAL}
-    return out
-
-
-def write_md(result: dict, path: Path) -> None:
-    """A table of the rows and the verdict."""
-    lines = ["| images | step | peak RSS MB | img/s (net of start-up) | img/s (wall) | wall s | disk MB |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['images']} | {r['step']} | {r.get('peak_rss_mb', '')} | {r.get('img_per_s', '')} | "
-              f"{r.get('img_per_s_wall', '')} | {r.get('wall_s', '')} | {r['disk_mb']} |" for r in result["rows"]]
-    lines += ["", f"Goals: peak RSS <= {RSS_GOAL}x and img/s >= {SPEED_GOAL}x of the smallest size.", "",
-              "| step | compared | RSS ratio | speed ratio | RSS ok | speed ok |", "|---|---|---|---|---|---|"]
-    lines += [f"| {s} | {v['compared']} | {v['rss_ratio']} | {v['speed_ratio']} | {v['rss_ok']} | {v['speed_ok']} |"
-              for s, v in result["verdict"].items()]
-    trials = [r for r in result["rows"] if r["step"] == "tune_trial" and "cache" in r]
-    if trials:
-        lines += ["", "Cached tuning trial at 96 px (tune_trial; the full-model trial timed beside it, same process):",
-                  "", "| images | cache | activations GiB | cached img/s | speed-up vs full | FLOPs limit | "
-                  "speed-up / limit | peak RSS MB | RSS added by the cached trial MB (per activation byte) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['images']} | {r['cache']} | {r['activation_bytes'] / 2**30:.2f} | {r['img_per_s']} | "
-                  f"{r['speedup_vs_full']} | {r['flops_limit']} | {r['speedup_of_limit']} | {r['peak_rss_mb']} | "
-                  f"{r['cached_rss_delta_mb']} ({r['cached_rss_delta_per_activation_byte']}) |" for r in trials]
-    path.write_text("\n".join(lines) + "\n")
 
 
 def epoch(argv: list[str]) -> None:
@@ -208,8 +213,12 @@ def epoch(argv: list[str]) -> None:
     hp = HyperParams(freeze_ratio=0.5, learning_rate=1e-4, dropout=0.3, head_units=64)
     model, _ = build_model(load_backbone(args.backbone, "none", SIZE), "none", SIZE, hp, len(classes), None)
     augmenter = build_augmenter(AugmentConfig(), 42)
-    model.fit(any_batches(x, y, SIZE, args.batch, augmenter=augmenter, shuffle_seed=42),
-              validation_data=any_batches(x_val, y_val, SIZE, args.batch), epochs=1, verbose=0)
+    model.fit(
+        any_batches(x, y, SIZE, args.batch, augmenter=augmenter, shuffle_seed=42),
+        validation_data=any_batches(x_val, y_val, SIZE, args.batch),
+        epochs=1,
+        verbose=0,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,13 +226,19 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["epoch"]:
         return epoch(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/scale.json")
     p.add_argument("--work", type=Path, help="keep the projects here (default: a temporary folder, removed)")
-    p.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
-                   help="measure only these (make_subset always runs); other rows of --out are kept")
+    p.add_argument(
+        "--steps",
+        nargs="+",
+        choices=STEPS,
+        default=list(STEPS),
+        help="measure only these (make_subset always runs); other rows of --out are kept",
+    )
     args = p.parse_args(argv)
     from benchmarks.machine import machine_facts
     from tlpipe.models.vgg import vgg_style
@@ -234,8 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     vgg_style(TRIAL_SIZE, TRIAL_FILTERS).save(base / "trial_backbone.keras")
     kept = []
     if set(args.steps) != set(STEPS) and args.out.is_file():  # re-measure some steps, keep the other rows
-        kept = [r for r in json.loads(args.out.read_text())["rows"]
-                if r.get("step") not in (*args.steps, "raw_dataset")]
+        kept = [
+            r for r in json.loads(args.out.read_text())["rows"] if r.get("step") not in (*args.steps, "raw_dataset")
+        ]
     rows, load, startup = [], [], {}
     machine = machine_facts()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -248,11 +264,14 @@ def main(argv: list[str] | None = None) -> None:
             if not args.work:
                 shutil.rmtree(work, ignore_errors=True)  # 100k images and their outputs are gigabytes
             # Written after every size, so a long run that is stopped still leaves the sizes it finished.
-            result = {"rows": sorted([*kept, *rows], key=lambda r: (r["images"], STEPS.index(r["step"])
-                                                                     if r["step"] in STEPS else 99)),
-                      "machine": machine, "load": [*load, {"after": images, "load1": os.getloadavg()[0]}],
-                      "parameters": {"sizes": args.sizes, "classes": CLASSES, "image_size": SIZE,
-                                     "filters": FILTERS}}
+            result = {
+                "rows": sorted(
+                    [*kept, *rows], key=lambda r: (r["images"], STEPS.index(r["step"]) if r["step"] in STEPS else 99)
+                ),
+                "machine": machine,
+                "load": [*load, {"after": images, "load1": os.getloadavg()[0]}],
+                "parameters": {"sizes": args.sizes, "classes": CLASSES, "image_size": SIZE, "filters": FILTERS},
+            }
             result["verdict"] = verdict(result["rows"])
             args.out.write_text(json.dumps(result, indent=2) + "\n")
             write_md(result, args.out.with_suffix(".md"))

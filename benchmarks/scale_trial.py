@@ -107,15 +107,21 @@ def main(argv: list[str] | None = None) -> None:
     from tlpipe.tuning.cache import DEFAULT_MEMORY_BYTES, ActivationCache, cache_plan
     from tlpipe.tuning.trial import Recipe, load_trial_data, run_trial
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scale_trial", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.scale_trial",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--subset", required=True)
     p.add_argument("--backbone", required=True)
     p.add_argument("--cache", required=True)
     p.add_argument("--report", required=True, type=Path)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--epochs", type=int, help="default: 2 to 5, more for small sets (the first traces; the "
-                                               "fastest of the others is timed)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="default: 2 to 5, more for small sets (the first traces; the fastest of the others is timed)",
+    )
     p.add_argument("--memory-bytes", type=int, default=DEFAULT_MEMORY_BYTES, help="tune.cache_max_bytes")
     args = p.parse_args(argv)
 
@@ -130,15 +136,24 @@ def main(argv: list[str] | None = None) -> None:
     print(cache.describe(plan), flush=True)
     u = unfrozen_share(backbone_flops(backbone), frozen)
     epochs = args.epochs or max(2, min(5, math.ceil(20_000 / len(data.labels))))
-    recipe = Recipe(seed=42, image_size=TRIAL_SIZE, preprocess="none", batch_size=args.batch, epochs=epochs,
-                    patience=epochs)
+    recipe = Recipe(
+        seed=42, image_size=TRIAL_SIZE, preprocess="none", batch_size=args.batch, epochs=epochs, patience=epochs
+    )
     hp = HyperParams(freeze_ratio=ratio, learning_rate=1e-3, dropout=0.3, head_units=64)
     times, peaks, before, modes = {}, {}, {}, {}
     for arm, arm_cache in (("cached", cache), ("full", None)):
         before[arm] = rss.reset()
         timer = epoch_timer()
-        out = run_trial(recipe, hp, data, load_backbone(args.backbone, "none", TRIAL_SIZE), None, arm_cache,
-                        "scale", callbacks=[timer])
+        out = run_trial(
+            recipe,
+            hp,
+            data,
+            load_backbone(args.backbone, "none", TRIAL_SIZE),
+            None,
+            arm_cache,
+            "scale",
+            callbacks=[timer],
+        )
         if arm == "cached" and out["plan"].boundary != TRIAL_BOUNDARY:
             raise SystemExit(f"ratio {ratio} froze up to {out['plan'].boundary}, not {TRIAL_BOUNDARY}")
         times[arm], peaks[arm], modes[arm] = timer.seconds, rss.peak, out["mode"]
@@ -148,22 +163,30 @@ def main(argv: list[str] | None = None) -> None:
     needed = plan[TRIAL_BOUNDARY]
     image_bytes = data.images * TRIAL_SIZE * TRIAL_SIZE * 3
     where = ("memory" if cache.in_memory(needed) else "disk") if modes["cached"] == "cached" else "off"
-    report = {"cache": where, "activation_bytes": needed, "trial_images": data.images,
-              "train_images": len(data.labels), "boundary": TRIAL_BOUNDARY, "image_size": TRIAL_SIZE,
-              "img_per_s": round(len(data.labels) / min(times["cached"][1:]), 1),
-              "cached_epoch_s": [round(t, 2) for t in times["cached"]],
-              "full_epoch_s": [round(t, 2) for t in times["full"]],
-              "speedup_vs_full": round(min(times["full"][1:]) / min(times["cached"][1:]), 3),
-              "unfrozen_flop_share": round(u, 4), "flops_limit": round(1 / u, 3),
-              "rss_before_cached_mb": round(before["cached"] / 2**20, 1),
-              "cached_rss_delta_mb": round((peaks["cached"] - before["cached"]) / 2**20, 1),
-              "cached_rss_delta_per_activation_byte": round((peaks["cached"] - before["cached"]) / needed, 3),
-              "trial_images_in": "memory" if isinstance(data.variants[0], np.ndarray) else "disk",
-              "images_rss_delta_mb": round(image_delta / 2**20, 1),
-              "images_rss_delta_per_byte": round(image_delta / image_bytes, 3),
-              "input_rss_delta_mb": round(input_delta / 2**20, 1),
-              "input_rss_delta_per_activation_byte": round(input_delta / needed, 3),
-              "memory_budget": args.memory_bytes, "cache_disk_budget": cache.disk_bytes}
+    report = {
+        "cache": where,
+        "activation_bytes": needed,
+        "trial_images": data.images,
+        "train_images": len(data.labels),
+        "boundary": TRIAL_BOUNDARY,
+        "image_size": TRIAL_SIZE,
+        "img_per_s": round(len(data.labels) / min(times["cached"][1:]), 1),
+        "cached_epoch_s": [round(t, 2) for t in times["cached"]],
+        "full_epoch_s": [round(t, 2) for t in times["full"]],
+        "speedup_vs_full": round(min(times["full"][1:]) / min(times["cached"][1:]), 3),
+        "unfrozen_flop_share": round(u, 4),
+        "flops_limit": round(1 / u, 3),
+        "rss_before_cached_mb": round(before["cached"] / 2**20, 1),
+        "cached_rss_delta_mb": round((peaks["cached"] - before["cached"]) / 2**20, 1),
+        "cached_rss_delta_per_activation_byte": round((peaks["cached"] - before["cached"]) / needed, 3),
+        "trial_images_in": "memory" if isinstance(data.variants[0], np.ndarray) else "disk",
+        "images_rss_delta_mb": round(image_delta / 2**20, 1),
+        "images_rss_delta_per_byte": round(image_delta / image_bytes, 3),
+        "input_rss_delta_mb": round(input_delta / 2**20, 1),
+        "input_rss_delta_per_activation_byte": round(input_delta / needed, 3),
+        "memory_budget": args.memory_bytes,
+        "cache_disk_budget": cache.disk_bytes,
+    }
     report["speedup_of_limit"] = round(report["speedup_vs_full"] / report["flops_limit"], 3)
     args.report.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report), flush=True)

@@ -35,10 +35,18 @@ from pathlib import Path
 import yaml
 
 from benchmarks.study_cost_arms import REPO, arm_naive, arm_tlpipe, overrides, write_params
+from benchmarks.study_cost_overhead import step_overhead
 from benchmarks.study_cost_report import RATIO_GOAL, _load, markdown, summarize_rows
 
-UPSTREAM = ["make_digits", "make_subset", "validate_data", "augment", "pretrain_backbone", "extract_features",
-            "train_head"]
+UPSTREAM = [
+    "make_digits",
+    "make_subset",
+    "validate_data",
+    "augment",
+    "pretrain_backbone",
+    "extract_features",
+    "train_head",
+]
 
 
 def machine() -> dict:
@@ -47,15 +55,32 @@ def machine() -> dict:
     import optuna
     import tensorflow as tf
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cores": len(os.sched_getaffinity(0)), "cpu": cpu, "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__, "optuna": optuna.__version__}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cores": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "optuna": optuna.__version__,
+    }
 
 
 def child_env() -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "GX_ANALYTICS_ENABLED": "false",
-           "TQDM_DISABLE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "GX_ANALYTICS_ENABLED": "false",
+        "TQDM_DISABLE": "1",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
@@ -63,8 +88,9 @@ def child_env() -> dict:
 def run_child(args: list[str], log: Path, module: str = "benchmarks.study_cost") -> None:
     """`python -m MODULE ARGS` in its own process (fresh TensorFlow state)."""
     with open(log, "a", encoding="utf-8") as out:
-        code = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=child_env(),
-                              stdout=out, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(
+            [sys.executable, "-m", module, *args], cwd=REPO, env=child_env(), stdout=out, stderr=subprocess.STDOUT
+        ).returncode
     if code:
         raise SystemExit(f"{' '.join(args)} failed ({code}); see {log}:\n{log.read_text()[-3000:]}")
 
@@ -81,16 +107,26 @@ def fine_tune_test(root: Path, params, hp, workdir: Path) -> dict:
 
     size, spec = params.model.image_size, str(root / "models/backbone")
     t0 = time.perf_counter()
-    run = Training.from_params(params, params.fine_tune, hp=hp, preprocess=preprocess_mode(spec),
-                               load=lambda: load_backbone(spec, "none", size),
-                               head_path=root / "models/head" / HEAD_FILE)
-    model, info = fine_tune(run, identity=backbone_identity(spec, "none", size), subset=root / "data/subset",
-                            workdir=workdir)
+    run = Training.from_params(
+        params,
+        params.fine_tune,
+        hp=hp,
+        preprocess=preprocess_mode(spec),
+        load=lambda: load_backbone(spec, "none", size),
+        head_path=root / "models/head" / HEAD_FILE,
+    )
+    model, info = fine_tune(
+        run, identity=backbone_identity(spec, "none", size), subset=root / "data/subset", workdir=workdir
+    )
     x, y, _ = load_split(root / "data/subset", "test", size)
     pred = np.argmax(model.predict(x, verbose=0), axis=1)
     shutil.rmtree(info["job_dir"], ignore_errors=True)
-    return {"test_accuracy": float(np.mean(pred == y)), "test_images": len(y),
-            "fine_tune_best_epoch": info["best_epoch"], "fine_tune_s": round(time.perf_counter() - t0, 1)}
+    return {
+        "test_accuracy": float(np.mean(pred == y)),
+        "test_images": len(y),
+        "fine_tune_best_epoch": info["best_epoch"],
+        "fine_tune_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def final_tests(root: Path, size: int, trials: int, runs: list[Path], extra: dict) -> None:
@@ -101,8 +137,9 @@ def final_tests(root: Path, size: int, trials: int, runs: list[Path], extra: dic
     done: dict[str, dict] = {}
     for path in runs:
         run = json.loads(path.read_text())
-        params = load_params(write_params(root, run["seed"], size, trials, storage=path.parent / "final.db",
-                                          overrides=extra))
+        params = load_params(
+            write_params(root, run["seed"], size, trials, storage=path.parent / "final.db", overrides=extra)
+        )
         hp = HyperParams(**run["best_params"])
         key = json.dumps([run["seed"], hp.model_dump()], sort_keys=True)
         if key not in done:
@@ -111,94 +148,19 @@ def final_tests(root: Path, size: int, trials: int, runs: list[Path], extra: dic
         path.write_text(json.dumps(run, indent=1))
 
 
-OVERHEAD_SETTINGS = {"default": {}, "spe4": {"steps_per_execution": 4}, "spe16": {"steps_per_execution": 16},
-                     "jit": {"jit_compile": True}, "spe16_jit": {"steps_per_execution": 16, "jit_compile": True}}
-
-
-def step_overhead(root: Path, size: int, out: Path, ratios=(0.5, 0.9), repeats: int = 3, epochs: int = 5) -> dict:
-    """Per-step cost of a cached trial under Keras compile settings, interleaved; merged into `out`'s json."""
-    import statistics
-
-    import keras
-
-    from tlpipe.config import load_params
-    from tlpipe.contracts import HEAD_FILE, HyperParams
-    from tlpipe.models.backbones import apply_freeze, backbone_identity, freeze_plan, load_backbone
-    from tlpipe.models.training import make_head
-    from tlpipe.tuning.trial import (
-        ActivationCache,
-        Recipe,
-        cached_model,
-        load_trial_data,
-        ordered_batches,
-        variant_batches,
-    )
-
-    params = load_params(root / "params.yaml")
-    spec = str(root / "models/backbone")
-    data = load_trial_data(root / "data/subset", root / "data/augmented", size)
-    recipe = Recipe(seed=42, image_size=size, preprocess="none", batch_size=params.fine_tune.batch_size,
-                    epochs=epochs)
-    cache = ActivationCache(root / "checkpoints/overhead_cache", 2**31, "float16")
-    identity = backbone_identity(spec, "none", size)
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_test_begin(self, logs=None):
-            self.train.append(time.perf_counter() - self.t)
-
-    rows: dict[str, dict] = {}
-    for ratio in ratios:
-        for rep in range(repeats):
-            names = list(OVERHEAD_SETTINGS)
-            names = names[rep % len(names):] + names[:rep % len(names)]  # rotate the order per repeat
-            for name in names:
-                keras.utils.set_random_seed(42)
-                backbone = load_backbone(spec, "none", size)
-                plan = freeze_plan(backbone, ratio)
-                apply_freeze(backbone, plan, False)
-                hp = HyperParams(freeze_ratio=ratio, learning_rate=1e-3, dropout=params.model.dropout,
-                                 head_units=params.model.head_units)
-                head = make_head(root / "models/head" / HEAD_FILE, backbone.output.shape[-1], len(data.classes), hp)
-                model, train, val = cached_model(backbone, plan, head, recipe, cache, identity, data)
-                model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
-                              metrics=["accuracy"], **OVERHEAD_SETTINGS[name])
-                ds, steps = variant_batches(train, data.labels, recipe.batch_size, epochs, 42)
-                val_ds = ordered_batches(val, data.val_labels)
-                timer = Timer()
-                timer.train = []
-                t0 = time.perf_counter()
-                model.fit(ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps, verbose=0,
-                          callbacks=[timer])
-                row = rows.setdefault(f"{ratio}:{name}", {"ratio": ratio, "setting": name, "boundary": plan.boundary,
-                                                          "steps_per_epoch": steps, "epoch_ms": [], "trial_s": []})
-                row["epoch_ms"].append(1000 * statistics.median(timer.train[1:]))
-                row["trial_s"].append(time.perf_counter() - t0)
-    for row in rows.values():
-        base = rows[f"{row['ratio']}:default"]
-        row["steady_ms_per_step"] = round(statistics.median(row["epoch_ms"]) / row["steps_per_epoch"], 3)
-        for key, src in (("speedup_epoch", "epoch_ms"), ("speedup_trial", "trial_s")):
-            pairs = zip(base[src], row[src], strict=True)  # the same repeat: run back to back
-            row[key] = round(statistics.median(b / x for b, x in pairs), 3)
-    result = json.loads(out.read_text()) if out.exists() else {}
-    result["overhead"] = {"image_size": size, "epochs": epochs, "repeats": repeats, "load": _load(),
-                          "rows": list(rows.values())}
-    out.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
-    if "rows" in result:
-        out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-    return result["overhead"]
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", nargs="?", default="bench",
-                   choices=("bench", "build", "naive", "tlpipe", "final", "overhead"))
+    p.add_argument(
+        "command", nargs="?", default="bench", choices=("bench", "build", "naive", "tlpipe", "final", "overhead")
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 96])
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    p.add_argument("--seeds-per-size", type=int, nargs="+",
-                   help="how many of --seeds each size runs (default: all), e.g. 3 1 when time is short")
+    p.add_argument(
+        "--seeds-per-size",
+        type=int,
+        nargs="+",
+        help="how many of --seeds each size runs (default: all), e.g. 3 1 when time is short",
+    )
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--work", type=Path, help="keep the projects here (default: a temporary folder)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/study_cost.json")
@@ -228,8 +190,10 @@ def bench(args: argparse.Namespace) -> dict:
         if not (root / "models/head").is_dir():
             root.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
-            run_child(["build", "--root", str(root), "--size", str(size), "--trials", str(args.trials), *extra],
-                      work / "log.txt")
+            run_child(
+                ["build", "--root", str(root), "--size", str(size), "--trials", str(args.trials), *extra],
+                work / "log.txt",
+            )
             build_s[size] = round(time.perf_counter() - t0, 1)
         count = (args.seeds_per_size or [len(args.seeds)] * len(args.sizes))[args.sizes.index(size)]
         seeds = args.seeds[:count]
@@ -239,28 +203,69 @@ def bench(args: argparse.Namespace) -> dict:
             for arm in order:
                 out = work / "runs" / f"px{size}-seed{seed}-{arm}" / "run.json"
                 out.parent.mkdir(parents=True, exist_ok=True)
-                run_child([arm, "--root", str(root), "--size", str(size), "--seed", str(seed), "--trials",
-                           str(args.trials), "--run", str(out), *extra], work / "log.txt")
+                run_child(
+                    [
+                        arm,
+                        "--root",
+                        str(root),
+                        "--size",
+                        str(size),
+                        "--seed",
+                        str(seed),
+                        "--trials",
+                        str(args.trials),
+                        "--run",
+                        str(out),
+                        *extra,
+                    ],
+                    work / "log.txt",
+                )
                 run = json.loads(out.read_text())
                 run.update(order=list(order), load_before=load)
                 out.write_text(json.dumps(run, indent=1))
                 runs[(size, seed, arm)] = run
-                print(f"px {size} seed {seed} {arm}: {run['seconds']:.1f} s, best {run['best']:.4f}, "
-                      f"{run['states']}, load {_load()}", flush=True)
+                print(
+                    f"px {size} seed {seed} {arm}: {run['seconds']:.1f} s, best {run['best']:.4f}, "
+                    f"{run['states']}, load {_load()}",
+                    flush=True,
+                )
         if not args.no_final:
             files = [work / "runs" / f"px{size}-seed{s}-{a}" / "run.json" for s in seeds for a in ("naive", "tlpipe")]
-            run_child(["final", "--root", str(root), "--size", str(size), "--trials", str(args.trials),
-                       "--run", *map(str, files), *extra], work / "log.txt")
+            run_child(
+                [
+                    "final",
+                    "--root",
+                    str(root),
+                    "--size",
+                    str(size),
+                    "--trials",
+                    str(args.trials),
+                    "--run",
+                    *map(str, files),
+                    *extra,
+                ],
+                work / "log.txt",
+            )
             for s in seeds:
                 for a in ("naive", "tlpipe"):
                     runs[(size, s, a)] = json.loads((work / "runs" / f"px{size}-seed{s}-{a}" / "run.json").read_text())
-    result = {"rows": summarize_rows(runs), "machine": machine(), "load": {"start": load_start, "end": _load()},
-              "parameters": {"sizes": args.sizes, "seeds": args.seeds, "seeds_per_size": args.seeds_per_size,
-                             "trials": args.trials,
-                             "epochs": yaml.safe_load((REPO / "params.yaml").read_text())["tune"]["epochs"],
-                             "overrides": args.set, "build_s": build_s},
-              "runs": {f"px{k[0]}-seed{k[1]}-{k[2]}": v for k, v in runs.items()},
-              "work": str(work), "wall_s": round(time.perf_counter() - started, 1)}
+    result = {
+        "rows": summarize_rows(runs),
+        "machine": machine(),
+        "load": {"start": load_start, "end": _load()},
+        "parameters": {
+            "sizes": args.sizes,
+            "seeds": args.seeds,
+            "seeds_per_size": args.seeds_per_size,
+            "trials": args.trials,
+            "epochs": yaml.safe_load((REPO / "params.yaml").read_text())["tune"]["epochs"],
+            "overrides": args.set,
+            "build_s": build_s,
+        },
+        "runs": {f"px{k[0]}-seed{k[1]}-{k[2]}": v for k, v in runs.items()},
+        "work": str(work),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
     result["goal"] = {"ratio_le": RATIO_GOAL, "test_within_images": 1}
     result["pass"] = all(r["ratio_ok"] and r["test_ok"] for r in result["rows"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -281,8 +286,9 @@ def main(argv: list[str] | None = None) -> dict | None:
 
         run_steps(args.root, UPSTREAM, write_params(args.root, 42, args.size, args.trials, overrides=extra))
     elif args.command in ("naive", "tlpipe"):
-        (arm_naive if args.command == "naive" else arm_tlpipe)(args.root, args.seed, args.size, args.trials,
-                                                                args.run[0], extra)
+        (arm_naive if args.command == "naive" else arm_tlpipe)(
+            args.root, args.seed, args.size, args.trials, args.run[0], extra
+        )
     elif args.command == "final":
         final_tests(args.root, args.size, args.trials, args.run, extra)
     elif args.command == "overhead":

@@ -13,15 +13,22 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_params(root: Path, seed: int, size: int, trials: int, storage: Path | None = None,
-                 overrides: dict | None = None) -> Path:
+def write_params(
+    root: Path, seed: int, size: int, trials: int, storage: Path | None = None, overrides: dict | None = None
+) -> Path:
     """params.yaml of the benchmark project (committed params + size, transfer-only search, no sweep)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["seed"] = seed
     params["make_digits"]["image_size"] = params["model"]["image_size"] = size
     params["tracking"]["default_uri"] = f"sqlite:///{root / 'mlflow.db'}"
-    params["tune"].update(n_trials=trials, regimes=["transfer"], search_bn=False, sweep=False, warm_start=0,
-                          storage=f"sqlite:///{storage or root / 'optuna.db'}")
+    params["tune"].update(
+        n_trials=trials,
+        regimes=["transfer"],
+        search_bn=False,
+        sweep=False,
+        warm_start=0,
+        storage=f"sqlite:///{storage or root / 'optuna.db'}",
+    )
     for key, value in (overrides or {}).items():
         section, _, name = key.partition(".")
         params[section][name] = value
@@ -38,15 +45,26 @@ def study_facts(study, started: dt.datetime) -> dict:
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    return {"best": best.value, "best_trial": best.number,
-            "to_best_s": (best.datetime_complete - started).total_seconds(),
-            "params": {"freeze_ratio": best.user_attrs["freeze_ratio"],
-                       "learning_rate": best.params["learning_rate"]},
-            "states": states, "epochs": sum(t.user_attrs.get("epochs_run", 0) for t in trials),
-            "trial_s_sum": round(sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials), 2),
-            "trials": [{"n": t.number, "state": t.state.name, "value": t.value,
-                        "freeze_ratio": t.user_attrs.get("freeze_ratio"), "lr": t.params.get("learning_rate"),
-                        "epochs": t.user_attrs.get("epochs_run")} for t in trials]}
+    return {
+        "best": best.value,
+        "best_trial": best.number,
+        "to_best_s": (best.datetime_complete - started).total_seconds(),
+        "params": {"freeze_ratio": best.user_attrs["freeze_ratio"], "learning_rate": best.params["learning_rate"]},
+        "states": states,
+        "epochs": sum(t.user_attrs.get("epochs_run", 0) for t in trials),
+        "trial_s_sum": round(sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials), 2),
+        "trials": [
+            {
+                "n": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "freeze_ratio": t.user_attrs.get("freeze_ratio"),
+                "lr": t.params.get("learning_rate"),
+                "epochs": t.user_attrs.get("epochs_run"),
+            }
+            for t in trials
+        ],
+    }
 
 
 def preimport() -> None:
@@ -84,8 +102,20 @@ def arm_tlpipe(root: Path, seed: int, size: int, trials: int, out: Path, extra: 
     modes = {}
     for t in study.get_trials(deepcopy=False):
         modes[t.user_attrs.get("mode", "pruned")] = modes.get(t.user_attrs.get("mode", "pruned"), 0) + 1
-    out.write_text(json.dumps({"arm": "tlpipe", "seed": seed, "size": size, "seconds": seconds, **facts, "modes": modes,
-                               "best_params": best["params"]}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "arm": "tlpipe",
+                "seed": seed,
+                "size": size,
+                "seconds": seconds,
+                **facts,
+                "modes": modes,
+                "best_params": best["params"],
+            },
+            indent=1,
+        )
+    )
 
 
 def image_folders(subset: Path, out: Path) -> Path:
@@ -119,12 +149,27 @@ class DirectoryData:
         import keras
         from tf_keras.preprocessing.image import ImageDataGenerator
 
-        gen = ImageDataGenerator(
-            rotation_range=augment.rotation_degrees, zoom_range=augment.zoom, width_shift_range=augment.width_shift,
-            height_shift_range=augment.height_shift, horizontal_flip=augment.horizontal_flip,
-            fill_mode="nearest") if augment else ImageDataGenerator()
-        it = gen.flow_from_directory(str(folder), target_size=(size, size), color_mode="rgb", class_mode="sparse",
-                                     batch_size=batch, shuffle=shuffle, seed=seed)
+        gen = (
+            ImageDataGenerator(
+                rotation_range=augment.rotation_degrees,
+                zoom_range=augment.zoom,
+                width_shift_range=augment.width_shift,
+                height_shift_range=augment.height_shift,
+                horizontal_flip=augment.horizontal_flip,
+                fill_mode="nearest",
+            )
+            if augment
+            else ImageDataGenerator()
+        )
+        it = gen.flow_from_directory(
+            str(folder),
+            target_size=(size, size),
+            color_mode="rgb",
+            class_mode="sparse",
+            batch_size=batch,
+            shuffle=shuffle,
+            seed=seed,
+        )
 
         class Wrapped(keras.utils.PyDataset):
             def __len__(self):
@@ -155,9 +200,14 @@ def arm_naive(root: Path, seed: int, size: int, trials: int, out: Path, extra: d
     from tlpipe.tuning.study import freeze_points, pruner, sampler, suggest
 
     params = load_params(write_params(root, seed, size, trials, storage=out.parent / "unused.db", overrides=extra))
-    ctx = StudyContext(params, subset=root / "data/subset", augmented=root / "data/augmented",
-                       head=root / "models/head", backbone=str(root / "models/backbone"),
-                       cache_dir=root / "checkpoints/tune_cache")
+    ctx = StudyContext(
+        params,
+        subset=root / "data/subset",
+        augmented=root / "data/augmented",
+        head=root / "models/head",
+        backbone=str(root / "models/backbone"),
+        cache_dir=root / "checkpoints/tune_cache",
+    )
     cfg, batch = params.tune, params.fine_tune.batch_size
     points = freeze_points(ctx.load_backbone())
     class_order = class_names(read_manifest(root / "data/subset"))
@@ -165,8 +215,11 @@ def arm_naive(root: Path, seed: int, size: int, trials: int, out: Path, extra: d
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def objective(trial) -> float:
-        hp = HyperParams(dropout=params.model.dropout, head_units=params.model.head_units,
-                         **suggest(trial, cfg, points, ["transfer"]))
+        hp = HyperParams(
+            dropout=params.model.dropout,
+            head_units=params.model.head_units,
+            **suggest(trial, cfg, points, ["transfer"]),
+        )
         keras.utils.set_random_seed(seed)
         backbone = ctx.load_backbone()
         plan = freeze_plan(backbone, hp.freeze_ratio)
@@ -177,10 +230,16 @@ def arm_naive(root: Path, seed: int, size: int, trials: int, out: Path, extra: d
         head = make_head(ctx.head, backbone.output.shape[-1], len(classes), hp)
         model = naive_model(backbone, plan, head, size, ctx.recipe.preprocess, hp.learning_rate)
         epochs_run = keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: trial.set_user_attr("epochs_run", epoch + 1))
+            on_epoch_end=lambda epoch, logs: trial.set_user_attr("epochs_run", epoch + 1)
+        )
         stop = keras.callbacks.EarlyStopping(cfg.metric, patience=cfg.patience)
-        history = model.fit(train, validation_data=val, epochs=cfg.epochs, verbose=0,
-                            callbacks=[epochs_run, stop, KerasPruningCallback(trial, cfg.metric)])
+        history = model.fit(
+            train,
+            validation_data=val,
+            epochs=cfg.epochs,
+            verbose=0,
+            callbacks=[epochs_run, stop, KerasPruningCallback(trial, cfg.metric)],
+        )
         return min(history.history[cfg.metric])
 
     started, t0 = dt.datetime.now(), time.perf_counter()
@@ -188,11 +247,28 @@ def arm_naive(root: Path, seed: int, size: int, trials: int, out: Path, extra: d
     study.optimize(objective, n_trials=trials)
     seconds = time.perf_counter() - t0
     facts = study_facts(study, started)
-    out.write_text(json.dumps({"arm": "naive", "seed": seed, "size": size, "seconds": seconds, **facts,
-                               "early_stopping": True, "patience": cfg.patience, "pruner": cfg.pruner,
-                               "best_params": {**facts["params"], "regime": "transfer", "train_bn": False,
-                                               "dropout": params.model.dropout,
-                                               "head_units": params.model.head_units}}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "arm": "naive",
+                "seed": seed,
+                "size": size,
+                "seconds": seconds,
+                **facts,
+                "early_stopping": True,
+                "patience": cfg.patience,
+                "pruner": cfg.pruner,
+                "best_params": {
+                    **facts["params"],
+                    "regime": "transfer",
+                    "train_bn": False,
+                    "dropout": params.model.dropout,
+                    "head_units": params.model.head_units,
+                },
+            },
+            indent=1,
+        )
+    )
 
 
 def overrides(pairs: list[str]) -> dict:

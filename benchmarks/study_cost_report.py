@@ -17,50 +17,84 @@ def summarize_rows(runs: dict[tuple[int, int, str], dict]) -> list[dict]:
     for size, seed in sorted({(k[0], k[1]) for k in runs}):
         naive, tl = runs[(size, seed, "naive")], runs[(size, seed, "tlpipe")]
         n_test = naive.get("test_images") or 1
-        rows.append({
-            "image_size": size, "seed": seed, "naive_s": round(naive["seconds"], 1),
-            "tlpipe_s": round(tl["seconds"], 1), "ratio": round(tl["seconds"] / naive["seconds"], 3),
-            "naive_to_best_s": round(naive["to_best_s"], 1), "tlpipe_to_best_s": round(tl["to_best_s"], 1),
-            "naive_best": round(naive["best"], 4), "tlpipe_best": round(tl["best"], 4),
-            "naive_test": naive.get("test_accuracy"), "tlpipe_test": tl.get("test_accuracy"),
-            "test_images": n_test, "naive_early_stopping": naive.get("early_stopping", False),
-            "naive_pruner": naive.get("pruner", "none"), "naive_states": naive["states"], "tlpipe_states": tl["states"],
-            "naive_epochs": naive["epochs"], "tlpipe_epochs": tl["epochs"], "tlpipe_modes": tl.get("modes"),
-            "naive_params": naive["params"], "tlpipe_params": tl["params"], "order": naive.get("order"),
-            "load_before": naive.get("load_before"),
-            "ratio_ok": tl["seconds"] / naive["seconds"] <= RATIO_GOAL,
-            "test_ok": (tl.get("test_accuracy") is not None and naive.get("test_accuracy") is not None
-                        and tl["test_accuracy"] >= naive["test_accuracy"] - 1.0 / n_test - 1e-9)})
+        rows.append(
+            {
+                "image_size": size,
+                "seed": seed,
+                "naive_s": round(naive["seconds"], 1),
+                "tlpipe_s": round(tl["seconds"], 1),
+                "ratio": round(tl["seconds"] / naive["seconds"], 3),
+                "naive_to_best_s": round(naive["to_best_s"], 1),
+                "tlpipe_to_best_s": round(tl["to_best_s"], 1),
+                "naive_best": round(naive["best"], 4),
+                "tlpipe_best": round(tl["best"], 4),
+                "naive_test": naive.get("test_accuracy"),
+                "tlpipe_test": tl.get("test_accuracy"),
+                "test_images": n_test,
+                "naive_early_stopping": naive.get("early_stopping", False),
+                "naive_pruner": naive.get("pruner", "none"),
+                "naive_states": naive["states"],
+                "tlpipe_states": tl["states"],
+                "naive_epochs": naive["epochs"],
+                "tlpipe_epochs": tl["epochs"],
+                "tlpipe_modes": tl.get("modes"),
+                "naive_params": naive["params"],
+                "tlpipe_params": tl["params"],
+                "order": naive.get("order"),
+                "load_before": naive.get("load_before"),
+                "ratio_ok": tl["seconds"] / naive["seconds"] <= RATIO_GOAL,
+                "test_ok": (
+                    tl.get("test_accuracy") is not None
+                    and naive.get("test_accuracy") is not None
+                    and tl["test_accuracy"] >= naive["test_accuracy"] - 1.0 / n_test - 1e-9
+                ),
+            }
+        )
     return rows
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = ["# Study cost: tlpipe `tune` vs the naive way", "",
-             f"{m['cores']} cores ({m['cpu']}), TensorFlow {m['tensorflow']}, Keras {m['keras']}, Optuna "
-             f"{m['optuna']}. Load average (1/5/15 min) at start {result['load']['start']}, at end "
-             f"{result['load']['end']}. {result['parameters']['trials']} trials per study, epoch cap "
-             f"{result['parameters']['epochs']}, transfer regime only. Naive arm: Keras EarlyStopping (same patience) "
-             f"and the same Optuna pruner ({', '.join(sorted({r['naive_pruner'] for r in result['rows']}))}) through "
-             f"KerasPruningCallback. Run took {result['wall_s']:.0f} s.", "",
-             f"| px | seed | naive s | tlpipe s | ratio (<= {RATIO_GOAL}) | to best s naive / tlpipe | "
-             "best val_loss naive / tlpipe | test acc naive / tlpipe | tlpipe states | epochs naive / tlpipe | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Study cost: tlpipe `tune` vs the naive way",
+        "",
+        f"{m['cores']} cores ({m['cpu']}), TensorFlow {m['tensorflow']}, Keras {m['keras']}, Optuna "
+        f"{m['optuna']}. Load average (1/5/15 min) at start {result['load']['start']}, at end "
+        f"{result['load']['end']}. {result['parameters']['trials']} trials per study, epoch cap "
+        f"{result['parameters']['epochs']}, transfer regime only. Naive arm: Keras EarlyStopping (same patience) "
+        f"and the same Optuna pruner ({', '.join(sorted({r['naive_pruner'] for r in result['rows']}))}) through "
+        f"KerasPruningCallback. Run took {result['wall_s']:.0f} s.",
+        "",
+        f"| px | seed | naive s | tlpipe s | ratio (<= {RATIO_GOAL}) | to best s naive / tlpipe | "
+        "best val_loss naive / tlpipe | test acc naive / tlpipe | tlpipe states | epochs naive / tlpipe | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        test = (f"{r['naive_test']:.3f} / {r['tlpipe_test']:.3f} {'ok' if r['test_ok'] else '**short**'}"
-                if r["naive_test"] is not None and r["tlpipe_test"] is not None else "-")
-        lines.append(f"| {r['image_size']} | {r['seed']} | {r['naive_s']:.0f} | {r['tlpipe_s']:.0f} | "
-                     f"{r['ratio']:.3f} {'PASS' if r['ratio_ok'] else '**FAIL**'} | {r['naive_to_best_s']:.0f} / "
-                     f"{r['tlpipe_to_best_s']:.0f} | {r['naive_best']:.4f} / {r['tlpipe_best']:.4f} | {test} | "
-                     f"{r['tlpipe_states']} | {r['naive_epochs']} / {r['tlpipe_epochs']} | {r['load_before']} |")
+        test = (
+            f"{r['naive_test']:.3f} / {r['tlpipe_test']:.3f} {'ok' if r['test_ok'] else '**short**'}"
+            if r["naive_test"] is not None and r["tlpipe_test"] is not None
+            else "-"
+        )
+        lines.append(
+            f"| {r['image_size']} | {r['seed']} | {r['naive_s']:.0f} | {r['tlpipe_s']:.0f} | "
+            f"{r['ratio']:.3f} {'PASS' if r['ratio_ok'] else '**FAIL**'} | {r['naive_to_best_s']:.0f} / "
+            f"{r['tlpipe_to_best_s']:.0f} | {r['naive_best']:.4f} / {r['tlpipe_best']:.4f} | {test} | "
+            f"{r['tlpipe_states']} | {r['naive_epochs']} / {r['tlpipe_epochs']} | {r['load_before']} |"
+        )
     if "overhead" in result:
         o = result["overhead"]
-        lines += ["", f"## Per-step overhead of a cached trial ({o['image_size']} px, {o['epochs']} epochs, "
-                      f"{o['repeats']} interleaved repeats, load {o['load']})", "",
-                  "| freeze ratio (boundary) | setting | steady ms/step | epoch speed-up | whole-trial speed-up |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Per-step overhead of a cached trial ({o['image_size']} px, {o['epochs']} epochs, "
+            f"{o['repeats']} interleaved repeats, load {o['load']})",
+            "",
+            "| freeze ratio (boundary) | setting | steady ms/step | epoch speed-up | whole-trial speed-up |",
+            "|---|---|---|---|---|",
+        ]
         for r in o["rows"]:
-            lines.append(f"| {r['ratio']} ({r['boundary']}) | {r['setting']} | {r['steady_ms_per_step']:.2f} | "
-                         f"{r['speedup_epoch']:.2f}x | {r['speedup_trial']:.2f}x |")
+            lines.append(
+                f"| {r['ratio']} ({r['boundary']}) | {r['setting']} | {r['steady_ms_per_step']:.2f} | "
+                f"{r['speedup_epoch']:.2f}x | {r['speedup_trial']:.2f}x |"
+            )
     lines += ["", *[f"- {n}" for n in result.get("notes", [])]]
     return "\n".join(lines) + "\n"

@@ -75,8 +75,9 @@ def project_params(root: Path, args: argparse.Namespace) -> Path:
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     raw["data"]["source"] = BUILTIN
     raw["make_digits"]["image_size"] = args.image_size
-    raw["make_subset"].update(train_per_class=args.train_per_class, val_per_class=args.val_per_class,
-                              test_per_class=args.val_per_class)
+    raw["make_subset"].update(
+        train_per_class=args.train_per_class, val_per_class=args.val_per_class, test_per_class=args.val_per_class
+    )
     raw["augment"]["copies"] = args.copies
     raw["model"].update(backbone=PRETRAIN, weights="none", image_size=args.image_size)
     raw["pretrain_backbone"].update(source=BUILTIN, epochs=args.pretrain_epochs)
@@ -87,8 +88,15 @@ def project_params(root: Path, args: argparse.Namespace) -> Path:
     return path
 
 
-PROJECT_STEPS = ("make_digits", "make_subset", "validate_data", "augment", "pretrain_backbone", "extract_features",
-                 "train_head")
+PROJECT_STEPS = (
+    "make_digits",
+    "make_subset",
+    "validate_data",
+    "augment",
+    "pretrain_backbone",
+    "extract_features",
+    "train_head",
+)
 
 
 def prepare_project(root: Path, params_file: Path) -> dict:
@@ -113,8 +121,11 @@ def prepare_project(root: Path, params_file: Path) -> dict:
     def metric(step: str) -> float:
         return round(json.loads((root / f"reports/{step}/metrics.json").read_text())["val_accuracy"], 4)
 
-    return {"step_seconds": seconds, "pretrain_val_accuracy": metric("pretrain_backbone"),
-            "head_val_accuracy": metric("train_head")}
+    return {
+        "step_seconds": seconds,
+        "pretrain_val_accuracy": metric("pretrain_backbone"),
+        "head_val_accuracy": metric("train_head"),
+    }
 
 
 def build_project(root: Path, params_file: Path) -> dict:
@@ -225,35 +236,53 @@ def main(argv: list[str] | None = None) -> dict:
 
     passes = [r["pass"] for block in p1 for r in block["rows"]]
     passes += [ok for pair in (p5["pairs"] if p5 else []) for ok in (pair["epochs_pass"], pair["best_pass"])]
-    knobs = ("image_size", "train_per_class", "val_per_class", "copies", "pretrain_epochs", "p1_epochs",
-             "p1_repeats", "trials", "trial_epochs")
+    knobs = (
+        "image_size",
+        "train_per_class",
+        "val_per_class",
+        "copies",
+        "pretrain_epochs",
+        "p1_epochs",
+        "p1_repeats",
+        "trials",
+        "trial_epochs",
+    )
     result = {
         "benchmark": "tune_trials",
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.tune_trials",
-                             *(argv or sys.argv[1:])]),
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.tune_trials", *(argv or sys.argv[1:])]),
         "machine": {**machine_facts(), "optuna": optuna.__version__},
-        "parameters": {k: getattr(args, k) for k in knobs} | {
-            "ratios": ratios, "p1_sizes": _ints(args.p1_sizes), "p5_seeds": _ints(args.p5_seeds),
+        "parameters": {k: getattr(args, k) for k in knobs}
+        | {
+            "ratios": ratios,
+            "p1_sizes": _ints(args.p1_sizes),
+            "p5_seeds": _ints(args.p5_seeds),
             "p1_statistic": "per trial: median of epochs 2..E, training part only (epoch begin to "
-                            "validation start); measured ratio: median over repeats of full / cached "
-                            "within a repeat (the two trials run back to back)",
+            "validation start); measured ratio: median over repeats of full / cached "
+            "within a repeat (the two trials run back to back)",
             "flops_are": "2 x MACs for Conv2D/Dense (+ bias), 2 per element for BatchNormalization, 1 "
-                         "per input element for pooling, 1 per output element otherwise; forward, per image"},
+            "per input element for pooling, 1 per output element otherwise; forward, per image",
+        },
         "project": project,
         "p1": p1,
         "p5": p5,
-        "targets": {"p1_measured_over_expected": P1_TARGET, "p5_epochs_ratio": P5_EPOCHS_TARGET,
-                    "p5_best_tolerance": P5_BEST_TOLERANCE},
+        "targets": {
+            "p1_measured_over_expected": P1_TARGET,
+            "p5_epochs_ratio": P5_EPOCHS_TARGET,
+            "p5_best_tolerance": P5_BEST_TOLERANCE,
+        },
         "pass": bool(passes) and all(passes),
-        "load_average_1_5_15": {"start": [round(v, 2) for v in load_before],
-                                "end": [round(v, 2) for v in os.getloadavg()]},
+        "load_average_1_5_15": {
+            "start": [round(v, 2) for v in load_before],
+            "end": [round(v, 2) for v in os.getloadavg()],
+        },
     }
     result["notes"] = notes(result)
     result["wall_seconds"] = round(time.perf_counter() - started, 2)
     write_json(out, result)
     out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-    print(f"wrote {out} and {out.with_suffix('.md')} ({result['wall_seconds']:.0f} s): pass={result['pass']}",
-          flush=True)
+    print(
+        f"wrote {out} and {out.with_suffix('.md')} ({result['wall_seconds']:.0f} s): pass={result['pass']}", flush=True
+    )
     return result
 
 

@@ -36,8 +36,10 @@ def layer_flops(layer) -> int:
 
 def backbone_flops(backbone) -> list[dict]:
     """Per-layer forward FLOPs per image of the backbone, in layer order (index = layer index)."""
-    return [{"index": i, "name": layer.name, "type": type(layer).__name__, "flops": layer_flops(layer)}
-            for i, layer in enumerate(backbone.layers)]
+    return [
+        {"index": i, "name": layer.name, "type": type(layer).__name__, "flops": layer_flops(layer)}
+        for i, layer in enumerate(backbone.layers)
+    ]
 
 
 def unfrozen_share(layers: list[dict], frozen: int) -> float:
@@ -94,9 +96,15 @@ class P1Setup:
         self.head = root / "models/head" / HEAD_FILE
         self.identity = backbone_identity(self.spec, model.weights, size)
         # As the tune step builds it, except patience = epochs: every P1 trial runs all its epochs (no early stop).
-        self.recipe = Recipe(seed=self.params.seed, image_size=size, preprocess=preprocess_mode(self.spec),
-                             batch_size=self.params.fine_tune.batch_size, epochs=epochs, patience=epochs,
-                             monitor=cfg.metric)
+        self.recipe = Recipe(
+            seed=self.params.seed,
+            image_size=size,
+            preprocess=preprocess_mode(self.spec),
+            batch_size=self.params.fine_tune.batch_size,
+            epochs=epochs,
+            patience=epochs,
+            monitor=cfg.metric,
+        )
         self.cache = ActivationCache(root / f"p1_cache_{size}px", cfg.cache_max_bytes, cfg.cache_dtype)
         self.epochs = epochs
 
@@ -110,8 +118,12 @@ class P1Setup:
         """fine_tune's hyperparameters at `ratio` (speed does not depend on the learning rate)."""
         from tlpipe.contracts import HyperParams
 
-        return HyperParams(freeze_ratio=ratio, learning_rate=self.params.fine_tune.learning_rate,
-                           dropout=self.params.model.dropout, head_units=self.params.model.head_units)
+        return HyperParams(
+            freeze_ratio=ratio,
+            learning_rate=self.params.fine_tune.learning_rate,
+            dropout=self.params.model.dropout,
+            head_units=self.params.model.head_units,
+        )
 
     def build_cache(self, ratio: float) -> float:
         """Fill the cache at `ratio`'s boundary (train variants + val) as a trial would; return seconds."""
@@ -139,13 +151,25 @@ class P1Setup:
         backbone = self.backbone()
         gc.collect()
         start = time.perf_counter()
-        out = run_trial(self.recipe, self.hyper(ratio), self.data, backbone, self.head,
-                        self.cache if cached else None, self.identity, callbacks=[clock])
+        out = run_trial(
+            self.recipe,
+            self.hyper(ratio),
+            self.data,
+            backbone,
+            self.head,
+            self.cache if cached else None,
+            self.identity,
+            callbacks=[clock],
+        )
         wall = time.perf_counter() - start
         if out["mode"] != ("cached" if cached else "full"):
             raise SystemExit(f"ratio {ratio}: run_trial ran {out['mode']}, not the arm asked for")
-        return {"wall_seconds": round(wall, 4), "train_epoch_seconds": [round(s, 4) for s in clock.train],
-                "val_epoch_seconds": [round(s, 4) for s in clock.val], "plan": out["plan"]}
+        return {
+            "wall_seconds": round(wall, 4),
+            "train_epoch_seconds": [round(s, 4) for s in clock.train],
+            "val_epoch_seconds": [round(s, 4) for s in clock.val],
+            "plan": out["plan"],
+        }
 
 
 def steady(seconds: list[float]) -> float:
@@ -167,8 +191,16 @@ def arm_summary(runs: list[dict]) -> dict:
     }
 
 
-def p1_row(ratio: float, layers: list[dict], full_runs: list[dict], cached_runs: list[dict], build: float,
-           floor: dict, n_train: int, n_val: int) -> dict:
+def p1_row(
+    ratio: float,
+    layers: list[dict],
+    full_runs: list[dict],
+    cached_runs: list[dict],
+    build: float,
+    floor: dict,
+    n_train: int,
+    n_val: int,
+) -> dict:
     """One freeze ratio: arithmetic (u, expected) next to the measurements, and its pass/fail.
 
     Ratios are medians over repeats of full / cached within a repeat: the two trials of a repeat run back
@@ -180,8 +212,10 @@ def p1_row(ratio: float, layers: list[dict], full_runs: list[dict], cached_runs:
     full, cached = arm_summary(full_runs), arm_summary(cached_runs)
     pairs = list(zip(full["train_epoch_per_repeat"], cached["train_epoch_per_repeat"], strict=True))
     paired = [f / c for f, c in pairs]
-    with_val = [(ft + fv) / (ct + cv) for (ft, ct), fv, cv in
-                zip(pairs, full["val_epoch_per_repeat"], cached["val_epoch_per_repeat"], strict=True)]
+    with_val = [
+        (ft + fv) / (ct + cv)
+        for (ft, ct), fv, cv in zip(pairs, full["val_epoch_per_repeat"], cached["val_epoch_per_repeat"], strict=True)
+    ]
     measured = statistics.median(paired)
     walls = [(f["wall_seconds"], c["wall_seconds"]) for f, c in zip(full_runs, cached_runs, strict=True)]
     saved = statistics.median(f - c for f, c in walls)
@@ -199,8 +233,7 @@ def p1_row(ratio: float, layers: list[dict], full_runs: list[dict], cached_runs:
         "target": P1_TARGET,
         "pass": bool(measured >= P1_TARGET * expected),
         "measured_ratio_best_of_arms": round(full["train_epoch_best"] / cached["train_epoch_best"], 3),
-        "expected_epoch_ratio_with_val": round(
-            (n_train * (1 + 2 * u) + n_val) / (u * (3 * n_train + n_val)), 3),
+        "expected_epoch_ratio_with_val": round((n_train * (1 + 2 * u) + n_val) / (u * (3 * n_train + n_val)), 3),
         "measured_epoch_ratio_with_val": round(statistics.median(with_val), 3),
         "overhead_ceiling": round(full["train_epoch_median"] / floor["train_epoch_median"], 3),
         "cache_build_seconds": round(build, 4),
@@ -226,10 +259,12 @@ def bench_p1(setup: P1Setup, ratios: list[float], repeats: int) -> dict:
             arms = ("full", "cached") if (rep + index) % 2 == 0 else ("cached", "full")
             for arm in arms:
                 runs[(ratio, arm)].append(setup.trial(ratio, cached=arm == "cached"))
-            full, cached = (steady(runs[(ratio, arm)][-1]["train_epoch_seconds"])
-                            for arm in ("full", "cached"))
-            print(f"P1 {size}px repeat {rep + 1}/{repeats} ratio {ratio}: full {full:.3f} s/epoch, "
-                  f"cached {cached:.3f} s/epoch", flush=True)
+            full, cached = (steady(runs[(ratio, arm)][-1]["train_epoch_seconds"]) for arm in ("full", "cached"))
+            print(
+                f"P1 {size}px repeat {rep + 1}/{repeats} ratio {ratio}: full {full:.3f} s/epoch, "
+                f"cached {cached:.3f} s/epoch",
+                flush=True,
+            )
         floor_runs.append(setup.trial(1.0, cached=True))
     floor = arm_summary(floor_runs)
     n_train, n_val = len(setup.data.labels), len(setup.data.val_images)
@@ -247,8 +282,13 @@ def bench_p1(setup: P1Setup, ratios: list[float], repeats: int) -> dict:
         "epochs_per_trial": setup.epochs,
         "repeats": repeats,
         "cache_dtype": setup.params.tune.cache_dtype,
-        "head_only_floor": {**floor, "cache_build_seconds": round(builds[1.0], 4),
-                            "per_step_ms": round(1000 * floor["train_epoch_median"] / steps, 3)},
-        "rows": [p1_row(ratio, layers, runs[(ratio, "full")], runs[(ratio, "cached")], builds[ratio], floor,
-                        n_train, n_val) for ratio in ratios],
+        "head_only_floor": {
+            **floor,
+            "cache_build_seconds": round(builds[1.0], 4),
+            "per_step_ms": round(1000 * floor["train_epoch_median"] / steps, 3),
+        },
+        "rows": [
+            p1_row(ratio, layers, runs[(ratio, "full")], runs[(ratio, "cached")], builds[ratio], floor, n_train, n_val)
+            for ratio in ratios
+        ],
     }

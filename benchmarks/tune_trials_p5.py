@@ -25,41 +25,79 @@ def run_study(root: Path, params_file: Path, pruner: str, seed: int, trials: int
 
     folder = root / f"p5_seed{seed}_{pruner}"
     folder.mkdir()
-    params = load_params(params_file, {"seed": seed, "tune.pruner": pruner, "tune.n_trials": trials,
-                                       "tune.epochs": epochs,
-                                       "tune.storage": f"sqlite:///{folder / 'optuna.db'}"})
+    params = load_params(
+        params_file,
+        {
+            "seed": seed,
+            "tune.pruner": pruner,
+            "tune.n_trials": trials,
+            "tune.epochs": epochs,
+            "tune.storage": f"sqlite:///{folder / 'optuna.db'}",
+        },
+    )
     cfg, model, spec = params.tune, params.model, str(root / "models/backbone")
     # The tune step's study, recipe and worker (tlpipe/tuning/context.py), built from the library.
-    recipe = Recipe(seed=params.seed, image_size=model.image_size, preprocess=preprocess_mode(spec),
-                    batch_size=params.fine_tune.batch_size, epochs=cfg.epochs, patience=cfg.patience,
-                    monitor=cfg.metric)
+    recipe = Recipe(
+        seed=params.seed,
+        image_size=model.image_size,
+        preprocess=preprocess_mode(spec),
+        batch_size=params.fine_tune.batch_size,
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        monitor=cfg.metric,
+    )
     start = time.perf_counter()
     study = create_study(cfg, f"{cfg.study_name}-p5-seed{seed}-{pruner}", params.seed)
-    worker = Worker(WorkerSetup(cfg=cfg, recipe=recipe, defaults=Defaults(model.dropout, model.head_units),
-                                subset=root / "data/subset", head=root / "models/head" / HEAD_FILE,
-                                augmented=root / "data/augmented", cache_dir=folder / "cache",
-                                load_backbone=lambda: load_backbone(spec, model.weights, model.image_size),
-                                identity=backbone_identity(spec, model.weights, model.image_size)))
+    worker = Worker(
+        WorkerSetup(
+            cfg=cfg,
+            recipe=recipe,
+            defaults=Defaults(model.dropout, model.head_units),
+            subset=root / "data/subset",
+            head=root / "models/head" / HEAD_FILE,
+            augmented=root / "data/augmented",
+            cache_dir=folder / "cache",
+            load_backbone=lambda: load_backbone(spec, model.weights, model.image_size),
+            identity=backbone_identity(spec, model.weights, model.image_size),
+        )
+    )
     with mlflow.start_run(run_name=f"p5 seed={seed} pruner={pruner}"):
         worker.work(study)
     wall = time.perf_counter() - start
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name in (*FINISHED, "FAIL")]
-    rows = [{"number": t.number, "state": t.state.name, "params": dict(t.params),
-             "regime": t.user_attrs.get("regime", "transfer"),
-             "freeze_ratio": round(t.user_attrs["freeze_ratio"], 4),
-             "learning_rate": t.params["learning_rate"], "mode": t.user_attrs.get("mode"),
-             "epochs_run": t.user_attrs.get("epochs_run", 0), "value": t.value,
-             "last_value": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values
-             else None}
-            for t in done]
+    rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "params": dict(t.params),
+            "regime": t.user_attrs.get("regime", "transfer"),
+            "freeze_ratio": round(t.user_attrs["freeze_ratio"], 4),
+            "learning_rate": t.params["learning_rate"],
+            "mode": t.user_attrs.get("mode"),
+            "epochs_run": t.user_attrs.get("epochs_run", 0),
+            "value": t.value,
+            "last_value": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
+        }
+        for t in done
+    ]
     best = study.best_trial
-    return {"pruner": pruner, "study_name": study.study_name, "direction": study.direction.name,
-            "states": counts(study), "epochs_spent": sum(r["epochs_run"] for r in rows),
-            "epochs_budget": trials * epochs, "best_value": best.value, "best_trial": best.number,
-            "best_params": {"regime": best.user_attrs.get("regime", "transfer"),
-                            "freeze_ratio": best.user_attrs["freeze_ratio"],
-                            "learning_rate": best.params["learning_rate"]},
-            "wall_seconds": round(wall, 2), "trials": rows}
+    return {
+        "pruner": pruner,
+        "study_name": study.study_name,
+        "direction": study.direction.name,
+        "states": counts(study),
+        "epochs_spent": sum(r["epochs_run"] for r in rows),
+        "epochs_budget": trials * epochs,
+        "best_value": best.value,
+        "best_trial": best.number,
+        "best_params": {
+            "regime": best.user_attrs.get("regime", "transfer"),
+            "freeze_ratio": best.user_attrs["freeze_ratio"],
+            "learning_rate": best.params["learning_rate"],
+        },
+        "wall_seconds": round(wall, 2),
+        "trials": rows,
+    }
 
 
 def lost_winners(unpruned: dict, pruned: dict) -> list[int]:
@@ -82,8 +120,11 @@ def p5_pair(root: Path, params_file: Path, seed: int, trials: int, epochs: int) 
     unpruned = run_study(root, params_file, "none", seed, trials, epochs)
     pruned = run_study(root, params_file, "median", seed, trials, epochs)
     for s in (unpruned, pruned):
-        print(f"P5 seed {seed} pruner={s['pruner']}: {s['epochs_spent']} epochs, best {s['best_value']:.4f}, "
-              f"{s['states']}, {s['wall_seconds']:.0f} s", flush=True)
+        print(
+            f"P5 seed {seed} pruner={s['pruner']}: {s['epochs_spent']} epochs, best {s['best_value']:.4f}, "
+            f"{s['states']}, {s['wall_seconds']:.0f} s",
+            flush=True,
+        )
     epochs_ratio = pruned["epochs_spent"] / unpruned["epochs_spent"]
     sign = 1 if unpruned["direction"] == "MAXIMIZE" else -1
     shortfall = sign * (unpruned["best_value"] - pruned["best_value"]) / abs(unpruned["best_value"])
@@ -120,7 +161,7 @@ def bench_p5(root: Path, params_file: Path, trials: int, epochs: int, seeds: lis
         "epochs_target": P5_EPOCHS_TARGET,
         "best_tolerance": P5_BEST_TOLERANCE,
         "best_shortfall_is": "(unpruned best - pruned best) / |unpruned best|, sign flipped for minimised "
-                             "metrics; <= 0 means the pruned study found as good or better",
+        "metrics; <= 0 means the pruned study found as good or better",
         "pairs": pairs,
         "epochs_ratio_all_seeds": round(spent["pruned"] / spent["unpruned"], 4),
         "mean_best_shortfall": round(statistics.mean(p["best_shortfall"] for p in pairs), 5),

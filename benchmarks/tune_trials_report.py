@@ -39,7 +39,8 @@ def markdown_p1(p1: dict) -> list[str]:
             f"| {r['u']:.4f} | {r['expected_ratio']:.2f} | {_ms(r['full']['train_epoch_median'])} "
             f"| {_ms(r['cached']['train_epoch_median'])} | {r['measured_ratio']:.2f} "
             f"| {r['measured_over_expected']:.2f} | {_verdict(r['pass'])} | {r['cache_build_seconds']:.2f} "
-            f"| {r['expected_epoch_ratio_with_val']:.2f} / {r['measured_epoch_ratio_with_val']:.2f} |")
+            f"| {r['expected_epoch_ratio_with_val']:.2f} / {r['measured_epoch_ratio_with_val']:.2f} |"
+        )
     lines += [
         "",
         "| freeze ratio | full trial s | cached trial s | trial ratio | epoch ratio per repeat "
@@ -53,7 +54,8 @@ def markdown_p1(p1: dict) -> list[str]:
             f"| {r['freeze_ratio']} | {r['full']['trial_wall_median']:.2f} "
             f"| {r['cached']['trial_wall_median']:.2f} | {r['trial_wall_ratio']:.2f} "
             f"| {per_repeat} | {r['measured_ratio_best_of_arms']:.2f} | {r['overhead_ceiling']:.2f} "
-            f"| {amortise} |")
+            f"| {amortise} |"
+        )
     lines += [
         "",
         "Trial s: whole run_trial wall time (model build, tracing, every epoch), median over repeats. Trial "
@@ -97,7 +99,8 @@ def markdown_p5(p5: dict) -> list[str]:
             f"| {pair['epochs_ratio']:.3f} {_verdict(pair['epochs_pass'])} "
             f"| {100 * pair['best_shortfall']:.2f} % {_verdict(pair['best_pass'])} "
             f"| {pair['pruned_trials_that_would_have_won'] or 'none'} "
-            f"| {u['wall_seconds']:.0f} / {p['wall_seconds']:.0f} |")
+            f"| {u['wall_seconds']:.0f} / {p['wall_seconds']:.0f} |"
+        )
     lines += [
         "",
         f"All seeds together: pruned / unpruned epochs {p5['epochs_ratio_all_seeds']:.3f}, "
@@ -160,9 +163,11 @@ def notes(result: dict) -> list[str]:
     ]
     for block in result["p1"]:
         if block["image_size"] != result["parameters"]["image_size"]:
-            out.append(f"P1 at {block['image_size']} px uses the same pretrained weights (convolutions + "
-                       "global pooling fit any input size) on the digits resized to that size: F grows with "
-                       "the pixel count while the per-step overhead does not.")
+            out.append(
+                f"P1 at {block['image_size']} px uses the same pretrained weights (convolutions + "
+                "global pooling fit any input size) on the digits resized to that size: F grows with "
+                "the pixel count while the per-step overhead does not."
+            )
         floor = block["head_only_floor"]
         for r in (r for r in block["rows"] if not r["pass"]):
             where = f"At {block['image_size']} px, ratio {r['freeze_ratio']}"
@@ -172,21 +177,27 @@ def notes(result: dict) -> list[str]:
                     f"expects {r['expected_ratio']:.1f}x, but a cached epoch cannot get much below the "
                     f"head-only floor of {_ms(floor['train_epoch_median'])} ms ({floor['per_step_ms']:.1f} ms per "
                     "step of Keras/tf.data/optimizer overhead), which caps the ratio at about "
-                    f"{r['overhead_ceiling']:.1f}x (measured {r['measured_ratio']:.2f}x).")
+                    f"{r['overhead_ceiling']:.1f}x (measured {r['measured_ratio']:.2f}x)."
+                )
             else:
                 out.append(
                     f"{where} fails ({r['measured_over_expected']:.2f} of expected) although the overhead "
                     f"ceiling ({r['overhead_ceiling']:.1f}x) allows it: costs FLOPs miss (reading wide "
                     "float16 activations, casting them, per-step overhead) are a large share of the cached "
-                    "arm's compute.")
+                    "arm's compute."
+                )
     p5 = result["p5"]
     if p5 and p5["trials"] <= 2:
-        out.append("P5 ran with 2 or fewer trials per study: the median pruner starts pruning from the third "
-                   "trial, so nothing could be pruned (smoke-size run).")
+        out.append(
+            "P5 ran with 2 or fewer trials per study: the median pruner starts pruning from the third "
+            "trial, so nothing could be pruned (smoke-size run)."
+        )
     if p5 and any(p["pruned_trials_that_would_have_won"] for p in p5["pairs"]):
-        out.append("'Pruned trials that would have won': trials the median pruner stopped whose twin in "
-                   "the unpruned study (same number, same sampled params) finished better than the pruned "
-                   "study's best. From the second epoch on (n_warmup_steps=1) the pruner stops a trial "
-                   "whose metric is below the median of earlier trials at that epoch, so a trial that starts "
-                   "slowly is stopped before it catches up.")
+        out.append(
+            "'Pruned trials that would have won': trials the median pruner stopped whose twin in "
+            "the unpruned study (same number, same sampled params) finished better than the pruned "
+            "study's best. From the second epoch on (n_warmup_steps=1) the pruner stops a trial "
+            "whose metric is below the median of earlier trials at that epoch, so a trial that starts "
+            "slowly is stopped before it catches up."
+        )
     return out

@@ -47,8 +47,16 @@ def _copies(paths: Images, size: int, augmenter, copies: int, scratch: Path):
                 yield augmented_copies(chunk, augmenter, 1, CHUNK)
 
 
-def augment(paths: Images, labels: np.ndarray, classes: list[str], cfg: AugmentConfig, seed: int, size: int,
-            preview: Path, out: Path) -> int:
+def augment(
+    paths: Images,
+    labels: np.ndarray,
+    classes: list[str],
+    cfg: AugmentConfig,
+    seed: int,
+    size: int,
+    preview: Path,
+    out: Path,
+) -> int:
     """Write `preview/preview.png` and `out/copies.npy` (the copies, copy-major); returns the copies made.
 
     `paths` are the training split's images and `labels` their class indices, grouped by class; copy k of
@@ -56,11 +64,16 @@ def augment(paths: Images, labels: np.ndarray, classes: list[str], cfg: AugmentC
     """
     augmenter = build_augmenter(cfg, seed)
     picks = _preview_order(labels, classes)[: cfg.preview_samples]
-    preview_grid(decode_images(paths[picks], size, desc="decode preview"), augmenter,
-                 preview / PREVIEW_PNG, cfg.preview_samples)
+    preview_grid(
+        decode_images(paths[picks], size, desc="decode preview"), augmenter, preview / PREVIEW_PNG, cfg.preview_samples
+    )
     made = cfg.copies if augmenter.active and len(paths) else 0
-    NpyWriter.write(out / COPIES_FILE, _copies(paths, size, augmenter, made, out) if made else [],
-                    (made * len(paths), size, size, 3), np.uint8)
+    NpyWriter.write(
+        out / COPIES_FILE,
+        _copies(paths, size, augmenter, made, out) if made else [],
+        (made * len(paths), size, size, 3),
+        np.uint8,
+    )
     return made
 
 
@@ -82,12 +95,13 @@ def main(argv: list[str] | None = None) -> None:
 
         paths, labels, classes = split_images(Path(args.subset), "train")
         with atomic_dir(args.preview) as preview, atomic_dir(args.augmented) as out:
-            made = augment(paths, labels, classes, params.augment, params.seed, params.model.image_size,
-                           preview, out)
+            made = augment(paths, labels, classes, params.augment, params.seed, params.model.image_size, preview, out)
         mlflow.log_artifact(str(Path(args.preview) / PREVIEW_PNG))
         mlflow.log_metric("copies", made)
-    print(f"augment: preview -> {args.preview}; {made} augmented copies of {len(paths)} training images "
-          f"-> {args.augmented}")
+    print(
+        f"augment: preview -> {args.preview}; {made} augmented copies of {len(paths)} training images "
+        f"-> {args.augmented}"
+    )
 
 
 if __name__ == "__main__":

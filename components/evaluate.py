@@ -38,9 +38,17 @@ from tlpipe.reports.selection import FINAL, best_baseline, describe, rank, versu
 PARAMS = ("evaluate", "seed", "model.image_size")
 
 
-def evaluate(labels: np.ndarray, probs: np.ndarray, head_probs: np.ndarray, y_head: np.ndarray, classes: list[str],
-             seed: int, scratch_probs: np.ndarray | None = None, regime: str = "transfer",
-             validation: dict[str, dict] | None = None) -> tuple[EvalMetrics, dict, dict]:
+def evaluate(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    head_probs: np.ndarray,
+    y_head: np.ndarray,
+    classes: list[str],
+    seed: int,
+    scratch_probs: np.ndarray | None = None,
+    regime: str = "transfer",
+    validation: dict[str, dict] | None = None,
+) -> tuple[EvalMetrics, dict, dict]:
     """Metrics of the final model (with bootstrap CIs) and of the baselines, and how it fares against the best.
 
     The best baseline is the one ranked highest on the validation split (`validation`: candidate name ->
@@ -49,8 +57,10 @@ def evaluate(labels: np.ndarray, probs: np.ndarray, head_probs: np.ndarray, y_he
     on test, which the metrics file says (`best_baseline_chosen_on`).
     """
     if not np.array_equal(np.asarray(y_head), np.asarray(labels)):
-        raise PipelineError("the frozen-features test split (extract_features) and the test images hold different "
-                            "labels or order; rerun extract_features so both come from the same subset")
+        raise PipelineError(
+            "the frozen-features test split (extract_features) and the test images hold different "
+            "labels or order; rerun extract_features so both come from the same subset"
+        )
     fine = scores(labels, probs, classes)
     frozen = scores(y_head, head_probs, classes)
     y_pred = probs.argmax(axis=1)
@@ -70,21 +80,30 @@ def evaluate(labels: np.ndarray, probs: np.ndarray, head_probs: np.ndarray, y_he
     best = best_baseline(ranked)
     vs = versus(best, labels, y_pred, predictions[best])
     metrics = EvalMetrics(
-        accuracy=fine["accuracy"], loss=fine["loss"], macro_f1=fine["macro_f1"],
+        accuracy=fine["accuracy"],
+        loss=fine["loss"],
+        macro_f1=fine["macro_f1"],
         accuracy_ci95=bootstrap_ci(labels, y_pred, "accuracy", seed),
         macro_f1_ci95=bootstrap_ci(labels, y_pred, "macro_f1", seed),
-        frozen_features={k: frozen[k] for k in keys}, scratch=scratch,
-        fine_tune_gain=fine["accuracy"] - frozen["accuracy"], test_images=int(len(labels)), regime=regime,
-        best_baseline=best, final_minus_best_baseline=vs["delta"],
+        frozen_features={k: frozen[k] for k in keys},
+        scratch=scratch,
+        fine_tune_gain=fine["accuracy"] - frozen["accuracy"],
+        test_images=int(len(labels)),
+        regime=regime,
+        best_baseline=best,
+        final_minus_best_baseline=vs["delta"],
         baseline_won=vs["delta"] < -1.0 / max(len(labels), 1) - 1e-9,
         vs_best_baseline=vs,
-        best_baseline_chosen_on=chosen_on, validation=validation or {},
-        best_on_validation=rank(validation)[0] if validation else "")
+        best_baseline_chosen_on=chosen_on,
+        validation=validation or {},
+        best_on_validation=rank(validation)[0] if validation else "",
+    )
     return metrics, fine, frozen
 
 
-def validation_scores(model, head, scratch_model, subset: Path, features: Path, size: int,
-                      classes: list[str]) -> dict[str, dict]:
+def validation_scores(
+    model, head, scratch_model, subset: Path, features: Path, size: int, classes: list[str]
+) -> dict[str, dict]:
     """Validation accuracy and loss of the final model and both baselines: the split candidates are ranked on."""
     from tlpipe.contracts import features_file
     from tlpipe.data.datasets import load_split
@@ -92,9 +111,11 @@ def validation_scores(model, head, scratch_model, subset: Path, features: Path, 
     images, labels, _ = load_split(subset, "val", size)
     val = np.load(features / features_file("val"))
     out = {}
-    for name, net, x, y in ((FINAL, model, images.astype("float32"), labels),
-                            ("frozen_features", head, val["features"], val["labels"]),
-                            ("scratch", scratch_model, images.astype("float32"), labels)):
+    for name, net, x, y in (
+        (FINAL, model, images.astype("float32"), labels),
+        ("frozen_features", head, val["features"], val["labels"]),
+        ("scratch", scratch_model, images.astype("float32"), labels),
+    ):
         found = scores(y, np.asarray(net.predict(x, verbose=0)), classes)
         out[name] = {"accuracy": found["accuracy"], "loss": found["loss"]}
     return out
@@ -131,44 +152,79 @@ def main(argv: list[str] | None = None) -> None:
         head_probs = np.asarray(head.predict(test["features"], verbose=0))
         scratch_model = keras.saving.load_model(Path(args.baseline) / MODEL_FILE, safe_mode=True)
         scratch_probs = np.asarray(scratch_model.predict(images.astype("float32"), verbose=0))
-        validation = validation_scores(model, head, scratch_model, Path(args.subset), Path(args.features),
-                                       params.model.image_size, classes)
-        metrics, fine, frozen = evaluate(labels, probs, head_probs, test["labels"], classes, params.seed,
-                                         scratch_probs, trained.hyperparameters.regime, validation)
+        validation = validation_scores(
+            model, head, scratch_model, Path(args.subset), Path(args.features), params.model.image_size, classes
+        )
+        metrics, fine, frozen = evaluate(
+            labels,
+            probs,
+            head_probs,
+            test["labels"],
+            classes,
+            params.seed,
+            scratch_probs,
+            trained.hyperparameters.regime,
+            validation,
+        )
         y_pred = probs.argmax(axis=1)
         with atomic_dir(args.evaluation) as staged:
             metrics.write(staged)
             write_json(staged / METRICS_FILE, metrics.numbers())
-            (staged / PER_CLASS_FILE).write_text(json.dumps(
-                {"fine_tune": fine["per_class"], "frozen_features": frozen["per_class"],
-                 "confusion": fine["confusion"], "classes": classes}, indent=2) + "\n", encoding="utf-8")
+            (staged / PER_CLASS_FILE).write_text(
+                json.dumps(
+                    {
+                        "fine_tune": fine["per_class"],
+                        "frozen_features": frozen["per_class"],
+                        "confusion": fine["confusion"],
+                        "classes": classes,
+                    },
+                    indent=2,
+                )
+                + "\n",
+                encoding="utf-8",
+            )
             write_confusion_csv(labels, y_pred, classes, staged / CONFUSION_CSV)
             plot_confusion(np.array(fine["confusion"]), classes, staged / CONFUSION_PNG, "fine_tune, test split")
             pick = spread(labels, params.evaluate.grid_samples, params.seed)
-            plot_samples(images[pick], labels[pick], y_pred[pick], classes, staged / SAMPLES_PNG,
-                         params.evaluate.grid_samples)
+            plot_samples(
+                images[pick], labels[pick], y_pred[pick], classes, staged / SAMPLES_PNG, params.evaluate.grid_samples
+            )
         mlflow.set_tag("evaluated_run_id", trained.run_id)
-        mlflow.log_metrics({"test_accuracy": metrics.accuracy, "test_loss": metrics.loss,
-                            "test_macro_f1": metrics.macro_f1, "frozen_test_accuracy": frozen["accuracy"],
-                            "scratch_test_accuracy": metrics.scratch["accuracy"],
-                            "fine_tune_gain": metrics.fine_tune_gain,
-                            "vs_best_baseline_delta": metrics.vs_best_baseline["delta"],
-                            "vs_best_baseline_mcnemar_p": metrics.vs_best_baseline["mcnemar_p"]})
+        mlflow.log_metrics(
+            {
+                "test_accuracy": metrics.accuracy,
+                "test_loss": metrics.loss,
+                "test_macro_f1": metrics.macro_f1,
+                "frozen_test_accuracy": frozen["accuracy"],
+                "scratch_test_accuracy": metrics.scratch["accuracy"],
+                "fine_tune_gain": metrics.fine_tune_gain,
+                "vs_best_baseline_delta": metrics.vs_best_baseline["delta"],
+                "vs_best_baseline_mcnemar_p": metrics.vs_best_baseline["mcnemar_p"],
+            }
+        )
         mlflow.set_tag("vs_best_baseline", metrics.vs_best_baseline["name"])
         mlflow.log_artifacts(args.evaluation)
         mlflow.MlflowClient().log_metric(trained.run_id, "test_accuracy", metrics.accuracy)
     low, high = metrics.accuracy_ci95
-    print(f"evaluate: test accuracy {metrics.accuracy:.3f} (95% CI {low:.3f}-{high:.3f}, {metrics.regime}) vs "
-          f"frozen features {frozen['accuracy']:.3f} and from scratch {metrics.scratch['accuracy']:.3f} "
-          f"({len(labels)} images) -> {args.evaluation}")
+    print(
+        f"evaluate: test accuracy {metrics.accuracy:.3f} (95% CI {low:.3f}-{high:.3f}, {metrics.regime}) vs "
+        f"frozen features {frozen['accuracy']:.3f} and from scratch {metrics.scratch['accuracy']:.3f} "
+        f"({len(labels)} images) -> {args.evaluation}"
+    )
     print(f"evaluate: vs best baseline {describe(metrics.vs_best_baseline)}")
     if metrics.best_on_validation not in ("", FINAL):
-        print(f"evaluate: WARNING: the {metrics.best_on_validation} baseline scored higher than the final model on "
-              "the validation split; the review shows it", flush=True)
+        print(
+            f"evaluate: WARNING: the {metrics.best_on_validation} baseline scored higher than the final model on "
+            "the validation split; the review shows it",
+            flush=True,
+        )
     if metrics.baseline_won:
-        print(f"evaluate: WARNING: the {metrics.best_baseline} baseline beats the final model by "
-              f"{-metrics.final_minus_best_baseline:.3f} ({-metrics.final_minus_best_baseline * len(labels):.0f} test "
-              "images); the review shows it", flush=True)
+        print(
+            f"evaluate: WARNING: the {metrics.best_baseline} baseline beats the final model by "
+            f"{-metrics.final_minus_best_baseline:.3f} ({-metrics.final_minus_best_baseline * len(labels):.0f} test "
+            "images); the review shows it",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

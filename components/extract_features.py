@@ -32,8 +32,9 @@ def _features(model, paths: Images, size: int, batch: int, desc: str):
         yield np.asarray(model.predict_on_batch(images.astype("float32")), np.float32)
 
 
-def extract(backbone_spec: str, weights: str, size: int, batch: int, endpoint_url: str | None, subset: Path,
-            out_dir: Path) -> dict[str, int]:
+def extract(
+    backbone_spec: str, weights: str, size: int, batch: int, endpoint_url: str | None, subset: Path, out_dir: Path
+) -> dict[str, int]:
     """Write `<split>.npz` (features, labels) for each split and features.json; return rows per split."""
     backbone = load_backbone(backbone_spec, weights, size, endpoint_url)
     model = feature_extractor(backbone, size, preprocess_mode(backbone_spec))
@@ -42,12 +43,20 @@ def extract(backbone_spec: str, weights: str, size: int, batch: int, endpoint_ur
     for split in SPLITS:
         paths, labels, classes = split_images(subset, split)
         with NpzWriter(out_dir / features_file(split)) as npz:
-            npz.write("features", _features(model, paths, size, batch, f"extract_features {split}"),
-                      (len(paths), dim), np.float32)
+            npz.write(
+                "features",
+                _features(model, paths, size, batch, f"extract_features {split}"),
+                (len(paths), dim),
+                np.float32,
+            )
             npz.write("labels", [labels], labels.shape, labels.dtype)
         rows[split] = len(labels)
-    FeaturesInfo(classes=classes, feature_dim=dim, backbone=Path(backbone_spec).name,
-                 backbone_sha256=backbone_identity(backbone_spec, weights, size)).write(out_dir)
+    FeaturesInfo(
+        classes=classes,
+        feature_dim=dim,
+        backbone=Path(backbone_spec).name,
+        backbone_sha256=backbone_identity(backbone_spec, weights, size),
+    ).write(out_dir)
     return rows
 
 
@@ -56,8 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     p = parser("extract_features", __doc__)
     p.add_argument("--subset", required=True, help="folder written by make_subset")
     p.add_argument("--validation", required=True, help="validate_data's result (the subset passed)")
-    p.add_argument("--backbone", required=True, help="pretrain_backbone's folder, a .keras file/URI or an "
-                                                     "application name (vgg16, mobilenet_v2, ...)")
+    p.add_argument(
+        "--backbone",
+        required=True,
+        help="pretrain_backbone's folder, a .keras file/URI or an application name (vgg16, mobilenet_v2, ...)",
+    )
     p.add_argument("--features", required=True, help="folder for <split>.npz and features.json")
     args = p.parse_args(argv)
     params = step_params(args, "extract_features", PARAMS)
@@ -68,9 +80,15 @@ def main(argv: list[str] | None = None) -> None:
         import mlflow
 
         with atomic_dir(args.features) as staged:
-            rows = extract(args.backbone, params.model.weights, params.model.image_size,
-                           params.extract_features.batch_size, params.storage.endpoint_url, Path(args.subset),
-                           staged)
+            rows = extract(
+                args.backbone,
+                params.model.weights,
+                params.model.image_size,
+                params.extract_features.batch_size,
+                params.storage.endpoint_url,
+                Path(args.subset),
+                staged,
+            )
         mlflow.log_metrics({f"{split}_rows": n for split, n in rows.items()})
     print(f"extract_features: {rows} feature rows -> {args.features}")
 

@@ -33,18 +33,33 @@ from tlpipe.models.training import save_model
 from tlpipe.reports.plots import training_report
 from tlpipe.sections import FineTuneConfig
 
-PARAMS = ("fine_tune", "model.weights", "model.image_size", "model.head_units", "model.dropout", "augment", "seed",
-          "deterministic", "storage.endpoint_url")
+PARAMS = (
+    "fine_tune",
+    "model.weights",
+    "model.image_size",
+    "model.head_units",
+    "model.dropout",
+    "augment",
+    "seed",
+    "deterministic",
+    "storage.endpoint_url",
+)
 
 
-def hyperparams(best: BestParams, cfg: FineTuneConfig, dropout: float, head_units: int, backbone: str = "",
-                weights: str = "") -> HyperParams:
+def hyperparams(
+    best: BestParams, cfg: FineTuneConfig, dropout: float, head_units: int, backbone: str = "", weights: str = ""
+) -> HyperParams:
     """Tuning's best params, or fine_tune's own when tuning was off (scratch for an untrained application)."""
     if best.params is not None:
         return best.params
     scratch = trains_from_scratch(backbone, weights)
-    return HyperParams(freeze_ratio=0.0 if scratch else cfg.freeze_ratio, learning_rate=cfg.learning_rate,
-                       dropout=dropout, head_units=head_units, regime="scratch" if scratch else "transfer")
+    return HyperParams(
+        freeze_ratio=0.0 if scratch else cfg.freeze_ratio,
+        learning_rate=cfg.learning_rate,
+        dropout=dropout,
+        head_units=head_units,
+        regime="scratch" if scratch else "transfer",
+    )
 
 
 def fine_tune(run: Training, *, identity: str, subset: Path, workdir: Path):
@@ -52,10 +67,19 @@ def fine_tune(run: Training, *, identity: str, subset: Path, workdir: Path):
     cfg, size, head_path = run.cfg, run.size, run.head_path
     x_train, y_train, classes = split_source(subset, "train", size, cfg.input)
     x_val, y_val, _ = split_source(subset, "val", size, cfg.input)
-    job = workdir / digest({"fine_tune": cfg.model_dump(), "augment": run.augment.model_dump(),
-                            "hp": run.hp.model_dump(), "seed": run.seed, "size": size, "backbone": identity,
-                            "data": content_hash(subset / MANIFEST),
-                            "head": content_hash(head_path) if head_path and head_path.exists() else ""}, 16)
+    job = workdir / digest(
+        {
+            "fine_tune": cfg.model_dump(),
+            "augment": run.augment.model_dump(),
+            "hp": run.hp.model_dump(),
+            "seed": run.seed,
+            "size": size,
+            "backbone": identity,
+            "data": content_hash(subset / MANIFEST),
+            "head": content_hash(head_path) if head_path and head_path.exists() else "",
+        },
+        16,
+    )
     model, info = train(run, (x_train, y_train, x_val, y_val, classes), job)
     info["hp"], info["selected"] = run.hp, "fine_tune"
     if head_path is not None and head_path.exists():
@@ -79,20 +103,28 @@ def keep_better(model, info: dict, run: Training, val: tuple) -> tuple:
     cfg, size = run.cfg, run.size
     hp = info["hp"]
     frozen_hp = hp.model_copy(update={"freeze_ratio": 1.0, "regime": "transfer", "train_bn": False})
-    frozen, plan = build_model(run.load(), run.preprocess, size, frozen_hp, len(info["classes"]),
-                               run.head_path)
+    frozen, plan = build_model(run.load(), run.preprocess, size, frozen_hp, len(info["classes"]), run.head_path)
     batches = any_batches(val[0], val[1], size, cfg.batch_size)
-    scores = {name: {f"val_{k}": float(v) for k, v in net.evaluate(batches, verbose=0, return_dict=True).items()}
-              for name, net in (("fine_tune", model), ("frozen_features", frozen))}
+    scores = {
+        name: {f"val_{k}": float(v) for k, v in net.evaluate(batches, verbose=0, return_dict=True).items()}
+        for name, net in (("fine_tune", model), ("frozen_features", frozen))
+    }
     info["candidates"] = scores
     higher = cfg.monitor.endswith("accuracy")
     mine, theirs = scores["fine_tune"].get(cfg.monitor), scores["frozen_features"].get(cfg.monitor)
     if mine is None or theirs is None or (theirs <= mine if higher else theirs >= mine):
         return model, info
-    print(f"fine_tune: the frozen-features candidate scores {cfg.monitor} {theirs:.4f} on validation against "
-          f"{mine:.4f} after fine-tuning; it is the model handed on", flush=True)
-    return frozen, {**info, "selected": "frozen_features", "hp": frozen_hp,
-                    "freeze": {**plan.__dict__, "effective_ratio": plan.effective_ratio}}
+    print(
+        f"fine_tune: the frozen-features candidate scores {cfg.monitor} {theirs:.4f} on validation against "
+        f"{mine:.4f} after fine-tuning; it is the model handed on",
+        flush=True,
+    )
+    return frozen, {
+        **info,
+        "selected": "frozen_features",
+        "hp": frozen_hp,
+        "freeze": {**plan.__dict__, "effective_ratio": plan.effective_ratio},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--subset", required=True, help="folder written by make_subset")
     p.add_argument("--validation", required=True, help="validate_data's result, tagged on the MLflow run")
     p.add_argument("--head", required=True, help="train_head's folder (warm start)")
-    p.add_argument("--backbone", required=True, help="pretrain_backbone's folder, a .keras file/URI or an "
-                                                     "application name")
+    p.add_argument(
+        "--backbone", required=True, help="pretrain_backbone's folder, a .keras file/URI or an application name"
+    )
     p.add_argument("--tuning", required=True, help="tune's folder (best_params.json)")
     p.add_argument("--model", required=True, help="folder for model.keras and run.json")
     p.add_argument("--report", required=True, help="folder for metrics.json, history.json and curves")
@@ -111,50 +144,79 @@ def main(argv: list[str] | None = None) -> None:
     params = step_params(args, "fine_tune", PARAMS)
     model_cfg = params.model
     size, weights = model_cfg.image_size, model_cfg.weights
-    hp = hyperparams(BestParams.read(args.tuning), params.fine_tune, model_cfg.dropout, model_cfg.head_units,
-                     args.backbone, weights)
+    hp = hyperparams(
+        BestParams.read(args.tuning), params.fine_tune, model_cfg.dropout, model_cfg.head_units, args.backbone, weights
+    )
     from tlpipe.tracking.runs import epoch_callback, log_keras_model, step_run
 
     identity = backbone_identity(args.backbone, weights, size)
-    trained = {"fine_tune.learning_rate": hp.learning_rate, "fine_tune.freeze_ratio": hp.freeze_ratio,
-               "model.dropout": hp.dropout, "model.head_units": hp.head_units}
-    with step_run(params, "fine_tune", {"subset": args.subset, "head": args.head}, args.validation,
-                  trained) as run:
+    trained = {
+        "fine_tune.learning_rate": hp.learning_rate,
+        "fine_tune.freeze_ratio": hp.freeze_ratio,
+        "model.dropout": hp.dropout,
+        "model.head_units": hp.head_units,
+    }
+    with step_run(params, "fine_tune", {"subset": args.subset, "head": args.head}, args.validation, trained) as run:
         import mlflow
 
         run_spec = Training.from_params(
-            params, params.fine_tune, hp=hp, preprocess=preprocess_mode(args.backbone),
+            params,
+            params.fine_tune,
+            hp=hp,
+            preprocess=preprocess_mode(args.backbone),
             load=lambda: load_backbone(args.backbone, weights, size, params.storage.endpoint_url),
-            head_path=Path(args.head) / HEAD_FILE, callbacks=[epoch_callback()])
+            head_path=Path(args.head) / HEAD_FILE,
+            callbacks=[epoch_callback()],
+        )
         model, info = fine_tune(run_spec, identity=identity, subset=Path(args.subset), workdir=Path(args.workdir))
         mlflow.log_params({f"effective.{k}": v for k, v in info["hp"].model_dump().items()})
         mlflow.set_tag("backbone.description", describe_backbone(args.backbone, identity))
         mlflow.set_tag("selected_on_validation", info["selected"])
-        mlflow.log_params({"effective.frozen_layers": info["freeze"]["frozen"],
-                           "effective.freeze_boundary": info["freeze"]["boundary"]})
+        mlflow.log_params(
+            {
+                "effective.frozen_layers": info["freeze"]["frozen"],
+                "effective.freeze_boundary": info["freeze"]["boundary"],
+            }
+        )
         monitor = params.fine_tune.monitor
         with atomic_dir(args.report) as report:
-            metrics = training_report(info["history"], monitor, report,
-                                      f"fine_tune ({hp.regime}, freeze {info['freeze']['boundary']}; handed on: "
-                                      f"{info['selected']})")
+            metrics = training_report(
+                info["history"],
+                monitor,
+                report,
+                f"fine_tune ({hp.regime}, freeze {info['freeze']['boundary']}; handed on: {info['selected']})",
+            )
         mlflow.log_artifact(str(Path(args.report) / HISTORY_PNG))
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
         handed_on = info.get("candidates", {}).get(info["selected"], {})
-        chance = chance_level(handed_on.get("val_accuracy", metrics.get("best_val_accuracy", 0.0)),
-                              len(info["classes"]))
+        chance = chance_level(
+            handed_on.get("val_accuracy", metrics.get("best_val_accuracy", 0.0)), len(info["classes"])
+        )
         if chance:
-            print(f"fine_tune: WARNING: validation accuracy is at chance level for {len(info['classes'])} classes; "
-                  "the model learned nothing (check the learning rate, the weights and the data)")
+            print(
+                f"fine_tune: WARNING: validation accuracy is at chance level for {len(info['classes'])} classes; "
+                "the model learned nothing (check the learning rate, the weights and the data)"
+            )
         model_uri = log_keras_model(model, info["sample"])
         with atomic_dir(args.model) as staged:
             save_model(model, staged / MODEL_FILE)
-            TrainedModel(run_id=run.info.run_id, model_uri=model_uri, classes=info["classes"], freeze=info["freeze"],
-                         hyperparameters=info["hp"], resumed=info["resumed"], best_epoch=metrics["best_epoch"],
-                         backbone=identity, chance_level=chance).write(staged)
+            TrainedModel(
+                run_id=run.info.run_id,
+                model_uri=model_uri,
+                classes=info["classes"],
+                freeze=info["freeze"],
+                hyperparameters=info["hp"],
+                resumed=info["resumed"],
+                best_epoch=metrics["best_epoch"],
+                backbone=identity,
+                chance_level=chance,
+            ).write(staged)
     shutil.rmtree(info["job_dir"], ignore_errors=True)
-    print(f"fine_tune: best {monitor} {metrics.get('best_' + monitor, float('nan')):.3f} at epoch "
-          f"{metrics['best_epoch']}; handed on: {info['selected']} ({info['hp'].regime}, {info['freeze']['frozen']}/"
-          f"{info['freeze']['total']} backbone layers frozen) -> {args.model}")
+    print(
+        f"fine_tune: best {monitor} {metrics.get('best_' + monitor, float('nan')):.3f} at epoch "
+        f"{metrics['best_epoch']}; handed on: {info['selected']} ({info['hp'].regime}, {info['freeze']['frozen']}/"
+        f"{info['freeze']['total']} backbone layers frozen) -> {args.model}"
+    )
 
 
 if __name__ == "__main__":

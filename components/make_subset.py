@@ -28,8 +28,19 @@ from tlpipe.fs import atomic_dir
 from tlpipe.sections import MakeSubsetConfig, StorageConfig
 
 PARAMS = ("data.layout", "make_subset", "storage")
-MANIFEST_COLUMNS = ("path", "class", "split", "sha256", "width", "height", "channels", "bytes",
-                    "source_path", "source_mode", "shard")
+MANIFEST_COLUMNS = (
+    "path",
+    "class",
+    "split",
+    "sha256",
+    "width",
+    "height",
+    "channels",
+    "bytes",
+    "source_path",
+    "source_mode",
+    "shard",
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +69,16 @@ def _inspect(source: Source, rel: str, max_pixels: int) -> tuple[bytes, ImageFac
         return str(exc)
 
 
-def _accept(source: Source, cls: str, order: list[str], need: int, max_pixels: int, seen: dict[str, str],
-            pool: ThreadPoolExecutor, bar) -> tuple[list[Chosen], list[Quarantined], list[str]]:
+def _accept(
+    source: Source,
+    cls: str,
+    order: list[str],
+    need: int,
+    max_pixels: int,
+    seen: dict[str, str],
+    pool: ThreadPoolExecutor,
+    bar,
+) -> tuple[list[Chosen], list[Quarantined], list[str]]:
     """Walk `order` until `need` usable, unique images are accepted; returns them, the rejects and the rest."""
     chosen: list[Chosen] = []
     rejected: list[Quarantined] = []
@@ -81,8 +100,15 @@ def _accept(source: Source, cls: str, order: list[str], need: int, max_pixels: i
     return chosen, rejected, order[position:]
 
 
-def choose_class(source: Source, cls: str, candidates: list[str], counts: dict[str, int], cfg: MakeSubsetConfig,
-                 seen: dict[str, str], workers: int = 8) -> tuple[dict[str, list[Chosen]], list[Quarantined], int]:
+def choose_class(
+    source: Source,
+    cls: str,
+    candidates: list[str],
+    counts: dict[str, int],
+    cfg: MakeSubsetConfig,
+    seen: dict[str, str],
+    workers: int = 8,
+) -> tuple[dict[str, list[Chosen]], list[Quarantined], int]:
     """Fill each split from the files whose home split it is (stable keys), test first.
 
     A split whose home files run short borrows the lowest-keyed unused files of the other splits, so a small
@@ -95,8 +121,9 @@ def choose_class(source: Source, cls: str, candidates: list[str], counts: dict[s
     spare: list[str] = []
     with ThreadPoolExecutor(max_workers=workers) as pool, progress(sum(counts.values()), f"make_subset {cls}") as bar:
         for split in ("test", "val", "train"):
-            chosen[split], bad, rest = _accept(source, cls, homes[split], counts[split], cfg.max_pixels, seen,
-                                               pool, bar)
+            chosen[split], bad, rest = _accept(
+                source, cls, homes[split], counts[split], cfg.max_pixels, seen, pool, bar
+            )
             rejected += bad
             spare += rest
         spare.sort(key=lambda rel: stable_key(cfg.seed, cls, rel))
@@ -120,8 +147,9 @@ def _target_name(chosen: Chosen, used: set[str]) -> str:
     return name
 
 
-def make_subset(source: Source, layout: str, cfg: MakeSubsetConfig,
-                out_dir: Path) -> tuple[SubsetSummary, list[Quarantined]]:
+def make_subset(
+    source: Source, layout: str, cfg: MakeSubsetConfig, out_dir: Path
+) -> tuple[SubsetSummary, list[Quarantined]]:
     """Write `out_dir/shards/<split>-NNNNN.tfrecord`, `manifest.csv`, `quarantine.csv` and `summary.json`.
 
     The images of each split go into a few large shards (tlpipe.data.records), in manifest order: classes
@@ -150,15 +178,27 @@ def make_subset(source: Source, layout: str, cfg: MakeSubsetConfig,
                 )
             used: set[str] = set()
             for split in SPLITS:
-                named = sorted(((f"{split}/{cls}/{_target_name(item, used)}", item) for item in chosen[split]),
-                               key=lambda pair: pair[0])
+                named = sorted(
+                    ((f"{split}/{cls}/{_target_name(item, used)}", item) for item in chosen[split]),
+                    key=lambda pair: pair[0],
+                )
                 for rel, item in named:
                     shard = writers[split].write(rel, item.data)
-                    rows.append({"path": rel, "class": cls, "split": split, "sha256": item.facts.sha256,
-                                 "width": item.facts.width, "height": item.facts.height,
-                                 "channels": item.facts.channels, "bytes": item.facts.bytes,
-                                 "source_path": item.source_path, "source_mode": item.facts.source_mode,
-                                 "shard": shard})
+                    rows.append(
+                        {
+                            "path": rel,
+                            "class": cls,
+                            "split": split,
+                            "sha256": item.facts.sha256,
+                            "width": item.facts.width,
+                            "height": item.facts.height,
+                            "channels": item.facts.channels,
+                            "bytes": item.facts.bytes,
+                            "source_path": item.source_path,
+                            "source_mode": item.facts.source_mode,
+                            "shard": shard,
+                        }
+                    )
     finally:
         for writer in writers.values():
             writer.close()
@@ -168,9 +208,16 @@ def make_subset(source: Source, layout: str, cfg: MakeSubsetConfig,
         writer.writeheader()
         writer.writerows(rows)
     _write_quarantine(source, quarantine, out_dir)
-    summary = SubsetSummary(source=source.description, layout=listing.layout, classes=list(listing.files),
-                            requested=counts, images=len(rows), quarantined=len(quarantine),
-                            ignored_files=len(listing.ignored), borrowed=borrowed)
+    summary = SubsetSummary(
+        source=source.description,
+        layout=listing.layout,
+        classes=list(listing.files),
+        requested=counts,
+        images=len(rows),
+        quarantined=len(quarantine),
+        ignored_files=len(listing.ignored),
+        borrowed=borrowed,
+    )
     summary.write(out_dir)
     return summary, quarantine
 
@@ -188,11 +235,13 @@ def _write_quarantine(source: Source, items: list[Quarantined], out_dir: Path) -
         target.write_bytes(source.read(item.source_path))
 
 
-def run(raw: str, layout: str, cfg: MakeSubsetConfig, storage: StorageConfig,
-        out_dir: Path) -> tuple[SubsetSummary, list[Quarantined]]:
+def run(
+    raw: str, layout: str, cfg: MakeSubsetConfig, storage: StorageConfig, out_dir: Path
+) -> tuple[SubsetSummary, list[Quarantined]]:
     """Open the raw source (folder, zip or s3://) and build the subset into `out_dir` atomically."""
-    source = open_source(raw, endpoint_url=storage.endpoint_url, max_attempts=storage.max_attempts,
-                         max_zip_bytes=cfg.max_zip_bytes)
+    source = open_source(
+        raw, endpoint_url=storage.endpoint_url, max_attempts=storage.max_attempts, max_zip_bytes=cfg.max_zip_bytes
+    )
     with atomic_dir(out_dir) as staged:
         return make_subset(source, layout, cfg, staged)
 
@@ -209,14 +258,17 @@ def main(argv: list[str] | None = None) -> None:
     with step_run(params, "make_subset") as _:
         import mlflow
 
-        summary, quarantine = run(args.raw, params.data.layout, params.make_subset, params.storage,
-                                  Path(args.subset))
+        summary, quarantine = run(args.raw, params.data.layout, params.make_subset, params.storage, Path(args.subset))
         mlflow.log_metrics({"images": summary.images, "quarantined": summary.quarantined})
-    print(f"make_subset: {summary.images} images in {len(summary.classes)} classes "
-          f"({summary.layout} layout), {summary.quarantined} quarantined -> {args.subset}")
+    print(
+        f"make_subset: {summary.images} images in {len(summary.classes)} classes "
+        f"({summary.layout} layout), {summary.quarantined} quarantined -> {args.subset}"
+    )
     if summary.borrowed:
-        print(f"make_subset: {summary.borrowed} images placed outside their stable split (a class has few spare "
-              "images); a later data version may move those, and only those, between splits")
+        print(
+            f"make_subset: {summary.borrowed} images placed outside their stable split (a class has few spare "
+            "images); a later data version may move those, and only those, between splits"
+        )
     for item in quarantine[:5]:
         print(f"make_subset: quarantined {item.cls}/{Path(item.source_path).name}: {item.reason}")
     if len(quarantine) > 5:

@@ -29,8 +29,10 @@ def source_images(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[s
     """Decode every image of a class-folder tree."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
     if not classes:
-        raise DataError(f"pretrain_backbone source {root}: no class folders; point pretrain_backbone.source at a "
-                        "folder of <class>/<image> or use builtin:digits")
+        raise DataError(
+            f"pretrain_backbone source {root}: no class folders; point pretrain_backbone.source at a "
+            "folder of <class>/<image> or use builtin:digits"
+        )
     paths, labels = [], []
     for index, cls in enumerate(classes):
         files = sorted(str(f) for f in (root / cls).iterdir() if is_image_name(f.name))
@@ -39,8 +41,9 @@ def source_images(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[s
     return decode_images(paths, size, desc="decode source"), np.array(labels, np.int32), classes
 
 
-def pretrain(cfg: PretrainBackboneConfig, size: int, seed: int, deterministic: bool,
-             root: Path) -> tuple[keras.Model, dict]:
+def pretrain(
+    cfg: PretrainBackboneConfig, size: int, seed: int, deterministic: bool, root: Path
+) -> tuple[keras.Model, dict]:
     """Train backbone + a softmax layer on the source classes; return the backbone and its metrics."""
     set_determinism(seed, deterministic)
     images, labels, classes = source_images(root, size)
@@ -48,16 +51,24 @@ def pretrain(cfg: PretrainBackboneConfig, size: int, seed: int, deterministic: b
     cut = int(len(order) * 0.85)
     train, val = order[:cut], order[cut:]
     backbone = vgg_style(size, cfg.filters)
-    model = compile_for(keras.Sequential([backbone, keras.layers.Dense(len(classes), activation="softmax")]),
-                        cfg.learning_rate)
+    model = compile_for(
+        keras.Sequential([backbone, keras.layers.Dense(len(classes), activation="softmax")]), cfg.learning_rate
+    )
     from tlpipe.tracking.runs import epoch_callback
 
-    history = model.fit(batches(images[train], labels[train], cfg.batch_size, shuffle_seed=seed),
-                        validation_data=batches(images[val], labels[val], cfg.batch_size),
-                        epochs=cfg.epochs, verbose=2, callbacks=[epoch_callback()])
-    metrics = {"source_classes": classes, "source_images": int(len(labels)),
-               "val_accuracy": float(history.history["val_accuracy"][-1]),
-               "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+    history = model.fit(
+        batches(images[train], labels[train], cfg.batch_size, shuffle_seed=seed),
+        validation_data=batches(images[val], labels[val], cfg.batch_size),
+        epochs=cfg.epochs,
+        verbose=2,
+        callbacks=[epoch_callback()],
+    )
+    metrics = {
+        "source_classes": classes,
+        "source_images": int(len(labels)),
+        "val_accuracy": float(history.history["val_accuracy"][-1]),
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+    }
     return backbone, metrics
 
 
@@ -76,20 +87,28 @@ def main(argv: list[str] | None = None) -> None:
         import mlflow
 
         size = params.model.image_size
-        backbone, metrics = pretrain(params.pretrain_backbone, size, params.seed, params.deterministic,
-                                     Path(args.source))
+        backbone, metrics = pretrain(
+            params.pretrain_backbone, size, params.seed, params.deterministic, Path(args.source)
+        )
         with atomic_dir(args.report) as report:
             write_json(report / METRICS_FILE, numbers(metrics))
             plot_history(metrics["history"], report / HISTORY_PNG, "pretrain_backbone on source classes")
         mlflow.log_artifact(str(Path(args.report) / HISTORY_PNG))
         with atomic_dir(args.backbone) as staged:
             save_model(backbone, staged / BACKBONE_FILE)
-            BackboneInfo(architecture=f"vgg_style{list(params.pretrain_backbone.filters)}",
-                         source_classes=metrics["source_classes"], source_images=metrics["source_images"],
-                         image_size=size, sha256=content_hash(staged / BACKBONE_FILE),
-                         val_accuracy=metrics["val_accuracy"], source=args.source).write(staged)
-    print(f"pretrain_backbone: val accuracy {metrics['val_accuracy']:.3f} on source classes "
-          f"{', '.join(metrics['source_classes'])} -> {args.backbone}")
+            BackboneInfo(
+                architecture=f"vgg_style{list(params.pretrain_backbone.filters)}",
+                source_classes=metrics["source_classes"],
+                source_images=metrics["source_images"],
+                image_size=size,
+                sha256=content_hash(staged / BACKBONE_FILE),
+                val_accuracy=metrics["val_accuracy"],
+                source=args.source,
+            ).write(staged)
+    print(
+        f"pretrain_backbone: val accuracy {metrics['val_accuracy']:.3f} on source classes "
+        f"{', '.join(metrics['source_classes'])} -> {args.backbone}"
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ where `operators.review` finds it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tlpipe.errors import PipelineError
 from tlpipe.fs import atomic_dir, scratch_dir
 from tlpipe.reports.champion import score_model, test_images, versus_champion, write_predictions
 from tlpipe.reports.diff import write_image_ids
+from tlpipe.reports.gate import baseline_reasons, describe, gate, version_tags
 from tlpipe.reports.review import write_evidence
 from tlpipe.reports.summary import pipeline_outcome
 from tlpipe.sections import RegistryConfig
@@ -35,105 +35,16 @@ from tlpipe.tracking.lineage import subset_lineage
 PARAMS = ("registry",)
 
 
-def gate(challenger: dict, champion: dict | None, cfg: RegistryConfig,
-         comparison: dict | None = None) -> tuple[str, list[str]]:
-    """`passed` or `failed` with reasons, decided by MLflow's metric thresholds.
-
-    Thresholds: accuracy >= min_accuracy; with a champion, the accuracy gain over it (same test set) >=
-    min_improvement; with min_class_recall, every class's recall >= it. With `require_significant` and a
-    champion, the lower bound of the gain's paired 95% CI (`comparison`) must also exceed min_improvement.
-    """
-    import mlflow
-    from mlflow.models import MetricThreshold
-    from mlflow.models.evaluation import EvaluationResult
-    from mlflow.models.evaluation.validation import ModelValidationFailedException
-
-    values = {"accuracy": challenger["accuracy"]}
-    thresholds = {"accuracy": MetricThreshold(threshold=cfg.min_accuracy, greater_is_better=True)}
-    if champion is not None:
-        # On the test images neither model trained on (comparison["gain"]) when the pairing was made.
-        values["accuracy_gain_over_champion"] = (comparison["gain"] if comparison and "gain" in comparison
-                                                 else challenger["accuracy"] - champion["accuracy"])
-        thresholds["accuracy_gain_over_champion"] = MetricThreshold(threshold=cfg.min_improvement,
-                                                                    greater_is_better=True)
-    if cfg.min_class_recall is not None:
-        for cls, row in challenger["per_class"].items():
-            values[f"recall_{cls}"] = row["recall"]
-            thresholds[f"recall_{cls}"] = MetricThreshold(threshold=cfg.min_class_recall, greater_is_better=True)
-    reasons = []
-    try:
-        mlflow.validate_evaluation_results(thresholds, EvaluationResult(values, {}, run_id=""))
-    except ModelValidationFailedException as exc:
-        reasons = [line.strip() for line in exc.message.splitlines() if line.strip()]
-    if cfg.require_significant and comparison is not None and comparison["gain_ci95"][0] <= cfg.min_improvement:
-        low, high = comparison["gain_ci95"]
-        reasons.append(f"the gain's 95% CI [{100 * low:+.1f}, {100 * high:+.1f}] points does not lie above "
-                       f"min_improvement ({100 * cfg.min_improvement:+.1f} points): the test set cannot show the "
-                       "challenger beats the champion by more than that (registry.require_significant)")
-    return ("failed" if reasons else "passed"), reasons
-
-
-def baseline_reasons(cfg: RegistryConfig, eval_dir: Path) -> list[str]:
-    """With `refuse_worse_than_baseline`: why the model fails when its best baseline beats it significantly.
-
-    The baseline is evaluate's `vs_best_baseline` (chosen on validation, McNemar's exact test on the test images).
-    """
-    from tlpipe.contracts import EvalMetrics
-    from tlpipe.reports.selection import describe as versus_line
-    from tlpipe.reports.selection import significantly_worse
-
-    if not cfg.refuse_worse_than_baseline:
-        return []
-    vs = EvalMetrics.read(eval_dir).vs_best_baseline
-    if not significantly_worse(vs):
-        return []
-    return [f"{versus_line(vs)}: a baseline beats this model (registry.refuse_worse_than_baseline)"]
-
-
-def describe(run: TrainedModel, metrics: dict, status: str, champion: dict | None,
-             champion_version: str | None, comparison: dict | None = None) -> str:
-    """The version's one-paragraph description."""
-    hp = run.hyperparameters
-    shared = (f"the {comparison['shared_test_images']} test images neither model trained on "
-              f"({comparison['excluded_seen_by_champion']} left out: the champion trained on them)"
-              if comparison and "shared_test_images" in comparison else "the same test set")
-    versus = (f"The champion (v{champion_version}) scores {champion['accuracy']:.3f} on {shared}."
-              if champion else "There was no champion to compare with.")
-    if comparison:
-        low, high = comparison["gain_ci95"]
-        versus += (f" The challenger fixes {comparison['fixed']} images and breaks {comparison['broken']} "
-                   f"(McNemar p = {comparison['mcnemar_p']:.2g}; gain 95% CI [{low:+.3f}, {high:+.3f}]).")
-    return (f"Backbone {run.backbone[:40]} fine-tuned with freeze ratio {hp.freeze_ratio:.3g} "
-            f"({run.freeze['frozen']}/{run.freeze['total']} layers frozen) and learning rate "
-            f"{hp.learning_rate:.3g} on {len(run.classes)} classes ({', '.join(run.classes)}). "
-            f"Test accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} on "
-            f"{sum(r['support'] for r in metrics['per_class'].values())} images. {versus} "
-            f"Gate: {status}.")
-
-
-def version_tags(run: TrainedModel, metrics: dict, status: str, reasons: list[str], lineage: dict,
-                 study: str, comparison: dict | None = None) -> dict[str, str]:
-    """What a reviewer filters on: code, data, gate, paired comparison, metrics and the hyperparameters."""
-    hp = run.hyperparameters
-    tags = {"training_run_id": run.run_id, "validation_status": status,
-            "validation_reasons": " | ".join(reasons) or "all thresholds met",
-            "test_accuracy": f"{metrics['accuracy']:.4f}", "test_macro_f1": f"{metrics['macro_f1']:.4f}",
-            "test_loss": f"{metrics['loss']:.4f}", "test_set_sha256": lineage["test_set_sha256"],
-            "backbone": run.backbone, "freeze_ratio": str(hp.freeze_ratio),
-            "learning_rate": str(hp.learning_rate), "regime": hp.regime,
-            "tuning_study": study, "classes": json.dumps(run.classes), "git_commit": lineage["git_commit"],
-            "chance_level": str(run.chance_level).lower(),
-            "data_validation": lineage["validation"].get("status", "unknown"), "data_source": lineage["data_source"]}
-    tags.update({f"data.{k}": v for k, v in lineage["dvc_lock"].items()})
-    if comparison:
-        tags.update({"mcnemar_p": f"{comparison['mcnemar_p']:.4g}",
-                     "fixed_broken": f"{comparison['fixed']}/{comparison['broken']}",
-                     "accuracy_gain_ci95": "[{:.4f}, {:.4f}]".format(*comparison["gain_ci95"])})
-    return tags
-
-
-def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validation: Path, tune_dir: Path,
-             eval_dir: Path, work: Path) -> Registration:
+def register(
+    cfg: RegistryConfig,
+    params,
+    model_dir: Path,
+    subset: Path,
+    validation: Path,
+    tune_dir: Path,
+    eval_dir: Path,
+    work: Path,
+) -> Registration:
     """Score, compare, gate, register (or reuse) the version, set `@challenger`; returns the registration."""
     from tlpipe.tracking.registry import CHAMPION, alias_version, connect, promote
 
@@ -147,8 +58,9 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
     model = keras.saving.load_model(model_dir / MODEL_FILE, safe_mode=True)
     challenger, probs, images, labels = score_model(model, subset, classes)
     predicted = probs.argmax(axis=1)
-    champion_version, champion, comparison = versus_champion(client, cfg.model_name, run.run_id, run.classes, subset,
-                                                             predicted, labels)
+    champion_version, champion, comparison = versus_champion(
+        client, cfg.model_name, run.run_id, run.classes, subset, predicted, labels
+    )
     status, reasons = gate(challenger, champion, cfg, comparison)
     worse = baseline_reasons(cfg, eval_dir)
     if worse:
@@ -156,37 +68,77 @@ def register(cfg: RegistryConfig, params, model_dir: Path, subset: Path, validat
     if run.chance_level:  # fine_tune flagged it: a model that learned nothing never passes, whatever the floor
         status, reasons = "failed", [*reasons, "the model is at chance level (fine_tune flagged it)"]
     facts = subset_lineage(subset, validation, [str(subset), str(model_dir), str(validation)], run.backbone)
-    summary = {"model_name": cfg.model_name, "validation_status": status, "reasons": reasons,
-               "challenger": challenger, "champion": champion, "champion_version": champion_version,
-               "comparison": comparison, "test_set_sha256": facts["test_set_sha256"], "training_run_id": run.run_id,
-               "thresholds": cfg.model_dump()}
+    summary = {
+        "model_name": cfg.model_name,
+        "validation_status": status,
+        "reasons": reasons,
+        "challenger": challenger,
+        "champion": champion,
+        "champion_version": champion_version,
+        "comparison": comparison,
+        "test_set_sha256": facts["test_set_sha256"],
+        "training_run_id": run.run_id,
+        "thresholds": cfg.model_dump(),
+    }
     wrong = np.flatnonzero(predicted != labels)[:32]
-    write_evidence(work, summary, facts, (images[wrong], labels[wrong], predicted[wrong]), classes, tune_dir,
-                   eval_dir)
+    write_evidence(work, summary, facts, (images[wrong], labels[wrong], predicted[wrong]), classes, tune_dir, eval_dir)
     write_predictions(work, labels, probs, classes, facts["test_set_sha256"], test_images(subset))
     write_image_ids(work, subset)
     study = BestParams.read(tune_dir).study_name
     tags = version_tags(run, challenger, status, reasons, facts, study, comparison)
     description = describe(run, challenger, status, champion, champion_version, comparison)
     experiment = os.environ.get("DVC_EXP_NAME", "")  # set by `dvc exp run`: an experiment, not a release
-    version, reused = _record(client, params, run, work, tags, description, model_dir, subset, validation,
-                              images[:2], pipeline_outcome(run, challenger, eval_dir), experiment)
+    version, reused = _record(
+        client,
+        params,
+        run,
+        work,
+        tags,
+        description,
+        model_dir,
+        subset,
+        validation,
+        images[:2],
+        pipeline_outcome(run, challenger, eval_dir),
+        experiment,
+    )
     promoted = False
     if cfg.auto_promote and status == "passed" and not experiment:
         current = alias_version(client, cfg.model_name, CHAMPION)
         if current is None or current.version != version.version:
             promote(client, cfg.model_name, version.version, "auto_promote: the gate passed")
             promoted = True
-    return Registration(model_name=cfg.model_name, version=str(version.version) if version else "", reused=reused,
-                        validation_status=status, reasons=reasons, test_accuracy=challenger["accuracy"],
-                        champion_version=champion_version,
-                        champion_test_accuracy=champion["accuracy"] if champion else None,
-                        auto_promoted=promoted, register_run_id=tags["register_run_id"],
-                        test_set_sha256=facts["test_set_sha256"], comparison=comparison, experiment=experiment)
+    return Registration(
+        model_name=cfg.model_name,
+        version=str(version.version) if version else "",
+        reused=reused,
+        validation_status=status,
+        reasons=reasons,
+        test_accuracy=challenger["accuracy"],
+        champion_version=champion_version,
+        champion_test_accuracy=champion["accuracy"] if champion else None,
+        auto_promoted=promoted,
+        register_run_id=tags["register_run_id"],
+        test_set_sha256=facts["test_set_sha256"],
+        comparison=comparison,
+        experiment=experiment,
+    )
 
 
-def _record(client, params, run: TrainedModel, work: Path, tags: dict, description: str, model_dir: Path,
-            subset: Path, validation: Path, examples: np.ndarray, result: dict, experiment: str = ""):
+def _record(
+    client,
+    params,
+    run: TrainedModel,
+    work: Path,
+    tags: dict,
+    description: str,
+    model_dir: Path,
+    subset: Path,
+    validation: Path,
+    examples: np.ndarray,
+    result: dict,
+    experiment: str = "",
+):
     """The registry writes: evidence on a `register` run, the version (new or reused), its tags and alias.
 
     In a DVC experiment (`experiment`: its name) no alias moves, and with `registry.experiments: log` no version
@@ -233,9 +185,16 @@ def _record(client, params, run: TrainedModel, work: Path, tags: dict, descripti
             mlflow.set_tags({"registered_version": version.version, "validation_status": tags["validation_status"]})
             parent = mlflow.get_run(step.info.run_id).data.tags.get("mlflow.parentRunId")
             if parent:
-                record_outcome(parent, result["metrics"], result["params"],
-                               {"registered_model": f"{name} v{version.version} @challenger",
-                                "registered_version": version.version, "validation_status": tags["validation_status"]})
+                record_outcome(
+                    parent,
+                    result["metrics"],
+                    result["params"],
+                    {
+                        "registered_model": f"{name} v{version.version} @challenger",
+                        "registered_version": version.version,
+                        "validation_status": tags["validation_status"],
+                    },
+                )
     except MlflowException as exc:
         first = str(exc).splitlines()[0][:300]
         raise PipelineError(f"MLflow registry at {redact(client.tracking_uri)}: {first}") from None
@@ -254,23 +213,38 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = step_params(args, "register", PARAMS)
     with scratch_dir("register") as work:
-        result = register(params.registry, params, Path(args.model), Path(args.subset), Path(args.validation),
-                          Path(args.tuning), Path(args.evaluation), Path(work))
+        result = register(
+            params.registry,
+            params,
+            Path(args.model),
+            Path(args.subset),
+            Path(args.validation),
+            Path(args.tuning),
+            Path(args.evaluation),
+            Path(work),
+        )
     with atomic_dir(args.registration) as staged:
         result.write(staged)
     if result.experiment and not result.version:
-        print(f"register: experiment {result.experiment}: test accuracy {result.test_accuracy:.3f}, gate "
-              f"{result.validation_status}; not registered (registry.experiments: log). To register it: "
-              f"`dvc exp apply {result.experiment}` then `dvc repro --force --single-item register`")
+        print(
+            f"register: experiment {result.experiment}: test accuracy {result.test_accuracy:.3f}, gate "
+            f"{result.validation_status}; not registered (registry.experiments: log). To register it: "
+            f"`dvc exp apply {result.experiment}` then `dvc repro --force --single-item register`"
+        )
         return
     verb = "reused" if result.reused else "registered"
-    versus = (f" vs champion v{result.champion_version} {result.champion_test_accuracy:.3f}"
-              if result.champion_version else " (no champion yet)")
+    versus = (
+        f" vs champion v{result.champion_version} {result.champion_test_accuracy:.3f}"
+        if result.champion_version
+        else " (no champion yet)"
+    )
     alias = f"(experiment {result.experiment}, no alias)" if result.experiment else "@challenger"
-    print(f"register: {verb} {result.model_name} v{result.version} {alias}, test accuracy "
-          f"{result.test_accuracy:.3f}{versus}: gate {result.validation_status}"
-          + (f" ({'; '.join(result.reasons)})" if result.reasons else "")
-          + ("; auto-promoted to @champion" if result.auto_promoted else ""))
+    print(
+        f"register: {verb} {result.model_name} v{result.version} {alias}, test accuracy "
+        f"{result.test_accuracy:.3f}{versus}: gate {result.validation_status}"
+        + (f" ({'; '.join(result.reasons)})" if result.reasons else "")
+        + ("; auto-promoted to @champion" if result.auto_promoted else "")
+    )
 
 
 if __name__ == "__main__":

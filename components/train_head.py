@@ -28,8 +28,9 @@ def load_features(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return data["features"], data["labels"]
 
 
-def train_head(cfg: TrainHeadConfig, units: int, dropout: float, seed: int, deterministic: bool, features: Path,
-               callbacks=()) -> tuple[keras.Model, dict]:
+def train_head(
+    cfg: TrainHeadConfig, units: int, dropout: float, seed: int, deterministic: bool, features: Path, callbacks=()
+) -> tuple[keras.Model, dict]:
     """Fit the head on train features (best epoch by validation accuracy); return it and its metrics."""
     set_determinism(seed, deterministic)
     info = FeaturesInfo.read(features)
@@ -37,11 +38,22 @@ def train_head(cfg: TrainHeadConfig, units: int, dropout: float, seed: int, dete
     x_val, y_val = load_features(features, "val")
     head = compile_for(build_head(x_train.shape[1], len(info.classes), units, dropout), cfg.learning_rate)
     best = keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.epochs, restore_best_weights=True)
-    history = head.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=cfg.epochs,
-                       batch_size=cfg.batch_size, verbose=0, callbacks=[best, *callbacks])
+    history = head.fit(
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val),
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        verbose=0,
+        callbacks=[best, *callbacks],
+    )
     val_loss, val_acc = head.evaluate(x_val, y_val, verbose=0)
-    metrics = {"val_accuracy": float(val_acc), "val_loss": float(val_loss), "epochs": len(history.history["loss"]),
-               "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+    metrics = {
+        "val_accuracy": float(val_acc),
+        "val_loss": float(val_loss),
+        "epochs": len(history.history["loss"]),
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+    }
     return head, metrics
 
 
@@ -59,8 +71,15 @@ def main(argv: list[str] | None = None) -> None:
     with step_run(params, "train_head", {"features": args.features}, args.validation):
         import mlflow
 
-        head, metrics = train_head(params.train_head, params.model.head_units, params.model.dropout, params.seed,
-                                   params.deterministic, Path(args.features), callbacks=[epoch_callback()])
+        head, metrics = train_head(
+            params.train_head,
+            params.model.head_units,
+            params.model.dropout,
+            params.seed,
+            params.deterministic,
+            Path(args.features),
+            callbacks=[epoch_callback()],
+        )
         with atomic_dir(args.report) as report:
             write_json(report / METRICS_FILE, numbers(metrics))
             plot_history(metrics["history"], report / HISTORY_PNG, "train_head on frozen features")

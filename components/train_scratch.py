@@ -20,9 +20,23 @@ from tlpipe.models.fitting import Training, train
 from tlpipe.models.training import save_model
 from tlpipe.reports.plots import training_report
 
-PARAMS = ("train_scratch", "fine_tune.epochs", "fine_tune.batch_size", "fine_tune.patience", "fine_tune.monitor",
-          "fine_tune.mixed_precision", "fine_tune.input", "model.weights", "model.image_size", "model.head_units",
-          "model.dropout", "augment", "seed", "deterministic", "storage.endpoint_url")
+PARAMS = (
+    "train_scratch",
+    "fine_tune.epochs",
+    "fine_tune.batch_size",
+    "fine_tune.patience",
+    "fine_tune.monitor",
+    "fine_tune.mixed_precision",
+    "fine_tune.input",
+    "model.weights",
+    "model.image_size",
+    "model.head_units",
+    "model.dropout",
+    "augment",
+    "seed",
+    "deterministic",
+    "storage.endpoint_url",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,8 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     ValidationResult.read(args.validation)
     model_cfg, cfg = params.model, params.fine_tune
     size, weights = model_cfg.image_size, model_cfg.weights
-    hp = HyperParams(freeze_ratio=0.0, learning_rate=params.train_scratch.learning_rate, dropout=model_cfg.dropout,
-                     head_units=model_cfg.head_units, regime="scratch", train_bn=True)
+    hp = HyperParams(
+        freeze_ratio=0.0,
+        learning_rate=params.train_scratch.learning_rate,
+        dropout=model_cfg.dropout,
+        head_units=model_cfg.head_units,
+        regime="scratch",
+        train_bn=True,
+    )
     from tlpipe.tracking.runs import epoch_callback, step_run
 
     with step_run(params, "train_scratch", {"subset": args.subset}, args.validation):
@@ -49,13 +69,27 @@ def main(argv: list[str] | None = None) -> None:
         x_train, y_train, classes = split_source(Path(args.subset), "train", size, cfg.input)
         x_val, y_val, _ = split_source(Path(args.subset), "val", size, cfg.input)
         identity = backbone_identity(args.backbone, weights, size)
-        job = Path(args.workdir) / digest({"hp": hp.model_dump(), "seed": params.seed, "size": size,
-                                           "arch": identity, "epochs": cfg.epochs, "patience": cfg.patience,
-                                           "batch": cfg.batch_size, "augment": params.augment.model_dump()}, 16)
-        run = Training.from_params(params, cfg, hp=hp, preprocess=preprocess_mode(args.backbone),
-                                   load=lambda: load_backbone(args.backbone, weights, size,
-                                                              params.storage.endpoint_url),
-                                   callbacks=[epoch_callback()])
+        job = Path(args.workdir) / digest(
+            {
+                "hp": hp.model_dump(),
+                "seed": params.seed,
+                "size": size,
+                "arch": identity,
+                "epochs": cfg.epochs,
+                "patience": cfg.patience,
+                "batch": cfg.batch_size,
+                "augment": params.augment.model_dump(),
+            },
+            16,
+        )
+        run = Training.from_params(
+            params,
+            cfg,
+            hp=hp,
+            preprocess=preprocess_mode(args.backbone),
+            load=lambda: load_backbone(args.backbone, weights, size, params.storage.endpoint_url),
+            callbacks=[epoch_callback()],
+        )
         model, info = train(run, (x_train, y_train, x_val, y_val, classes), job)
         with atomic_dir(args.report) as report:
             metrics = training_report(info["history"], cfg.monitor, report, "train_scratch (from scratch)")
@@ -63,8 +97,10 @@ def main(argv: list[str] | None = None) -> None:
         with atomic_dir(args.baseline) as staged:
             save_model(model, staged / MODEL_FILE)
     shutil.rmtree(info["job_dir"], ignore_errors=True)
-    print(f"train_scratch: best {cfg.monitor} {metrics.get('best_' + cfg.monitor, float('nan')):.3f} at epoch "
-          f"{metrics['best_epoch']} -> {args.baseline}")
+    print(
+        f"train_scratch: best {cfg.monitor} {metrics.get('best_' + cfg.monitor, float('nan')):.3f} at epoch "
+        f"{metrics['best_epoch']} -> {args.baseline}"
+    )
 
 
 if __name__ == "__main__":

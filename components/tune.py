@@ -19,8 +19,17 @@ from tlpipe.contracts import TRANSFERABILITY_CSV, BestParams
 from tlpipe.errors import PipelineError
 from tlpipe.fs import atomic_dir, scratch_default
 
-PARAMS = ("tune", "model.weights", "model.image_size", "model.head_units", "model.dropout", "fine_tune.batch_size",
-          "seed", "deterministic", "storage.endpoint_url")
+PARAMS = (
+    "tune",
+    "model.weights",
+    "model.image_size",
+    "model.head_units",
+    "model.dropout",
+    "fine_tune.batch_size",
+    "seed",
+    "deterministic",
+    "storage.endpoint_url",
+)
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,8 +38,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--subset", required=True, help="make_subset's folder")
     p.add_argument("--augmented", required=True, help="augment's folder (pre-augmented training copies)")
     p.add_argument("--head", required=True, help="train_head's folder (warm start)")
-    p.add_argument("--backbone", required=True, help="pretrain_backbone's folder, a .keras file/URI or an "
-                                                     "application name")
+    p.add_argument(
+        "--backbone", required=True, help="pretrain_backbone's folder, a .keras file/URI or an application name"
+    )
     p.add_argument("--tuning", help="folder for best_params.json, trials.csv and plots (summarize, run)")
     p.add_argument("--cache-dir", default=scratch_default("tune_cache"), help="activation cache (worker, run)")
     p.add_argument("--storage", help="override tune.storage (credentials come from PGUSER/PGPASSWORD)")
@@ -44,8 +54,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def _context(params, args: argparse.Namespace):
     from tlpipe.tuning.context import StudyContext
 
-    return StudyContext(params, subset=args.subset, augmented=args.augmented, head=args.head, backbone=args.backbone,
-                        cache_dir=args.cache_dir, storage=args.storage, worker_index=args.worker_index)
+    return StudyContext(
+        params,
+        subset=args.subset,
+        augmented=args.augmented,
+        head=args.head,
+        backbone=args.backbone,
+        cache_dir=args.cache_dir,
+        storage=args.storage,
+        worker_index=args.worker_index,
+    )
 
 
 def _work(ctx, args: argparse.Namespace) -> bool:
@@ -57,8 +75,10 @@ def _work(ctx, args: argparse.Namespace) -> bool:
     if queued:
         print(f"tune: warm start: the first {len(queued)} trials are the previous study's best points")
     ran, timed_out = worker.work(study)
-    print(f"tune: worker {args.worker_index} ran {ran} trials; study {study.study_name}: {counts(study)}"
-          + (f"; stopped by tune.timeout={ctx.cfg.timeout}s" if timed_out else ""))
+    print(
+        f"tune: worker {args.worker_index} ran {ran} trials; study {study.study_name}: {counts(study)}"
+        + (f"; stopped by tune.timeout={ctx.cfg.timeout}s" if timed_out else "")
+    )
     return timed_out
 
 
@@ -69,10 +89,17 @@ def _sweep_wanted(worker, study, cfg) -> bool:
 
     estimate = sweep_estimate(study, trainings(worker, cfg))
     runs = sweep_runs(cfg.sweep, estimate)
-    print(f"tune: transferability sweep: {estimate['trainings']} trainings, about {estimate['seconds']:.0f} s "
-          f"(the study took {estimate['study_seconds']:.0f} s)"
-          + ("" if runs else "; skipped (tune.sweep: auto runs it only when it costs no more than the study; "
-             "set tune.sweep: true to run it)"), flush=True)
+    print(
+        f"tune: transferability sweep: {estimate['trainings']} trainings, about {estimate['seconds']:.0f} s "
+        f"(the study took {estimate['study_seconds']:.0f} s)"
+        + (
+            ""
+            if runs
+            else "; skipped (tune.sweep: auto runs it only when it costs no more than the study; "
+            "set tune.sweep: true to run it)"
+        ),
+        flush=True,
+    )
     return runs
 
 
@@ -135,8 +162,10 @@ def main(argv: list[str] | None = None) -> None:
         timed_out = _work(ctx, args) if args.command in ("worker", "run") else False
         if args.command in ("summarize", "run"):
             summary = _summarize(ctx, args.tuning, timed_out)
-            print(f"tune: best {summary.metric} {summary.value:.4f} (trial {summary.trial}): "
-                  f"{summary.params.model_dump()} -> {args.tuning}")
+            print(
+                f"tune: best {summary.metric} {summary.value:.4f} (trial {summary.trial}): "
+                f"{summary.params.model_dump()} -> {args.tuning}"
+            )
 
 
 if __name__ == "__main__":

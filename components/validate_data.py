@@ -72,8 +72,9 @@ def class_table(images: pd.DataFrame, requested: dict[str, int], classes: list[s
         largest = max(have.max() if len(have) else 0, 1)
         for cls in sorted(set(classes) | set(have.index)):
             count = int(have.get(cls, 0))
-            rows.append({"split": split, "class": cls, "count": count, "requested": want,
-                         "share_of_largest": count / largest})
+            rows.append(
+                {"split": split, "class": cls, "count": count, "requested": want, "share_of_largest": count / largest}
+            )
     return pd.DataFrame(rows)
 
 
@@ -82,30 +83,45 @@ def _suite(cfg: ValidateDataConfig, classes: list[str]):
 
     images = [
         ("every file decodes as an image", gxe.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True])),
-        (f"width within [{cfg.min_width}, {cfg.max_width}]",
-         gxe.ExpectColumnValuesToBeBetween(column="width", min_value=cfg.min_width, max_value=cfg.max_width)),
-        (f"height within [{cfg.min_height}, {cfg.max_height}]",
-         gxe.ExpectColumnValuesToBeBetween(column="height", min_value=cfg.min_height, max_value=cfg.max_height)),
+        (
+            f"width within [{cfg.min_width}, {cfg.max_width}]",
+            gxe.ExpectColumnValuesToBeBetween(column="width", min_value=cfg.min_width, max_value=cfg.max_width),
+        ),
+        (
+            f"height within [{cfg.min_height}, {cfg.max_height}]",
+            gxe.ExpectColumnValuesToBeBetween(column="height", min_value=cfg.min_height, max_value=cfg.max_height),
+        ),
         ("channels are 1 (grey) or 3 (RGB)", gxe.ExpectColumnValuesToBeInSet(column="channels", value_set=[1, 3])),
-        ("no identical file in two splits (leakage)",
-         gxe.ExpectColumnValuesToBeInSet(column="splits_with_same_file", value_set=[1])),
-        ("no identical file in two classes",
-         gxe.ExpectColumnValuesToBeInSet(column="classes_with_same_file", value_set=[1])),
+        (
+            "no identical file in two splits (leakage)",
+            gxe.ExpectColumnValuesToBeInSet(column="splits_with_same_file", value_set=[1]),
+        ),
+        (
+            "no identical file in two classes",
+            gxe.ExpectColumnValuesToBeInSet(column="classes_with_same_file", value_set=[1]),
+        ),
         ("every file appears once", gxe.ExpectColumnValuesToBeUnique(column="sha256")),
     ]
     counts = [
-        (f"expected classes present: {', '.join(classes)}",
-         gxe.ExpectColumnDistinctValuesToContainSet(column="class", value_set=classes)),
-        ("no class below its requested count",
-         gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="count", column_B="requested", or_equal=True)),
-        (f"balanced: every class has >= {cfg.min_class_ratio:g} x the largest class of its split",
-         gxe.ExpectColumnValuesToBeBetween(column="share_of_largest", min_value=cfg.min_class_ratio)),
+        (
+            f"expected classes present: {', '.join(classes)}",
+            gxe.ExpectColumnDistinctValuesToContainSet(column="class", value_set=classes),
+        ),
+        (
+            "no class below its requested count",
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="count", column_B="requested", or_equal=True),
+        ),
+        (
+            f"balanced: every class has >= {cfg.min_class_ratio:g} x the largest class of its split",
+            gxe.ExpectColumnValuesToBeBetween(column="share_of_largest", min_value=cfg.min_class_ratio),
+        ),
     ]
     return {"images": images, "class_counts": counts}
 
 
-def run_expectations(tables: dict[str, pd.DataFrame], cfg: ValidateDataConfig, classes: list[str],
-                     gx_dir: Path | None = None) -> list[Check]:
+def run_expectations(
+    tables: dict[str, pd.DataFrame], cfg: ValidateDataConfig, classes: list[str], gx_dir: Path | None = None
+) -> list[Check]:
     """Run one GX checkpoint per table and return each expectation's outcome.
 
     With `gx_dir`, GX's own file data context lives there (suites, validation definitions, checkpoints,
@@ -132,10 +148,14 @@ def run_expectations(tables: dict[str, pd.DataFrame], cfg: ValidateDataConfig, c
         for name, expectation in expectations:
             names[suite.add_expectation(expectation).id] = name
         definition = context.validation_definitions.add(gx.ValidationDefinition(data=batch, suite=suite, name=table))
-        checkpoint = context.checkpoints.add(gx.Checkpoint(
-            name=f"validate_data_{table}", validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if gx_dir else [],
-            result_format={"result_format": "SUMMARY"}))
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"validate_data_{table}",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if gx_dir else [],
+                result_format={"result_format": "SUMMARY"},
+            )
+        )
         result = checkpoint.run(batch_parameters={"dataframe": tables[table]})
         for run in result.run_results.values():
             for item in run.results:
@@ -143,8 +163,15 @@ def run_expectations(tables: dict[str, pd.DataFrame], cfg: ValidateDataConfig, c
                 examples = [str(v) for v in (res.get("partial_unexpected_list") or [])[:5]]
                 if not examples and "observed_value" in res and not item.success:
                     examples = [f"observed {res['observed_value']}"]
-                checks.append(Check(table, names[item.expectation_config.id], bool(item.success),
-                                    int(res.get("unexpected_count") or (0 if item.success else 1)), examples))
+                checks.append(
+                    Check(
+                        table,
+                        names[item.expectation_config.id],
+                        bool(item.success),
+                        int(res.get("unexpected_count") or (0 if item.success else 1)),
+                        examples,
+                    )
+                )
     return checks
 
 
@@ -188,8 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     with step_run(params, "validate_data", {"subset": args.subset}) as _:
         import mlflow
 
-        report = validate(Path(args.subset), params.validate_data, params.make_subset.max_pixels,
-                          Path(args.report) / GX_DIR)
+        report = validate(
+            Path(args.subset), params.validate_data, params.make_subset.max_pixels, Path(args.report) / GX_DIR
+        )
         write_report(report, Path(args.report))
         mlflow.log_artifact(str(Path(args.report) / VALIDATION_PAGE))
         failed = [c for c in report["checks"] if not c["success"]]
@@ -198,14 +226,23 @@ def main(argv: list[str] | None = None) -> None:
             print(f"validate_data: FAILED {c['name']} ({c['unexpected']} unexpected; e.g. {', '.join(c['examples'])})")
         if failed:
             shutil.rmtree(args.validation, ignore_errors=True)
-            raise DataError(f"{len(failed)} of {len(report['checks'])} data expectations failed; "
-                            f"see {Path(args.report) / VALIDATION_PAGE}")
-        result = ValidationResult(success=True, images=report["images"], classes=report["classes"],
-                                  expectations=len(report["checks"]), quarantined=len(report["quarantine"]))
+            raise DataError(
+                f"{len(failed)} of {len(report['checks'])} data expectations failed; "
+                f"see {Path(args.report) / VALIDATION_PAGE}"
+            )
+        result = ValidationResult(
+            success=True,
+            images=report["images"],
+            classes=report["classes"],
+            expectations=len(report["checks"]),
+            quarantined=len(report["quarantine"]),
+        )
         with atomic_dir(args.validation) as staged:
             result.write(staged)
-    print(f"validate_data: all {result.expectations} expectations passed on {result.images} images "
-          f"({result.quarantined} quarantined) -> {args.validation}")
+    print(
+        f"validate_data: all {result.expectations} expectations passed on {result.images} images "
+        f"({result.quarantined} quarantined) -> {args.validation}"
+    )
 
 
 if __name__ == "__main__":

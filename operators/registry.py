@@ -92,9 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("version", help="version number or @alias (e.g. @challenger)")
     pr.add_argument("--reason", required=True)
     pr.add_argument("--force", action="store_true", help="promote even though the gate did not pass")
-    pr.add_argument("--subset", type=Path, default=Path("data/subset"),
-                    help="the version's make_subset folder, read only when the current champion was scored on "
-                         "another test set (default: data/subset)")
+    pr.add_argument(
+        "--subset",
+        type=Path,
+        default=Path("data/subset"),
+        help="the version's make_subset folder, read only when the current champion was scored on "
+        "another test set (default: data/subset)",
+    )
     rb = sub.add_parser("rollback", help="point @champion back at @previous")
     rb.add_argument("--reason", required=True)
     pd_ = sub.add_parser("predict", help="predict a folder of images with a registry version")
@@ -118,11 +122,16 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
             now = gate_now(client, params, get_version(client, name, args.version), Path(tmp), args.subset)
         done = promote(client, name, args.version, args.reason, args.force, now)
-        versus = f"gate {done['status']} vs current champion v{now['champion_version']}" if now["champion_version"] \
+        versus = (
+            f"gate {done['status']} vs current champion v{now['champion_version']}"
+            if now["champion_version"]
             else f"gate {done['status']} (no champion before)"
-        print(f"registry: {name} @champion -> v{done['champion']} ({versus}"
-              + ("; FORCED past a failed gate" if args.force and done["status"] != "passed" else "")
-              + (f"; @previous = v{done['previous']})" if done["previous"] else ")"))
+        )
+        print(
+            f"registry: {name} @champion -> v{done['champion']} ({versus}"
+            + ("; FORCED past a failed gate" if args.force and done["status"] != "passed" else "")
+            + (f"; @previous = v{done['previous']})" if done["previous"] else ")")
+        )
     elif args.command == "rollback":
         done = rollback(client, name, args.reason)
         print(f"registry: {name} @champion -> v{done['champion']} (rolled back from v{done['demoted']})")
@@ -135,8 +144,10 @@ def main(argv: list[str] | None = None) -> None:
             writer.writeheader()
             writer.writerows(rows)
         bad = sum(1 for r in rows if r["error"])
-        print(f"registry: {len(rows) - bad} predictions by {name} v{version.version} -> {args.out}"
-              + (f"; {bad} unusable files listed with their reason" if bad else ""))
+        print(
+            f"registry: {len(rows) - bad} predictions by {name} v{version.version} -> {args.out}"
+            + (f"; {bad} unusable files listed with their reason" if bad else "")
+        )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ def gate_now(client, params, version, work: Path, subset: Path | None) -> dict:
     """
     import logging
 
-    from components.register import gate
     from tlpipe.reports.champion import versus_current
+    from tlpipe.reports.gate import gate
 
     # MLflow logs an INFO line per validation; an operator's console gets the decision, in one line, instead.
     logging.getLogger("mlflow.models.evaluation.validation").setLevel(logging.WARNING)
@@ -52,23 +52,33 @@ def main(argv: list[str] | None = None) -> None:
     p = parser("review", __doc__, package="operators")
     p.add_argument("--version", default="@challenger", help="version number or @alias (default: @challenger)")
     p.add_argument("--out", required=True, help="folder for review.html and review.md")
-    p.add_argument("--subset", type=Path, default=Path("data/subset"),
-                   help="the challenger's make_subset folder, used only when the current champion was scored on "
-                        "another test set (default: data/subset)")
+    p.add_argument(
+        "--subset",
+        type=Path,
+        default=Path("data/subset"),
+        help="the challenger's make_subset folder, used only when the current champion was scored on "
+        "another test set (default: data/subset)",
+    )
     args = p.parse_args(argv)
     params = params_from(args)
     name = params.registry.model_name
     client = connect(params)
     with tempfile.TemporaryDirectory(prefix="review-") as tmp, atomic_dir(args.out) as staged:
-        data = collect(client, name, args.version, Path(tmp),
-                       lambda version, work: gate_now(client, params, version, work, args.subset))
+        data = collect(
+            client,
+            name,
+            args.version,
+            Path(tmp),
+            lambda version, work: gate_now(client, params, version, work, args.subset),
+        )
         ctx = context(data)
         (staged / REVIEW_PAGE).write_text(render_html(ctx), encoding="utf-8")
         (staged / "review.md").write_text(render_markdown(ctx), encoding="utf-8")
         for page in (REVIEW_PAGE, "review.md"):
             client.log_artifact(data["register_run_id"], str(staged / page), "review")
-        client.set_model_version_tag(name, data["version"], "review_artifact",
-                                     f"runs:/{data['register_run_id']}/review/{REVIEW_PAGE}")
+        client.set_model_version_tag(
+            name, data["version"], "review_artifact", f"runs:/{data['register_run_id']}/review/{REVIEW_PAGE}"
+        )
     print(f"review: {name} v{data['version']} ({ctx['status']}) -> {Path(args.out) / REVIEW_PAGE} and review.md")
 
 

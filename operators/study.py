@@ -26,18 +26,24 @@ def describe(study_name: str, storage_url: str, cfg) -> list[str]:
     try:
         study = optuna.load_study(study_name=study_name, storage=make_storage(cfg, storage_url))
     except KeyError:
-        raise PipelineError(f"study {study_name!r} is not in {redact(storage_url)}; run `make run` (tune) first, "
-                            "or pass --storage with the URL tune used") from None
+        raise PipelineError(
+            f"study {study_name!r} is not in {redact(storage_url)}; run `make run` (tune) first, "
+            "or pass --storage with the URL tune used"
+        ) from None
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts(study).items())) or "no trials"
     try:
-        best = f"; best {study.metric_names[0] if study.metric_names else 'value'} {study.best_value:.4f} " \
-               f"(trial {study.best_trial.number}: {study.best_trial.params})"
+        best = (
+            f"; best {study.metric_names[0] if study.metric_names else 'value'} {study.best_value:.4f} "
+            f"(trial {study.best_trial.number}: {study.best_trial.params})"
+        )
     except ValueError:  # no complete trial
         best = ""
     shown = redact(storage_url)
-    return [f"study: {study_name} in {shown} ({states}{best})",
-            f"  python: optuna.load_study(study_name=\"{study_name}\", storage=\"{shown}\")",
-            f"  browser: optuna-dashboard {shown}   (pip install optuna-dashboard; then open http://127.0.0.1:8080)"]
+    return [
+        f"study: {study_name} in {shown} ({states}{best})",
+        f'  python: optuna.load_study(study_name="{study_name}", storage="{shown}")',
+        f"  browser: optuna-dashboard {shown}   (pip install optuna-dashboard; then open http://127.0.0.1:8080)",
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

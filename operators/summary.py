@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.graph import Ref, build, path_of
+from pipelines.graph import build, path_of
+from pipelines.step import Ref
 from tlpipe.cli import params_from, parser, run_main
 from tlpipe.contracts import Registration, TrainedModel
 from tlpipe.reports.summary import read_evaluation, run_summary
@@ -24,9 +25,11 @@ def summary_lines(params, root: Path = Path()) -> list[str]:
     def folder(step: str, output: str) -> Path:
         return root / path_of(steps, Ref(step, output))
 
-    return run_summary(Registration.read(folder("register", "registration")),
-                       read_evaluation(folder("evaluate", "evaluation")),
-                       TrainedModel.read(folder("fine_tune", "model")))
+    return run_summary(
+        Registration.read(folder("register", "registration")),
+        read_evaluation(folder("evaluate", "evaluation")),
+        TrainedModel.read(folder("fine_tune", "model")),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

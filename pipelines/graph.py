@@ -17,99 +17,13 @@ records the keys every step touches in a real run and compares).
 
 from __future__ import annotations
 
-import ast
 import heapq
-from dataclasses import dataclass, field
-from functools import cache
 from graphlib import CycleError, TopologicalSorter
-from pathlib import Path
 
+from pipelines.step import External, Out, Ref, Step
 from tlpipe.config import Params
 from tlpipe.contracts import CONFUSION_CSV, HISTORY_FILE, METRICS_FILE, TRANSFERABILITY_CSV, TRIALS_CSV
 from tlpipe.sections import BUILTIN, PRETRAIN
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class Ref:
-    """An input produced by another step: its output `output`, optionally a sub-folder of it."""
-
-    step: str
-    output: str
-    sub: str = ""
-    switch: str = ""  # the params key that made this input come from a step (data.source: builtin:digits)
-
-
-@dataclass(frozen=True)
-class External:
-    """An input that no step produces: a local path (DVC tracks it) or a URI / model name (passed as is)."""
-
-    value: str
-    param: str = ""  # the params key it comes from: dvc.yaml reads it from params.yaml (`${data.source}`)
-
-    @property
-    def is_local_path(self) -> bool:
-        """Whether DVC can hash it as a local file or folder dependency."""
-        if "://" in self.value or self.value.startswith("models:/"):
-            return False
-        return "/" in self.value or self.value.endswith((".zip", ".keras")) or Path(self.value).exists()
-
-    @property
-    def is_s3(self) -> bool:
-        """Whether it is an s3:// object or prefix (a DVC external dependency)."""
-        return self.value.startswith("s3://")
-
-
-@dataclass(frozen=True)
-class Out:
-    """One output folder. `cache=False`: a report DVC leaves in the workspace (not in its cache)."""
-
-    name: str
-    path: str
-    kind: str = "Dataset"  # the KFP artifact type: Dataset | Model | Artifact
-    cache: bool = True
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step: `components/<name>.py`, its dvc stage, its params section, its KFP task and its MLflow run."""
-
-    name: str
-    inputs: dict[str, Ref | External] = field(default_factory=dict)
-    outputs: tuple[Out, ...] = ()
-    gpu: bool = False
-    scratch: dict[str, str] = field(default_factory=dict)  # flag -> local folder kept between runs (persist)
-    metrics: tuple[str, ...] = ()  # "output/file.json": shown by `dvc metrics` and KFP's Metrics
-    plots: tuple[tuple[str, dict], ...] = ()  # ("output/file", dvc plot options)
-    command: str = ""  # a subcommand placed before the flags (tune: "run")
-    # What decides the step's shape on Kubeflow (pipelines/kfp_build.py and platform.py read these fields):
-    disk: bool = False  # writes large files: a size-limited emptyDir scratch volume at /tmp on the cluster
-    cache: bool = True  # False: a side effect (the registry) that KFP must never replay from its cache
-    fanout: bool = False  # an Optuna study: create-study, a ParallelFor of workers, summarize (tune)
-    fingerprint: str = ""  # the input whose content keys KFP's cache when it is an external URI
-
-    @property
-    def params(self) -> tuple[str, ...]:
-        """The params keys the step reads (its module's PARAMS)."""
-        return declared_params(self.name)
-
-    def output(self, name: str) -> Out:
-        """The output called `name`."""
-        for out in self.outputs:
-            if out.name == name:
-                return out
-        raise KeyError(f"step {self.name} has no output {name!r}")
-
-
-@cache
-def declared_params(step: str) -> tuple[str, ...]:
-    """`PARAMS` of components/<step>.py, read from the source (the module is not imported)."""
-    tree = ast.parse((REPO / "components" / f"{step}.py").read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PARAMS" for t in node.targets):
-            return tuple(ast.literal_eval(node.value))
-    raise ValueError(f"components/{step}.py declares no PARAMS tuple")
 
 
 def build(params: Params) -> list[Step]:
@@ -158,62 +72,141 @@ def _declare(params: Params) -> list[Step]:
     steps: list[Step] = []
     if digits or pretrain_digits:
         steps.append(Step("make_digits", outputs=(Out("digits", "data/raw/digits"),)))
-    raw = (Ref("make_digits", "digits", "target", "data.source") if digits
-           else External(params.data.source, "data.source"))
+    raw = (
+        Ref("make_digits", "digits", "target", "data.source") if digits else External(params.data.source, "data.source")
+    )
     steps += [
         Step("make_subset", {"raw": raw}, (Out("subset", "data/subset"),), disk=True, fingerprint="raw"),
-        Step("validate_data", {"subset": Ref("make_subset", "subset")},
-             (Out("validation", "data/validation", "Artifact"), Out("report", "reports/validate_data", "Artifact",
-                                                                    cache=False))),
-        Step("augment", {"subset": Ref("make_subset", "subset"), "validation": Ref("validate_data", "validation")},
-             (Out("augmented", "data/augmented"), Out("preview", "reports/augment", "Artifact", cache=False)),
-             disk=True),
+        Step(
+            "validate_data",
+            {"subset": Ref("make_subset", "subset")},
+            (
+                Out("validation", "data/validation", "Artifact"),
+                Out("report", "reports/validate_data", "Artifact", cache=False),
+            ),
+        ),
+        Step(
+            "augment",
+            {"subset": Ref("make_subset", "subset"), "validation": Ref("validate_data", "validation")},
+            (Out("augmented", "data/augmented"), Out("preview", "reports/augment", "Artifact", cache=False)),
+            disk=True,
+        ),
     ]
     if own_backbone:
-        source = (Ref("make_digits", "digits", "source") if pretrain_digits
-                  else External(params.pretrain_backbone.source, "pretrain_backbone.source"))
-        steps.append(Step("pretrain_backbone", {"source": source},
-                          (Out("backbone", "models/backbone", "Model"),
-                           Out("report", "reports/pretrain_backbone", "Artifact", cache=False)),
-                          gpu=True, metrics=(f"report/{METRICS_FILE}",)))
+        source = (
+            Ref("make_digits", "digits", "source")
+            if pretrain_digits
+            else External(params.pretrain_backbone.source, "pretrain_backbone.source")
+        )
+        steps.append(
+            Step(
+                "pretrain_backbone",
+                {"source": source},
+                (
+                    Out("backbone", "models/backbone", "Model"),
+                    Out("report", "reports/pretrain_backbone", "Artifact", cache=False),
+                ),
+                gpu=True,
+                metrics=(f"report/{METRICS_FILE}",),
+            )
+        )
         backbone: Ref | External = Ref("pretrain_backbone", "backbone", switch="model.backbone")
     else:
         backbone = External(params.model.backbone, "model.backbone")
     subset, validation = Ref("make_subset", "subset"), Ref("validate_data", "validation")
     head, tuning = Ref("train_head", "head"), Ref("tune", "tuning")
     steps += [
-        Step("extract_features", {"subset": subset, "validation": validation, "backbone": backbone},
-             (Out("features", "data/features"),), gpu=True, disk=True),
-        Step("train_head", {"features": Ref("extract_features", "features"), "validation": validation},
-             (Out("head", "models/head", "Model"), Out("report", "reports/train_head", "Artifact", cache=False)),
-             metrics=(f"report/{METRICS_FILE}",)),
-        Step("tune", {"subset": subset, "augmented": Ref("augment", "augmented"), "head": head,
-                      "backbone": backbone},
-             (Out("tuning", "reports/tune", "Artifact", cache=False),), gpu=True,
-             scratch={"cache-dir": "checkpoints/tune_cache"}, command="run", disk=True, fanout=True,
-             plots=((f"tuning/{TRANSFERABILITY_CSV}", {"x": "freeze_ratio", "y": "mean", "template": "linear",
-                                                      "title": "transferability: validation accuracy vs share frozen"}),
-                    (f"tuning/{TRIALS_CSV}", {"x": "freeze_ratio", "y": "value", "template": "scatter",
-                                              "title": "tuning trials by freeze ratio"}))),
-        Step("fine_tune", {"subset": subset, "validation": validation, "head": head, "backbone": backbone,
-                           "tuning": tuning},
-             (Out("model", "models/fine_tune", "Model"), Out("report", "reports/fine_tune", "Artifact", cache=False)),
-             gpu=True, disk=True, scratch={"workdir": "checkpoints/fine_tune"}, metrics=(f"report/{METRICS_FILE}",),
-             plots=((f"report/{HISTORY_FILE}", {"x": "epoch", "y": "val_accuracy"}),)),
-        Step("train_scratch", {"subset": subset, "validation": validation, "backbone": backbone},
-             (Out("baseline", "models/scratch", "Model"), Out("report", "reports/train_scratch", "Artifact",
-                                                               cache=False)),
-             gpu=True, disk=True, scratch={"workdir": "checkpoints/train_scratch"},
-             metrics=(f"report/{METRICS_FILE}",)),
-        Step("evaluate", {"subset": subset, "validation": validation, "model": Ref("fine_tune", "model"),
-                          "head": head, "features": Ref("extract_features", "features"),
-                          "baseline": Ref("train_scratch", "baseline")},
-             (Out("evaluation", "reports/evaluate", "Artifact", cache=False),),
-             metrics=(f"evaluation/{METRICS_FILE}",),
-             plots=((f"evaluation/{CONFUSION_CSV}", {"template": "confusion", "x": "actual", "y": "predicted"}),)),
-        Step("register", {"model": Ref("fine_tune", "model"), "evaluation": Ref("evaluate", "evaluation"),
-                          "subset": subset, "validation": validation, "tuning": tuning},
-             (Out("registration", "reports/register", "Artifact", cache=False),), cache=False),
+        Step(
+            "extract_features",
+            {"subset": subset, "validation": validation, "backbone": backbone},
+            (Out("features", "data/features"),),
+            gpu=True,
+            disk=True,
+        ),
+        Step(
+            "train_head",
+            {"features": Ref("extract_features", "features"), "validation": validation},
+            (Out("head", "models/head", "Model"), Out("report", "reports/train_head", "Artifact", cache=False)),
+            metrics=(f"report/{METRICS_FILE}",),
+        ),
+        Step(
+            "tune",
+            {"subset": subset, "augmented": Ref("augment", "augmented"), "head": head, "backbone": backbone},
+            (Out("tuning", "reports/tune", "Artifact", cache=False),),
+            gpu=True,
+            scratch={"cache-dir": "checkpoints/tune_cache"},
+            command="run",
+            disk=True,
+            fanout=True,
+            plots=(
+                (
+                    f"tuning/{TRANSFERABILITY_CSV}",
+                    {
+                        "x": "freeze_ratio",
+                        "y": "mean",
+                        "template": "linear",
+                        "title": "transferability: validation accuracy vs share frozen",
+                    },
+                ),
+                (
+                    f"tuning/{TRIALS_CSV}",
+                    {
+                        "x": "freeze_ratio",
+                        "y": "value",
+                        "template": "scatter",
+                        "title": "tuning trials by freeze ratio",
+                    },
+                ),
+            ),
+        ),
+        Step(
+            "fine_tune",
+            {"subset": subset, "validation": validation, "head": head, "backbone": backbone, "tuning": tuning},
+            (Out("model", "models/fine_tune", "Model"), Out("report", "reports/fine_tune", "Artifact", cache=False)),
+            gpu=True,
+            disk=True,
+            scratch={"workdir": "checkpoints/fine_tune"},
+            metrics=(f"report/{METRICS_FILE}",),
+            plots=((f"report/{HISTORY_FILE}", {"x": "epoch", "y": "val_accuracy"}),),
+        ),
+        Step(
+            "train_scratch",
+            {"subset": subset, "validation": validation, "backbone": backbone},
+            (
+                Out("baseline", "models/scratch", "Model"),
+                Out("report", "reports/train_scratch", "Artifact", cache=False),
+            ),
+            gpu=True,
+            disk=True,
+            scratch={"workdir": "checkpoints/train_scratch"},
+            metrics=(f"report/{METRICS_FILE}",),
+        ),
+        Step(
+            "evaluate",
+            {
+                "subset": subset,
+                "validation": validation,
+                "model": Ref("fine_tune", "model"),
+                "head": head,
+                "features": Ref("extract_features", "features"),
+                "baseline": Ref("train_scratch", "baseline"),
+            },
+            (Out("evaluation", "reports/evaluate", "Artifact", cache=False),),
+            metrics=(f"evaluation/{METRICS_FILE}",),
+            plots=((f"evaluation/{CONFUSION_CSV}", {"template": "confusion", "x": "actual", "y": "predicted"}),),
+        ),
+        Step(
+            "register",
+            {
+                "model": Ref("fine_tune", "model"),
+                "evaluation": Ref("evaluate", "evaluation"),
+                "subset": subset,
+                "validation": validation,
+                "tuning": tuning,
+            },
+            (Out("registration", "reports/register", "Artifact", cache=False),),
+            cache=False,
+        ),
     ]
     return steps
 
@@ -248,6 +241,7 @@ def argv(step: Step, steps: list[Step], root: str = "", templated: bool = False)
     `templated`: an external input is written as its params key (`${data.source}`), which DVC fills in
     from params.yaml when it runs the stage (dvc.yaml), so an edited path is honoured by plain `dvc repro`.
     """
+
     def at(path: str) -> str:
         return f"{root}/{path}" if root and not isinstance(path, External) else path
 

@@ -32,7 +32,7 @@ CODE_DIRS = ("tlpipe", "components", "pipelines", "operators", "tests")
 SHARED_ENV = "TLPIPE_SHARED"  # folders every task shares (run-local's study store: the cluster's PostgreSQL)
 # Runs as root inside the new mount namespace, then drops to the pod's user. $1 task folder, $2 pipeline
 # root, $3 home to hide, $4 count of paths to keep visible ("ro:PATH" or "rw:PATH"), those, then the command.
-SANDBOX = r'''
+SANDBOX = r"""
 set -eu
 work=$1; hide_root=$2; home=$3; n=$4; shift 4
 keep=""; i=0
@@ -53,7 +53,7 @@ for path in ${TLPIPE_SCRATCH:-}; do mkdir -p "$path" && chown {uid}:{uid} "$path
 mount --bind "$work/code" "$work/code" && mount -o remount,bind,ro "$work/code"
 cd "$work/code"
 exec setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all "$@"
-'''.replace("{uid}", str(POD_UID))
+""".replace("{uid}", str(POD_UID))
 
 
 def step_argv(params_file: Path | str, flags: dict[str, str], scratch: dict[str, str], command: str) -> list[str]:
@@ -93,8 +93,16 @@ def _chown_tree(path: Path) -> None:
             os.chown(os.path.join(folder, name), POD_UID, POD_UID)
 
 
-def run_isolated(root: Path, module: str, params: str, inputs: dict[str, str], outputs: dict[str, str],
-                 values: dict[str, str], scratch: tuple[str, ...], command: str) -> None:
+def run_isolated(
+    root: Path,
+    module: str,
+    params: str,
+    inputs: dict[str, str],
+    outputs: dict[str, str],
+    values: dict[str, str],
+    scratch: tuple[str, ...],
+    command: str,
+) -> None:
     """Run `python -m module` on copies of its declared inputs, as the pod's user, in a private sandbox.
 
     Args:
@@ -133,15 +141,33 @@ def run_isolated(root: Path, module: str, params: str, inputs: dict[str, str], o
                 (work / folder).mkdir()
             scratch_dirs = {flag: str(work / "tmp" / flag) for flag in scratch}
             env.update(HOME=str(work / "home"), TMPDIR=str(work / "tmp"))
-            print(f"{step}: cannot build a pod-like sandbox (needs root, unshare and setpriv): the task runs "
-                  "as this user and sees this machine's files", flush=True)
-        argv = step_argv(work / "params" / PARAMS_FILE, {**local_inputs, **values, **local_outputs},
-                         scratch_dirs, command)
+            print(
+                f"{step}: cannot build a pod-like sandbox (needs root, unshare and setpriv): the task runs "
+                "as this user and sees this machine's files",
+                flush=True,
+            )
+        argv = step_argv(
+            work / "params" / PARAMS_FILE, {**local_inputs, **values, **local_outputs}, scratch_dirs, command
+        )
         cmd = [sys.executable, "-m", module, *argv]
         if isolate:
             keep = _keep_paths()
-            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", SANDBOX, "sh", str(work),
-                   str(root), str(Path.home()), str(len(keep)), *keep, *cmd]
+            cmd = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                SANDBOX,
+                "sh",
+                str(work),
+                str(root),
+                str(Path.home()),
+                str(len(keep)),
+                *keep,
+                *cmd,
+            ]
             print(f"{step}: isolated as UID {POD_UID}: python -m {module} {' '.join(argv)}", flush=True)
         code = subprocess.run(cmd, cwd=work / "code", env=env, check=False).returncode
         if code:

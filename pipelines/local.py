@@ -27,8 +27,15 @@ def run_steps(root: Path, names: list[str] | None = None, params_file: Path | No
         for step in steps:
             if names is None or step.name in names:
                 module = importlib.import_module(f"components.{step.name}")
-                run_main(module.main, [*argv(step, steps)[:1 if step.command else 0],
-                                       "--params", str(params_file), *argv(step, steps)[1 if step.command else 0:]])
+                run_main(
+                    module.main,
+                    [
+                        *argv(step, steps)[: 1 if step.command else 0],
+                        "--params",
+                        str(params_file),
+                        *argv(step, steps)[1 if step.command else 0 :],
+                    ],
+                )
                 ran.append(step.name)
     finally:
         os.chdir(cwd)

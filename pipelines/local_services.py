@@ -52,14 +52,34 @@ def mlflow_server(workdir: Path) -> Iterator[str]:
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     log = (folder / "server.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         _wait_healthy(uri, proc, folder / "server.log")
-        print(f"run-local: MLflow tracking server at {uri} (store {folder}); `mlflow ui --backend-store-uri "
-              f"sqlite:///{folder / 'mlflow.db'}` browses it afterwards", flush=True)
+        print(
+            f"run-local: MLflow tracking server at {uri} (store {folder}); `mlflow ui --backend-store-uri "
+            f"sqlite:///{folder / 'mlflow.db'}` browses it afterwards",
+            flush=True,
+        )
         os.environ["MLFLOW_TRACKING_URI"] = uri
         yield uri
     finally:

@@ -30,12 +30,16 @@ RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
 RETRY_BACKOFF = {"backoff_duration": "30s", "backoff_factor": 2, "backoff_max_duration": "600s"}
 
 # Secret -> {key in the Secret: environment variable}. Values never pass through pipeline parameters.
-S3_SECRET = ("s3-credentials", {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-                                "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+S3_SECRET = (
+    "s3-credentials",
+    {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+)
 OPTUNA_SECRET = ("optuna-db", {"PGUSER": "PGUSER", "PGPASSWORD": "PGPASSWORD"})
 # Optional: only a tracking server behind basic auth needs it; pods start without it.
-MLFLOW_SECRET = ("mlflow-credentials", {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-                                        "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"})
+MLFLOW_SECRET = (
+    "mlflow-credentials",
+    {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
+)
 
 
 @dataclass(frozen=True)
@@ -166,8 +170,9 @@ def configure(task: dsl.PipelineTask, pod: Pod, cluster: ClusterConfig) -> dsl.P
     for name, keys in secrets:
         kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, **optional)
     if not cluster.legacy_backend:
-        kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET[0], secret_key_to_env=MLFLOW_SECRET[1],
-                                     optional=True)
+        kubernetes.use_secret_as_env(
+            task, secret_name=MLFLOW_SECRET[0], secret_key_to_env=MLFLOW_SECRET[1], optional=True
+        )
     if cluster.retries and pod.retry:
         # A step may fail for a transient reason (S3/MLflow/PostgreSQL hiccups); all are safe to rerun:
         # outputs are rewritten whole, register is idempotent. The backend turns this into an Argo

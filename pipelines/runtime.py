@@ -42,7 +42,7 @@ def task_params(resolved: dict[str, Any], name: str) -> str:
     KFP keys its cache on parameter values, so a task whose keys did not change is served from the cache
     when another step's params change.
     """
-    from pipelines.graph import declared_params
+    from pipelines.step import declared_params
 
     keys = HELPER_KEYS[name] if name in HELPER_KEYS else declared_params(name)
     out: dict[str, Any] = {}
@@ -87,9 +87,16 @@ def close_pipeline_run(params: str, state: str, error: str) -> None:
     run_main(close, [])
 
 
-def run_step(step: str, params: str, inputs: dict[str, str], outputs: dict[str, str],
-             scratch: tuple[str, ...] = (), command: str = "", module: str = "",
-             values: dict[str, str] | None = None) -> None:
+def run_step(
+    step: str,
+    params: str,
+    inputs: dict[str, str],
+    outputs: dict[str, str],
+    scratch: tuple[str, ...] = (),
+    command: str = "",
+    module: str = "",
+    values: dict[str, str] | None = None,
+) -> None:
     """Run `python -m components.<step> [command] --params P --input path ... --output path ...`.
 
     `params` is the task's params YAML (written to a private params.yaml), `inputs` are the task's declared
@@ -107,8 +114,12 @@ def run_step(step: str, params: str, inputs: dict[str, str], outputs: dict[str, 
         run_isolated(Path(root), module, params, inputs, outputs, values or {}, scratch, command)
         return
     params_dir = Path(tempfile.mkdtemp(prefix=f"{step}-params-"))
-    argv = step_argv(_params_file(params, params_dir), {**inputs, **(values or {}), **outputs},
-                     {flag: tempfile.mkdtemp(prefix=f"{step}-{flag}-") for flag in scratch}, command)
+    argv = step_argv(
+        _params_file(params, params_dir),
+        {**inputs, **(values or {}), **outputs},
+        {flag: tempfile.mkdtemp(prefix=f"{step}-{flag}-") for flag in scratch},
+        command,
+    )
     print(f"{step}: python -m {module} {' '.join(argv)}", flush=True)
     run_main(importlib.import_module(module).main, argv)
 

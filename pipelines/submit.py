@@ -28,9 +28,11 @@ COOKIE_ENV = "KF_PIPELINES_COOKIE"
 NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"
 SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"  # the variable kfp itself reads
 SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
-AUTH_HINT = ("for a token, run kubectl create token default-editor -n {namespace} --audience=pipelines.kubeflow.org "
-             "> token, then pass --token-file token (or $KF_PIPELINES_TOKEN), or a session cookie in "
-             "$KF_PIPELINES_COOKIE; and --namespace")
+AUTH_HINT = (
+    "for a token, run kubectl create token default-editor -n {namespace} --audience=pipelines.kubeflow.org "
+    "> token, then pass --token-file token (or $KF_PIPELINES_TOKEN), or a session cookie in "
+    "$KF_PIPELINES_COOKIE; and --namespace"
+)
 
 
 def credentials_from_env(token_file: str | None) -> dict[str, Any]:
@@ -70,10 +72,22 @@ def credentials_from_env(token_file: str | None) -> dict[str, Any]:
     return kwargs
 
 
-def submit(host: str, experiment: str, package: Path | str, arguments: dict[str, Any], namespace: str | None = None,
-           wait: bool = False, timeout: int = 6 * 3600, run_name: str | None = None, token: str | None = None,
-           cookies: str | None = None, *, token_file: str | None = None, existing_token: str | None = None,
-           credentials: Any = None):
+def submit(
+    host: str,
+    experiment: str,
+    package: Path | str,
+    arguments: dict[str, Any],
+    namespace: str | None = None,
+    wait: bool = False,
+    timeout: int = 6 * 3600,
+    run_name: str | None = None,
+    token: str | None = None,
+    cookies: str | None = None,
+    *,
+    token_file: str | None = None,
+    existing_token: str | None = None,
+    credentials: Any = None,
+):
     """Upload `package` as a run of `experiment` on the KFP API server at `host`; optionally wait for it.
 
     Args:
@@ -124,11 +138,17 @@ def submit(host: str, experiment: str, package: Path | str, arguments: dict[str,
             warnings.simplefilter("ignore", FutureWarning)
             client = _client(host, namespace, auth)
             run = client.create_run_from_pipeline_package(
-                str(package), arguments=arguments, experiment_name=experiment, namespace=namespace,
-                run_name=run_name or f"tlpipe-training {time.strftime('%Y-%m-%d %H:%M:%S')}")
+                str(package),
+                arguments=arguments,
+                experiment_name=experiment,
+                namespace=namespace,
+                run_name=run_name or f"tlpipe-training {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            )
     except Exception as exc:  # connection refused, auth, HTTP errors from the KFP API: one line for a person
-        raise PipelineError(f"KFP API at {where}: {one_line(exc)}; check --host (e.g. a port-forward to "
-                            "ml-pipeline-ui) and that you are logged in to the cluster") from None
+        raise PipelineError(
+            f"KFP API at {where}: {one_line(exc)}; check --host (e.g. a port-forward to "
+            "ml-pipeline-ui) and that you are logged in to the cluster"
+        ) from None
     print(f"submitted run {run.run_id} to experiment {experiment!r} on {where}")
     if wait:
         try:
@@ -182,8 +202,9 @@ def kfp_logs_captured(records: list[logging.LogRecord]) -> Iterator[list[logging
         root.handlers = saved
 
 
-def api_error_line(exc: BaseException, records: list[logging.LogRecord], secrets: tuple[str, ...] = (),
-                   namespace: str | None = None) -> str:
+def api_error_line(
+    exc: BaseException, records: list[logging.LogRecord], secrets: tuple[str, ...] = (), namespace: str | None = None
+) -> str:
     """One redacted line for a failed KFP API call: the HTTP status, a hint for 401/403, the response body.
 
     Args:

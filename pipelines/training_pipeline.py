@@ -24,20 +24,34 @@ from typing import Any
 import yaml
 from kfp import compiler
 
-from pipelines.graph import External, build
+from pipelines.graph import build
 from pipelines.kfp_build import PIPELINE_NAME, build_pipeline
 from pipelines.platform import DEFAULT_IMAGE, ClusterConfig
 from pipelines.runtime import ISOLATE_ENV
-from tlpipe.config import Params, load_params
+from pipelines.step import External
+from tlpipe.config import Params, load_params, parse_assignments
 from tlpipe.errors import PipelineError
 
 DEFAULT_PACKAGE = Path("pipelines/training_pipeline.yaml")
 # run-local's default: the whole pipeline in a few minutes on two CPU cores.
-SMALL_ARGUMENTS = {"image_size": 16, "train_per_class": 20, "pretrain_epochs": 4, "fine_tune_epochs": 6,
-                   "tune_n_trials": 2, "n_tuning_workers": 2}
-SMALL_OVERRIDES = {"make_subset.val_per_class": 8, "make_subset.test_per_class": 8, "train_head.epochs": 5,
-                   "tune.epochs": 3, "tune.regimes": ["transfer"], "tune.sweep_points": 2, "tune.sweep_seeds": 1,
-                   "augment.copies": 1}
+SMALL_ARGUMENTS = {
+    "image_size": 16,
+    "train_per_class": 20,
+    "pretrain_epochs": 4,
+    "fine_tune_epochs": 6,
+    "tune_n_trials": 2,
+    "n_tuning_workers": 2,
+}
+SMALL_OVERRIDES = {
+    "make_subset.val_per_class": 8,
+    "make_subset.test_per_class": 8,
+    "train_head.epochs": 5,
+    "tune.epochs": 3,
+    "tune.regimes": ["transfer"],
+    "tune.sweep_points": 2,
+    "tune.sweep_seeds": 1,
+    "augment.copies": 1,
+}
 
 
 def refuse_local_inputs(params: Params) -> None:
@@ -48,7 +62,8 @@ def refuse_local_inputs(params: Params) -> None:
                 raise PipelineError(
                     f"{step.name} --{name} {ref.value}: a local path, which no pod on the cluster has; a cluster "
                     "reads s3:// or builtin:digits: push the data with `dvc push` / `aws s3 sync` first and set "
-                    "the s3:// URI in params.yaml")
+                    "the s3:// URI in params.yaml"
+                )
 
 
 def compile_pipeline(output: Path, params: Params, cluster: ClusterConfig) -> Path:
@@ -110,16 +125,6 @@ def _newest(root: Path, task: str, output: str, since: float) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-def _pairs(items: list[str], what: str) -> dict[str, Any]:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise PipelineError(f"{what} {item!r}: write KEY=VALUE")
-        out[key] = yaml.safe_load(value)  # 2 -> int, true -> bool, [1, 2] -> list, text stays text
-    return out
-
-
 def _cluster(args: argparse.Namespace) -> ClusterConfig:
     key, _, value = args.gpu_pool.partition("=")
     extra = {"image": args.image} if args.image else {}
@@ -127,29 +132,45 @@ def _cluster(args: argparse.Namespace) -> ClusterConfig:
         extra["gpu_image"] = args.gpu_image
     if args.image_pull_secret:
         extra["image_pull_secrets"] = tuple(args.image_pull_secret)
-    return ClusterConfig(gpu_label_key=key, gpu_label_value=value, mlflow_tracking_uri=args.mlflow_uri,
-                         aws_endpoint_url=args.aws_endpoint_url, tune_storage=args.tune_storage,
-                         pipeline_root=args.pipeline_root, legacy_backend=args.legacy_backend, **extra)
+    return ClusterConfig(
+        gpu_label_key=key,
+        gpu_label_value=value,
+        mlflow_tracking_uri=args.mlflow_uri,
+        aws_endpoint_url=args.aws_endpoint_url,
+        tune_storage=args.tune_storage,
+        pipeline_root=args.pipeline_root,
+        legacy_backend=args.legacy_backend,
+        **extra,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     base = ClusterConfig()
-    p = argparse.ArgumentParser(prog="python -m pipelines.training_pipeline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.training_pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     sub = p.add_subparsers(dest="command", required=True)
     cluster = argparse.ArgumentParser(add_help=False)
     cluster.add_argument("--image", default="", help=f"task image, tag or @sha256 digest (default {base.image})")
     cluster.add_argument("--gpu-image", default="", help="image of GPU tasks (default: the image's -gpu variant)")
     cluster.add_argument("--image-pull-secret", action="append", help="a Secret for a private registry")
-    cluster.add_argument("--gpu-pool", default=f"{base.gpu_label_key}={base.gpu_label_value}",
-                         help="node label KEY=VALUE of the GPU pool")
+    cluster.add_argument(
+        "--gpu-pool",
+        default=f"{base.gpu_label_key}={base.gpu_label_value}",
+        help="node label KEY=VALUE of the GPU pool",
+    )
     cluster.add_argument("--mlflow-uri", default=base.mlflow_tracking_uri, help="MLFLOW_TRACKING_URI of the tasks")
     cluster.add_argument("--aws-endpoint-url", default=base.aws_endpoint_url, help="S3 endpoint (MinIO); empty = AWS")
     cluster.add_argument("--tune-storage", default=base.tune_storage, help="Optuna storage URL (no credentials)")
     cluster.add_argument("--pipeline-root", default=base.pipeline_root, help="e.g. s3://pipeline-root/tlpipe")
-    cluster.add_argument("--legacy-backend", action="store_true",
-                         help="emit only fields older KFP backends accept (see pipelines/README.md)")
+    cluster.add_argument(
+        "--legacy-backend",
+        action="store_true",
+        help="emit only fields older KFP backends accept (see pipelines/README.md)",
+    )
     c = sub.add_parser("compile", parents=[cluster], help="write the pipeline package")
     c.add_argument("--output", type=Path, default=DEFAULT_PACKAGE)
     values = argparse.ArgumentParser(add_help=False)
@@ -161,15 +182,23 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("submit", parents=[cluster, values], help="compile and start a run on a KFP cluster")
     s.add_argument("--host", required=True, help="KFP API URL, e.g. http://localhost:8080")
     s.add_argument("--experiment", required=True)
-    s.add_argument("--namespace", default=os.environ.get("KF_PIPELINES_NAMESPACE"),
-                   help="profile namespace (multi-user Kubeflow; env KF_PIPELINES_NAMESPACE)")
-    s.add_argument("--token-file", help="a file holding a bearer token (else KF_PIPELINES_TOKEN or the pod's "
-                                        "service-account token)")
+    s.add_argument(
+        "--namespace",
+        default=os.environ.get("KF_PIPELINES_NAMESPACE"),
+        help="profile namespace (multi-user Kubeflow; env KF_PIPELINES_NAMESPACE)",
+    )
+    s.add_argument(
+        "--token-file",
+        help="a file holding a bearer token (else KF_PIPELINES_TOKEN or the pod's service-account token)",
+    )
     s.add_argument("--wait", action="store_true", help="wait for the run and fail unless it succeeds")
     s.add_argument("--package", type=Path, help="submit this compiled package instead of compiling now")
     s.add_argument("--run-name", default="", help=f"the run's name (default: {PIPELINE_NAME} <time>)")
-    s.add_argument("--allow-default-image", action="store_true",
-                   help=f"submit even though the tasks run the placeholder image {DEFAULT_IMAGE}")
+    s.add_argument(
+        "--allow-default-image",
+        action="store_true",
+        help=f"submit even though the tasks run the placeholder image {DEFAULT_IMAGE}",
+    )
     return p
 
 
@@ -178,8 +207,9 @@ def package_images(package: Path) -> set[str]:
     try:
         spec = next(yaml.safe_load_all(package.read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError, StopIteration) as exc:
-        raise PipelineError(f"--package {package}: not a readable pipeline package ({exc}); "
-                            "run `make compile`") from None
+        raise PipelineError(
+            f"--package {package}: not a readable pipeline package ({exc}); run `make compile`"
+        ) from None
     executors = (spec or {}).get("deploymentSpec", {}).get("executors", {})
     return {e["container"]["image"] for e in executors.values() if "container" in e}
 
@@ -188,9 +218,11 @@ def refuse_default_image(package: Path, allowed: bool) -> None:
     """The placeholder image is nobody's build: refuse it unless asked (a throwaway run)."""
     placeholder = {DEFAULT_IMAGE, f"{DEFAULT_IMAGE}-gpu"} & package_images(package)
     if placeholder and not allowed:
-        raise PipelineError(f"--package {package} runs the placeholder image {sorted(placeholder)[0]}; compile with "
-                            "your build (`make compile IMAGE=... TAG=...` or DIGEST=... GPU_DIGEST=...), or pass "
-                            "ALLOW_DEFAULT_IMAGE=1 / --allow-default-image")
+        raise PipelineError(
+            f"--package {package} runs the placeholder image {sorted(placeholder)[0]}; compile with "
+            "your build (`make compile IMAGE=... TAG=...` or DIGEST=... GPU_DIGEST=...), or pass "
+            "ALLOW_DEFAULT_IMAGE=1 / --allow-default-image"
+        )
 
 
 def run_url(host: str, run_id: str) -> str:
@@ -205,8 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "compile":
         print(f"compiled -> {compile_pipeline(args.output, params, _cluster(args))}")
         return
-    arguments = _pairs(args.arg, "--arg")
-    overrides = _pairs(args.set, "--set")
+    arguments = parse_assignments(args.arg, "--arg")
+    overrides = parse_assignments(args.set, "--set")
     if args.command == "run-local":
         if not args.full:
             arguments = {**SMALL_ARGUMENTS, **arguments}
@@ -219,11 +251,19 @@ def main(argv: list[str] | None = None) -> None:
     if overrides:
         arguments["params_overrides"] = overrides
     package = args.package or compile_pipeline(
-        Path(tempfile.mkdtemp(prefix="tlpipe-kfp-")) / "training_pipeline.yaml", params, _cluster(args))
+        Path(tempfile.mkdtemp(prefix="tlpipe-kfp-")) / "training_pipeline.yaml", params, _cluster(args)
+    )
     refuse_default_image(package, args.allow_default_image)
-    run = submit(args.host, args.experiment, package, arguments, args.namespace, args.wait,
-                 run_name=args.run_name or f"{PIPELINE_NAME} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                 **credentials_from_env(args.token_file))
+    run = submit(
+        args.host,
+        args.experiment,
+        package,
+        arguments,
+        args.namespace,
+        args.wait,
+        run_name=args.run_name or f"{PIPELINE_NAME} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        **credentials_from_env(args.token_file),
+    )
     print(f"run page: {run_url(args.host, run.run_id)}")
 
 

@@ -28,8 +28,9 @@ def png(path: Path, seed: int, size: int = 12, mode: str = "L") -> Path:
     return path
 
 
-def make_tree(root: Path, classes=("a", "b"), per_class: int = 8, layout: str = "folders", ext: str = ".png",
-              seed: int = 0) -> Path:
+def make_tree(
+    root: Path, classes=("a", "b"), per_class: int = 8, layout: str = "folders", ext: str = ".png", seed: int = 0
+) -> Path:
     """A class-folder or Kaggle-flat tree of tiny images."""
     for ci, cls in enumerate(classes):
         for i in range(per_class):
@@ -64,8 +65,14 @@ def write_params(path: Path, source: str | Path, **sections) -> Path:
 def run_cli(step: str, *args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m components.<step>` as a user would."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", f"components.{step}", *args], cwd=cwd or REPO, env=full_env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", f"components.{step}", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def free_port() -> int:
@@ -105,14 +112,31 @@ def postgres():
     shutil.chown(base, "postgres")
     port = free_port()
     as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(base / "data"), "-A", "trust", "-U", "app"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(base / "data"), "-w", "-o",
-                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=60",
-                    "-l", str(base / "log"), "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_pg, str(bindir / "initdb"), "-D", str(base / "data"), "-A", "trust", "-U", "app"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_pg,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(base / "data"),
+            "-w",
+            "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=60",
+            "-l",
+            str(base / "log"),
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     yield {"host": "127.0.0.1", "port": port, "user": "app"}
-    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(base / "data"), "-m", "fast", "stop"],
-                   capture_output=True)
+    subprocess.run(
+        [*as_pg, str(bindir / "pg_ctl"), "-D", str(base / "data"), "-m", "fast", "stop"], capture_output=True
+    )
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -155,7 +179,17 @@ def tiny_project(tmp_path_factory):
     raw = yaml.safe_load(params_file.read_text())
     raw["tune"]["storage"] = f"sqlite:///{root / 'optuna.db'}"
     params_file.write_text(yaml.safe_dump(raw))
-    run_steps(root, ["make_digits", "make_subset", "validate_data", "augment", "pretrain_backbone",
-                     "extract_features", "train_head"])
+    run_steps(
+        root,
+        [
+            "make_digits",
+            "make_subset",
+            "validate_data",
+            "augment",
+            "pretrain_backbone",
+            "extract_features",
+            "train_head",
+        ],
+    )
     keras.backend.clear_session()
     return root

@@ -24,8 +24,9 @@ def main(argv=None):
         try:
             Path("written-into-cwd.txt").write_text("x")
         except OSError as exc:
-            raise PipelineError(f"cannot write into the working directory {os.getcwd()} as UID {os.getuid()} "
-                                f"({exc.strerror})") from None
+            raise PipelineError(
+                f"cannot write into the working directory {os.getcwd()} as UID {os.getuid()} ({exc.strerror})"
+            ) from None
         print(f"wrote into the working directory as UID {os.getuid()}")
         return
     found = list(path.rglob("secret.txt")) if path.is_dir() else []

@@ -95,8 +95,9 @@ def test_spilled_trial_trains_like_the_in_memory_one(tiny_project, tmp_path, cap
         from tlpipe.models.backbones import apply_freeze
 
         apply_freeze(backbone, out["plan"])
-        _, train, val = cached_model(backbone, out["plan"], out["model"].layers[-1], recipe(tiny_project, params),
-                                     cache, "t", data)
+        _, train, val = cached_model(
+            backbone, out["plan"], out["model"].layers[-1], recipe(tiny_project, params), cache, "t", data
+        )
         kind = np.ndarray if name == "memory" else NpyRows
         assert all(isinstance(a, kind) for a in [*train, val])
     assert "cache_disk_bytes" not in capsys.readouterr().out
@@ -127,12 +128,19 @@ def test_a_worker_states_the_cache_plan_in_one_line_before_tuning(tiny_project, 
 
     params = params_for(tiny_project, tmp_path, **{"tune.cache_max_bytes": 1})
     model = params.model
-    worker = Worker(WorkerSetup(
-        cfg=params.tune, recipe=recipe(tiny_project, params), defaults=Defaults(model.dropout, model.head_units),
-        subset=tiny_project / "data/subset", head=tiny_project / "models/head" / HEAD_FILE,
-        augmented=tiny_project / "data/augmented", cache_dir=tmp_path / "cache",
-        load_backbone=lambda: load(tiny_project, params),
-        identity=backbone_identity(str(tiny_project / "models/backbone"), model.weights, model.image_size)))
+    worker = Worker(
+        WorkerSetup(
+            cfg=params.tune,
+            recipe=recipe(tiny_project, params),
+            defaults=Defaults(model.dropout, model.head_units),
+            subset=tiny_project / "data/subset",
+            head=tiny_project / "models/head" / HEAD_FILE,
+            augmented=tiny_project / "data/augmented",
+            cache_dir=tmp_path / "cache",
+            load_backbone=lambda: load(tiny_project, params),
+            identity=backbone_identity(str(tiny_project / "models/backbone"), model.weights, model.image_size),
+        )
+    )
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("tune: activation cache in")]
     plan = cache_plan(load(tiny_project, params), worker.data.images)
     assert str(tmp_path / "cache") in line and all(f"{name} " in line for name in plan)

@@ -11,8 +11,7 @@ from PIL import Image
 from tlpipe.data.augmentation import FusedAugment, augmented_copies
 from tlpipe.data.datasets import batches, decode_images
 
-SEEDS_AUG = {"rotation_degrees": 10.0, "zoom": 0.1, "width_shift": 0.1, "height_shift": 0.1,
-             "horizontal_flip": True}
+SEEDS_AUG = {"rotation_degrees": 10.0, "zoom": 0.1, "width_shift": 0.1, "height_shift": 0.1, "horizontal_flip": True}
 
 
 def _images(n=6, h=20, w=24, c=3, seed=0):
@@ -21,8 +20,11 @@ def _images(n=6, h=20, w=24, c=3, seed=0):
 
 def _reference(images, transforms):
     """The TF kernel the fast path replaces (bilinear, nearest fill), on float32."""
-    return keras.ops.convert_to_numpy(keras.ops.image.affine_transform(
-        images.astype("float32"), transforms, interpolation="bilinear", fill_mode="nearest"))
+    return keras.ops.convert_to_numpy(
+        keras.ops.image.affine_transform(
+            images.astype("float32"), transforms, interpolation="bilinear", fill_mode="nearest"
+        )
+    )
 
 
 @pytest.mark.parametrize("shape", [(6, 20, 24, 3), (3, 17, 11, 1)])
@@ -102,8 +104,9 @@ def _photo(path, width, height, ext=".jpg", mode="RGB"):
     return str(path.with_suffix(ext))
 
 
-@pytest.mark.parametrize(("width", "height", "size"), [(400, 300, 224), (400, 300, 32), (640, 480, 100),
-                                                       (12, 12, 16), (300, 20, 32)])
+@pytest.mark.parametrize(
+    ("width", "height", "size"), [(400, 300, 224), (400, 300, 32), (640, 480, 100), (12, 12, 16), (300, 20, 32)]
+)
 def test_decode_stays_close_to_the_antialiased_resize(tmp_path, width, height, size):
     """Area resize when shrinking (after a DCT-domain downscale for JPEGs >= 2x the target), bilinear when
     enlarging: within a few grey levels of the old full-size antialiased path."""
@@ -129,9 +132,19 @@ def test_the_augmenter_takes_each_param_by_its_name():
 
     cfg = AugmentConfig(rotation_degrees=7.0, zoom=0.2, width_shift=0.05, height_shift=0.15, horizontal_flip=True)
     layer = build_augmenter(cfg, seed=3)
-    assert (layer.rotation_degrees, layer.zoom, layer.width_shift, layer.height_shift, layer.horizontal_flip) == \
-        (7.0, 0.2, 0.05, 0.15, True)
+    assert (layer.rotation_degrees, layer.zoom, layer.width_shift, layer.height_shift, layer.horizontal_flip) == (
+        7.0,
+        0.2,
+        0.05,
+        0.15,
+        True,
+    )
     assert {k: v for k, v in layer.get_config().items() if k in SEEDS_AUG} == {
-        "rotation_degrees": 7.0, "zoom": 0.2, "width_shift": 0.05, "height_shift": 0.15, "horizontal_flip": True}
+        "rotation_degrees": 7.0,
+        "zoom": 0.2,
+        "width_shift": 0.05,
+        "height_shift": 0.15,
+        "horizontal_flip": True,
+    }
     with pytest.raises(TypeError):
         FusedAugment(10.0, 0.1)

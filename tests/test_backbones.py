@@ -56,8 +56,9 @@ def test_unfrozen_batchnorm_stays_in_inference_mode():
     backbone = load_backbone("resnet50", "none", 32)
     plan = freeze_plan(backbone, 0.5)
     apply_freeze(backbone, plan)
-    unfrozen_bn = [layer for layer in backbone.layers[plan.frozen + 1 :]
-                   if isinstance(layer, keras.layers.BatchNormalization)]
+    unfrozen_bn = [
+        layer for layer in backbone.layers[plan.frozen + 1 :] if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     conv = [layer for layer in backbone.layers[plan.frozen + 1 :] if isinstance(layer, keras.layers.Conv2D)][0]
     stats = [(np.array(b.moving_mean), np.array(b.moving_variance)) for b in unfrozen_bn]
     kernel = np.array(conv.kernel)
@@ -75,8 +76,12 @@ def test_unfrozen_batchnorm_stays_in_inference_mode():
 
 @pytest.mark.parametrize("name", ["vgg16", "resnet50", "mobilenet_v2", "inception_v3"])
 def test_preprocessing_layer_matches_keras_preprocess_input(name):
-    family = {"vgg16": keras.applications.vgg16, "resnet50": keras.applications.resnet50,
-              "mobilenet_v2": keras.applications.mobilenet_v2, "inception_v3": keras.applications.inception_v3}
+    family = {
+        "vgg16": keras.applications.vgg16,
+        "resnet50": keras.applications.resnet50,
+        "mobilenet_v2": keras.applications.mobilenet_v2,
+        "inception_v3": keras.applications.inception_v3,
+    }
     x = np.random.default_rng(2).uniform(0, 255, (2, 5, 5, 3)).astype("float32")
     ours = np.asarray(preprocessing(PREPROCESS_MODE[name])(x))
     np.testing.assert_allclose(ours, family[name].preprocess_input(x.copy()), rtol=1e-5, atol=1e-4)

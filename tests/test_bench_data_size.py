@@ -26,14 +26,27 @@ def test_far_target_is_inverted_outlines_of_the_same_digits(tmp_path):
 
 
 def row(size, sim, seed, final, frozen, scratch, delta=0.0, p=1.0):
-    return {"train_per_class": size, "similarity": sim, "seed": seed, "final": final, "frozen": frozen,
-            "scratch": scratch, "test_images": 200, "regime": "transfer", "freeze_ratio": 0.5, "label": "",
-            "vs_best_baseline": {"name": "scratch", "delta": delta, "mcnemar_p": p}}
+    return {
+        "train_per_class": size,
+        "similarity": sim,
+        "seed": seed,
+        "final": final,
+        "frozen": frozen,
+        "scratch": scratch,
+        "test_images": 200,
+        "regime": "transfer",
+        "freeze_ratio": 0.5,
+        "label": "",
+        "vs_best_baseline": {"name": "scratch", "delta": delta, "mcnemar_p": p},
+    }
 
 
 def test_summary_goal_and_report(tmp_path):
-    rows = [row(5, "near", 42, 0.90, 0.85, 0.60), row(5, "near", 43, 0.92, 0.86, 0.62),
-            row(100, "far", 42, 0.90, 0.70, 0.96, delta=-0.06, p=0.001)]
+    rows = [
+        row(5, "near", 42, 0.90, 0.85, 0.60),
+        row(5, "near", 43, 0.92, 0.86, 0.62),
+        row(100, "far", 42, 0.90, 0.70, 0.96, delta=-0.06, p=0.001),
+    ]
     summary = summarize(rows)
     near = next(s for s in summary if s["similarity"] == "near")
     far = next(s for s in summary if s["similarity"] == "far")
@@ -49,8 +62,23 @@ def test_summary_goal_and_report(tmp_path):
 def test_one_tiny_cell_runs_the_pipeline_and_the_tuned_scratch_arm(tmp_path):
     out = tmp_path / "data_size.json"
     sets = [s for s in TINY if not s.startswith("make_subset.train_per_class")]
-    main(["--sizes", "4", "--similarities", "far", "--seeds", "5", "--image-size", "16", "--work",
-          str(tmp_path / "work"), "--out", str(out), *(x for s in sets for x in ("--set", s))])
+    main(
+        [
+            "--sizes",
+            "4",
+            "--similarities",
+            "far",
+            "--seeds",
+            "5",
+            "--image-size",
+            "16",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+            *(x for s in sets for x in ("--set", s)),
+        ]
+    )
     result = json.loads(out.read_text())
     (only,) = result["rows"]
     assert set(FIELDS) <= set(only) and only["train_per_class"] == 4 and only["similarity"] == "far"

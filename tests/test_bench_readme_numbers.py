@@ -8,30 +8,61 @@ import pytest
 
 from benchmarks.readme_numbers import main, splice, table
 
-RESULT = {"commit": "abc1234", "when": "2026-12-04", "machine": "AMD EPYC, 2 cores", "train_per_class": 10,
-          "numbers": {"final": 0.93, "final_ci95": [0.895, 0.96], "frozen": 0.86, "scratch": 0.8,
-                      "vs_best_baseline": {"name": "frozen_features", "delta": 0.07, "mcnemar_p": 0.0012},
-                      "vs_scratch": {"name": "scratch", "delta": 0.13, "mcnemar_p": 1.5e-05, "fixed": 30, "broken": 4},
-                      "test_images": 200, "regime": "transfer", "freeze_ratio": 0.4782608695652174,
-                      "frozen_layers": "11/23", "wall_seconds": 291.0}}
-GRID = {"settings": {"commit": "def5678"}, "note": "n", "rows": [{"similarity": "near"}],
-        "summary": [{"similarity": "near", "train_per_class": 10, "seeds": 3, "final": 0.9, "frozen": 0.85,
-                     "scratch": 0.7, "goal_met": True, "significantly_worse_seeds": [], "regimes": ["transfer"]}]}
+RESULT = {
+    "commit": "abc1234",
+    "when": "2026-12-04",
+    "machine": "AMD EPYC, 2 cores",
+    "train_per_class": 10,
+    "numbers": {
+        "final": 0.93,
+        "final_ci95": [0.895, 0.96],
+        "frozen": 0.86,
+        "scratch": 0.8,
+        "vs_best_baseline": {"name": "frozen_features", "delta": 0.07, "mcnemar_p": 0.0012},
+        "vs_scratch": {"name": "scratch", "delta": 0.13, "mcnemar_p": 1.5e-05, "fixed": 30, "broken": 4},
+        "test_images": 200,
+        "regime": "transfer",
+        "freeze_ratio": 0.4782608695652174,
+        "frozen_layers": "11/23",
+        "wall_seconds": 291.0,
+    },
+}
+GRID = {
+    "settings": {"commit": "def5678"},
+    "note": "n",
+    "rows": [{"similarity": "near"}],
+    "summary": [
+        {
+            "similarity": "near",
+            "train_per_class": 10,
+            "seeds": 3,
+            "final": 0.9,
+            "frozen": 0.85,
+            "scratch": 0.7,
+            "goal_met": True,
+            "significantly_worse_seeds": [],
+            "regimes": ["transfer"],
+        }
+    ],
+}
 
 
 def test_table_states_every_number_with_its_commit():
     text = table(RESULT)
     assert text.startswith("Run at commit `abc1234` (2026-12-04, AMD EPYC, 2 cores); 10 training images per class")
     row = text.strip().splitlines()[-1]
-    assert row == ("| 0.930 (0.895-0.960) | 0.860 | 0.800 | frozen_features +0.070 (p 0.0012) | +0.130 (p 1.5e-05) | "
-                   "transfer | 0.48 (11/23) | 4.8 min |")
+    assert row == (
+        "| 0.930 (0.895-0.960) | 0.860 | 0.800 | frozen_features +0.070 (p 0.0012) | +0.130 (p 1.5e-05) | "
+        "transfer | 0.48 (11/23) | 4.8 min |"
+    )
     assert text.count("|---") == 8
 
 
 def test_splice_replaces_only_the_named_block_and_says_when_it_is_missing():
     text = "a\n<!-- readme-numbers:default -->\nold\n<!-- /readme-numbers:default -->\nb\n"
-    assert splice(text, "default", "new\n") == ("a\n<!-- readme-numbers:default -->\nnew\n"
-                                                "<!-- /readme-numbers:default -->\nb\n")
+    assert splice(text, "default", "new\n") == (
+        "a\n<!-- readme-numbers:default -->\nnew\n<!-- /readme-numbers:default -->\nb\n"
+    )
     with pytest.raises(SystemExit, match="no <!-- readme-numbers:grid -->"):
         splice(text, "grid", "x")
 
@@ -40,8 +71,10 @@ def test_from_json_rewrites_the_md_and_both_readme_blocks(tmp_path):
     out, grid, readme = tmp_path / "numbers.json", tmp_path / "grid.json", tmp_path / "README.md"
     out.write_text(json.dumps(RESULT))
     grid.write_text(json.dumps(GRID))
-    readme.write_text("# x\n<!-- readme-numbers:default -->\n<!-- /readme-numbers:default -->\n"
-                      "text\n<!-- readme-numbers:grid -->\nstale\n<!-- /readme-numbers:grid -->\n")
+    readme.write_text(
+        "# x\n<!-- readme-numbers:default -->\n<!-- /readme-numbers:default -->\n"
+        "text\n<!-- readme-numbers:grid -->\nstale\n<!-- /readme-numbers:grid -->\n"
+    )
     main(["--from-json", "--out", str(out), "--grid", str(grid), "--readme", str(readme)])
     text = readme.read_text()
     assert "| 0.930 (0.895-0.960) |" in text and "stale" not in text

@@ -14,9 +14,19 @@ import pytest
 
 from tests.conftest import REPO
 
-TINY = ["make_digits.image_size=16", "model.image_size=16", "make_subset.train_per_class=6",
-        "make_subset.val_per_class=3", "make_subset.test_per_class=3", "pretrain_backbone.epochs=1",
-        "train_head.epochs=1", "tune.n_trials=2", "tune.epochs=1", "tune.sweep=false", "fine_tune.epochs=1"]
+TINY = [
+    "make_digits.image_size=16",
+    "model.image_size=16",
+    "make_subset.train_per_class=6",
+    "make_subset.val_per_class=3",
+    "make_subset.test_per_class=3",
+    "pretrain_backbone.epochs=1",
+    "train_head.epochs=1",
+    "tune.n_trials=2",
+    "tune.epochs=1",
+    "tune.sweep=false",
+    "fine_tune.epochs=1",
+]
 
 
 def number(value) -> bool:
@@ -24,20 +34,33 @@ def number(value) -> bool:
 
 
 def test_overrides_are_yaml_and_dotted():
-    from benchmarks.regimes import apply_overrides
+    from tlpipe.config import parse_assignments, with_overrides
 
-    params = apply_overrides({"tune": {"epochs": 10}}, ["tune.epochs=6", "tune.regimes=[transfer]",
-                                                        "fine_tune.monitor=val_accuracy", "seed=43"])
-    assert params == {"tune": {"epochs": 6, "regimes": ["transfer"]}, "fine_tune": {"monitor": "val_accuracy"},
-                      "seed": 43}
+    pairs = ["tune.epochs=6", "tune.regimes=[transfer]", "fine_tune.monitor=val_accuracy", "seed=43"]
+    params = with_overrides({"tune": {"epochs": 10}}, parse_assignments(pairs, "--set"))
+    assert params == {
+        "tune": {"epochs": 6, "regimes": ["transfer"]},
+        "fine_tune": {"monitor": "val_accuracy"},
+        "seed": 43,
+    }
 
 
 @pytest.mark.slow
 def test_regimes_benchmark_writes_report(tmp_path):
     out = tmp_path / "results" / "regimes.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    cmd = [sys.executable, "-m", "benchmarks.regimes", "--seeds", "5", "--out", str(out),
-           "--work", str(tmp_path / "work"), *(part for pair in TINY for part in ("--set", pair))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.regimes",
+        "--seeds",
+        "5",
+        "--out",
+        str(out),
+        "--work",
+        str(tmp_path / "work"),
+        *(part for pair in TINY for part in ("--set", pair)),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
@@ -53,10 +76,25 @@ def test_regimes_benchmark_writes_report(tmp_path):
 
     # A second variant on the same projects (pinned hyperparameters, tune skipped) merges into the same file.
     # It starts from the first run's projects: their params and the steps up to train_head.
-    pinned = [sys.executable, "-m", "benchmarks.regimes", "--seeds", "5", "--out", str(out), "--variant", "pinned",
-              "--work", str(tmp_path / "work2"), "--upstream", str(tmp_path / "work"),
-              "--pin", "regime=transfer,freeze_ratio=0,learning_rate=1e-3,train_bn=true",
-              "--set", "fine_tune.patience=1"]
+    pinned = [
+        sys.executable,
+        "-m",
+        "benchmarks.regimes",
+        "--seeds",
+        "5",
+        "--out",
+        str(out),
+        "--variant",
+        "pinned",
+        "--work",
+        str(tmp_path / "work2"),
+        "--upstream",
+        str(tmp_path / "work"),
+        "--pin",
+        "regime=transfer,freeze_ratio=0,learning_rate=1e-3,train_bn=true",
+        "--set",
+        "fine_tune.patience=1",
+    ]
     proc = subprocess.run(pinned, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())

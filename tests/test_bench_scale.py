@@ -20,8 +20,24 @@ def test_scale_benchmark_writes_report(tmp_path):
     out = tmp_path / "results" / "scale.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--sizes", "60", "--out", str(out), "--work",
-                           str(tmp_path / "work")], cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.scale",
+            "--sizes",
+            "60",
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert {"rows", "machine", "load", "parameters", "verdict"} <= result.keys()

@@ -14,27 +14,66 @@ import pytest
 
 from tests.conftest import REPO
 
-TINY = ["--set", "make_subset.train_per_class=6", "--set", "make_subset.val_per_class=4",
-        "--set", "make_subset.test_per_class=4", "--set", "pretrain_backbone.epochs=1",
-        "--set", "train_head.epochs=1", "--set", "tune.epochs=2", "--set", "fine_tune.epochs=1",
-        "--set", "augment.copies=1"]
+TINY = [
+    "--set",
+    "make_subset.train_per_class=6",
+    "--set",
+    "make_subset.val_per_class=4",
+    "--set",
+    "make_subset.test_per_class=4",
+    "--set",
+    "pretrain_backbone.epochs=1",
+    "--set",
+    "train_head.epochs=1",
+    "--set",
+    "tune.epochs=2",
+    "--set",
+    "fine_tune.epochs=1",
+    "--set",
+    "augment.copies=1",
+]
 
 
 def run(module: str, *args: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "GX_ANALYTICS_ENABLED": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
 @pytest.mark.slow
 def test_study_cost_benchmark_writes_report(tmp_path):
     out, work = tmp_path / "results" / "study_cost.json", tmp_path / "work"
-    run("benchmarks.study_cost", "--sizes", "16", "--seeds", "42", "--trials", "2", "--work", str(work),
-        "--out", str(out), *TINY)
-    run("benchmarks.study_cost", "overhead", "--root", str(work / "px16"), "--size", "16", "--out", str(out),
-        "--repeats", "1", "--epochs", "2")
+    run(
+        "benchmarks.study_cost",
+        "--sizes",
+        "16",
+        "--seeds",
+        "42",
+        "--trials",
+        "2",
+        "--work",
+        str(work),
+        "--out",
+        str(out),
+        *TINY,
+    )
+    run(
+        "benchmarks.study_cost",
+        "overhead",
+        "--root",
+        str(work / "px16"),
+        "--size",
+        "16",
+        "--out",
+        str(out),
+        "--repeats",
+        "1",
+        "--epochs",
+        "2",
+    )
     result = json.loads(out.read_text())
     assert {"rows", "machine", "load", "overhead"} <= result.keys()
     (row,) = result["rows"]
@@ -51,9 +90,25 @@ def test_study_cost_benchmark_writes_report(tmp_path):
 @pytest.mark.slow
 def test_pruning_benchmark_writes_report(tmp_path):
     out = tmp_path / "results" / "pruning.json"
-    run("benchmarks.pruning", "--seeds", "42", "--pruners", "none", "median", "--trials", "3", "--work",
-        str(tmp_path / "work"), "--out", str(out), "--set", "model.image_size=16",
-        "--set", "make_digits.image_size=16", *TINY)
+    run(
+        "benchmarks.pruning",
+        "--seeds",
+        "42",
+        "--pruners",
+        "none",
+        "median",
+        "--trials",
+        "3",
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+        "--set",
+        "model.image_size=16",
+        "--set",
+        "make_digits.image_size=16",
+        *TINY,
+    )
     result = json.loads(out.read_text())
     assert {"rows", "machine", "load", "decision", "met", "notes"} <= result.keys()
     assert result["notes"][0].startswith("Seeds run: 42 (all planned)")

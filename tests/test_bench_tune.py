@@ -14,9 +14,30 @@ import pytest
 
 from tests.conftest import REPO
 
-TINY = ["--image-size", "16", "--train-per-class", "6", "--val-per-class", "4", "--copies", "1",
-        "--pretrain-epochs", "1", "--p1-sizes", "16", "--p1-epochs", "2", "--p1-repeats", "1",
-        "--trials", "2", "--trial-epochs", "2", "--p5-seeds", "42"]
+TINY = [
+    "--image-size",
+    "16",
+    "--train-per-class",
+    "6",
+    "--val-per-class",
+    "4",
+    "--copies",
+    "1",
+    "--pretrain-epochs",
+    "1",
+    "--p1-sizes",
+    "16",
+    "--p1-epochs",
+    "2",
+    "--p1-repeats",
+    "1",
+    "--trials",
+    "2",
+    "--trial-epochs",
+    "2",
+    "--p5-seeds",
+    "42",
+]
 RATIOS = [0.25, 0.5, 0.75, 0.9]
 
 
@@ -28,13 +49,29 @@ def number(value) -> bool:
 def test_tune_trials_benchmark_writes_report(tmp_path):
     out = tmp_path / "results" / "tune_trials.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.tune_trials", "--out", str(out), *TINY],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tune_trials", "--out", str(out), *TINY],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     result = json.loads(out.read_text())
-    assert {"machine", "parameters", "project", "p1", "p5", "targets", "pass", "load_average_1_5_15",
-            "wall_seconds", "notes"} <= result.keys()
+    assert {
+        "machine",
+        "parameters",
+        "project",
+        "p1",
+        "p5",
+        "targets",
+        "pass",
+        "load_average_1_5_15",
+        "wall_seconds",
+        "notes",
+    } <= result.keys()
     assert result["machine"]["usable_cores"] >= 1 and result["machine"]["optuna"]
     assert result["parameters"]["ratios"] == RATIOS and isinstance(result["pass"], bool)
 
@@ -42,8 +79,14 @@ def test_tune_trials_benchmark_writes_report(tmp_path):
     assert p1["image_size"] == 16 and number(p1["F_flops_per_image"]) and p1["F_flops_per_image"] > 0
     assert [r["freeze_ratio"] for r in p1["rows"]] == RATIOS
     for row in p1["rows"]:
-        for key in ("u", "expected_ratio", "measured_ratio", "measured_over_expected", "cache_build_seconds",
-                    "overhead_ceiling"):
+        for key in (
+            "u",
+            "expected_ratio",
+            "measured_ratio",
+            "measured_over_expected",
+            "cache_build_seconds",
+            "overhead_ceiling",
+        ):
             assert number(row[key]), key
         assert 0 < row["u"] <= 1 and isinstance(row["pass"], bool)
         for arm in ("full", "cached"):

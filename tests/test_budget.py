@@ -21,9 +21,11 @@ from tlpipe.tuning.study import pruner, warm_start
 from tlpipe.tuning.trial import Recipe
 
 RECIPE = Recipe(seed=1, image_size=16, preprocess="none", batch_size=8, epochs=10, patience=3, monitor="val_loss")
-DIST = {"regime": optuna.distributions.CategoricalDistribution(["transfer", "scratch"]),
-        "freeze_ratio": optuna.distributions.CategoricalDistribution([0.0, 0.5, 1.0]),
-        "learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
+DIST = {
+    "regime": optuna.distributions.CategoricalDistribution(["transfer", "scratch"]),
+    "freeze_ratio": optuna.distributions.CategoricalDistribution([0.0, 0.5, 1.0]),
+    "learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+}
 
 
 def test_scratch_gets_its_own_cap_and_patience():
@@ -43,8 +45,9 @@ def test_hyperband_lowest_rung_is_a_patience_window():
 
 
 def test_pruner_cannot_stop_a_slow_starter_before_its_warmup():
-    study = optuna.create_study(direction="minimize",
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    study = optuna.create_study(
+        direction="minimize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    )
     for _ in range(2):  # two fast starters set the median low at every epoch
         trial = study.ask()
         for epoch in range(8):
@@ -79,11 +82,21 @@ def test_a_freeze_point_that_freezes_no_weights_is_full_fine_tuning():
 def add(study, params: dict, value: float, seconds: float = 1.0) -> None:
     """A finished trial with the given params, value and duration."""
     start = datetime(2026, 1, 1)
-    study.add_trial(optuna.trial.FrozenTrial(
-        number=0, state=optuna.trial.TrialState.COMPLETE, value=value, datetime_start=start,
-        datetime_complete=start + timedelta(seconds=seconds), params=params,
-        distributions={k: DIST[k] for k in params}, user_attrs={}, system_attrs={}, intermediate_values={},
-        trial_id=0))
+    study.add_trial(
+        optuna.trial.FrozenTrial(
+            number=0,
+            state=optuna.trial.TrialState.COMPLETE,
+            value=value,
+            datetime_start=start,
+            datetime_complete=start + timedelta(seconds=seconds),
+            params=params,
+            distributions={k: DIST[k] for k in params},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=0,
+        )
+    )
 
 
 def test_a_new_study_starts_from_the_previous_studys_best_points(tmp_path):
@@ -97,8 +110,10 @@ def test_a_new_study_starts_from_the_previous_studys_best_points(tmp_path):
     new = optuna.create_study(study_name="tlpipe-bbbb", storage=url, direction="minimize")
     points = [0.0, 0.5, 1.0]
     queued = warm_start(new, cfg, points, ["transfer", "scratch"], url)
-    assert queued == [{"regime": "scratch", "learning_rate": 3e-3},
-                      {"regime": "transfer", "freeze_ratio": 1.0, "learning_rate": 1e-4}]
+    assert queued == [
+        {"regime": "scratch", "learning_rate": 3e-3},
+        {"regime": "transfer", "freeze_ratio": 1.0, "learning_rate": 1e-4},
+    ]
     first = new.ask({k: DIST[k] for k in ("regime", "learning_rate")})
     assert first.params == {"regime": "scratch", "learning_rate": 3e-3}
     assert warm_start(new, cfg, points, ["transfer", "scratch"], url) == []  # not empty any more: no second queue

@@ -30,8 +30,10 @@ def test_repo_params_load():
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"make_subset__train_per_clas": 3}, "unknown key 'make_subset.train_per_clas' in make_subset; allowed: "
-                                            "train_per_class"),
+        (
+            {"make_subset__train_per_clas": 3},
+            "unknown key 'make_subset.train_per_clas' in make_subset; allowed: train_per_class",
+        ),
         ({"make_subset__train_per_class": "many"}, "make_subset.train_per_class = 'many'"),
         ({"make_subset__train_per_class": 0}, "make_subset.train_per_class = 0: Input should be greater than 0"),
         ({"data__layout": "grid"}, "data.layout = 'grid': Input should be 'auto', 'folders' or 'flat'"),
@@ -106,14 +108,21 @@ def test_dvc_yaml_refuses_unrunnable_params_in_one_line_before_dvc_starts(tmp_pa
     for i, (bad, _) in enumerate(UNRUNNABLE):
         merged = {**raw, **{k: {**raw.get(k, {}), **v} for k, v in bad.items()}}
         (tmp_path / f"bad{i}.yaml").write_text(yaml.safe_dump(merged))
-    script = ("import sys\nfrom tlpipe.cli import run_main\nfrom pipelines.dvc_yaml import main\n"
-              "for i in range(int(sys.argv[1])):\n"
-              "    try:\n"
-              "        run_main(main, ['--params', f'bad{i}.yaml', '--out', f'dvc{i}.yaml'])\n"
-              "    except SystemExit as exit:\n"
-              "        print('exit', exit.code, file=sys.stderr)\n")
-    proc = subprocess.run([sys.executable, "-c", script, str(len(UNRUNNABLE))], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    script = (
+        "import sys\nfrom tlpipe.cli import run_main\nfrom pipelines.dvc_yaml import main\n"
+        "for i in range(int(sys.argv[1])):\n"
+        "    try:\n"
+        "        run_main(main, ['--params', f'bad{i}.yaml', '--out', f'dvc{i}.yaml'])\n"
+        "    except SystemExit as exit:\n"
+        "        print('exit', exit.code, file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(len(UNRUNNABLE))],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 2 * len(UNRUNNABLE), proc.stderr
     for (_, expected), error, code in zip(UNRUNNABLE, lines[::2], lines[1::2], strict=True):
@@ -126,8 +135,11 @@ def test_one_home_per_section_every_model_is_a_params_field_and_a_params_yaml_bl
     from tlpipe import sections
     from tlpipe.config import SECTIONS, Params
 
-    models = [m for m in vars(sections).values()
-              if isinstance(m, type) and issubclass(m, sections._Section) and m is not sections._Section]
+    models = [
+        m
+        for m in vars(sections).values()
+        if isinstance(m, type) and issubclass(m, sections._Section) and m is not sections._Section
+    ]
     assert sorted(SECTIONS.values(), key=lambda m: m.__name__) == sorted(models, key=lambda m: m.__name__)
     raw = yaml.safe_load(Path("params.yaml").read_text())
     assert set(Params.model_fields) == set(raw) == {"seed", "deterministic", *SECTIONS}
@@ -144,5 +156,7 @@ def test_overrides_merge_nested_mappings_and_leave_the_input_alone():
     out = with_overrides(raw, {"fine_tune": {"epochs": 2}, "tune.dropout": [0.1, 0.3], "seed": 7})
     assert out == {"fine_tune": {"epochs": 2, "patience": 4}, "tune": {"dropout": [0.1, 0.3]}, "seed": 7}
     assert raw == {"fine_tune": {"epochs": 9, "patience": 4}}
-    assert load_params("params.yaml", {"fine_tune": {"epochs": 2}}).fine_tune.patience == \
-        load_params("params.yaml").fine_tune.patience
+    assert (
+        load_params("params.yaml", {"fine_tune": {"epochs": 2}}).fine_tune.patience
+        == load_params("params.yaml").fine_tune.patience
+    )

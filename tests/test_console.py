@@ -12,8 +12,17 @@ import pytest
 from tests.conftest import REPO, write_params
 
 # What TensorFlow 2.21, absl, oneDNN and the CUDA plugins print at start-up (measured with a clean env).
-NOISE = ("oneDNN custom operations", "absl::InitializeLog", "cpu_feature_guard", "This TensorFlow binary is",
-         "Unable to register", "E0000 ", "I0000 ", "W0000 ", "rebuild TensorFlow")
+NOISE = (
+    "oneDNN custom operations",
+    "absl::InitializeLog",
+    "cpu_feature_guard",
+    "This TensorFlow binary is",
+    "Unable to register",
+    "E0000 ",
+    "I0000 ",
+    "W0000 ",
+    "rebuild TensorFlow",
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -24,9 +33,27 @@ def clean_env(**extra: str) -> dict[str, str]:
 def test_a_tensorflow_step_prints_no_start_up_noise_and_its_error_still_shows(tmp_path):
     params = write_params(tmp_path / "params.yaml", "builtin:digits")
     # train_head imports Keras (so TensorFlow) at module level; its features folder does not exist.
-    proc = subprocess.run([sys.executable, "-m", "components.train_head", "--params", str(params), "--features",
-                           "missing", "--validation", "missing", "--head", "head", "--report", "report"],
-                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components.train_head",
+            "--params",
+            str(params),
+            "--features",
+            "missing",
+            "--validation",
+            "missing",
+            "--head",
+            "head",
+            "--report",
+            "report",
+        ],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+    )
     output = proc.stdout + proc.stderr
     assert "\nimport keras\n" in (REPO / "components/train_head.py").read_text()  # so the step imported TF
     assert not [n for n in NOISE if n in output], output
@@ -41,16 +68,24 @@ def fake_tensorflow(root: Path, fails: bool) -> Path:
     (pkg / "__init__.py").write_text(
         "import os\n"
         "os.write(2, b'E0000 00:00:1 cuda_dnn.cc:8310] Unable to register cuDNN factory\\n')\n"
-        + ("raise ImportError('libcudart.so.12: cannot open shared object file')\n" if fails else "VALUE = 1\n"))
+        + ("raise ImportError('libcudart.so.12: cannot open shared object file')\n" if fails else "VALUE = 1\n")
+    )
     return root
 
 
 def test_the_import_hides_what_tensorflow_prints_and_replays_it_when_the_import_fails(tmp_path):
     for fails in (False, True):
         fake = fake_tensorflow(tmp_path / str(fails), fails)
-        proc = subprocess.run([sys.executable, "-c", "import tlpipe, tensorflow; print(tensorflow.VALUE, "
-                                                     "type(tensorflow.__loader__).__name__)"],
-                              env=clean_env(PYTHONPATH=f"{fake}{os.pathsep}{REPO}"), capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import tlpipe, tensorflow; print(tensorflow.VALUE, type(tensorflow.__loader__).__name__)",
+            ],
+            env=clean_env(PYTHONPATH=f"{fake}{os.pathsep}{REPO}"),
+            capture_output=True,
+            text=True,
+        )
         if fails:
             assert proc.returncode == 1
             assert "Unable to register cuDNN factory" in proc.stderr  # the diagnosis, written back
@@ -61,8 +96,12 @@ def test_the_import_hides_what_tensorflow_prints_and_replays_it_when_the_import_
 
 
 def test_an_explicit_log_level_wins():
-    proc = subprocess.run([sys.executable, "-c", "import os, tlpipe; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"],
-                          env=clean_env(TF_CPP_MIN_LOG_LEVEL="1"), capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os, tlpipe; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"],
+        env=clean_env(TF_CPP_MIN_LOG_LEVEL="1"),
+        capture_output=True,
+        text=True,
+    )
     assert proc.stdout.strip() == "1"
 
 
@@ -74,18 +113,26 @@ def test_steps_write_no_carriage_returns_into_a_log_file(tmp_path):
     from pipelines.graph import argv, build
     from tlpipe.config import load_params
 
-    params = write_params(tmp_path / "params.yaml", "builtin:digits",
-                          make_digits={"source_classes": [0, 1], "target_classes": [5, 6], "image_size": 16},
-                          make_subset={"train_per_class": 24, "val_per_class": 8, "test_per_class": 8, "seed": 3},
-                          augment={"copies": 1, "preview_samples": 3})
+    params = write_params(
+        tmp_path / "params.yaml",
+        "builtin:digits",
+        make_digits={"source_classes": [0, 1], "target_classes": [5, 6], "image_size": 16},
+        make_subset={"train_per_class": 24, "val_per_class": 8, "test_per_class": 8, "seed": 3},
+        augment={"copies": 1, "preview_samples": 3},
+    )
     steps = build(load_params(params))
     log = tmp_path / "run.log"
     for step in steps:
         if step.name not in ("make_digits", "make_subset", "validate_data", "augment"):
             continue
         with log.open("a") as out:
-            done = subprocess.run([sys.executable, "-m", f"components.{step.name}", "--params", str(params),
-                                   *argv(step, steps)], cwd=tmp_path, env=clean_env(), stdout=out, stderr=out)
+            done = subprocess.run(
+                [sys.executable, "-m", f"components.{step.name}", "--params", str(params), *argv(step, steps)],
+                cwd=tmp_path,
+                env=clean_env(),
+                stdout=out,
+                stderr=out,
+            )
         assert done.returncode == 0, log.read_text()[-3000:]
     text = log.read_bytes()
     assert b"validate_data: all" in text and b"augment: preview" in text

@@ -44,14 +44,19 @@ def _new_image(tmp: Path, seed: int) -> bytes:
 def project(tmp_path):
     """A git + DVC copy of the tracked files; returns (root, env, stage_status) after `dvc repro make_subset`."""
     root = tmp_path / "tlpipe"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for rel in files:
         if (REPO / rel).is_file() and rel != "dvc.lock" and not rel.startswith("data/"):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, root / rel)
-    env = {**os.environ, "PYTHONPATH": str(root), "DVC_NO_ANALYTICS": "1",
-           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     _run(["git", "init", "-q"], root, env)
@@ -84,9 +89,11 @@ def _assert_source_changed(status: list, source: str) -> None:
 
 def _edits(tree: Path, tmp: Path) -> list[tuple[str, bytes | None, bytes | None]]:
     """(relative path, new bytes or None to delete, bytes that undo it or None to delete): change, add, remove."""
-    return [("a/0.png", _new_image(tmp, 1), (tree / "a/0.png").read_bytes()),
-            ("b/new.png", _new_image(tmp, 2), None),
-            ("b/1.png", None, (tree / "b/1.png").read_bytes())]
+    return [
+        ("a/0.png", _new_image(tmp, 1), (tree / "a/0.png").read_bytes()),
+        ("b/new.png", _new_image(tmp, 2), None),
+        ("b/1.png", None, (tree / "b/1.png").read_bytes()),
+    ]
 
 
 def _put(tree: Path, rel: str, data: bytes | None) -> None:
@@ -167,12 +174,31 @@ def test_make_subset_reads_an_s3_zip_object(s3_server, tmp_path):
     s3 = boto3.client("s3", endpoint_url=s3_server)
     s3.create_bucket(Bucket="photos-zip")
     s3.put_object(Bucket="photos-zip", Key="sets/photos.zip", Body=buffer.getvalue())
-    params = write_params(tmp_path / "params.yaml", "s3://photos-zip/sets/photos.zip",
-                          storage={"endpoint_url": s3_server, "max_attempts": 2}, make_subset=SMALL)
+    params = write_params(
+        tmp_path / "params.yaml",
+        "s3://photos-zip/sets/photos.zip",
+        storage={"endpoint_url": s3_server, "max_attempts": 2},
+        make_subset=SMALL,
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}  # the ETag cache under tmp_path
-    proc = subprocess.run([sys.executable, "-m", "components.make_subset", "--params", str(params), "--raw",
-                           "s3://photos-zip/sets/photos.zip", "--subset", str(tmp_path / "subset")], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components.make_subset",
+            "--params",
+            str(params),
+            "--raw",
+            "s3://photos-zip/sets/photos.zip",
+            "--subset",
+            str(tmp_path / "subset"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "subset" / "summary.json").read_text())
     assert summary["source"] == "s3://photos-zip/sets/photos.zip" and summary["classes"] == list(CLASSES)

@@ -11,26 +11,50 @@ import pytest
 
 from tests.conftest import REPO, TINY, write_params
 
-STEPS = ["make_digits", "make_subset", "validate_data", "augment", "pretrain_backbone", "extract_features",
-         "train_head"]
+STEPS = [
+    "make_digits",
+    "make_subset",
+    "validate_data",
+    "augment",
+    "pretrain_backbone",
+    "extract_features",
+    "train_head",
+]
 
 
 def fresh_run(root: Path) -> Path:
     """The data and backbone steps in a new process (new object ids, new clock), as in a fresh clone."""
     root.mkdir(parents=True)
     write_params(root / "params.yaml", "builtin:digits", **TINY)
-    proc = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                           "from pipelines.local import run_steps; run_steps(Path(sys.argv[1]), sys.argv[2:])",
-                           str(root), *STEPS], cwd=REPO, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2",
-                               "GX_ANALYTICS_ENABLED": "false"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; "
+            "from pipelines.local import run_steps; run_steps(Path(sys.argv[1]), sys.argv[2:])",
+            str(root),
+            *STEPS,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={
+            "PYTHONPATH": str(REPO),
+            "PATH": "/usr/bin:/bin",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "GX_ANALYTICS_ENABLED": "false",
+        },
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
 
 def md5s(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def fingerprint(root: Path) -> str:
@@ -39,8 +63,14 @@ def fingerprint(root: Path) -> str:
     from tlpipe.tuning.study import study_fingerprint
 
     identity = backbone_identity(str(root / "models/backbone"), "none", TINY["model"]["image_size"])
-    return study_fingerprint(TuneConfig(**TINY["tune"]), {"epochs": 2}, root / "data/subset", root / "data/augmented",
-                             root / "models/head", identity)
+    return study_fingerprint(
+        TuneConfig(**TINY["tune"]),
+        {"epochs": 2},
+        root / "data/subset",
+        root / "data/augmented",
+        root / "models/head",
+        identity,
+    )
 
 
 @pytest.mark.slow

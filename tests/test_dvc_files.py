@@ -22,6 +22,7 @@ PARAMS = load_params(REPO / "params.yaml")
 
 def _resolve(text: str, params: dict) -> str:
     """DVC's `${a.b}` templating, for the keys dvc.yaml uses."""
+
     def value(match: re.Match) -> str:
         node = params
         for part in match.group(1).split("."):
@@ -58,9 +59,16 @@ def test_git_keeps_what_dvc_compares_and_nothing_heavy():
     declared = [file_path(s, m) for s in steps for m in s.metrics]
     declared += [file_path(s, spec) for s in steps for spec, _ in s.plots]
     assert declared and not [p for p in declared if _ignored(p)]
-    for heavy in ("reports/tune/history.png", "reports/validate_data/report.html", "reports/evaluate/samples.png",
-                  "reports/validate_data/gx/gx/great_expectations.yml", "reports/evaluate/evaluation.json",
-                  "data/subset/manifest.csv", "models/backbone/backbone.keras", "checkpoints/tune_cache/x"):
+    for heavy in (
+        "reports/tune/history.png",
+        "reports/validate_data/report.html",
+        "reports/evaluate/samples.png",
+        "reports/validate_data/gx/gx/great_expectations.yml",
+        "reports/evaluate/evaluation.json",
+        "data/subset/manifest.csv",
+        "models/backbone/backbone.keras",
+        "checkpoints/tune_cache/x",
+    ):
         assert _ignored(heavy), heavy
     for own in ("data/raw/photos.dvc", "data/raw/.gitignore", "data/.gitignore"):
         assert not _ignored(own), own  # `dvc add data/raw/photos` as the README shows
@@ -102,10 +110,18 @@ def test_artifact_file_names_live_only_in_contracts():
 
     import tlpipe.contracts as contracts
 
-    names = {value for key, value in vars(contracts).items() if key.isupper() and isinstance(value, str)
-             and value.endswith((".json", ".csv", ".png", ".html", ".keras", ".npy"))}
-    names |= {model.FILE for model in vars(contracts).values()
-              if isinstance(model, type) and isinstance(getattr(model, "FILE", None), str)}
+    names = {
+        value
+        for key, value in vars(contracts).items()
+        if key.isupper()
+        and isinstance(value, str)
+        and value.endswith((".json", ".csv", ".png", ".html", ".keras", ".npy"))
+    }
+    names |= {
+        model.FILE
+        for model in vars(contracts).values()
+        if isinstance(model, type) and isinstance(getattr(model, "FILE", None), str)
+    }
     spelled = []
     for folder in ("components", "tlpipe", "operators", "pipelines"):
         for path in (REPO / folder).rglob("*.py"):

@@ -22,11 +22,22 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 SMALL = {
-    "make_subset.train_per_class": 30, "make_subset.val_per_class": 10, "make_subset.test_per_class": 12,
-    "model.image_size": 16, "pretrain_backbone.epochs": 8, "pretrain_backbone.filters": [8, 16],
+    "make_subset.train_per_class": 30,
+    "make_subset.val_per_class": 10,
+    "make_subset.test_per_class": 12,
+    "model.image_size": 16,
+    "pretrain_backbone.epochs": 8,
+    "pretrain_backbone.filters": [8, 16],
     "pretrain_backbone.learning_rate": 0.003,
-    "train_head.epochs": 8, "fine_tune.epochs": 8, "tune.n_trials": 3, "tune.epochs": 4, "augment.copies": 1,
-    "tune.regimes": ["transfer"], "tune.sweep": True, "tune.sweep_points": 3, "tune.sweep_seeds": 2,
+    "train_head.epochs": 8,
+    "fine_tune.epochs": 8,
+    "tune.n_trials": 3,
+    "tune.epochs": 4,
+    "augment.copies": 1,
+    "tune.regimes": ["transfer"],
+    "tune.sweep": True,
+    "tune.sweep_points": 3,
+    "tune.sweep_seeds": 2,
     "registry.min_accuracy": 0.0,
 }
 
@@ -41,8 +52,9 @@ def run(cmd, cwd, env, timeout=900):
 def repo_copy(tmp_path_factory):
     """The tracked files of this repo in a fresh git repo, params shrunk, `dvc repro` run once."""
     root = tmp_path_factory.mktemp("repro") / "tlpipe"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for rel in files:
         if (REPO / rel).is_file() and rel != "dvc.lock":
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -53,9 +65,14 @@ def repo_copy(tmp_path_factory):
         raw[section][leaf] = value
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     bindir = os.path.dirname(sys.executable)
-    env = {**os.environ, "PYTHONPATH": str(root), "PATH": f"{bindir}:{os.environ['PATH']}",
-           "TLPIPE_RUN_GROUP": "repro-test", "DVC_NO_ANALYTICS": "1",
-           "TLPIPE_PARAMS_AUDIT": str(root.parent / "params-audit")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+        "TLPIPE_RUN_GROUP": "repro-test",
+        "DVC_NO_ANALYTICS": "1",
+        "TLPIPE_PARAMS_AUDIT": str(root.parent / "params-audit"),
+    }
     env.pop("MLFLOW_TRACKING_URI", None)  # the embedded store inside the copy
     run(["git", "init", "-q"], root, env)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root, env)
@@ -67,8 +84,19 @@ def repo_copy(tmp_path_factory):
 
 def test_every_stage_ran_and_metrics_show(repo_copy):
     root, env, first = repo_copy
-    for stage in ("make_digits", "make_subset", "validate_data", "augment", "pretrain_backbone",
-                  "extract_features", "train_head", "tune", "fine_tune", "evaluate", "register"):
+    for stage in (
+        "make_digits",
+        "make_subset",
+        "validate_data",
+        "augment",
+        "pretrain_backbone",
+        "extract_features",
+        "train_head",
+        "tune",
+        "fine_tune",
+        "evaluate",
+        "register",
+    ):
         assert f"'{stage}'" in first, stage
     metrics = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env))
     shown = json.dumps(metrics)
@@ -120,7 +148,7 @@ def test_mlflow_has_one_pipeline_run_with_lineage_and_a_challenger(repo_copy):
 def test_every_step_read_exactly_the_params_its_stage_lists(repo_copy):
     """Keys recorded while the steps ran (TLPIPE_PARAMS_AUDIT) == the step's PARAMS, all listed in its stage
     (the stage adds only the keys that decide where its inputs come from: data.source, model.backbone)."""
-    from pipelines.graph import declared_params
+    from pipelines.step import declared_params
 
     root, _, _ = repo_copy
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
@@ -137,8 +165,9 @@ def test_a_params_typo_stops_before_dvc_touches_outputs(repo_copy):
     original = params.read_text()
     params.write_text("finetune:\n  epochs: 3\n" + original)
     try:
-        proc = subprocess.run([sys.executable, "-m", "pipelines.dvc_yaml"], cwd=root, env=env, capture_output=True,
-                              text=True, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipelines.dvc_yaml"], cwd=root, env=env, capture_output=True, text=True, timeout=900
+        )
     finally:
         params.write_text(original)
     assert proc.returncode == 2 and "unknown key 'finetune'" in proc.stderr and "Traceback" not in proc.stderr
@@ -175,21 +204,42 @@ def test_dvc_experiments_compare_and_leave_the_registry_alone(repo_copy):
     run([*git, "commit", "-qm", "a run"], root, env)
     assert "reports/evaluate/metrics.json" in run(["git", "ls-files", "reports"], root, env)
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
     def versions() -> dict:  # search_model_versions does not fill aliases: read each version
-        return {v.version: client.get_model_version("tlpipe-classifier", v.version).aliases
-                for v in client.search_model_versions("name = 'tlpipe-classifier'")}
+        return {
+            v.version: client.get_model_version("tlpipe-classifier", v.version).aliases
+            for v in client.search_model_versions("name = 'tlpipe-classifier'")
+        }
 
     before = versions()
     assert any("challenger" in aliases for aliases in before.values())
-    first = run([sys.executable, "-m", "dvc", "exp", "run", "-n", "ep3", "-S", "fine_tune.epochs=3",
-                 "-S", "tune.sweep=false", "-S", "tune.pruner=none"], root, env)
+    first = run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "run",
+            "-n",
+            "ep3",
+            "-S",
+            "fine_tune.epochs=3",
+            "-S",
+            "tune.sweep=false",
+            "-S",
+            "tune.pruner=none",
+        ],
+        root,
+        env,
+    )
     assert "not registered" in first
     run([sys.executable, "-m", "dvc", "exp", "run", "-n", "ep5", "-S", "fine_tune.epochs=5"], root, env)
     shown = _exp_metrics(json.loads(run([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env)))
     assert {"ep3", "ep5"} <= set(shown) and len(shown) >= 3, shown
     assert all(_all_numbers(m) and "accuracy" in m for m in shown.values())
-    diff = json.loads(run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD", "ep3", "--all", "--json"],
-                          root, env))
+    diff = json.loads(
+        run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD", "ep3", "--all", "--json"], root, env)
+    )
     assert diff.get("diff", diff), diff
     plots = json.loads(run([sys.executable, "-m", "dvc", "plots", "diff", "HEAD", "ep5", "--json"], root, env))
     assert not plots.get("errors"), plots.get("errors")

@@ -23,9 +23,16 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 SWITCHES = {
-    "make_subset.train_per_class": 12, "make_subset.val_per_class": 5, "make_subset.test_per_class": 6,
-    "model.backbone": "mobilenet_v2", "model.weights": "none", "model.image_size": 32,
-    "tune.enabled": False, "train_head.epochs": 3, "fine_tune.epochs": 3, "augment.copies": 1,
+    "make_subset.train_per_class": 12,
+    "make_subset.val_per_class": 5,
+    "make_subset.test_per_class": 6,
+    "model.backbone": "mobilenet_v2",
+    "model.weights": "none",
+    "model.image_size": 32,
+    "tune.enabled": False,
+    "train_head.epochs": 3,
+    "fine_tune.epochs": 3,
+    "augment.copies": 1,
     "registry.min_accuracy": 0.0,
 }
 
@@ -48,8 +55,12 @@ def test_tune_disabled_and_an_application_backbone_run_under_plain_dvc_repro(tmp
         section, leaf = key.split(".")
         raw[section][leaf] = value
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(root), "DVC_NO_ANALYTICS": "1",
-           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     _run(["git", "init", "-q"], root, env)

@@ -46,8 +46,9 @@ def test_a_study_where_every_trial_fails_stops_and_is_one_line(tmp_path, capsys)
     assert [t.state.name for t in study.trials] == ["FAIL"] * 3
     with pytest.raises(PipelineError) as err:
         summarize(study, cfg, tmp_path, "n_trials")
-    assert str(err.value) == ("study s: no trial completed ({'FAIL': 3}); e.g. IndexError: list index out of "
-                              "range; see the MLflow runs")
+    assert str(err.value) == (
+        "study s: no trial completed ({'FAIL': 3}); e.g. IndexError: list index out of range; see the MLflow runs"
+    )
     assert "Traceback" not in "".join(capsys.readouterr())
 
 
@@ -71,15 +72,17 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_previous_output_is_ke
         for i in range(8):
             png(tmp_path / "raw" / cls / f"{i}.png", seed=i + 100 * ord(cls), size=12, mode="RGB")
     subset = small_disk / "subset"
-    first = run_cli("make_subset", "--params", str(params), "--raw", str(tmp_path / "raw"), "--subset", str(subset),
-                    cwd=tmp_path)
+    first = run_cli(
+        "make_subset", "--params", str(params), "--raw", str(tmp_path / "raw"), "--subset", str(subset), cwd=tmp_path
+    )
     assert first.returncode == 0, first.stderr
     before = {p.relative_to(subset): p.read_bytes() for p in subset.rglob("*") if p.is_file()}
     for cls in ("a", "b"):  # the same names, now too big for the disk: 16 x 200x200 noise ~ 1.9 MB
         for i in range(8):
             png(tmp_path / "raw" / cls / f"{i}.png", seed=i + 100 * ord(cls), size=200, mode="RGB")
-    full = run_cli("make_subset", "--params", str(params), "--raw", str(tmp_path / "raw"), "--subset", str(subset),
-                   cwd=tmp_path)
+    full = run_cli(
+        "make_subset", "--params", str(params), "--raw", str(tmp_path / "raw"), "--subset", str(subset), cwd=tmp_path
+    )
     assert full.returncode == 2, full.stderr
     lines = full.stderr.strip().splitlines()
     assert "Traceback" not in full.stderr and lines[-1].startswith("error: no space left on the device of "), lines
@@ -111,8 +114,9 @@ def test_a_tracking_store_that_does_not_answer_fails_in_one_line_quickly(tmp_pat
     uri = f"{scheme}://alice:Zq9canary@127.0.0.1:{port}/" + ("mlflow" if scheme == "postgresql" else "")
     params = write_params(tmp_path / "params.yaml", "builtin:digits")
     started = time.monotonic()
-    proc = run_cli("make_digits", "--params", str(params), "--digits", "out", cwd=tmp_path,
-                   env={"MLFLOW_TRACKING_URI": uri})
+    proc = run_cli(
+        "make_digits", "--params", str(params), "--digits", "out", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri}
+    )
     elapsed = time.monotonic() - started
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
@@ -151,26 +155,38 @@ def test_a_signal_to_the_step_alone_stops_it_and_its_children_in_one_line(tmp_pa
     from tests.conftest import REPO
 
     script = tmp_path / "step.py"
-    script.write_text("import subprocess, sys\nfrom tlpipe.cli import run_main\n"
-                      "def main(argv):\n"
-                      "    child = subprocess.Popen(['sleep', '600'])\n"
-                      "    print('child', child.pid, flush=True)\n"
-                      "    child.wait()\n"
-                      "run_main(main)\n")
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    script.write_text(
+        "import subprocess, sys\nfrom tlpipe.cli import run_main\n"
+        "def main(argv):\n"
+        "    child = subprocess.Popen(['sleep', '600'])\n"
+        "    print('child', child.pid, flush=True)\n"
+        "    child.wait()\n"
+        "run_main(main)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     child = int(proc.stdout.readline().split()[1])
     os.kill(proc.pid, getattr(signal, sig))
     started = time.monotonic()
     out, err = proc.communicate()
     elapsed = time.monotonic() - started
     assert proc.returncode == 128 + getattr(signal, sig), err
-    assert err.strip().splitlines() == [f"error: interrupted ({sig}); outputs of this step were not replaced, "
-                                        "rerun to finish"], err
+    assert err.strip().splitlines() == [
+        f"error: interrupted ({sig}); outputs of this step were not replaced, rerun to finish"
+    ], err
     deadline = time.monotonic() + 900
-    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE \
-            and time.monotonic() < deadline:
+    while (
+        psutil.pid_exists(child)
+        and psutil.Process(child).status() != psutil.STATUS_ZOMBIE
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
     assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
     assert elapsed < 900, elapsed  # only against a hang: the step allows itself GRACE_SECONDS (3 s)
@@ -201,9 +217,15 @@ def test_ctrl_c_or_sigterm_stops_a_training_tune_step_within_seconds(tiny_projec
     steps = build(load_params(root / "params.yaml"))
     step = next(s for s in steps if s.name == "tune")
     args = argv(step, steps)
-    proc = subprocess.Popen([sys.executable, "-m", "components.tune", args[0], "--params", "params.yaml", *args[1:]],
-                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "components.tune", args[0], "--params", "params.yaml", *args[1:]],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     for line in proc.stdout:  # the first trial ended: the second one is training now
         if line.startswith("tune: trial 0 "):
             break
@@ -241,10 +263,22 @@ def test_make_subset_killed_mid_write_then_rerun_gives_the_uninterrupted_result(
     for name in ("straight", "killed"):
         root = tmp_path / name
         root.mkdir()
-        params = write_params(root / "params.yaml", raw, make_subset={"train_per_class": 100, "val_per_class": 20,
-                                                                      "test_per_class": 20, "seed": 3})
-        cmd = [sys.executable, "-m", "components.make_subset", "--params", str(params), "--raw", str(raw),
-               "--subset", "data/subset"]
+        params = write_params(
+            root / "params.yaml",
+            raw,
+            make_subset={"train_per_class": 100, "val_per_class": 20, "test_per_class": 20, "seed": 3},
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "components.make_subset",
+            "--params",
+            str(params),
+            "--raw",
+            str(raw),
+            "--subset",
+            "data/subset",
+        ]
         # Its own store, named: mlflow.set_tracking_uri in an earlier in-process test exports MLFLOW_TRACKING_URI.
         env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
         if name == "killed":
@@ -261,8 +295,11 @@ def test_make_subset_killed_mid_write_then_rerun_gives_the_uninterrupted_result(
         client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
         assert runs and not [r for r in runs if r.info.status == "RUNNING"], [r.info.status for r in runs]
-        outputs[name] = {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
-                         for p in sorted((root / "data/subset").rglob("*")) if p.is_file()}
+        outputs[name] = {
+            str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted((root / "data/subset").rglob("*"))
+            if p.is_file()
+        }
     assert outputs["killed"] == outputs["straight"]
 
 
@@ -335,15 +372,17 @@ def test_register_killed_mid_registration_then_rerun_gives_the_uninterrupted_res
         # Its own store and temp dir, named: an earlier in-process test may have exported MLFLOW_TRACKING_URI.
         env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": uri, "TMPDIR": str(root / "tmp")}
         if name == "killed":
-            killed = subprocess.run([sys.executable, "-c", KILL_AFTER_VERSION, *args], cwd=root, env=env,
-                                    capture_output=True, text=True)
+            killed = subprocess.run(
+                [sys.executable, "-c", KILL_AFTER_VERSION, *args], cwd=root, env=env, capture_output=True, text=True
+            )
             assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
             client = mlflow.MlflowClient(uri, uri)
             assert [str(v.version) for v in client.search_model_versions()] == ["1"]  # the kill left a half-done one
             assert not client.get_registered_model(model_name).aliases  # ... with no @challenger yet
             assert list((root / "tmp").glob("tlpipe-register-*")), "the kill left no scratch folder to clean up"
-        done = subprocess.run([sys.executable, "-m", "components.register", *args], cwd=root, env=env,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "components.register", *args], cwd=root, env=env, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert not list(root.rglob(".*partial-*")) and not list((root / "tmp").glob("tlpipe-*"))
         client = mlflow.MlflowClient(uri, uri)

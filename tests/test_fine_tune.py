@@ -13,18 +13,32 @@ from tlpipe.models.fitting import Training
 
 def from_params(params) -> HyperParams:
     """fine_tune's own hyperparameters (what it trains with when tuning is off)."""
-    return hyperparams(BestParams(source="params", stopped_by="disabled"), params.fine_tune, params.model.dropout,
-                       params.model.head_units)
+    return hyperparams(
+        BestParams(source="params", stopped_by="disabled"),
+        params.fine_tune,
+        params.model.dropout,
+        params.model.head_units,
+    )
 
 
 def run(project, params, hp, workdir, callbacks=()):
     """fine_tune's core wired as its main() wires it, on the tiny project's folders."""
     spec, model = str(project / "models/backbone"), params.model
-    spec_run = Training.from_params(params, params.fine_tune, hp=hp, preprocess=preprocess_mode(spec),
-                                    load=lambda: load_backbone(spec, model.weights, model.image_size),
-                                    head_path=project / "models/head" / HEAD_FILE, callbacks=callbacks)
-    return fine_tune(spec_run, identity=backbone_identity(spec, model.weights, model.image_size),
-                     subset=project / "data/subset", workdir=workdir)
+    spec_run = Training.from_params(
+        params,
+        params.fine_tune,
+        hp=hp,
+        preprocess=preprocess_mode(spec),
+        load=lambda: load_backbone(spec, model.weights, model.image_size),
+        head_path=project / "models/head" / HEAD_FILE,
+        callbacks=callbacks,
+    )
+    return fine_tune(
+        spec_run,
+        identity=backbone_identity(spec, model.weights, model.image_size),
+        subset=project / "data/subset",
+        workdir=workdir,
+    )
 
 
 class Killed(Exception):
@@ -98,19 +112,26 @@ def test_best_params_file_overrides_params(tiny_project, tmp_path):
     params = load_params(tiny_project / "params.yaml")
     tuned = HyperParams(freeze_ratio=0.25, learning_rate=0.005, dropout=params.model.dropout, head_units=32)
     BestParams(source="study", params=tuned, study_name="s", metric="val_accuracy", value=0.9, trial=3).write(
-        tmp_path / "tune")
-    hp = hyperparams(BestParams.read(tmp_path / "tune"), params.fine_tune, params.model.dropout,
-                     params.model.head_units)
+        tmp_path / "tune"
+    )
+    hp = hyperparams(
+        BestParams.read(tmp_path / "tune"), params.fine_tune, params.model.dropout, params.model.head_units
+    )
     assert (hp.freeze_ratio, hp.learning_rate, hp.head_units, hp.dropout) == (0.25, 0.005, 32, params.model.dropout)
     # tuning off: fine_tune trains with its own params
     off = from_params(params)
     assert (off.freeze_ratio, off.learning_rate, off.head_units, off.dropout) == (
-        params.fine_tune.freeze_ratio, params.fine_tune.learning_rate, params.model.head_units, params.model.dropout)
+        params.fine_tune.freeze_ratio,
+        params.fine_tune.learning_rate,
+        params.model.head_units,
+        params.model.dropout,
+    )
     # a best-params file without every hyperparameter is refused in one line naming the file (the partial
     # file whose missing keys fell back to params is gone: tune always writes all four)
     (tmp_path / "partial").mkdir()
-    (tmp_path / "partial" / BestParams.FILE).write_text(json.dumps(
-        {"source": "study", "params": {"freeze_ratio": 0.25, "learning_rate": 0.005, "head_units": 32}}))
+    (tmp_path / "partial" / BestParams.FILE).write_text(
+        json.dumps({"source": "study", "params": {"freeze_ratio": 0.25, "learning_rate": 0.005, "head_units": 32}})
+    )
     with pytest.raises(DataError, match=r"best_params.json: params.dropout: Field required; rerun tune"):
         BestParams.read(tmp_path / "partial")
 
@@ -130,8 +151,9 @@ def test_deterministic_runs_repeat_exactly(tiny_project, tmp_path):
 
 def test_fine_tuning_that_hurts_hands_on_the_frozen_features_candidate(tiny_project, tmp_path):
     """A learning rate that wrecks the backbone: the frozen backbone + train_head's head wins on validation."""
-    params = load_params(tiny_project / "params.yaml", {"fine_tune.epochs": 2, "fine_tune.patience": 2,
-                                                        "fine_tune.monitor": "val_loss"})
+    params = load_params(
+        tiny_project / "params.yaml", {"fine_tune.epochs": 2, "fine_tune.patience": 2, "fine_tune.monitor": "val_loss"}
+    )
     wrecked = from_params(params).model_copy(update={"learning_rate": 5.0, "freeze_ratio": 0.0})
     model, info = run(tiny_project, params, wrecked, tmp_path / "work")
     scores = info["candidates"]

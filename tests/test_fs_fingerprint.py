@@ -17,13 +17,19 @@ LIBRARY = [p for d in ("tlpipe", "components", "pipelines", "operators") for p i
 
 def _calls(path, names):
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
-            and (getattr(n.func, "attr", None) in names or getattr(n.func, "id", None) in names)]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and (getattr(n.func, "attr", None) in names or getattr(n.func, "id", None) in names)
+    ]
 
 
 def test_only_the_fs_module_renames_into_place_and_only_the_fingerprint_module_hashes():
-    renames = {p.relative_to(REPO).as_posix() for p in LIBRARY
-               if re.search(r"os\.replace\(|\.partial[\"'.-]|\.rename\(", p.read_text(encoding="utf-8"))}
+    renames = {
+        p.relative_to(REPO).as_posix()
+        for p in LIBRARY
+        if re.search(r"os\.replace\(|\.partial[\"'.-]|\.rename\(", p.read_text(encoding="utf-8"))
+    }
     assert renames <= {"tlpipe/fs.py"}, renames
     hashing = {p.relative_to(REPO).as_posix() for p in LIBRARY if "hashlib.sha256" in p.read_text()}
     assert hashing <= {"tlpipe/fingerprint.py", "tlpipe/data/images.py"}, hashing  # images: a manifest column

@@ -5,7 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from pipelines.graph import Ref, _declare, build, ordered
+from pipelines.graph import _declare, build, ordered
+from pipelines.step import Ref
 from tests.conftest import REPO
 from tlpipe.config import load_params
 

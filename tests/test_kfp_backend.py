@@ -14,10 +14,11 @@ import pytest
 import yaml
 
 from pipelines import training_pipeline as tp
-from pipelines.graph import build, declared_params
+from pipelines.graph import build
 from pipelines.kfp_build import all_pods
 from pipelines.platform import MIN_KFP_BACKEND, RUN_GROUP_ENV, RUN_ID_FIELD
 from pipelines.runtime import resolve_params, task_params
+from pipelines.step import declared_params
 from tests.conftest import REPO
 from tlpipe.config import load_params
 
@@ -32,25 +33,77 @@ VARIANTS = {
 }
 # api/v2alpha1/pipeline_spec.proto at 2.15.0: the fields the API server's protojson parser knows.
 PIPELINE_SPEC_FIELDS = {
-    "PipelineSpec": {"pipelineInfo", "deploymentSpec", "sdkVersion", "schemaVersion", "components", "root",
-                     "defaultPipelineRoot"},
-    "PipelineTaskSpec": {"taskInfo", "inputs", "dependentTasks", "cachingOptions", "componentRef", "triggerPolicy",
-                         "artifactIterator", "parameterIterator", "retryPolicy", "iteratorPolicy"},
-    "ComponentSpec": {"inputDefinitions", "outputDefinitions", "dag", "executorLabel", "singlePlatformSpecs",
-                      "taskConfigPassthroughs"},
+    "PipelineSpec": {
+        "pipelineInfo",
+        "deploymentSpec",
+        "sdkVersion",
+        "schemaVersion",
+        "components",
+        "root",
+        "defaultPipelineRoot",
+    },
+    "PipelineTaskSpec": {
+        "taskInfo",
+        "inputs",
+        "dependentTasks",
+        "cachingOptions",
+        "componentRef",
+        "triggerPolicy",
+        "artifactIterator",
+        "parameterIterator",
+        "retryPolicy",
+        "iteratorPolicy",
+    },
+    "ComponentSpec": {
+        "inputDefinitions",
+        "outputDefinitions",
+        "dag",
+        "executorLabel",
+        "singlePlatformSpecs",
+        "taskConfigPassthroughs",
+    },
     "PipelineContainerSpec": {"image", "command", "args", "lifecycle", "resources", "env"},
-    "ResourceSpec": {"cpuLimit", "memoryLimit", "cpuRequest", "memoryRequest", "resourceCpuLimit",
-                     "resourceMemoryLimit", "resourceCpuRequest", "resourceMemoryRequest", "accelerator"},
+    "ResourceSpec": {
+        "cpuLimit",
+        "memoryLimit",
+        "cpuRequest",
+        "memoryRequest",
+        "resourceCpuLimit",
+        "resourceMemoryLimit",
+        "resourceCpuRequest",
+        "resourceMemoryRequest",
+        "accelerator",
+    },
     "RetryPolicy": {"maxRetryCount", "backoffDuration", "backoffFactor", "backoffMaxDuration"},
-    "InputParameterSpec": {"taskOutputParameter", "runtimeValue", "componentInputParameter", "taskFinalStatus",
-                           "parameterExpressionSelector"},
+    "InputParameterSpec": {
+        "taskOutputParameter",
+        "runtimeValue",
+        "componentInputParameter",
+        "taskFinalStatus",
+        "parameterExpressionSelector",
+    },
 }
 # kubernetes_platform/proto/kubernetes_executor_config.proto at 2.15.0 (the driver unmarshals it strictly).
 K8S_FIELDS = {
-    "KubernetesExecutorConfig": {"secretAsVolume", "secretAsEnv", "pvcMount", "nodeSelector", "podMetadata",
-                                 "imagePullSecret", "imagePullPolicy", "configMapAsVolume", "configMapAsEnv",
-                                 "activeDeadlineSeconds", "fieldPathAsEnv", "tolerations", "genericEphemeralVolume",
-                                 "nodeAffinity", "podAffinity", "enabledSharedMemory", "emptyDirMounts"},
+    "KubernetesExecutorConfig": {
+        "secretAsVolume",
+        "secretAsEnv",
+        "pvcMount",
+        "nodeSelector",
+        "podMetadata",
+        "imagePullSecret",
+        "imagePullPolicy",
+        "configMapAsVolume",
+        "configMapAsEnv",
+        "activeDeadlineSeconds",
+        "fieldPathAsEnv",
+        "tolerations",
+        "genericEphemeralVolume",
+        "nodeAffinity",
+        "podAffinity",
+        "enabledSharedMemory",
+        "emptyDirMounts",
+    },
     "secretAsEnv": {"secretName", "keyToEnv", "optional", "secretNameParameter"},
     "imagePullSecret": {"secretName", "secretNameParameter"},
     "emptyDirMounts": {"volumeName", "mountPath", "medium", "sizeLimit"},
@@ -60,8 +113,7 @@ K8S_FIELDS = {
     "fieldPathAsEnv": {"name", "fieldPath"},
 }
 # driver/resolve.go resolveInputs: the parameter types whose values the driver's type check accepts.
-DRIVER_PARAMETER_TYPES = {"STRING", "NUMBER_INTEGER", "NUMBER_DOUBLE", "BOOLEAN", "LIST", "STRUCT",
-                          "TASK_FINAL_STATUS"}
+DRIVER_PARAMETER_TYPES = {"STRING", "NUMBER_INTEGER", "NUMBER_DOUBLE", "BOOLEAN", "LIST", "STRUCT", "TASK_FINAL_STATUS"}
 ARTIFACT_TYPES = {"system.Artifact", "system.Dataset", "system.Model", "system.Metrics"}
 
 
@@ -73,8 +125,9 @@ class Package:
         self.k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
         self.dags = {"root": self.spec["root"]}
         self.dags.update({name: c for name, c in self.spec["components"].items() if "dag" in c})
-        self.tasks = [(dag, name, task) for dag, comp in self.dags.items()
-                      for name, task in comp["dag"]["tasks"].items()]
+        self.tasks = [
+            (dag, name, task) for dag, comp in self.dags.items() for name, task in comp["dag"]["tasks"].items()
+        ]
 
     def component(self, task: dict) -> dict:
         return self.spec["components"][task["componentRef"]["name"]]
@@ -95,13 +148,17 @@ def test_trigger_policy_only_on_the_exit_handler_task(package):
     """argocompiler/dag.go (*workflowCompiler).dag: a task with ALL_UPSTREAM_TASKS_COMPLETED is compiled as an
     exit lifecycle hook on each task it depends on and removed from the DAG, so no task may depend on it and
     its only upstream must be an exit-handler group (else it runs as a hook of ordinary tasks)."""
-    hooks = [(dag, name, t) for dag, name, t in package.tasks
-             if t.get("triggerPolicy", {}).get("strategy") == "ALL_UPSTREAM_TASKS_COMPLETED"]
+    hooks = [
+        (dag, name, t)
+        for dag, name, t in package.tasks
+        if t.get("triggerPolicy", {}).get("strategy") == "ALL_UPSTREAM_TASKS_COMPLETED"
+    ]
     assert [t["taskInfo"]["name"] for _, _, t in hooks] == ["close_run"]
     for dag, name, task in hooks:
         (upstream,) = task["dependentTasks"]
         assert upstream.startswith("exit-handler-") and "dag" in package.component(
-            package.dags[dag]["dag"]["tasks"][upstream])
+            package.dags[dag]["dag"]["tasks"][upstream]
+        )
         sources = task["inputs"]["parameters"]
         assert {k for k, v in sources.items() if "taskOutputParameter" in v} == set()
         assert sources["status"]["taskFinalStatus"]["producerTask"] == upstream
@@ -119,8 +176,12 @@ def test_loop_items_typed_like_the_consumer_input(package):
         body = package.component(loop)
         item = loop["parameterIterator"]["itemInput"]
         item_type = body["inputDefinitions"]["parameters"][item]["parameterType"]
-        consumers = [(t, k) for t in body["dag"]["tasks"].values()
-                     for k, v in t["inputs"].get("parameters", {}).items() if v.get("componentInputParameter") == item]
+        consumers = [
+            (t, k)
+            for t in body["dag"]["tasks"].values()
+            for k, v in t["inputs"].get("parameters", {}).items()
+            if v.get("componentInputParameter") == item
+        ]
         assert consumers
         for consumer, key in consumers:
             want = package.component(consumer)["inputDefinitions"]["parameters"][key]["parameterType"]
@@ -164,8 +225,11 @@ def test_parameter_and_artifact_types_the_driver_accepts(package):
                 got = package.component(producer)["outputDefinitions"]["parameters"][src["outputParameterKey"]]
                 assert got["parameterType"] == want, (task["taskInfo"]["name"], key)
             if "componentInputParameter" in source and want != "STRING":
-                got = package.dags[dag].get("inputDefinitions", {}).get("parameters", {})[
-                    source["componentInputParameter"]]
+                got = (
+                    package.dags[dag]
+                    .get("inputDefinitions", {})
+                    .get("parameters", {})[source["componentInputParameter"]]
+                )
                 assert got["parameterType"] == want, (task["taskInfo"]["name"], key)
 
 
@@ -197,8 +261,9 @@ def test_retry_policies_only_where_the_backend_applies_them(package):
     workers carry none (their resilience is the shared study)."""
     for dag, _, task in package.tasks:
         name = task["taskInfo"]["name"]
-        if dag != "root" and any("parameterIterator" in t and t["componentRef"]["name"] == dag
-                                 for _, _, t in package.tasks):
+        if dag != "root" and any(
+            "parameterIterator" in t and t["componentRef"]["name"] == dag for _, _, t in package.tasks
+        ):
             assert "retryPolicy" not in task, name
         elif "executorLabel" in package.component(task):
             assert task["retryPolicy"]["maxRetryCount"] == 2, name
@@ -208,10 +273,17 @@ def test_tasks_that_must_not_be_served_from_the_cache(package):
     """cacheutils/cache.go GenerateCacheKey keys a task on parameter values, input artifact names, image and
     command: the data fingerprint (a URI's content can change), the study summary (the study can grow), the
     registration (a side effect) and the exit handler must run every time."""
-    caching = {t["taskInfo"]["name"]: t.get("cachingOptions", {}).get("enableCache", False)
-               for _, _, t in package.tasks if "executorLabel" in package.component(t)}
-    assert {name for name, on in caching.items() if not on} == {"data_fingerprint", "tune summarize", "register",
-                                                              "close_run"}
+    caching = {
+        t["taskInfo"]["name"]: t.get("cachingOptions", {}).get("enableCache", False)
+        for _, _, t in package.tasks
+        if "executorLabel" in package.component(t)
+    }
+    assert {name for name, on in caching.items() if not on} == {
+        "data_fingerprint",
+        "tune summarize",
+        "register",
+        "close_run",
+    }
 
 
 def _cache_inputs(fine_tune_epochs: int) -> dict[str, str]:

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from pipelines.dvc_yaml import import_closure, render
-from pipelines.graph import build, declared_params
+from pipelines.graph import build
+from pipelines.step import declared_params
 from tests.conftest import REPO, write_params
 from tlpipe.config import load_params
 from tlpipe.errors import ConfigError
@@ -41,8 +42,9 @@ def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
 
 
 def test_committed_dvc_yaml_is_generated_from_the_declaration():
-    assert (REPO / "dvc.yaml").read_text() == render(REPO / "params.yaml"), \
+    assert (REPO / "dvc.yaml").read_text() == render(REPO / "params.yaml"), (
         "dvc.yaml is out of date: run `python -m pipelines.dvc_yaml`"
+    )
 
 
 def test_stage_deps_are_the_import_closure_including_function_level_imports():
@@ -130,8 +132,10 @@ def _stages(tmp_path, **sections):
         return value
 
     stages = yaml.safe_load(render(params_file))["stages"]
-    filled = {name: {**stage, "cmd": " && ".join(fill(stage["cmd"])), "deps": fill(stage["deps"])}
-              for name, stage in stages.items()}
+    filled = {
+        name: {**stage, "cmd": " && ".join(fill(stage["cmd"])), "deps": fill(stage["deps"])}
+        for name, stage in stages.items()
+    }
     return {s.name: s for s in build(load_params(params_file))}, filled
 
 

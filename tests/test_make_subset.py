@@ -40,14 +40,19 @@ def one_line_error(stderr: str) -> bool:
     """The failure is one `error:` line, no traceback. The only other lines allowed are MLflow's own INFO logs
     from creating a fresh tracking store (the step opens its MLflow run before reading the source)."""
     lines = stderr.strip().splitlines()
-    return (bool(lines) and lines[-1].startswith("error: ") and "Traceback" not in stderr
-            and all(MLFLOW_INFO.match(line) for line in lines[:-1]))
+    return (
+        bool(lines)
+        and lines[-1].startswith("error: ")
+        and "Traceback" not in stderr
+        and all(MLFLOW_INFO.match(line) for line in lines[:-1])
+    )
 
 
 def cli(params: Path, raw, subset: Path):
     """The step as dvc runs it (`--raw DIR --subset OUT`), from the params file's folder."""
-    return run_cli("make_subset", "--params", str(params), "--raw", str(raw), "--subset", str(subset),
-                   cwd=params.parent)
+    return run_cli(
+        "make_subset", "--params", str(params), "--raw", str(raw), "--subset", str(subset), cwd=params.parent
+    )
 
 
 def test_folders_layout_counts_and_manifest_columns(tmp_path):
@@ -56,13 +61,23 @@ def test_folders_layout_counts_and_manifest_columns(tmp_path):
     assert summary.layout == "folders" and summary.classes == ["cat", "dog"]
     got = rows(out)
     assert len(got) == 10
-    assert set(got[0]) == {"path", "class", "split", "sha256", "width", "height", "channels", "bytes",
-                           "source_path", "source_mode", "shard"}
+    assert set(got[0]) == {
+        "path",
+        "class",
+        "split",
+        "sha256",
+        "width",
+        "height",
+        "channels",
+        "bytes",
+        "source_path",
+        "source_mode",
+        "shard",
+    }
     for split, n in (("train", 3), ("val", 1), ("test", 1)):
         assert len([r for r in got if r["split"] == split and r["class"] == "cat"]) == n
     # The images live in one shard per split here, in manifest order, byte for byte what was accepted.
-    assert sorted(p.name for p in (out / SHARDS_DIR).iterdir()) == [shard_name(s, 0) for s in ("test", "train",
-                                                                                               "val")]
+    assert sorted(p.name for p in (out / SHARDS_DIR).iterdir()) == [shard_name(s, 0) for s in ("test", "train", "val")]
     stored = list(records([out / SHARDS_DIR / r["shard"] for r in got if r["split"] == "train"][:1]))
     assert [name for name, _ in stored] == [r["path"] for r in got if r["split"] == "train"]
     assert all(hashlib.sha256(data).hexdigest() == r["sha256"] for (_, data), r in zip(stored, got, strict=False))
@@ -81,8 +96,9 @@ def test_large_splits_roll_over_to_more_shards_and_read_back_in_order(tmp_path, 
     every = decode_images(images, 8)
     picked = decode_images(images[[4, 1]], 8)  # a selection decodes in the order asked
     np.testing.assert_array_equal(picked, every[[4, 1]])
-    epochs = [np.concatenate([y.numpy() for _, y in stream_batches(images, labels, 8, 4, shuffle_seed=5)])
-              for _ in range(1)]
+    epochs = [
+        np.concatenate([y.numpy() for _, y in stream_batches(images, labels, 8, 4, shuffle_seed=5)]) for _ in range(1)
+    ]
     assert sorted(epochs[0]) == sorted(labels)  # every image once per epoch, labels travel with the records
     batches = stream_batches(images, labels, 8, 6, shuffle_seed=5)
     first, second = (next(iter(batches))[1].numpy().tolist() for _ in range(2))

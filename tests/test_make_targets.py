@@ -9,8 +9,14 @@ from tests.conftest import REPO
 
 
 def make(*args: str, cwd=REPO, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", "-f", str(REPO / "Makefile"), *args], cwd=cwd,
-                          input=stdin, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_help_lists_dvc_yaml_study_and_clean_registry():

@@ -30,10 +30,17 @@ def test_the_cores_take_a_parameter_object_not_a_dozen_positionals():
 
 def test_training_is_built_once_from_the_params_frozen_and_keyword_only():
     hp = hyperparams(BestParams(source="params"), PARAMS.fine_tune, 0.2, 16)
-    run = Training.from_params(PARAMS, PARAMS.fine_tune, hp=hp, load=lambda: None, preprocess="unit",
-                               head_path=Path("h.keras"), callbacks=[1])
-    assert (run.seed, run.size, run.deterministic, run.augment, run.cfg, run.callbacks) == \
-        (7, 40, False, PARAMS.augment, PARAMS.fine_tune, (1,))
+    run = Training.from_params(
+        PARAMS, PARAMS.fine_tune, hp=hp, load=lambda: None, preprocess="unit", head_path=Path("h.keras"), callbacks=[1]
+    )
+    assert (run.seed, run.size, run.deterministic, run.augment, run.cfg, run.callbacks) == (
+        7,
+        40,
+        False,
+        PARAMS.augment,
+        PARAMS.fine_tune,
+        (1,),
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.seed = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -42,8 +49,19 @@ def test_training_is_built_once_from_the_params_frozen_and_keyword_only():
 
 def test_the_worker_setup_is_keyword_only_and_frozen():
     fields = {f.name for f in dataclasses.fields(WorkerSetup)}
-    assert {"cfg", "recipe", "defaults", "subset", "head", "augmented", "cache_dir", "load_backbone",
-            "identity", "worker", "regimes"} == fields
+    assert {
+        "cfg",
+        "recipe",
+        "defaults",
+        "subset",
+        "head",
+        "augmented",
+        "cache_dir",
+        "load_backbone",
+        "identity",
+        "worker",
+        "regimes",
+    } == fields
     with pytest.raises(TypeError):
         WorkerSetup(PARAMS.tune)  # type: ignore[misc]
 
@@ -52,8 +70,15 @@ def test_the_study_context_builds_the_worker_setup_from_the_params(tmp_path):
     for name in ("subset", "augmented", "head"):
         (tmp_path / name).mkdir()
     (tmp_path / "subset" / "manifest.csv").write_text("path,class,split,sha256\n")
-    ctx = StudyContext(PARAMS, subset=tmp_path / "subset", augmented=tmp_path / "augmented",
-                       head=tmp_path / "head", backbone="mobilenet_v2", cache_dir=tmp_path / "cache", worker_index=3)
+    ctx = StudyContext(
+        PARAMS,
+        subset=tmp_path / "subset",
+        augmented=tmp_path / "augmented",
+        head=tmp_path / "head",
+        backbone="mobilenet_v2",
+        cache_dir=tmp_path / "cache",
+        worker_index=3,
+    )
     setup = ctx.setup
     assert setup.worker == 3 and setup.cfg == PARAMS.tune and setup.recipe.image_size == 40
     assert setup.regimes == ("scratch",)  # an application backbone without weights: nothing to transfer

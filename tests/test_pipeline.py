@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from pipelines import training_pipeline as tp
-from pipelines.graph import External, Ref, build
+from pipelines.graph import build
 from pipelines.kfp_build import all_pods
 from pipelines.runtime import numeric_metrics, resolve_params, task_params
+from pipelines.step import External, Ref
 from tests.conftest import REPO, make_tree
 from tlpipe.config import load_params
 from tlpipe.fingerprint import data_fingerprint
@@ -30,9 +31,23 @@ STEPS = list(PODS)
 def compiled(tmp_path_factory):
     """The pipeline package as compiled by the CLI, with a non-default GPU pool label and image."""
     out = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
-    tp.main(["--params", PARAMS_FILE, "compile", "--output", str(out), "--gpu-pool", "pool=a100",
-             "--aws-endpoint-url", "http://minio.tlpipe.svc.cluster.local:9000",
-             "--pipeline-root", "s3://pipeline-root/tlpipe", "--image", "registry.example/tl:1.2"])
+    tp.main(
+        [
+            "--params",
+            PARAMS_FILE,
+            "compile",
+            "--output",
+            str(out),
+            "--gpu-pool",
+            "pool=a100",
+            "--aws-endpoint-url",
+            "http://minio.tlpipe.svc.cluster.local:9000",
+            "--pipeline-root",
+            "s3://pipeline-root/tlpipe",
+            "--image",
+            "registry.example/tl:1.2",
+        ]
+    )
     spec, platform = list(yaml.safe_load_all(out.read_text()))
     tasks = dict(spec["root"]["dag"]["tasks"])
     for comp in spec["components"].values():  # tasks inside the ParallelFor sub-DAG
@@ -43,8 +58,12 @@ def compiled(tmp_path_factory):
         if "executorLabel" in comp:
             label = comp["executorLabel"]
             by_step[task["taskInfo"]["name"]] = SimpleNamespace(
-                name=name, task=task, component=comp, container=spec["deploymentSpec"]["executors"][label]["container"],
-                k8s=platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].get(label, {}))
+                name=name,
+                task=task,
+                component=comp,
+                container=spec["deploymentSpec"]["executors"][label]["container"],
+                k8s=platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].get(label, {}),
+            )
     return SimpleNamespace(spec=spec, tasks=tasks, by_step=by_step, text=out.read_text())
 
 
@@ -145,9 +164,23 @@ def test_a_local_path_is_refused_at_compile(tmp_path, capsys):
     data = make_tree(tmp_path / "photos", per_class=2)
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "params.yaml").read_text().replace("source: builtin:digits", f"source: {data}", 1))
-    proc = subprocess.run([sys.executable, "-m", "pipelines.training_pipeline", "--params", str(params), "compile",
-                           "--output", str(tmp_path / "p.yaml")], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.training_pipeline",
+            "--params",
+            str(params),
+            "compile",
+            "--output",
+            str(tmp_path / "p.yaml"),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 2 and not (tmp_path / "p.yaml").exists()
     assert proc.stderr.count("\n") == 1 and str(data) in proc.stderr and "dvc push" in proc.stderr, proc.stderr
 
@@ -164,13 +197,17 @@ def test_fingerprint_follows_local_data(tmp_path):
 
 def test_overrides_and_metrics_helpers():
     base = {"fine_tune": {"epochs": 9, "patience": 4}, "tune": {"n_trials": 5, "dropout": [0.1, 0.2]}}
-    resolved = resolve_params(base, {"fine_tune.epochs": 3}, {"fine_tune": {"epochs": 2}, "tune.n_trials": 3,
-                                                                "tune": {"dropout": None}})
+    resolved = resolve_params(
+        base, {"fine_tune.epochs": 3}, {"fine_tune": {"epochs": 2}, "tune.n_trials": 3, "tune": {"dropout": None}}
+    )
     assert resolved["fine_tune"]["epochs"] == 2 and resolved["fine_tune"]["patience"] == 4  # merged, not replaced
     assert resolved["tune"]["n_trials"] == 3 and resolved["tune"]["dropout"] is None
     assert base["fine_tune"]["epochs"] == 9  # the compile-time params are not changed
-    assert numeric_metrics({"accuracy": 0.5, "n": 4, "ok": True, "frozen": {"loss": 1}, "name": "x"}) == \
-        {"accuracy": 0.5, "n": 4.0, "frozen.loss": 1.0}
+    assert numeric_metrics({"accuracy": 0.5, "n": 4, "ok": True, "frozen": {"loss": 1}, "name": "x"}) == {
+        "accuracy": 0.5,
+        "n": 4.0,
+        "frozen.loss": 1.0,
+    }
 
 
 @pytest.mark.slow
@@ -239,12 +276,24 @@ def test_a_task_reading_an_undeclared_path_fails_when_isolated(tmp_path):
     script.write_text(PROBE)
     target = str(root)  # everything the upstream task wrote lives under the pipeline root
     base = {**os.environ, "PYTHONPATH": str(REPO)}
-    loose = subprocess.run([sys.executable, str(script), str(root), target], cwd=tmp_path, env=base,
-                           capture_output=True, text=True, timeout=900)
+    loose = subprocess.run(
+        [sys.executable, str(script), str(root), target],
+        cwd=tmp_path,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert loose.returncode == 0, loose.stderr[-3000:]  # kfp.local's shared disk hides the bug ...
     shutil.rmtree(root)
-    strict = subprocess.run([sys.executable, str(script), str(root), target], cwd=tmp_path,
-                            env={**base, "TLPIPE_ISOLATE": str(root)}, capture_output=True, text=True, timeout=900)
+    strict = subprocess.run(
+        [sys.executable, str(script), str(root), target],
+        cwd=tmp_path,
+        env={**base, "TLPIPE_ISOLATE": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert strict.returncode != 0  # ... the cluster-like run does not
     assert "undeclared path" in strict.stdout + strict.stderr
     assert list(root.rglob("secret.txt"))  # the upstream output is still there: only the task could not see it
@@ -253,19 +302,29 @@ def test_a_task_reading_an_undeclared_path_fails_when_isolated(tmp_path):
 def _probe(root, mode: str, path: str, scratch: tuple[str, ...] = ()) -> tuple[int, str]:
     """Run tests/isolation_probe.py as an isolated task; returns (exit code, what it printed)."""
     values = {"mode": mode, "path": path, **({"scratch": "SCRATCH"} if scratch else {})}
-    script = ("import sys; from pipelines.isolation import run_isolated; from pathlib import Path; "
-              f"run_isolated(Path({str(root)!r}), 'tests.isolation_probe', '{{}}', {{}}, {{}}, {values!r}, "
-              f"{scratch!r}, '')")
-    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=900)
+    script = (
+        "import sys; from pipelines.isolation import run_isolated; from pathlib import Path; "
+        f"run_isolated(Path({str(root)!r}), 'tests.isolation_probe', '{{}}', {{}}, {{}}, {values!r}, "
+        f"{scratch!r}, '')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("upstream, downstream", [
-    ("/tmp/tlpipe-probe", "/tmp/tlpipe-probe"),  # a fixed path in /tmp: each pod has its own /tmp
-    ("~/.cache/tlpipe-probe", "~/.cache/tlpipe-probe"),  # the task's $HOME: each pod has its own
-    ("SCRATCH/leftover", "/tmp"),  # an upstream task's scratch folder: gone with its pod
-])
+@pytest.mark.parametrize(
+    "upstream, downstream",
+    [
+        ("/tmp/tlpipe-probe", "/tmp/tlpipe-probe"),  # a fixed path in /tmp: each pod has its own /tmp
+        ("~/.cache/tlpipe-probe", "~/.cache/tlpipe-probe"),  # the task's $HOME: each pod has its own
+        ("SCRATCH/leftover", "/tmp"),  # an upstream task's scratch folder: gone with its pod
+    ],
+)
 def test_files_left_outside_declared_outputs_do_not_reach_the_next_task(tmp_path, upstream, downstream):
     from pipelines.isolation import can_isolate
 
@@ -325,8 +384,10 @@ def test_dvc_push_pull_to_s3_remote(tmp_path, s3_server):
     data = make_tree(repo / "data", per_class=3)
     run(*dvc, "add", "data")
     run(*dvc, "push")
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(
-        Bucket=bucket, Prefix="cache/")["Contents"]]
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket=bucket, Prefix="cache/")["Contents"]
+    ]
     assert len(keys) == 7  # 6 images + the folder's .dir listing
     original = {p.relative_to(data): p.read_bytes() for p in data.rglob("*.png")}
     shutil.rmtree(data)

@@ -106,8 +106,10 @@ def tf_defaults(module: str) -> dict:
     return out
 
 
-GPU_POOLS = {"eks": (tf_defaults("eks")["instance_types"], tf_defaults("eks")["disk_size_gb"]),
-             "gke": ([tf_defaults("gke")["machine_type"]], tf_defaults("gke")["disk_size_gb"])}
+GPU_POOLS = {
+    "eks": (tf_defaults("eks")["instance_types"], tf_defaults("eks")["disk_size_gb"]),
+    "gke": ([tf_defaults("gke")["machine_type"]], tf_defaults("gke")["disk_size_gb"]),
+}
 
 
 def test_node_table_covers_the_terraform_defaults():
@@ -187,8 +189,12 @@ def test_configure_sets_pull_secrets_retries_and_scratch(tmp_path):
     by_step = compiled(ClusterConfig(image_pull_secrets=("regcred",)), tmp_path)
     for step, (task, k8s) in by_step.items():
         if PODS[step].retry:
-            assert task["retryPolicy"] == {"maxRetryCount": 2, "backoffDuration": "30s", "backoffFactor": 2.0,
-                                           "backoffMaxDuration": "600s"}, step
+            assert task["retryPolicy"] == {
+                "maxRetryCount": 2,
+                "backoffDuration": "30s",
+                "backoffFactor": 2.0,
+                "backoffMaxDuration": "600s",
+            }, step
         else:  # inside a ParallelFor, where the backend drops it (tests/test_kfp_backend.py)
             assert "retryPolicy" not in task, step
         assert [s["secretName"] for s in k8s["imagePullSecret"]] == ["regcred"], step
@@ -199,8 +205,11 @@ def test_configure_sets_pull_secrets_retries_and_scratch(tmp_path):
             assert not mounts, step
         optional = {s["secretName"]: s.get("optional", False) for s in k8s["secretAsEnv"]}
         # all optional: a missing Secret must not leave a pod in CreateContainerConfigError forever
-        assert optional == {"s3-credentials": True, "mlflow-credentials": True,
-                            **({"optuna-db": True} if PODS[step].study else {})}, step
+        assert optional == {
+            "s3-credentials": True,
+            "mlflow-credentials": True,
+            **({"optuna-db": True} if PODS[step].study else {}),
+        }, step
 
 
 def test_local_build_has_no_retries(tmp_path):

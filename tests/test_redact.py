@@ -49,10 +49,25 @@ def test_no_canary_survives_in_a_url_anywhere_in_a_message(case, before, glue, a
     assert holds_credentials(url)
 
 
-@given(st.sampled_from(("password", "sslpassword", "PGPASSWORD", "token", "access_token", "secret",
-                        "client_secret", "X-Amz-Signature", "X-Amz-Security-Token", "api_key")),
-       st.text(alphabet=TRICKY.replace("&", ""), max_size=6),
-       st.sampled_from(("query", "dsn", "json", "repr", "colon")), WORDS)
+@given(
+    st.sampled_from(
+        (
+            "password",
+            "sslpassword",
+            "PGPASSWORD",
+            "token",
+            "access_token",
+            "secret",
+            "client_secret",
+            "X-Amz-Signature",
+            "X-Amz-Security-Token",
+            "api_key",
+        )
+    ),
+    st.text(alphabet=TRICKY.replace("&", ""), max_size=6),
+    st.sampled_from(("query", "dsn", "json", "repr", "colon")),
+    WORDS,
+)
 @PROPERTY
 def test_no_canary_survives_as_a_key_value_secret(key, extra, shape, after):
     value = f"{extra}{CANARY}"
@@ -67,9 +82,12 @@ def test_no_canary_survives_as_a_key_value_secret(key, extra, shape, after):
     assert CANARY not in out, (text, out)
 
 
-@given(st.sampled_from(("Authorization", "authorization", "Proxy-Authorization", "Cookie", "Set-Cookie")),
-       st.sampled_from(("Bearer ", "Basic ", "", "authservice_session=", "a=1; session=")),
-       st.text(alphabet=TRICKY, max_size=6), st.sampled_from(("header", "json", "repr")))
+@given(
+    st.sampled_from(("Authorization", "authorization", "Proxy-Authorization", "Cookie", "Set-Cookie")),
+    st.sampled_from(("Bearer ", "Basic ", "", "authservice_session=", "a=1; session=")),
+    st.text(alphabet=TRICKY, max_size=6),
+    st.sampled_from(("header", "json", "repr")),
+)
 @PROPERTY
 def test_no_canary_survives_in_header_values(header, prefix, extra, shape):
     value = f"{prefix}{extra}{CANARY}"
@@ -107,16 +125,19 @@ def test_the_code_refuses_credentials_in_tune_storage_without_printing_them(case
     assert CANARY not in str(err.value) and secret not in str(err.value)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("http://user:p@ss@host/x", "http://***@host/x"),  # the tail of a password holding "@" leaked
-    ("postgresql://u:p/ss:w@db:5432/x", "postgresql://***@db:5432/x"),  # a raw "/" in the password
-    ("failed: x?sslpassword=S3cr3t&sslmode=require", "failed: x?sslpassword=***&sslmode=require"),
-    ("postgresql://alice:pw@db:5432/x?sslpassword=k&a=1", "postgresql://***@db:5432/x?sslpassword=***&a=1"),
-    ("Authorization: Bearer abc.def\nnext line", "Authorization: ***\nnext line"),
-    ('{"Cookie": "authservice_session=zz", "Host": "kfp"}', '{"Cookie": "***", "Host": "kfp"}'),
-    ("s3://bucket/photos/a@2x.png", "s3://bucket/photos/a@2x.png"),  # an "@" in a plain path stays
-    ("tune.regimes = []: list should have at least 1 item", "tune.regimes = []: list should have at least 1 item"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http://user:p@ss@host/x", "http://***@host/x"),  # the tail of a password holding "@" leaked
+        ("postgresql://u:p/ss:w@db:5432/x", "postgresql://***@db:5432/x"),  # a raw "/" in the password
+        ("failed: x?sslpassword=S3cr3t&sslmode=require", "failed: x?sslpassword=***&sslmode=require"),
+        ("postgresql://alice:pw@db:5432/x?sslpassword=k&a=1", "postgresql://***@db:5432/x?sslpassword=***&a=1"),
+        ("Authorization: Bearer abc.def\nnext line", "Authorization: ***\nnext line"),
+        ('{"Cookie": "authservice_session=zz", "Host": "kfp"}', '{"Cookie": "***", "Host": "kfp"}'),
+        ("s3://bucket/photos/a@2x.png", "s3://bucket/photos/a@2x.png"),  # an "@" in a plain path stays
+        ("tune.regimes = []: list should have at least 1 item", "tune.regimes = []: list should have at least 1 item"),
+    ],
+)
 def test_examples(text, expected):
     assert redact_text(text) == expected == redact(text)
     assert holds_credentials(text) == (text != expected)
@@ -138,9 +159,15 @@ def test_every_line_a_step_prints_or_logs_is_redacted(tmp_path):
         f"    print('tracking at http://alice:p@ss/{CANARY}@db:5000/ ready')\n"
         f"    logging.getLogger('x').warning('retrying with Authorization: Bearer {CANARY}')\n"
         f"    sys.stderr.write('dsn host=db password={CANARY}\\n')\n"
-        "run_main(main)\n")
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=REPO,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        "run_main(main)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     output = proc.stdout + proc.stderr
     assert CANARY not in output, output

@@ -25,21 +25,37 @@ from tests.conftest import REPO, free_port, run_cli
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
 
-REGISTRY = {"model_name": "digits", "min_accuracy": 0.3, "min_improvement": 0.0, "http_retries": 1,
-            "http_timeout": 5}
+REGISTRY = {"model_name": "digits", "min_accuracy": 0.3, "min_improvement": 0.0, "http_retries": 1, "http_timeout": 5}
 # The later steps of the tiny project, kept small: they run once per module.
-LATER = {"tune": {"n_trials": 2, "epochs": 3, "regimes": ["transfer"], "sweep": False},
-         "fine_tune": {"epochs": 10, "patience": 4}}
+LATER = {
+    "tune": {"n_trials": 2, "epochs": 3, "regimes": ["transfer"], "sweep": False},
+    "fine_tune": {"epochs": 10, "patience": 4},
+}
 
 
 def start_mlflow(root: Path, port: int, artifacts: str, env: dict) -> subprocess.Popen:
     """`mlflow server` with a SQLite backend (the registry needs SQL); waits for /health."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     # Job execution (GenAI background jobs) spawns seven extra worker processes the registry does not use.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **env}
-    proc = subprocess.Popen(cmd, env=env, stdout=open(root / "server.log", "ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=open(root / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.time() + 900
     while time.time() < deadline:
         try:
@@ -60,8 +76,14 @@ def stop(proc: subprocess.Popen) -> None:
 def run_operator(module: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m operators.<module>` as an operator would."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", f"operators.{module}", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", f"operators.{module}", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +140,7 @@ def project(tiny_project, tmp_path_factory, s3_mlflow, s3_server):
     return root
 
 
-def knock_out(model_dir: Path, classes_off: list[int], dest: Path, params_file: Path, uri: str,
-              subset: Path) -> Path:
+def knock_out(model_dir: Path, classes_off: list[int], dest: Path, params_file: Path, uri: str, subset: Path) -> Path:
     """A copy of a fine-tuned model that never predicts `classes_off`, logged as its own MLflow run."""
     import keras
 
@@ -163,17 +184,36 @@ def challengers(project, tmp_path_factory, s3_mlflow, s3_server):
     env = {"MLFLOW_TRACKING_URI": s3_mlflow, "MLFLOW_S3_ENDPOINT_URL": s3_server}
     best = project / "models/fine_tune"
     subset = project / "data/subset"
-    return {"params": params, "env": env, "best": best,
-            "weak": knock_out(best, [0], root / "weak", params, s3_mlflow, subset),
-            "worst": knock_out(best, [0, 1], root / "worst", params, s3_mlflow, subset),
-            "same": knock_out(best, [], root / "same", params, s3_mlflow, subset)}
+    return {
+        "params": params,
+        "env": env,
+        "best": best,
+        "weak": knock_out(best, [0], root / "weak", params, s3_mlflow, subset),
+        "worst": knock_out(best, [0, 1], root / "worst", params, s3_mlflow, subset),
+        "same": knock_out(best, [], root / "same", params, s3_mlflow, subset),
+    }
 
 
 def register(project, c, which: str, out: Path, params: Path | None = None):
-    return run_cli("register", "--params", str(params or c["params"]), "--model", str(c[which]),
-                   "--evaluation", str(project / "reports/evaluate"), "--subset", str(project / "data/subset"),
-                   "--validation", str(project / "data/validation"), "--tuning", str(project / "reports/tune"),
-                   "--registration", str(out), cwd=project, env=c["env"])
+    return run_cli(
+        "register",
+        "--params",
+        str(params or c["params"]),
+        "--model",
+        str(c[which]),
+        "--evaluation",
+        str(project / "reports/evaluate"),
+        "--subset",
+        str(project / "data/subset"),
+        "--validation",
+        str(project / "data/validation"),
+        "--tuning",
+        str(project / "reports/tune"),
+        "--registration",
+        str(out),
+        cwd=project,
+        env=c["env"],
+    )
 
 
 def registry(project, c, *args: str, cwd: Path | None = None):
@@ -206,8 +246,17 @@ def test_lifecycle_first_better_worse_promote_rollback(project, challengers, tmp
     assert r1.comparison is None
     assert client.get_model_version_by_alias("digits", "challenger").version == "1"
     v1 = client.get_model_version("digits", "1")
-    for tag in ("git_commit", "test_accuracy", "backbone", "freeze_ratio", "learning_rate", "test_set_sha256",
-                "data_validation", "classes", "training_run_id"):
+    for tag in (
+        "git_commit",
+        "test_accuracy",
+        "backbone",
+        "freeze_ratio",
+        "learning_rate",
+        "test_set_sha256",
+        "data_validation",
+        "classes",
+        "training_run_id",
+    ):
         assert tag in v1.tags, tag
     assert "fine-tuned with freeze ratio" in v1.description
     with pytest.raises(Exception, match="alias"):
@@ -250,12 +299,30 @@ def test_lifecycle_first_better_worse_promote_rollback(project, challengers, tmp
 
     # 3b. The review of the challenger, before the promotion decision: one HTML with every section and
     # embedded images, logged on the version.
-    review = run_operator("review", "--params", str(c["params"]), "--version", "@challenger",
-                          "--out", str(tmp_path / "review"), cwd=project, env=c["env"])
+    review = run_operator(
+        "review",
+        "--params",
+        str(c["params"]),
+        "--version",
+        "@challenger",
+        "--out",
+        str(tmp_path / "review"),
+        cwd=project,
+        env=c["env"],
+    )
     assert review.returncode == 0, review.stderr[-3000:]
     page = (tmp_path / "review/review.html").read_text()
-    for section in ("summary", "metrics", "per-class", "confusion", "mistakes", "training", "tuning",
-                    "lineage", "params"):
+    for section in (
+        "summary",
+        "metrics",
+        "per-class",
+        "confusion",
+        "mistakes",
+        "training",
+        "tuning",
+        "lineage",
+        "params",
+    ):
         assert f"id='{section}'" in page, section
     # Both confusion matrices and the training curves, plus the mistakes grid unless there are none.
     perfect = r3.test_accuracy == 1.0
@@ -343,9 +410,12 @@ def test_tracking_server_down_fails_fast_without_partial_state(project, challeng
     uri = f"http://127.0.0.1:{port}"
     subset = project / "data/subset"
     try:
-        c = {"params": challengers["params"], "env": {"MLFLOW_TRACKING_URI": uri},
-             "a": knock_out(challengers["best"], [], tmp_path / "a", challengers["params"], uri, subset),
-             "b": knock_out(challengers["best"], [2], tmp_path / "b", challengers["params"], uri, subset)}
+        c = {
+            "params": challengers["params"],
+            "env": {"MLFLOW_TRACKING_URI": uri},
+            "a": knock_out(challengers["best"], [], tmp_path / "a", challengers["params"], uri, subset),
+            "b": knock_out(challengers["best"], [2], tmp_path / "b", challengers["params"], uri, subset),
+        }
         first = register(project, c, "a", tmp_path / "r1")
         assert first.returncode == 0, first.stderr[-3000:]
     finally:
@@ -369,7 +439,7 @@ def test_tracking_server_down_fails_fast_without_partial_state(project, challeng
 def test_gate_thresholds_and_params_diff():
     import numpy as np
 
-    from components.register import gate
+    from tlpipe.reports.gate import gate
     from tlpipe.reports.review import params_diff
     from tlpipe.reports.stats import compare
     from tlpipe.sections import RegistryConfig
@@ -402,9 +472,10 @@ def test_gate_thresholds_and_params_diff():
     status, reasons = gate(good, {"accuracy": 0.9}, strict, equal)
     assert status == "failed" and any("require_significant" in r for r in reasons)
 
-    assert params_diff({"fine_tune.learning_rate": "0.001", "seed": "1", "effective.x": "1"},
-                       {"fine_tune.learning_rate": "0.01", "seed": "1", "effective.x": "2"}) == [
-        ("fine_tune.learning_rate", "0.01", "0.001")]
+    assert params_diff(
+        {"fine_tune.learning_rate": "0.001", "seed": "1", "effective.x": "1"},
+        {"fine_tune.learning_rate": "0.01", "seed": "1", "effective.x": "2"},
+    ) == [("fine_tune.learning_rate", "0.01", "0.001")]
 
 
 def test_predict_bad_folder_is_one_line(tmp_path):
@@ -421,9 +492,27 @@ def serve(model_uri: str, root: Path, env: dict) -> tuple[subprocess.Popen, str]
     """`mlflow models serve` on loopback (local environment), polled on /ping until it answers."""
     port = free_port()
     log = open(root / "serve.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
-                             "local", "-h", "127.0.0.1", "-p", str(port)], env={**os.environ, **env}, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 900  # a generous cap: loading TensorFlow on a busy machine takes a while
     while time.time() < deadline:
@@ -477,8 +566,17 @@ def test_review_and_promote_against_todays_champion_and_serve_images(project, ch
     promoted = registry(project, c, "promote", "1", "--reason", "first in production")
     assert promoted.returncode == 0, promoted.stderr
 
-    review = run_operator("review", "--params", str(c["params"]), "--version", "2", "--out",
-                          str(tmp_path / "review"), cwd=project, env=c["env"])
+    review = run_operator(
+        "review",
+        "--params",
+        str(c["params"]),
+        "--version",
+        "2",
+        "--out",
+        str(tmp_path / "review"),
+        cwd=project,
+        env=c["env"],
+    )
     assert review.returncode == 0, review.stderr[-3000:]
     page, md = (tmp_path / "review/review.html").read_text(), (tmp_path / "review/review.md").read_text()
     assert "champion v1" in page and "Since then there is @champion v1" in page, md
@@ -492,13 +590,17 @@ def test_review_and_promote_against_todays_champion_and_serve_images(project, ch
     assert "accuracy_gain_over_champion" in refused.stderr and "Traceback" not in refused.stderr
     ok = registry(project, c, "promote", "2", "--reason", "beats v1 on the same images")
     assert ok.returncode == 0 and "gate passed vs current champion v1" in ok.stdout, ok.stdout + ok.stderr
-    assert client.get_model_version("today", "2").tags["promoted_gate"].startswith("passed against the current "
-                                                                                   "champion v1")
+    assert (
+        client.get_model_version("today", "2")
+        .tags["promoted_gate"]
+        .startswith("passed against the current champion v1")
+    )
     forced = registry(project, c, "promote", "3", "--reason", "hotfix", "--force")
     assert forced.returncode == 0 and "FORCED" in forced.stdout, forced.stdout + forced.stderr
     tags = client.get_model_version("today", "3").tags
-    assert tags["promoted_forced"] == "true" and tags["promoted_gate"].startswith("failed against the current "
-                                                                                  "champion v2")
+    assert tags["promoted_forced"] == "true" and tags["promoted_gate"].startswith(
+        "failed against the current champion v2"
+    )
 
     # The registered model is a pyfunc that takes images: its input example predicts labels...
     for key, value in c["env"].items():
@@ -516,18 +618,19 @@ def test_review_and_promote_against_todays_champion_and_serve_images(project, ch
     shards = sorted((project / "data/subset" / SHARDS_DIR).glob("test-*.tfrecord"))
     right = None
     for rel, data in records(shards):
-        probs = keras_model.predict(decode_bytes([data], model.unwrap_python_model().size).astype("float32"),
-                                    verbose=0)[0]
+        probs = keras_model.predict(
+            decode_bytes([data], model.unwrap_python_model().size).astype("float32"), verbose=0
+        )[0]
         if classes[int(np.argmax(probs))] == Path(rel).parent.name:  # test/<class>/<file>
             right = (rel, data)
             break
     assert right is not None, "the best model gets no test image right"
     proc, url = serve("models:/today/2", tmp_path, c["env"])
     try:
-        body = json.dumps({"dataframe_split": {"columns": ["image"],
-                                               "data": [[base64.b64encode(right[1]).decode()]]}}).encode()
-        request = urllib.request.Request(f"{url}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
+        body = json.dumps(
+            {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(right[1]).decode()]]}}
+        ).encode()
+        request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=900) as answer:
             served = json.loads(answer.read())["predictions"]
     finally:

@@ -19,26 +19,46 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "
 
 
 def _make(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, env=ENV, capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run(
+        ["make", "--no-print-directory", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900
+    )
 
 
 def test_make_compile_writes_the_image_asked_for_and_submit_sends_that_file(tmp_path):
     package = tmp_path / "p.yaml"
-    done = _make("compile", "IMAGE=registry.example/tl", "TAG=1.2", f"PACKAGE={package}", "PULL_SECRET=regcred",
-                 "PIPELINE_ROOT=s3://root/tl", "LEGACY=1")
+    done = _make(
+        "compile",
+        "IMAGE=registry.example/tl",
+        "TAG=1.2",
+        f"PACKAGE={package}",
+        "PULL_SECRET=regcred",
+        "PIPELINE_ROOT=s3://root/tl",
+        "LEGACY=1",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert tp.package_images(package) == {"registry.example/tl:1.2", "registry.example/tl:1.2-gpu"}
     spec, platform = list(yaml.safe_load_all(package.read_text()))
     assert spec["defaultPipelineRoot"] == "s3://root/tl"
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
     assert all(e["imagePullSecret"] == [{"secretName": "regcred"}] for e in executors)  # legacy: no parameter
-    dry = _make("-n", "submit", "HOST=http://kfp.example:8080", f"PACKAGE={package}", "RUN_NAME=nightly run",
-                "ARGS=--arg fine_tune_epochs=3 --set tune.n_trials=4", "NAMESPACE=team-a")
+    dry = _make(
+        "-n",
+        "submit",
+        "HOST=http://kfp.example:8080",
+        f"PACKAGE={package}",
+        "RUN_NAME=nightly run",
+        "ARGS=--arg fine_tune_epochs=3 --set tune.n_trials=4",
+        "NAMESPACE=team-a",
+    )
     command = dry.stdout.replace("\\\n", " ").strip().splitlines()[-1]
     assert "compile" not in command.split("submit")[0]  # submit never recompiles what you compiled
-    for part in (f"--package {package}", "--run-name \"nightly run\"", "--arg fine_tune_epochs=3",
-                 "--set tune.n_trials=4", "--namespace team-a"):
+    for part in (
+        f"--package {package}",
+        '--run-name "nightly run"',
+        "--arg fine_tune_epochs=3",
+        "--set tune.n_trials=4",
+        "--namespace team-a",
+    ):
         assert part in command, command
 
 
@@ -96,7 +116,7 @@ def test_submit_refuses_the_placeholder_image_unless_allowed(tmp_path, recording
     assert refused.value.code == 2 and "ALLOW_DEFAULT_IMAGE=1" in capsys.readouterr().err
     assert recording.created == []
     tp.main([*args, "--allow-default-image", "--run-name", "mine", "--arg", "fine_tune_epochs=3"])
-    (sent, arguments, name), = recording.created
+    ((sent, arguments, name),) = recording.created
     assert Path(sent) == package and name == "mine" and arguments == {"fine_tune_epochs": 3}
     assert "run page: http://kfp.example/#/runs/details/abc-123" in capsys.readouterr().out
 
@@ -135,7 +155,14 @@ def test_the_tuning_workers_scratch_is_sized_from_its_cache_plan():
 
     small = all_pods(load_params(REPO / "params.yaml"))["tune worker"]
     assert ClusterConfig().resources_for(small).scratch == SCRATCH  # the digits fit the default
-    big = load_params(REPO / "params.yaml", {"model.backbone": "resnet50", "model.image_size": 224,
-                                             "make_subset.train_per_class": 2000, "make_subset.val_per_class": 300})
+    big = load_params(
+        REPO / "params.yaml",
+        {
+            "model.backbone": "resnet50",
+            "model.image_size": 224,
+            "make_subset.train_per_class": 2000,
+            "make_subset.val_per_class": 300,
+        },
+    )
     worker = all_pods(big)["tune worker"]
     assert ClusterConfig().resources_for(worker).scratch == "60Gi" and worker.disk

@@ -15,8 +15,18 @@ from tlpipe.reports.review import context, render_html, render_markdown, write_e
 from tlpipe.reports.stats import compare
 
 CLASSES = ["cat", "dog", "fox"]
-SECTIONS = ("summary", "metrics", "per-class", "confusion", "mistakes", "training", "tuning", "lineage", "champion",
-            "params")
+SECTIONS = (
+    "summary",
+    "metrics",
+    "per-class",
+    "confusion",
+    "mistakes",
+    "training",
+    "tuning",
+    "lineage",
+    "champion",
+    "params",
+)
 HOSTILE = '<img src="x" onerror="window.pwned = 1">'  # text from the registry is shown, never run
 
 
@@ -49,9 +59,17 @@ def tuning_folder(root: Path) -> Path:
         ax.set_title(name)
         fig.savefig(root / f"{name}.png", dpi=60)
         plt.close(fig)
-    BestParams(source="study", params=HyperParams(freeze_ratio=0.5, learning_rate=3e-4, dropout=0.3, head_units=64),
-               study_name="tlpipe-digits", metric="val_accuracy", value=0.93, trial=4, boundary="block3_pool",
-               states={"COMPLETE": 8, "PRUNED": 2}, epochs_run=6).write(root)
+    BestParams(
+        source="study",
+        params=HyperParams(freeze_ratio=0.5, learning_rate=3e-4, dropout=0.3, head_units=64),
+        study_name="tlpipe-digits",
+        metric="val_accuracy",
+        value=0.93,
+        trial=4,
+        boundary="block3_pool",
+        states={"COMPLETE": 8, "PRUNED": 2},
+        epochs_run=6,
+    ).write(root)
     return root
 
 
@@ -62,40 +80,94 @@ def review_data(tmp_path: Path, with_champion: bool = True) -> dict:
     labels, champion_pred, challenger_pred = predictions()
     challenger = scores(labels, one_hot(challenger_pred), CLASSES)
     champion = scores(labels, one_hot(champion_pred), CLASSES) if with_champion else None
-    comparison = (compare(champion_pred == labels, challenger_pred == labels, labels, CLASSES, seed=0)
-                  if with_champion else None)
-    gate = {"model_name": "digits", "validation_status": "passed", "reasons": [], "challenger": challenger,
-            "champion": champion, "champion_version": "3" if with_champion else None, "comparison": comparison,
-            "test_set_sha256": "ab" * 32, "training_run_id": "f" * 32, "thresholds": {}}
-    lineage = {"git_commit": "0123456789abcdef0123456789abcdef01234567-dirty", "test_set_sha256": "ab" * 32,
-               "backbone": "sha256:" + "c" * 64, "data_source": "s3://bucket/" + "very-long-prefix/" * 8 + "pets.zip",
-               "dvc_lock": {"data/subset": "d" * 32 + ".dir"},
-               "subset_sizes": {"test": {c: 67 for c in CLASSES}, "train": {c: 100 for c in CLASSES}},
-               "validation": {"status": "passed", "images": 600}}
+    comparison = (
+        compare(champion_pred == labels, challenger_pred == labels, labels, CLASSES, seed=0) if with_champion else None
+    )
+    gate = {
+        "model_name": "digits",
+        "validation_status": "passed",
+        "reasons": [],
+        "challenger": challenger,
+        "champion": champion,
+        "champion_version": "3" if with_champion else None,
+        "comparison": comparison,
+        "test_set_sha256": "ab" * 32,
+        "training_run_id": "f" * 32,
+        "thresholds": {},
+    }
+    lineage = {
+        "git_commit": "0123456789abcdef0123456789abcdef01234567-dirty",
+        "test_set_sha256": "ab" * 32,
+        "backbone": "sha256:" + "c" * 64,
+        "data_source": "s3://bucket/" + "very-long-prefix/" * 8 + "pets.zip",
+        "dvc_lock": {"data/subset": "d" * 32 + ".dir"},
+        "subset_sizes": {"test": {c: 67 for c in CLASSES}, "train": {c: 100 for c in CLASSES}},
+        "validation": {"status": "passed", "images": 600},
+    }
     evaluation = tmp_path / "evaluate"
-    write_json(evaluation / "metrics.json", {"accuracy": challenger["accuracy"], "accuracy_ci95": [0.85, 0.93],
-                                             "frozen_features": {"accuracy": 0.71}, "scratch": {"accuracy": 0.42}})
+    write_json(
+        evaluation / "metrics.json",
+        {
+            "accuracy": challenger["accuracy"],
+            "accuracy_ci95": [0.85, 0.93],
+            "frozen_features": {"accuracy": 0.71},
+            "scratch": {"accuracy": 0.42},
+        },
+    )
     files = tmp_path / "evidence"
     rng = np.random.default_rng(0)
     wrong = np.flatnonzero(challenger_pred != labels)
     images = rng.integers(0, 256, (len(wrong), 16, 16, 3)).astype(np.uint8)
-    write_evidence(files, gate, lineage, (images, labels[wrong], challenger_pred[wrong]), CLASSES,
-                   tuning_folder(tmp_path / "tune"), evaluation)
-    plot_history({"loss": [1.0, 0.5, 0.3], "val_loss": [1.1, 0.7, 0.5], "accuracy": [0.5, 0.8, 0.9],
-                  "val_accuracy": [0.5, 0.7, 0.85]}, files / "history.png", "fine_tune")
-    champion_tags = {"validation_status": "failed", "validation_reasons": "accuracy below 0.8",
-                     "promoted_forced": "true", "promoted_reason": "hotfix for class 9", "promoted_by": "ana",
-                     "promoted_at": "2026-01-02T03:04:05Z", "test_accuracy": "0.8900"}
-    return {"title": "Promotion review: digits v4", "model_name": "digits", "version": "4",
-            "description": f"Backbone fine-tuned. {HOSTILE}", "aliases": {"@challenger": "4", "@champion": "3"},
-            "gate": gate, "lineage": lineage, "tuning": BestParams.read(files / "tune").model_dump(),
-            "evaluation": {"accuracy": challenger["accuracy"], "accuracy_ci95": [0.85, 0.93],
-                           "frozen_features": {"accuracy": 0.71}, "scratch": {"accuracy": 0.42}},
-            "version_tags": {"freeze_ratio": "0.5", "learning_rate": "0.0003", "regime": "fine_tune"},
-            "champion_tags": champion_tags if with_champion else None,
-            "current_champion": "3" if with_champion else None,
-            "diff": [("fine_tune.learning_rate", "0.001", "0.0003")] if with_champion else [],
-            "register_run_id": "e" * 32, "files": files}
+    write_evidence(
+        files,
+        gate,
+        lineage,
+        (images, labels[wrong], challenger_pred[wrong]),
+        CLASSES,
+        tuning_folder(tmp_path / "tune"),
+        evaluation,
+    )
+    plot_history(
+        {
+            "loss": [1.0, 0.5, 0.3],
+            "val_loss": [1.1, 0.7, 0.5],
+            "accuracy": [0.5, 0.8, 0.9],
+            "val_accuracy": [0.5, 0.7, 0.85],
+        },
+        files / "history.png",
+        "fine_tune",
+    )
+    champion_tags = {
+        "validation_status": "failed",
+        "validation_reasons": "accuracy below 0.8",
+        "promoted_forced": "true",
+        "promoted_reason": "hotfix for class 9",
+        "promoted_by": "ana",
+        "promoted_at": "2026-01-02T03:04:05Z",
+        "test_accuracy": "0.8900",
+    }
+    return {
+        "title": "Promotion review: digits v4",
+        "model_name": "digits",
+        "version": "4",
+        "description": f"Backbone fine-tuned. {HOSTILE}",
+        "aliases": {"@challenger": "4", "@champion": "3"},
+        "gate": gate,
+        "lineage": lineage,
+        "tuning": BestParams.read(files / "tune").model_dump(),
+        "evaluation": {
+            "accuracy": challenger["accuracy"],
+            "accuracy_ci95": [0.85, 0.93],
+            "frozen_features": {"accuracy": 0.71},
+            "scratch": {"accuracy": 0.42},
+        },
+        "version_tags": {"freeze_ratio": "0.5", "learning_rate": "0.0003", "regime": "fine_tune"},
+        "champion_tags": champion_tags if with_champion else None,
+        "current_champion": "3" if with_champion else None,
+        "diff": [("fine_tune.learning_rate", "0.001", "0.0003")] if with_champion else [],
+        "register_run_id": "e" * 32,
+        "files": files,
+    }
 
 
 def test_page_and_summary_say_it_in_words(tmp_path):

@@ -14,18 +14,33 @@ def test_images_added_and_removed_per_split():
 
 
 def test_lineage_and_tuned_values_flatten_to_comparable_rows():
-    lineage = {"data_source": "data/raw/x", "backbone": "sha256:ab", "test_set_sha256": "t1",
-               "dvc_lock": {"data/subset": "md5a"}, "subset_sizes": {"train": {"5": 24, "6": 24}}}
+    lineage = {
+        "data_source": "data/raw/x",
+        "backbone": "sha256:ab",
+        "test_set_sha256": "t1",
+        "dvc_lock": {"data/subset": "md5a"},
+        "subset_sizes": {"train": {"5": 24, "6": 24}},
+    }
     flat = _flat_lineage(lineage)
     assert flat["data: dvc.lock md5 of data/subset"] == "md5a" and flat["data: train images of class 5"] == "24"
     assert _tuned({"freeze_ratio": "0.5000000000000001", "learning_rate": "0.00123456", "regime": "transfer"}) == {
-        "trained with: freeze_ratio": "0.5", "trained with: learning_rate": "0.00123",
-        "trained with: regime": "transfer"}
+        "trained with: freeze_ratio": "0.5",
+        "trained with: learning_rate": "0.00123",
+        "trained with: regime": "transfer",
+    }
 
 
 def test_epochs_per_trial_is_a_mean_and_freeze_ratio_is_rounded():
-    tuning = {"source": "study", "params": {"freeze_ratio": 0.5000000000000001}, "study_name": "s",
-              "metric": "val_loss", "value": 0.1, "trial": 2, "states": {"COMPLETE": 8, "PRUNED": 2}, "epochs_run": 25}
+    tuning = {
+        "source": "study",
+        "params": {"freeze_ratio": 0.5000000000000001},
+        "study_name": "s",
+        "metric": "val_loss",
+        "value": 0.1,
+        "trial": 2,
+        "states": {"COMPLETE": 8, "PRUNED": 2},
+        "epochs_run": 25,
+    }
     rows = dict(tuning_rows(tuning, {"freeze_ratio": "0.5000000000000001", "learning_rate": "0.001"}))
     assert rows["epochs per trial"] == "2.5 on average (25 in all over 10 trials)"
     assert rows["trained with"] == "freeze_ratio 0.5, learning_rate 0.001"

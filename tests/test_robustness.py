@@ -22,14 +22,15 @@ CANARY = "CanarySecret4242"
 
 def cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 900):
     full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def no_canary(proc, folder: Path | None = None):
     assert CANARY not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    for path in (folder.rglob("*") if folder else []):
+    for path in folder.rglob("*") if folder else []:
         if path.is_file() and path.stat().st_size < 5_000_000:
             assert CANARY.encode() not in path.read_bytes(), path
 
@@ -38,18 +39,28 @@ def no_canary(proc, folder: Path | None = None):
 def test_no_secret_reaches_a_message_or_a_file(tmp_path):
     """Canary credentials in every URI and variable; every error path answers in one line without them."""
     dead = f"127.0.0.1:{free_port()}"
-    params = write_params(tmp_path / "params.yaml", "builtin:digits",
-                          registry={"http_retries": 0, "http_timeout": 2})
-    env = {"MLFLOW_TRACKING_URI": f"http://alice:{CANARY}@{dead}/", "AWS_SECRET_ACCESS_KEY": CANARY,
-           "AWS_ACCESS_KEY_ID": "test", "MLFLOW_TRACKING_PASSWORD": CANARY, "PGPASSWORD": CANARY}
+    params = write_params(tmp_path / "params.yaml", "builtin:digits", registry={"http_retries": 0, "http_timeout": 2})
+    env = {
+        "MLFLOW_TRACKING_URI": f"http://alice:{CANARY}@{dead}/",
+        "AWS_SECRET_ACCESS_KEY": CANARY,
+        "AWS_ACCESS_KEY_ID": "test",
+        "MLFLOW_TRACKING_PASSWORD": CANARY,
+        "PGPASSWORD": CANARY,
+    }
     tracking = cli("components.make_digits", "--params", str(params), "--digits", "out", cwd=tmp_path, env=env)
     assert tracking.returncode == 2 and "MLflow tracking at http://***@" in tracking.stderr
     no_canary(tracking, tmp_path)
     registry = cli("operators.registry", "--params", str(params), "status", cwd=tmp_path, env=env)
     assert registry.returncode == 2 and "error: MLflow registry at http://***@" in registry.stderr
     no_canary(registry, tmp_path)
-    pg = cli("operators.registry", "--params", str(params), "status", cwd=tmp_path,
-             env={**env, "MLFLOW_TRACKING_URI": f"postgresql://alice:{CANARY}@{dead}/mlflow"})
+    pg = cli(
+        "operators.registry",
+        "--params",
+        str(params),
+        "status",
+        cwd=tmp_path,
+        env={**env, "MLFLOW_TRACKING_URI": f"postgresql://alice:{CANARY}@{dead}/mlflow"},
+    )
     assert pg.returncode == 2 and "postgresql+psycopg2://***@" in pg.stderr  # one line, the driver we ship
     no_canary(pg, tmp_path)
     raw = yaml.safe_load(params.read_text())
@@ -60,9 +71,22 @@ def test_no_secret_reaches_a_message_or_a_file(tmp_path):
     storage = cli("pipelines.dvc_yaml", "--params", str(inputs / "bad.yaml"), "--out", "dvc.yaml", cwd=tmp_path)
     assert storage.returncode == 2 and "PGUSER/PGPASSWORD" in storage.stderr
     no_canary(storage, tmp_path)
-    s3 = cli("components.make_subset", "--params", str(params), "--raw", "s3://bucket/photos/", "--subset", "subset",
-             cwd=tmp_path, env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
-                                "AWS_ENDPOINT_URL": f"http://{dead}", "AWS_MAX_ATTEMPTS": "1"})
+    s3 = cli(
+        "components.make_subset",
+        "--params",
+        str(params),
+        "--raw",
+        "s3://bucket/photos/",
+        "--subset",
+        "subset",
+        cwd=tmp_path,
+        env={
+            **env,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
+            "AWS_ENDPOINT_URL": f"http://{dead}",
+            "AWS_MAX_ATTEMPTS": "1",
+        },
+    )
     assert s3.returncode == 2
     no_canary(s3, tmp_path)
 
@@ -70,20 +94,36 @@ def test_no_secret_reaches_a_message_or_a_file(tmp_path):
 def test_redaction_helper():
     from tlpipe.redact import redact, redact_text
 
-    assert redact(f"postgresql://alice:{CANARY}@db:5432/x?sslpassword={CANARY}&a=1") == \
-        "postgresql://***@db:5432/x?sslpassword=***&a=1"
+    assert (
+        redact(f"postgresql://alice:{CANARY}@db:5432/x?sslpassword={CANARY}&a=1")
+        == "postgresql://***@db:5432/x?sslpassword=***&a=1"
+    )
     assert CANARY not in redact_text(f"failed: http://bob:{CANARY}@host/path and more")
 
 
 def tiny_run(root: Path, **extra) -> Path:
     root.mkdir(parents=True)
-    sections = {**TINY, "tune": {**TINY["tune"], "storage": f"sqlite:///{root / 'optuna.db'}", "sweep": False},
-                **extra}
+    sections = {**TINY, "tune": {**TINY["tune"], "storage": f"sqlite:///{root / 'optuna.db'}", "sweep": False}, **extra}
     write_params(root / "params.yaml", "builtin:digits", **sections)
     from pipelines.local import run_steps
 
-    run_steps(root, [s for s in ("make_digits", "make_subset", "validate_data", "augment", "pretrain_backbone",
-                                 "extract_features", "train_head", "tune", "fine_tune")])
+    run_steps(
+        root,
+        [
+            s
+            for s in (
+                "make_digits",
+                "make_subset",
+                "validate_data",
+                "augment",
+                "pretrain_backbone",
+                "extract_features",
+                "train_head",
+                "tune",
+                "fine_tune",
+            )
+        ],
+    )
     return root
 
 
@@ -112,13 +152,35 @@ def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tiny_project, tm
         (root / "params.yaml").write_text(yaml.safe_dump(raw))
         (root / "reports/tune").mkdir(parents=True, exist_ok=True)
         (root / "reports/tune/best_params.json").write_text(json.dumps({"source": "params"}))
-        args = ["--params", "params.yaml", "--subset", "data/subset", "--validation", "data/validation",
-                "--head", "models/head", "--backbone", "models/backbone", "--tuning", "reports/tune",
-                "--model", "models/fine_tune", "--report", "reports/fine_tune", "--workdir", "checkpoints/fine_tune"]
+        args = [
+            "--params",
+            "params.yaml",
+            "--subset",
+            "data/subset",
+            "--validation",
+            "data/validation",
+            "--head",
+            "models/head",
+            "--backbone",
+            "models/backbone",
+            "--tuning",
+            "reports/tune",
+            "--model",
+            "models/fine_tune",
+            "--report",
+            "reports/fine_tune",
+            "--workdir",
+            "checkpoints/fine_tune",
+        ]
         env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
         if name == "killed":
-            proc = subprocess.Popen([sys.executable, "-m", "components.fine_tune", *args], cwd=root, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "components.fine_tune", *args],
+                cwd=root,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             deadline = time.time() + 900
             while time.time() < deadline:
                 states = list((root / "checkpoints/fine_tune").glob("*/state.json"))
@@ -128,8 +190,14 @@ def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tiny_project, tm
                 time.sleep(0.2)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        done = subprocess.run([sys.executable, "-m", "components.fine_tune", *args], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [sys.executable, "-m", "components.fine_tune", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         if name == "killed":
             assert "resuming from epoch" in done.stdout
@@ -160,8 +228,11 @@ def test_runs_of_a_killed_step_are_closed_when_it_next_starts(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     client = mlflow.MlflowClient()
-    orphan = client.create_run(experiment.experiment_id, run_name="augment",
-                               tags={"tlpipe.step": "augment", OWNER_TAG: f"{os.uname().nodename}:{dead.pid}"})
+    orphan = client.create_run(
+        experiment.experiment_id,
+        run_name="augment",
+        tags={"tlpipe.step": "augment", OWNER_TAG: f"{os.uname().nodename}:{dead.pid}"},
+    )
     params = load_step_params(params_file, "augment", ("augment",))
     with step_run(params, "augment"):
         pass

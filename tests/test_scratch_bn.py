@@ -22,14 +22,16 @@ def toy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_mobilenet_v2_from_scratch_learns_in_inference_mode():
     backbone = load_backbone("mobilenet_v2", "none", SIZE)
-    assert max(layer.momentum for layer in backbone.layers
-               if isinstance(layer, keras.layers.BatchNormalization)) > SCRATCH_BN_MOMENTUM  # keras' 0.999
-    hp = HyperParams(freeze_ratio=0.0, learning_rate=1e-3, dropout=0.0, head_units=16, regime="scratch",
-                     train_bn=True)
+    assert (
+        max(layer.momentum for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
+        > SCRATCH_BN_MOMENTUM
+    )  # keras' 0.999
+    hp = HyperParams(freeze_ratio=0.0, learning_rate=1e-3, dropout=0.0, head_units=16, regime="scratch", train_bn=True)
     keras.utils.set_random_seed(0)
     model, _ = build_model(backbone, preprocess_mode("mobilenet_v2"), SIZE, hp, 2, None)
-    norms = [layer for layer in model.get_layer("backbone").layers
-             if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [
+        layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert norms and all(layer.momentum <= SCRATCH_BN_MOMENTUM for layer in norms)
     x, y = toy(96, 0)
     model.fit(x, y, epochs=4, batch_size=16, verbose=0)  # 24 steps: the moving statistics must catch up

@@ -5,8 +5,8 @@ import pytest
 from scipy.stats import binomtest
 
 from components.evaluate import evaluate
-from components.register import baseline_reasons
 from tlpipe.errors import PipelineError
+from tlpipe.reports.gate import baseline_reasons
 from tlpipe.reports.review_rows import baseline_rows
 from tlpipe.reports.selection import best_baseline, rank, significantly_worse, versus
 from tlpipe.sections import RegistryConfig
@@ -22,8 +22,11 @@ def onehot(pred: np.ndarray) -> np.ndarray:
 
 
 def test_rank_uses_validation_accuracy_then_loss():
-    val = {"final": {"accuracy": 0.9, "loss": 0.3}, "scratch": {"accuracy": 0.9, "loss": 0.2},
-           "frozen_features": {"accuracy": 0.8, "loss": 0.1}}
+    val = {
+        "final": {"accuracy": 0.9, "loss": 0.3},
+        "scratch": {"accuracy": 0.9, "loss": 0.2},
+        "frozen_features": {"accuracy": 0.8, "loss": 0.1},
+    }
     assert rank(val) == ["scratch", "final", "frozen_features"]
     assert best_baseline(val) == "scratch"
     with pytest.raises(PipelineError):
@@ -37,10 +40,14 @@ def test_evaluate_picks_the_baseline_best_on_validation_not_on_test():
     scratch = labels.copy()  # scratch: 40/40 on test, but ranked below frozen on validation
     frozen = labels.copy()
     frozen[:2] = 1 - frozen[:2]  # frozen: 38/40
-    validation = {"final": {"accuracy": 0.95, "loss": 0.2}, "frozen_features": {"accuracy": 0.97, "loss": 0.1},
-                  "scratch": {"accuracy": 0.90, "loss": 0.3}}
-    metrics, _, _ = evaluate(labels, onehot(final), onehot(frozen), labels, CLASSES, 0, onehot(scratch), "transfer",
-                             validation)
+    validation = {
+        "final": {"accuracy": 0.95, "loss": 0.2},
+        "frozen_features": {"accuracy": 0.97, "loss": 0.1},
+        "scratch": {"accuracy": 0.90, "loss": 0.3},
+    }
+    metrics, _, _ = evaluate(
+        labels, onehot(final), onehot(frozen), labels, CLASSES, 0, onehot(scratch), "transfer", validation
+    )
     vs = metrics.vs_best_baseline
     assert metrics.best_baseline == vs["name"] == "frozen_features"
     assert metrics.best_baseline_chosen_on == "validation" and metrics.best_on_validation == "frozen_features"
@@ -55,8 +62,17 @@ def test_evaluate_picks_the_baseline_best_on_validation_not_on_test():
 def test_evaluate_refuses_baselines_scored_on_other_test_images():
     labels = np.array([0, 1, 0, 1])
     with pytest.raises(PipelineError, match="extract_features"):
-        evaluate(labels, onehot(labels), onehot(labels), labels[::-1], CLASSES, 0, onehot(labels), "transfer",
-                 {"final": {"accuracy": 1.0, "loss": 0.0}, "scratch": {"accuracy": 1.0, "loss": 0.0}})
+        evaluate(
+            labels,
+            onehot(labels),
+            onehot(labels),
+            labels[::-1],
+            CLASSES,
+            0,
+            onehot(labels),
+            "transfer",
+            {"final": {"accuracy": 1.0, "loss": 0.0}, "scratch": {"accuracy": 1.0, "loss": 0.0}},
+        )
 
 
 def test_significantly_worse_and_the_gate_flag(tmp_path):
@@ -66,10 +82,14 @@ def test_significantly_worse_and_the_gate_flag(tmp_path):
     vs = versus("scratch", labels, final, labels)
     assert vs["delta"] == pytest.approx(-0.2) and vs["mcnemar_p"] < 0.001 and significantly_worse(vs)
     assert not significantly_worse(versus("scratch", labels, labels, final))  # better, not worse
-    validation = {"final": {"accuracy": 0.8, "loss": 0.5}, "frozen_features": {"accuracy": 0.9, "loss": 0.4},
-                  "scratch": {"accuracy": 1.0, "loss": 0.1}}
-    metrics, _, _ = evaluate(labels, onehot(final), onehot(labels), labels, CLASSES, 0, onehot(labels), "transfer",
-                             validation)
+    validation = {
+        "final": {"accuracy": 0.8, "loss": 0.5},
+        "frozen_features": {"accuracy": 0.9, "loss": 0.4},
+        "scratch": {"accuracy": 1.0, "loss": 0.1},
+    }
+    metrics, _, _ = evaluate(
+        labels, onehot(final), onehot(labels), labels, CLASSES, 0, onehot(labels), "transfer", validation
+    )
     metrics.write(tmp_path)
     assert baseline_reasons(RegistryConfig(), tmp_path) == []  # opt-in: off by default
     reasons = baseline_reasons(RegistryConfig(refuse_worse_than_baseline=True), tmp_path)
@@ -77,8 +97,12 @@ def test_significantly_worse_and_the_gate_flag(tmp_path):
 
 
 def test_review_shows_the_comparison():
-    evaluation = {"accuracy": 0.9, "frozen_features": {"accuracy": 0.8}, "scratch": {"accuracy": 0.95},
-                  "vs_best_baseline": {"name": "scratch", "delta": -0.05, "mcnemar_p": 0.03, "fixed": 1, "broken": 7}}
+    evaluation = {
+        "accuracy": 0.9,
+        "frozen_features": {"accuracy": 0.8},
+        "scratch": {"accuracy": 0.95},
+        "vs_best_baseline": {"name": "scratch", "delta": -0.05, "mcnemar_p": 0.03, "fixed": 1, "broken": 7},
+    }
     rows = dict(baseline_rows(evaluation))
     line = rows["final vs best baseline (same test images)"]
     assert "scratch" in line and "-5.0 points" in line and "p = 0.03" in line and "significantly worse" in line

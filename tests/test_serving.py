@@ -44,7 +44,7 @@ def registered(tmp_path_factory):
 
 
 def test_logged_from_code_without_pickle_or_nags(registered):
-    """"Models from code" (no CloudPickle of a Python object) and a typed predict: the register step's output
+    """ "Models from code" (no CloudPickle of a Python object) and a typed predict: the register step's output
     carries no MLflow safety warning or type-hint nag."""
     import mlflow
     from mlflow.models import get_model_info

@@ -21,8 +21,8 @@ def pair(n: int, both: int, fixed: int, broken: int) -> tuple[np.ndarray, np.nda
     champion = np.zeros(n, bool)
     challenger = np.zeros(n, bool)
     champion[:both] = challenger[:both] = True
-    challenger[both:both + fixed] = True
-    champion[both + fixed:both + fixed + broken] = True
+    challenger[both : both + fixed] = True
+    champion[both + fixed : both + fixed + broken] = True
     return champion, challenger, np.arange(n) % 2
 
 

@@ -10,7 +10,8 @@ import importlib
 
 import pytest
 
-from pipelines.graph import External, argv, build
+from pipelines.graph import argv, build
+from pipelines.step import External
 from tests.conftest import REPO
 from tlpipe.config import load_params
 
@@ -47,7 +48,7 @@ def test_declared_flags_parse_with_each_steps_parser(parse_only, variant):
     steps = build(load_params(REPO / "params.yaml", VARIANTS[variant]))
     for step in steps:
         line = argv(step, steps)
-        args = [*line[:1 if step.command else 0], "--params", "params.yaml", *line[1 if step.command else 0:]]
+        args = [*line[: 1 if step.command else 0], "--params", "params.yaml", *line[1 if step.command else 0 :]]
         ns = _parsed(step.name, args)
         for name, ref in step.inputs.items():
             value = getattr(ns, name.replace("-", "_"))
@@ -63,6 +64,8 @@ def test_fan_out_roles_parse_with_the_worker_flags(parse_only):
     for step in (s for s in steps if s.fanout):
         line = argv(step, steps)[1:]  # without the DVC subcommand ("run")
         for role in ("create-study", "worker", "summarize"):
-            ns = _parsed(step.name, [role, "--params", "params.yaml", *line, "--storage", "sqlite:///x.db",
-                                     "--worker-index", "3"])
+            ns = _parsed(
+                step.name,
+                [role, "--params", "params.yaml", *line, "--storage", "sqlite:///x.db", "--worker-index", "3"],
+            )
             assert ns.command == role and ns.worker_index == 3 and ns.storage == "sqlite:///x.db"

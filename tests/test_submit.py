@@ -39,8 +39,9 @@ class FakeClient:
     def __init__(self, host=None, namespace="kubeflow", **kwargs):
         FakeClient.calls.append(("init", host, namespace, kwargs))
 
-    def create_run_from_pipeline_package(self, pipeline_file, arguments=None, run_name=None,
-                                         experiment_name=None, namespace=None, **kwargs):
+    def create_run_from_pipeline_package(
+        self, pipeline_file, arguments=None, run_name=None, experiment_name=None, namespace=None, **kwargs
+    ):
         if FakeClient.error is not None:
             raise FakeClient.error
         FakeClient.calls.append(("create", Path(pipeline_file).name, arguments, experiment_name, namespace))
@@ -67,8 +68,17 @@ def _assert_no_secrets(text: str) -> None:
 
 
 def test_token_cookie_and_namespace_are_passed_through(fake_kfp, capsys):
-    run = sub.submit("http://kfp.example:8080", "tlpipe-dev", fake_kfp, {"fine_tune_epochs": 3},
-                     namespace="team-a", wait=True, timeout=900, token=TOKEN, cookies=COOKIE)
+    run = sub.submit(
+        "http://kfp.example:8080",
+        "tlpipe-dev",
+        fake_kfp,
+        {"fine_tune_epochs": 3},
+        namespace="team-a",
+        wait=True,
+        timeout=900,
+        token=TOKEN,
+        cookies=COOKIE,
+    )
     assert run.run_id == "run-1"
     (_, host, namespace, kwargs), create, wait = FakeClient.calls
     assert (host, namespace) == ("http://kfp.example:8080", "team-a")
@@ -183,11 +193,20 @@ class EchoUnauthorized(http.server.BaseHTTPRequestHandler):
     """A KFP API that refuses every request and echoes the credentials it was sent in the body."""
 
     def _refuse(self):
-        body = json.dumps({"error": "Unauthorized", "code": 16,
-                           "echo": {"Authorization": self.headers.get("Authorization", ""),
-                                    "Cookie": self.headers.get("Cookie", "")}}).encode()
-        body += f"\nrequest headers: Authorization: {self.headers.get('Authorization')}; " \
-                f"Cookie: {self.headers.get('Cookie')}".encode()
+        body = json.dumps(
+            {
+                "error": "Unauthorized",
+                "code": 16,
+                "echo": {
+                    "Authorization": self.headers.get("Authorization", ""),
+                    "Cookie": self.headers.get("Cookie", ""),
+                },
+            }
+        ).encode()
+        body += (
+            f"\nrequest headers: Authorization: {self.headers.get('Authorization')}; "
+            f"Cookie: {self.headers.get('Cookie')}".encode()
+        )
         self.send_response(401)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -214,12 +233,36 @@ def echo_401():
 def test_a_401_that_echoes_the_credentials_is_one_line_with_the_token_hint(echo_401, tmp_path, namespace):
     package = tmp_path / "p.yaml"
     package.write_text("pipelineInfo: {name: tlpipe-training}\n")
-    env = {**os.environ, sub.TOKEN_ENV: TOKEN, sub.COOKIE_ENV: COOKIE, "PYTHONPATH": str(REPO),
-           sub.SA_TOKEN_PATH_ENV: str(tmp_path / "none"), "HOME": str(tmp_path)}
+    env = {
+        **os.environ,
+        sub.TOKEN_ENV: TOKEN,
+        sub.COOKIE_ENV: COOKIE,
+        "PYTHONPATH": str(REPO),
+        sub.SA_TOKEN_PATH_ENV: str(tmp_path / "none"),
+        "HOME": str(tmp_path),
+    }
     env.pop(sub.NAMESPACE_ENV, None)
-    proc = subprocess.run([sys.executable, "-m", "pipelines.training_pipeline", "--params", str(REPO / "params.yaml"),
-                           "submit", "--host", echo_401, "--experiment", "e", "--package", str(package), *namespace],
-                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.training_pipeline",
+            "--params",
+            str(REPO / "params.yaml"),
+            "submit",
+            "--host",
+            echo_401,
+            "--experiment",
+            "e",
+            "--package",
+            str(package),
+            *namespace,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output
     assert output.count(TOKEN) + output.count(COOKIE_VALUE) == 0, output
@@ -262,21 +305,37 @@ def test_submit_without_namespace_fails_after_one_health_check(tmp_path, status)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     package = tmp_path / "p.yaml"
     package.write_text("pipelineInfo: {name: tlpipe-training}\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO), sub.SA_TOKEN_PATH_ENV: str(tmp_path / "none"),
-           "HOME": str(tmp_path)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), sub.SA_TOKEN_PATH_ENV: str(tmp_path / "none"), "HOME": str(tmp_path)}
     for key in (sub.NAMESPACE_ENV, sub.TOKEN_ENV, sub.COOKIE_ENV):
         env.pop(key, None)
     started = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pipelines.training_pipeline", "--params",
-                               str(REPO / "params.yaml"), "submit", "--host",
-                               f"http://127.0.0.1:{server.server_address[1]}", "--experiment", "e", "--package",
-                               str(package)], cwd=tmp_path, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.training_pipeline",
+                "--params",
+                str(REPO / "params.yaml"),
+                "submit",
+                "--host",
+                f"http://127.0.0.1:{server.server_address[1]}",
+                "--experiment",
+                "e",
+                "--package",
+                str(package),
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     finally:
         server.shutdown()
         server.server_close()
-    print(f"submit against a {status} answered in {time.monotonic() - started:.1f} s, "
-          f"{len(handler.requests)} request(s)")
+    print(
+        f"submit against a {status} answered in {time.monotonic() - started:.1f} s, {len(handler.requests)} request(s)"
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: KFP API at ") and f"HTTP {status}" in lines[0], lines

@@ -29,8 +29,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def params_for(project, tmp_path, **overrides):
-    base = {"tune.storage": f"sqlite:///{tmp_path / 'optuna.db'}",
-            "tracking.default_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    base = {
+        "tune.storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "tracking.default_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
     return load_params(project / "params.yaml", {**base, **overrides})
 
 
@@ -45,9 +47,15 @@ def load(project, params):
 
 def recipe(project, params, epochs=None) -> Recipe:
     """What every trial shares, as the tune step builds it."""
-    return Recipe(seed=params.seed, image_size=params.model.image_size,
-                  preprocess=preprocess_mode(backbone_of(project)), batch_size=params.fine_tune.batch_size,
-                  epochs=epochs or params.tune.epochs, patience=params.tune.patience, monitor=params.tune.metric)
+    return Recipe(
+        seed=params.seed,
+        image_size=params.model.image_size,
+        preprocess=preprocess_mode(backbone_of(project)),
+        batch_size=params.fine_tune.batch_size,
+        epochs=epochs or params.tune.epochs,
+        patience=params.tune.patience,
+        monitor=params.tune.metric,
+    )
 
 
 def hp_of(freeze_ratio, learning_rate, dropout, head_units) -> HyperParams:
@@ -63,8 +71,9 @@ def test_search_space_uses_real_boundaries_within_range(tiny_project, tmp_path):
     inside = [p for p in points if 0.2 <= p <= 0.8]
     seen = set()
     for index in range(len(inside)):
-        trial = optuna.trial.FixedTrial({"freeze_ratio": round(inside[index], 4), "learning_rate": 1e-3,
-                                         "train_bn": False})
+        trial = optuna.trial.FixedTrial(
+            {"freeze_ratio": round(inside[index], 4), "learning_rate": 1e-3, "train_bn": False}
+        )
         hp = suggest(trial, params.tune, points, ["transfer"])
         ratio = hp["freeze_ratio"]
         seen.add(ratio)
@@ -82,8 +91,11 @@ def test_cached_trial_equals_full_model_trial(tiny_project, tmp_path):
     hp = hp_of(0.5, 3e-3, 0.0, params.model.head_units)
     head = tiny_project / "models/head" / HEAD_FILE
     results = {}
-    runs = (("full", None), ("f32", ActivationCache(tmp_path / "c32", 10**9, "float32")),
-            ("f16", ActivationCache(tmp_path / "c16", 10**9, "float16")))
+    runs = (
+        ("full", None),
+        ("f32", ActivationCache(tmp_path / "c32", 10**9, "float32")),
+        ("f16", ActivationCache(tmp_path / "c16", 10**9, "float16")),
+    )
     for name, cache in runs:
         keras.utils.set_random_seed(1)
         backbone = load(tiny_project, params)
@@ -118,8 +130,9 @@ def test_streamed_trial_data_computes_what_the_in_memory_data_does(tiny_project,
     histories = {}
     for name, data in (("memory", memory), ("stream", stream)):
         cache = ActivationCache(tmp_path / f"cache-{name}", 10**9, "float32")
-        out = run_trial(recipe(tiny_project, params, epochs=2), hp, data, load(tiny_project, params), head, cache,
-                        "tiny")
+        out = run_trial(
+            recipe(tiny_project, params, epochs=2), hp, data, load(tiny_project, params), head, cache, "tiny"
+        )
         assert out["mode"] == "cached"
         histories[name] = out["history"]
         (entry,) = (tmp_path / f"cache-{name}").iterdir()
@@ -140,9 +153,15 @@ def test_streamed_trial_data_computes_what_the_in_memory_data_does(tiny_project,
 def test_fully_frozen_trial_trains_only_the_head(tiny_project, tmp_path):
     params = params_for(tiny_project, tmp_path)
     data = load_trial_data(tiny_project / "data/subset", None, 16)
-    out = run_trial(recipe(tiny_project, params, epochs=1), hp_of(1.0, 1e-3, 0.1, params.model.head_units), data,
-                    load(tiny_project, params), tiny_project / "models/head" / HEAD_FILE,
-                    ActivationCache(tmp_path / "c", 10**9, "float16"), "x")
+    out = run_trial(
+        recipe(tiny_project, params, epochs=1),
+        hp_of(1.0, 1e-3, 0.1, params.model.head_units),
+        data,
+        load(tiny_project, params),
+        tiny_project / "models/head" / HEAD_FILE,
+        ActivationCache(tmp_path / "c", 10**9, "float16"),
+        "x",
+    )
     assert out["mode"] == "cached" and out["plan"].effective_ratio == 1.0
     assert all(w.name.startswith("head") or "head" in w.path for w in out["model"].trainable_weights)
 
@@ -152,8 +171,15 @@ def test_cache_disk_budget_falls_back_to_full_model_in_one_line(tiny_project, tm
     data = load_trial_data(tiny_project / "data/subset", None, 16)
     cache = ActivationCache(tmp_path / "c", 1000, "float16", disk_bytes=1000)
     backbone = load(tiny_project, params)
-    out = run_trial(recipe(tiny_project, params, epochs=1), hp_of(0.5, 1e-3, 0.1, 16), data, backbone,
-                    tiny_project / "models/head" / HEAD_FILE, cache, "x")
+    out = run_trial(
+        recipe(tiny_project, params, epochs=1),
+        hp_of(0.5, 1e-3, 0.1, 16),
+        data,
+        backbone,
+        tiny_project / "models/head" / HEAD_FILE,
+        cache,
+        "x",
+    )
     assert out["mode"] == "full" and not (tmp_path / "c").exists()
     (line,) = [x for x in capsys.readouterr().out.splitlines() if "cache_disk_bytes" in x]
     shape = backbone.layers[out["plan"].frozen].output.shape[1:]
@@ -163,8 +189,9 @@ def test_cache_disk_budget_falls_back_to_full_model_in_one_line(tiny_project, tm
 
 
 def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_path):
-    params = params_for(tiny_project, tmp_path, **{"tune.n_trials": 4, "tune.epochs": 3,
-                                                   "tune.learning_rate": [1e-5, 50.0]})
+    params = params_for(
+        tiny_project, tmp_path, **{"tune.n_trials": 4, "tune.epochs": 3, "tune.learning_rate": [1e-5, 50.0]}
+    )
     study = create_study(params.tune, "prune-test", params.seed)
     # Three sane reference trials. They are the same point, so none of them lags the median. Their rate is one
     # that learns from the first epoch under the trial's seeded batch order (3e-3 stays at chance for two epochs
@@ -176,12 +203,19 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
         study.enqueue_trial({**point, "learning_rate": 1e-3})
     study.enqueue_trial({**point, "learning_rate": 50.0})  # diverges: accuracy collapses
     spec, model = backbone_of(tiny_project), params.model
-    worker = Worker(WorkerSetup(
-        cfg=params.tune, recipe=recipe(tiny_project, params), defaults=Defaults(model.dropout, model.head_units),
-        subset=tiny_project / "data/subset", head=tiny_project / "models/head" / HEAD_FILE,
-        augmented=tiny_project / "data/augmented", cache_dir=tmp_path / "cache",
-        load_backbone=lambda: load(tiny_project, params),
-        identity=backbone_identity(spec, model.weights, model.image_size)))
+    worker = Worker(
+        WorkerSetup(
+            cfg=params.tune,
+            recipe=recipe(tiny_project, params),
+            defaults=Defaults(model.dropout, model.head_units),
+            subset=tiny_project / "data/subset",
+            head=tiny_project / "models/head" / HEAD_FILE,
+            augmented=tiny_project / "data/augmented",
+            cache_dir=tmp_path / "cache",
+            load_backbone=lambda: load(tiny_project, params),
+            identity=backbone_identity(spec, model.weights, model.image_size),
+        )
+    )
     import mlflow
 
     mlflow.set_tracking_uri(params.tracking.default_uri)
@@ -194,8 +228,7 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
     assert study.metric_names == [params.tune.metric]  # named in optuna-dashboard, not "Objective 0"
     assert "freeze_ratio" in study.trials[0].params  # the searched param has the name used everywhere
     # A pruned trial is a FINISHED MLflow run tagged optuna.state=pruned, not a red FAILED one.
-    runs = mlflow.search_runs(filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                              output_format="list")
+    runs = mlflow.search_runs(filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", output_format="list")
     by_state = sorted((r.data.tags["optuna.state"], r.info.status) for r in runs)
     assert by_state == [("complete", "FINISHED")] * 3 + [("pruned", "FINISHED")], by_state
     assert study.get_trials()[3].user_attrs["epochs_run"] < 3
@@ -211,9 +244,24 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
     assert ran == 4  # this worker ran the four (enqueued) trials
 
     # `make study` prints the stored name; optuna.load_study opens it with that name.
-    shown = subprocess.run([sys.executable, "-m", "operators.study", "--params", str(tiny_project / "params.yaml"),
-                            "--tuning", str(out), "--storage", params.tune.storage], cwd=tmp_path,
-                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=900)
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "operators.study",
+            "--params",
+            str(tiny_project / "params.yaml"),
+            "--tuning",
+            str(out),
+            "--storage",
+            params.tune.storage,
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert shown.returncode == 0, shown.stderr[-2000:]
     name = re.search(r'study_name="([^"]+)"', shown.stdout).group(1)
     assert name == study.study_name and "optuna-dashboard" in shown.stdout
@@ -237,8 +285,13 @@ def write(params_file, project, **tune):
 
 def trial_args(project, cache, **inputs):
     """The step's folder flags, as in dvc.yaml; `inputs` replace some (subset=..., backbone=...)."""
-    folders = {"subset": project / "data/subset", "augmented": project / "data/augmented",
-               "head": project / "models/head", "backbone": project / "models/backbone", **inputs}
+    folders = {
+        "subset": project / "data/subset",
+        "augmented": project / "data/augmented",
+        "head": project / "models/head",
+        "backbone": project / "models/backbone",
+        **inputs,
+    }
     return [part for flag, path in folders.items() for part in (f"--{flag}", str(path))] + ["--cache-dir", str(cache)]
 
 
@@ -271,8 +324,14 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 @pytest.mark.slow
 def test_tune_step_killed_then_rerun_continues_the_study(tiny_project, tmp_path, capsys):
-    params_file = write(tmp_path / "params.yaml", tiny_project, n_trials=4, epochs=2, storage=f"sqlite:///{tmp_path}/o.db",
-                        heartbeat_interval=1)
+    params_file = write(
+        tmp_path / "params.yaml",
+        tiny_project,
+        n_trials=4,
+        epochs=2,
+        storage=f"sqlite:///{tmp_path}/o.db",
+        heartbeat_interval=1,
+    )
     params = load_params(params_file)
     name = study_for(capsys, params_file, tiny_project, tmp_path)
     out = tmp_path / "out"
@@ -316,19 +375,41 @@ def test_workers_share_a_postgres_study_and_survive_a_killed_worker(tiny_project
     # Trials long enough (8 epochs) that worker 1 is surely caught mid-trial by the 0.2 s poll. No pruner: every
     # trial runs to its end, so each surviving worker's share shows as COMPLETE trials (with the median pruner
     # and the scratch regime in the search, a worker's few trials could all be pruned).
-    params_file = write(tmp_path / "params.yaml", tiny_project, n_trials=9, epochs=8, storage=pg_url,
-                        heartbeat_interval=1, pool_size=2, timeout=None, pruner="none")
+    params_file = write(
+        tmp_path / "params.yaml",
+        tiny_project,
+        n_trials=9,
+        epochs=8,
+        storage=pg_url,
+        heartbeat_interval=1,
+        pool_size=2,
+        timeout=None,
+        pruner="none",
+    )
     env = {**ENV, "PGUSER": postgres["user"]}  # credentials from the environment, never in params
-    created = subprocess.run(tune_cmd(params_file, "create-study", *trial_args(tiny_project, tmp_path / "cache")),
-                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    created = subprocess.run(
+        tune_cmd(params_file, "create-study", *trial_args(tiny_project, tmp_path / "cache")),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert created.returncode == 0, created.stderr[-2000:]
     name = re.search(r"tune: study (\S+) ready", created.stdout).group(1)
     os.environ["PGUSER"] = postgres["user"]
     params = load_params(params_file)
-    workers = [subprocess.Popen(tune_cmd(params_file, "worker", *trial_args(tiny_project, tmp_path / f"c{i}"),
-                                         "--worker-index", str(i)),
-                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for i in range(3)]
+    workers = [
+        subprocess.Popen(
+            tune_cmd(params_file, "worker", *trial_args(tiny_project, tmp_path / f"c{i}"), "--worker-index", str(i)),
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
     storage = make_storage(params.tune)  # one engine for all polls: a new one per poll would leak connections
     study = lambda: optuna.load_study(study_name=name, storage=storage)  # noqa: E731
 
@@ -342,8 +423,9 @@ def test_workers_share_a_postgres_study_and_survive_a_killed_worker(tiny_project
         for w in workers:
             w.kill()
         states = [(t.number, t.state.name, t.user_attrs.get("worker")) for t in study().get_trials()]
-        raise AssertionError(f"worker 1 never seen mid-trial; trials {states}; worker 1 said: "
-                             f"{workers[1].communicate()[1][-2000:]}") from None
+        raise AssertionError(
+            f"worker 1 never seen mid-trial; trials {states}; worker 1 said: {workers[1].communicate()[1][-2000:]}"
+        ) from None
     workers[1].send_signal(signal.SIGKILL)
     for i in (0, 2):
         _, err = workers[i].communicate(timeout=900)
@@ -383,14 +465,25 @@ def test_study_identity_follows_data_backbone_head_and_search_space(tiny_project
     shutil.copytree(tiny_project / "models/backbone", tmp_path / "same_backbone")
     assert study_for(capsys, params_file, tiny_project, tmp_path, backbone=tmp_path / "same_backbone") == base
     # how long and where a study runs is not what a trial computes: raising the budget continues the study
-    budget = write(tmp_path / "budget.yaml", tiny_project, storage=storage, n_trials=50, timeout=900,
-                   heartbeat_interval=5, max_retries=1)
+    budget = write(
+        tmp_path / "budget.yaml",
+        tiny_project,
+        storage=storage,
+        n_trials=50,
+        timeout=900,
+        heartbeat_interval=5,
+        max_retries=1,
+    )
     assert study_for(capsys, budget, tiny_project, tmp_path) == base
 
     # (a) other training data: make_subset picks other images with another seed
-    make_subset_run(str(tiny_project / "data/raw/digits/target"), params.data.layout,
-                    params.make_subset.model_copy(update={"seed": params.make_subset.seed + 1}), StorageConfig(),
-                    tmp_path / "subset2")
+    make_subset_run(
+        str(tiny_project / "data/raw/digits/target"),
+        params.data.layout,
+        params.make_subset.model_copy(update={"seed": params.make_subset.seed + 1}),
+        StorageConfig(),
+        tmp_path / "subset2",
+    )
     other_data = study_for(capsys, params_file, tiny_project, tmp_path, subset=tmp_path / "subset2")
     # ... or other pre-augmented copies of the same split
     shutil.copytree(tiny_project / "data/augmented", tmp_path / "augmented2")
@@ -430,9 +523,14 @@ def test_rerun_with_the_same_inputs_runs_no_trial_and_keeps_the_best(tiny_projec
 
     # other backbone bytes: another study, whose trials run afresh and never mix with the first study's
     changed = changed_copy(tiny_project / "models/backbone", tmp_path / "backbone2", BACKBONE_FILE)
-    printed = tune_in_process(capsys, params_file, "run", *trial_args(tiny_project, tmp_path / "cache",
-                                                                      backbone=changed),
-                              "--tuning", str(tmp_path / "t3"))
+    printed = tune_in_process(
+        capsys,
+        params_file,
+        "run",
+        *trial_args(tiny_project, tmp_path / "cache", backbone=changed),
+        "--tuning",
+        str(tmp_path / "t3"),
+    )
     assert "worker 0 ran 2 trials" in printed
     other = BestParams.read(tmp_path / "t3")
     assert other.study_name != first.study_name

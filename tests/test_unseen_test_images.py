@@ -24,8 +24,9 @@ def test_test_images_the_champion_trained_on_are_left_out(tmp_path):
     ids.write_text(json.dumps({"train": ["a1", "a2", "t3"], "val": ["v1"], "test": ["x"]}))
     client.log_artifact(run.info.run_id, str(ids), "evidence")
     client.create_registered_model("m")
-    version = client.create_model_version("m", f"runs:/{run.info.run_id}/evidence", run.info.run_id,
-                                          tags={"register_run_id": run.info.run_id})
+    version = client.create_model_version(
+        "m", f"runs:/{run.info.run_id}/evidence", run.info.run_id, tags={"register_run_id": run.info.run_id}
+    )
     seen = trained_on(client, version, tmp_path / "work")
     assert seen == {"a1", "a2", "t3", "v1"}
 

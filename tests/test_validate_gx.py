@@ -13,8 +13,13 @@ def test_gx_context_suite_results_and_data_docs_reopen(tmp_path):
 
     raw = make_tree(tmp_path / "raw", classes=("a", "b"), per_class=8)
     subset = tmp_path / "subset"
-    make_subset_run(str(raw), "auto", MakeSubsetConfig(train_per_class=4, val_per_class=2, test_per_class=2, seed=1),
-                    StorageConfig(), subset)
+    make_subset_run(
+        str(raw),
+        "auto",
+        MakeSubsetConfig(train_per_class=4, val_per_class=2, test_per_class=2, seed=1),
+        StorageConfig(),
+        subset,
+    )
     report_dir = tmp_path / "report"
     report = validate(subset, ValidateDataConfig(), 10_000_000, report_dir / GX_DIR)
     write_report(report, report_dir)

@@ -22,8 +22,11 @@ GRACE_SECONDS = 3.0  # after SIGINT/SIGTERM, the time a step gets to stop by its
 
 def parser(step: str, doc: str | None, package: str = "components") -> argparse.ArgumentParser:
     """An argument parser with the shared `--params` flag."""
-    p = argparse.ArgumentParser(prog=f"python -m {package}.{step}", description=(doc or "").strip(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=f"python -m {package}.{step}",
+        description=(doc or "").strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return p
 
@@ -68,8 +71,11 @@ class _Stop:
     def announce(self) -> None:
         if self._printed.acquire(blocking=False):
             name = signal.Signals(self.code - 128).name
-            print(f"error: interrupted ({name}); outputs of this step were not replaced, rerun to finish",
-                  file=sys.stderr, flush=True)
+            print(
+                f"error: interrupted ({name}); outputs of this step were not replaced, rerun to finish",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 @contextlib.contextmanager

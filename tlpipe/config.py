@@ -28,8 +28,11 @@ def section_key(model: type[_Section]) -> str:
 # Every section model of tlpipe/sections.py, in the order written there: a new section is one class there (and
 # its block in params.yaml); Params gets its field from here.
 SECTIONS: dict[str, type[_Section]] = {
-    section_key(obj): obj for obj in vars(sections).values()
-    if isinstance(obj, type) and issubclass(obj, _Section) and obj.__module__ == sections.__name__
+    section_key(obj): obj
+    for obj in vars(sections).values()
+    if isinstance(obj, type)
+    and issubclass(obj, _Section)
+    and obj.__module__ == sections.__name__
     and obj is not _Section
 }
 
@@ -41,11 +44,11 @@ class _Shared(_Section):
     deterministic: bool = True
 
     if TYPE_CHECKING:  # the section fields are made at import time, so a type checker cannot list them
+
         def __getattr__(self, name: str) -> Any: ...
 
 
-class Params(create_model("Params", __base__=_Shared,
-                          **{key: (model, model()) for key, model in SECTIONS.items()})):  # type: ignore[misc]
+class Params(create_model("Params", __base__=_Shared, **{key: (model, model()) for key, model in SECTIONS.items()})):  # type: ignore[misc]
     """The whole `params.yaml`: the shared keys plus one field per section model."""
 
 
@@ -96,6 +99,26 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     return parse_params(raw, origin=str(path))
 
 
+def parse_value(text: str) -> Any:
+    """A command-line value read as YAML (`2` int, `true` bool, `[a, b]` list), `1e-3` as a number too."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
+    """`KEY=VALUE` command-line items (`--set fine_tune.epochs=2`) as a dict for `with_overrides`."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what} {item!r}: write KEY=VALUE")
+        out[key] = parse_value(value)
+    return out
 
 
 def with_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:

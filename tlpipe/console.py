@@ -124,5 +124,12 @@ def progress(total: int, desc: str, unit: str = "img", interval: float = 30.0):
 
     if sys.stderr.isatty():
         return tqdm(total=total, desc=desc, unit=unit, leave=False)
-    return _Lines(total=total, desc=desc, unit=unit, leave=False, mininterval=interval, maxinterval=interval,
-                  bar_format="{desc}: {n_fmt}/{total_fmt} " + unit + " [{elapsed}<{remaining}, {rate_fmt}]")
+    return _Lines(
+        total=total,
+        desc=desc,
+        unit=unit,
+        leave=False,
+        mininterval=interval,
+        maxinterval=interval,
+        bar_format="{desc}: {n_fmt}/{total_fmt} " + unit + " [{elapsed}<{remaining}, {rate_fmt}]",
+    )

@@ -214,15 +214,22 @@ class EvalMetrics(Contract):
 
     def numbers(self) -> dict[str, Any]:
         """What `dvc metrics` compares (METRICS_FILE): the scores only, no labels or lists; a few columns."""
-        out: dict[str, Any] = {"accuracy": self.accuracy, "accuracy_ci_low": self.accuracy_ci95[0],
-                               "accuracy_ci_high": self.accuracy_ci95[1], "macro_f1": self.macro_f1,
-                               "loss": self.loss, "test_images": self.test_images,
-                               "frozen_features": {"accuracy": self.frozen_features.get("accuracy")}}
+        out: dict[str, Any] = {
+            "accuracy": self.accuracy,
+            "accuracy_ci_low": self.accuracy_ci95[0],
+            "accuracy_ci_high": self.accuracy_ci95[1],
+            "macro_f1": self.macro_f1,
+            "loss": self.loss,
+            "test_images": self.test_images,
+            "frozen_features": {"accuracy": self.frozen_features.get("accuracy")},
+        }
         if self.scratch:
             out["scratch"] = {"accuracy": self.scratch.get("accuracy")}
         if self.vs_best_baseline:
-            out["vs_best_baseline"] = {"delta": self.vs_best_baseline.get("delta"),
-                                       "mcnemar_p": self.vs_best_baseline.get("mcnemar_p")}
+            out["vs_best_baseline"] = {
+                "delta": self.vs_best_baseline.get("delta"),
+                "mcnemar_p": self.vs_best_baseline.get("mcnemar_p"),
+            }
         return out
 
 

@@ -37,16 +37,20 @@ def resource_error(exc: BaseException) -> str | None:
         text = str(err)
         if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in text:
             folder = _folder_of(err)
-            return (f"no space left on the device of {folder} ({_free(folder)} free); free some space or "
-                    "point the output elsewhere, then rerun (the previous outputs are kept)")
+            return (
+                f"no space left on the device of {folder} ({_free(folder)} free); free some space or "
+                "point the output elsewhere, then rerun (the previous outputs are kept)"
+            )
         if tf is not None and isinstance(err, tf.errors.DataLossError):
             records = sys.modules.get("tlpipe.data.records")
             shard = records.damaged_shard() if records else None
             what = text.split("}}")[-1].split("[Op:")[0].strip(" '")  # e.g. "truncated record at 825"
             return f"{shard or 'a shard'}: damaged ({what}); rerun make_subset to write it again"
         if tf is not None and isinstance(err, tf.errors.ResourceExhaustedError):
-            return (f"out of memory ({text.splitlines()[0][:200]}); lower the step's batch_size or "
-                    "model.image_size, or use a bigger machine")
+            return (
+                f"out of memory ({text.splitlines()[0][:200]}); lower the step's batch_size or "
+                "model.image_size, or use a bigger machine"
+            )
         if isinstance(err, MemoryError):
             return "out of memory; lower the step's batch_size or model.image_size, or use a bigger machine"
     return None

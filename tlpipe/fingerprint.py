@@ -68,8 +68,9 @@ def data_fingerprint(params: Any) -> str:
     if data_source.startswith("s3://"):
         from tlpipe.data.storage import list_objects
 
-        listing = "".join(f"{o['Key']}\0{o['Size']}\0{o['ETag']}\n"
-                          for o in list_objects(data_source, params.storage.endpoint_url))
+        listing = "".join(
+            f"{o['Key']}\0{o['Size']}\0{o['ETag']}\n" for o in list_objects(data_source, params.storage.endpoint_url)
+        )
         return "s3:" + digest(listing)
     path = Path(data_source)
     if not path.exists():

@@ -27,19 +27,23 @@ from urllib.parse import quote
 MASK = "***"
 # scheme:// then a token without whitespace; the user info is what precedes the token's last "@"
 _URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<rest>\S+)")
-_SECRET_WORDS = (r"pass(?:word|wd)?|pwd|secret|token|signature|credential|session|api[_-]?key|access[_-]?key"
-                 r"|private[_-]?key|sslkey")
+_SECRET_WORDS = (
+    r"pass(?:word|wd)?|pwd|secret|token|signature|credential|session|api[_-]?key|access[_-]?key"
+    r"|private[_-]?key|sslkey"
+)
 _HEADER_KEYS = r"authorization|proxy-authorization|cookie|set-cookie"
 # a key (quoted or not), then = or :, then a value: quoted (the closing quote ends it only where a delimiter
 # follows, so `password=""abc` masks all of it), or up to whitespace or &
 _KEY_VALUE = re.compile(
     r"""(?P<key>(?P<kq>["']?)(?<![\w.\-])[\w.\-]*(?:""" + _SECRET_WORDS + r""")[\w.\-]*(?P=kq))"""
     r"""(?P<sep>\s*[=:]\s*)(?:(?P<q>["'])(?P<qval>(?:\\.|(?!(?P=q)).)*)(?P=q)(?=[\s,;&)\]}]|$)|(?P<val>[^\s&]+))""",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _HEADER = re.compile(
     r"""(?P<key>(?P<kq>["']?)(?<![\w\-])(?:""" + _HEADER_KEYS + r""")(?P=kq))"""
     r"""(?P<sep>\s*[=:]\s*)(?:(?P<q>["'])(?P<qval>(?:\\.|(?!(?P=q)).)*)(?P=q)(?=[\s,;&)\]}]|$)|(?P<val>[^\r\n]+))""",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 def redact_text(text: object, secrets: tuple[str, ...] = ()) -> str:
@@ -110,10 +114,15 @@ def redacted_console() -> Iterator[None]:
     """
     saved = sys.stdout, sys.stderr
     wrapped = {id(s): _Redacting(s) for s in saved}
-    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
-                                       if isinstance(lg, logging.Logger)]
-    handlers = {id(h): h for lg in loggers for h in lg.handlers
-                if isinstance(h, logging.StreamHandler) and id(h.stream) in wrapped}.values()
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    handlers = {
+        id(h): h
+        for lg in loggers
+        for h in lg.handlers
+        if isinstance(h, logging.StreamHandler) and id(h.stream) in wrapped
+    }.values()
     sys.stdout, sys.stderr = (wrapped[id(s)] for s in saved)
     for handler in handlers:
         handler.setStream(wrapped[id(handler.stream)])

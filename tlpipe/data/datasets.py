@@ -60,15 +60,20 @@ def _decode_jpeg(data: tf.Tensor, size: int) -> tf.Tensor:
     """Decode a JPEG, at 1/8, 1/4 or 1/2 scale when it is still >= _DCT_MARGIN * size on its short side."""
     shape = tf.io.extract_jpeg_shape(data)
     short = tf.minimum(shape[0], shape[1])
-    branches = [(short // ratio >= _DCT_MARGIN * size,
-                 lambda ratio=ratio: tf.io.decode_jpeg(data, channels=3, ratio=ratio)) for ratio in (8, 4, 2)]
+    branches = [
+        (short // ratio >= _DCT_MARGIN * size, lambda ratio=ratio: tf.io.decode_jpeg(data, channels=3, ratio=ratio))
+        for ratio in (8, 4, 2)
+    ]
     return tf.case(branches, default=lambda: tf.io.decode_jpeg(data, channels=3))
 
 
 def _decode(data: tf.Tensor, size: int) -> tf.Tensor:
     """Encoded image bytes -> uint8 (size, size, 3)."""
-    image = tf.cond(tf.io.is_jpeg(data), lambda: _decode_jpeg(data, size),
-                    lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: _decode_jpeg(data, size),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
     return _resize(image, size)
 
 
@@ -77,10 +82,11 @@ def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     # Shrinking on both axes: an area (box-filter) resize, antialiased too and a small fraction of the cost of
     # resize(antialias=True) (~0.05 s vs ~1 s for 800 400x300 images); enlarging on an axis: bilinear, as before.
-    image = tf.cond(tf.logical_and(height >= size, width >= size),
-                    lambda: tf.image.resize(image, (size, size), method="area"),
-                    lambda: tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear",
-                                            antialias=True))
+    image = tf.cond(
+        tf.logical_and(height >= size, width >= size),
+        lambda: tf.image.resize(image, (size, size), method="area"),
+        lambda: tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear", antialias=True),
+    )
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
@@ -90,8 +96,9 @@ def _decoder(size: int):
 
     No autograph: _decode has no tensor-dependent Python control flow (it uses tf.cond/tf.case).
     """
-    return tf.function(lambda data: _decode(data, size), autograph=False,
-                       input_signature=[tf.TensorSpec([], tf.string)])
+    return tf.function(
+        lambda data: _decode(data, size), autograph=False, input_signature=[tf.TensorSpec([], tf.string)]
+    )
 
 
 def _encoded(source: Images | list[str]) -> tf.data.Dataset:
@@ -101,8 +108,9 @@ def _encoded(source: Images | list[str]) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices([str(p) for p in source]).map(tf.io.read_file)
 
 
-def decoded_chunks(source: Images | list[str], size: int, batch_size: int = 256,
-                   desc: str = "decode") -> Iterator[np.ndarray]:
+def decoded_chunks(
+    source: Images | list[str], size: int, batch_size: int = 256, desc: str = "decode"
+) -> Iterator[np.ndarray]:
     """Decode + resize in parallel, yielding uint8 (<= batch_size, size, size, 3) chunks in order.
 
     `source` is a split's images (or a selection of them: split order) or a list of image files. Only a couple
@@ -110,8 +118,12 @@ def decoded_chunks(source: Images | list[str], size: int, batch_size: int = 256,
     """
     if not len(source):
         return
-    ds = (_encoded(source).map(_decoder(size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .batch(batch_size).prefetch(2))
+    ds = (
+        _encoded(source)
+        .map(_decoder(size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size)
+        .prefetch(2)
+    )
     with progress(len(source), desc) as bar:
         for batch in ds:
             bar.update(len(batch))
@@ -153,8 +165,9 @@ def resize_array(image: np.ndarray, size: int) -> np.ndarray:
     """
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-        raise DataError(f"an image array must be uint8 (h, w), (h, w, 1), (h, w, 3) or (h, w, 4); got "
-                        f"{image.dtype} {image.shape}")
+        raise DataError(
+            f"an image array must be uint8 (h, w), (h, w, 1), (h, w, 3) or (h, w, 4); got {image.dtype} {image.shape}"
+        )
     if image.ndim == 2:
         image = image[:, :, None]
     image = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]
@@ -167,8 +180,9 @@ def load_split(subset: Path, split: str, size: int) -> tuple[np.ndarray, np.ndar
     return decode_images(images, size, desc=f"decode {split}"), labels, classes
 
 
-def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, augmenter=None,
-            shuffle_seed: int | None = None) -> tf.data.Dataset:
+def batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, *, augmenter=None, shuffle_seed: int | None = None
+) -> tf.data.Dataset:
     """Batches of (float32 images, labels); shuffled each epoch when a seed is given, augmented if asked."""
     from tlpipe.data.augmentation import FusedAugment
 
@@ -184,8 +198,10 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, augmente
         def load(index):
             return augmenter.augment(tf.gather(pixels, index), "float32"), tf.gather(targets, index)
     else:
+
         def load(index):
             return tf.cast(tf.gather(pixels, index), tf.float32), tf.gather(targets, index)
+
     # Plain TF code without tensor-dependent Python control flow: autograph conversion would only cost time.
     ds = ds.map(tf.autograph.experimental.do_not_convert(load))
     if augmenter is not None and augmenter.active and not isinstance(augmenter, FusedAugment):
@@ -198,13 +214,17 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, augmente
 IN_MEMORY_MAX_IMAGES = 20_000
 
 
-def stream_batches(images: Images, labels: np.ndarray, size: int, batch_size: int, *, augmenter=None,
-                   shuffle_seed: int | None = None) -> tf.data.Dataset:
+def stream_batches(
+    images: Images, labels: np.ndarray, size: int, batch_size: int, *, augmenter=None, shuffle_seed: int | None = None
+) -> tf.data.Dataset:
     """Batches decoded from the shards every epoch (bounded memory): the streaming twin of `batches`."""
     targets = tf.constant(labels)
     decode = _decoder(size)
-    ds = images.dataset(shuffle_seed).map(lambda data, index: (decode(data), tf.gather(targets, index)),
-                                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = images.dataset(shuffle_seed).map(
+        lambda data, index: (decode(data), tf.gather(targets, index)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     ds = ds.batch(batch_size)
     if augmenter is not None and augmenter.active:
         ds = ds.map(lambda x, y: (augmenter.augment(x, "float32"), y))

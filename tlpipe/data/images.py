@@ -78,8 +78,10 @@ def normalise(data: bytes, max_pixels: int) -> tuple[bytes, ImageFacts]:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             # Pillow's own message quotes its internal 2x limit; say ours, which is what the user can change.
-            raise BadImage(f"decompression bomb refused: over make_subset.max_pixels={max_pixels} pixels; raise it "
-                           "if the image is genuine") from None
+            raise BadImage(
+                f"decompression bomb refused: over make_subset.max_pixels={max_pixels} pixels; raise it "
+                "if the image is genuine"
+            ) from None
         except UnidentifiedImageError:
             raise BadImage("not an image (unrecognised content)") from None
         except (OSError, SyntaxError, ValueError) as exc:

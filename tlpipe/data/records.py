@@ -68,8 +68,11 @@ class ShardWriter:
 def _parse(record):
     import tensorflow as tf
 
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "index": tf.io.FixedLenFeature([], tf.int64),
-            "path": tf.io.FixedLenFeature([], tf.string)}
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "index": tf.io.FixedLenFeature([], tf.int64),
+        "path": tf.io.FixedLenFeature([], tf.string),
+    }
     parsed = tf.io.parse_single_example(record, spec)
     return parsed["image"], parsed["index"], parsed["path"]
 
@@ -115,9 +118,15 @@ class Images:
             raise ValueError("a selection of records streams in order only")
         # Shards in a new order every epoch, a few read at once, then a bounded shuffle buffer of records.
         files = tf.data.Dataset.from_tensor_slices(list(self.shards)).shuffle(
-            len(self.shards), seed=shuffle_seed, reshuffle_each_iteration=True)
-        ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(self.shards)), block_length=16,
-                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            len(self.shards), seed=shuffle_seed, reshuffle_each_iteration=True
+        )
+        ds = files.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(4, len(self.shards)),
+            block_length=16,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
         ds = ds.map(lambda r: _parse(r)[:2], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.shuffle(max(1, min(self.count, SHUFFLE_BUFFER)), seed=shuffle_seed, reshuffle_each_iteration=True)
 

@@ -72,9 +72,7 @@ class ZipSource:
             total += info.file_size
             self._members[PurePosixPath(*parts).as_posix()] = info
         if total > max_bytes:
-            raise DataError(
-                f"data.source {path}: unpacks to {total} bytes, over make_subset.max_zip_bytes={max_bytes}"
-            )
+            raise DataError(f"data.source {path}: unpacks to {total} bytes, over make_subset.max_zip_bytes={max_bytes}")
 
     def list_files(self) -> list[str]:
         return sorted(self._members)
@@ -101,8 +99,10 @@ class S3Source:
         from tlpipe.redact import redact_text
 
         reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-        return DataError(f"data.source {self.description}: cannot read it ({reason}); check the bucket, "
-                         "storage.endpoint_url and the AWS credentials in the environment")
+        return DataError(
+            f"data.source {self.description}: cannot read it ({reason}); check the bucket, "
+            "storage.endpoint_url and the AWS credentials in the environment"
+        )
 
     def list_files(self) -> list[str]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -181,8 +181,7 @@ def classify(source: Source, layout: str) -> Listing:
     non_images = [f for f in files if not is_image_name(f)]
     if not images:
         raise DataError(
-            f"data.source {source.description}: no image files found (looked for .jpg/.jpeg/.png/...); "
-            "check the path"
+            f"data.source {source.description}: no image files found (looked for .jpg/.jpeg/.png/...); check the path"
         )
     wrapper, rel = _strip_wrapper(images)
     if layout == "auto":

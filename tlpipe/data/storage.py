@@ -38,13 +38,15 @@ def list_objects(uri: str, endpoint_url: str | None = None, max_attempts: int = 
     bucket, prefix = split_s3_uri(uri)
     if prefix and not prefix.endswith("/") and not prefix.lower().endswith(".zip"):
         prefix += "/"
-    pages = s3_client(endpoint_url, max_attempts).get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                                            Prefix=prefix)
+    pages = (
+        s3_client(endpoint_url, max_attempts).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    )
     return [obj for page in pages for obj in page.get("Contents", [])]
 
 
-def fetch(uri: str, endpoint_url: str | None = None, cache_dir: str | Path | None = None,
-          max_attempts: int = 5) -> Path:
+def fetch(
+    uri: str, endpoint_url: str | None = None, cache_dir: str | Path | None = None, max_attempts: int = 5
+) -> Path:
     """Return a local path for a local path or an s3:// URI (downloaded once per ETag into cache_dir)."""
     if not uri.startswith("s3://"):
         path = Path(uri)

@@ -25,12 +25,16 @@ _CONSTRUCTORS = {
     "efficientnet_b0": "EfficientNetB0",
 }
 # keras.applications.<family>.preprocess_input, expressed with built-in layers. efficientnet rescales inside.
-PREPROCESS_MODE = {"vgg16": "caffe", "resnet50": "caffe", "inception_v3": "tf", "mobilenet_v2": "tf",
-                   "efficientnet_b0": "none"}
+PREPROCESS_MODE = {
+    "vgg16": "caffe",
+    "resnet50": "caffe",
+    "inception_v3": "tf",
+    "mobilenet_v2": "tf",
+    "efficientnet_b0": "none",
+}
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 # Layers that belong to the conv/dense before them: never cut between a layer and these.
 _ATTACHED = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU)
-
 
 
 def trains_from_scratch(backbone: str, weights: str) -> bool:
@@ -40,6 +44,7 @@ def trains_from_scratch(backbone: str, weights: str) -> bool:
     scratch regime and fine_tune without tuning trains it from scratch.
     """
     return backbone in APPLICATION_BACKBONES and weights == "none"
+
 
 def preprocess_mode(spec: str) -> str:
     """The input preprocessing a backbone expects (a .keras backbone carries its own)."""
@@ -72,8 +77,10 @@ def describe_backbone(spec: str, identity: str) -> str:
     if spec not in APPLICATION_BACKBONES and (Path(spec) / BackboneInfo.FILE).is_file():
         info = BackboneInfo.read(spec)
         on = info.source or "source classes"
-        return (f"{info.architecture} pretrained on {on} ({info.source_images} images of classes "
-                f"{', '.join(info.source_classes)}; val accuracy {info.val_accuracy:.3f}), sha256 {info.sha256[:12]}")
+        return (
+            f"{info.architecture} pretrained on {on} ({info.source_images} images of classes "
+            f"{', '.join(info.source_classes)}; val accuracy {info.val_accuracy:.3f}), sha256 {info.sha256[:12]}"
+        )
     if identity.startswith("sha256:"):
         return f"a .keras backbone ({spec}), sha256 {identity.removeprefix('sha256:')[:12]}"
     name, weights, size = identity.rsplit(":", 2)

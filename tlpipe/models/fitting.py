@@ -45,16 +45,35 @@ class Training:
     devices: Sequence[str] | None = None  # for tf.distribute (None: the default device)
 
     @classmethod
-    def from_params(cls, params: Any, cfg: FineTuneConfig, *, hp: HyperParams, load: Callable[[], Any],
-                    preprocess: str, head_path: Path | None = None, callbacks: Sequence[Any] = ()) -> Training:
+    def from_params(
+        cls,
+        params: Any,
+        cfg: FineTuneConfig,
+        *,
+        hp: HyperParams,
+        load: Callable[[], Any],
+        preprocess: str,
+        head_path: Path | None = None,
+        callbacks: Sequence[Any] = (),
+    ) -> Training:
         """Built once from a step's params (`seed`, `deterministic`, `augment`, `model.image_size`)."""
-        return cls(cfg=cfg, augment=params.augment, hp=hp, seed=params.seed, deterministic=params.deterministic,
-                   size=params.model.image_size, load=load, preprocess=preprocess, head_path=head_path,
-                   callbacks=tuple(callbacks))
+        return cls(
+            cfg=cfg,
+            augment=params.augment,
+            hp=hp,
+            seed=params.seed,
+            deterministic=params.deterministic,
+            size=params.model.image_size,
+            load=load,
+            preprocess=preprocess,
+            head_path=head_path,
+            callbacks=tuple(callbacks),
+        )
 
 
-def build_model(backbone: keras.Model, preprocess: str, size: int, hp: HyperParams, classes: int,
-                head_path: Path | None) -> tuple[keras.Model, FreezePlan]:
+def build_model(
+    backbone: keras.Model, preprocess: str, size: int, hp: HyperParams, classes: int, head_path: Path | None
+) -> tuple[keras.Model, FreezePlan]:
     """Backbone for hp's regime (frozen per hp, or fresh for scratch) + head, compiled with hp's learning rate."""
     backbone, plan, train_bn = regime_plan(backbone, hp.regime, hp.freeze_ratio)
     apply_freeze(backbone, plan, train_bn or hp.train_bn)
@@ -98,8 +117,11 @@ class _State:
     def __init__(self, folder: Path, monitor: str):
         self.folder, self.monitor = folder, monitor
         self.path = folder / "state.json"
-        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"epoch": 0, "best": None,
-                                                                                    "wait": 0, "best_epoch": 0}
+        self.data = (
+            json.loads(self.path.read_text())
+            if self.path.is_file()
+            else {"epoch": 0, "best": None, "wait": 0, "best_epoch": 0}
+        )
 
     def better(self, value: float) -> bool:
         best = self.data["best"]
@@ -156,18 +178,31 @@ def train(run: Training, data: tuple, job: Path) -> tuple[keras.Model, dict]:
         keras.utils.set_random_seed(epoch_seed(seed, epoch))
         _reseed_layers(model, epoch_seed(seed, epoch))
         augmenter = build_augmenter(run.augment, epoch_seed(seed, epoch))
-        train_ds = any_batches(x_train, y_train, size, cfg.batch_size, augmenter=augmenter,
-                               shuffle_seed=epoch_seed(seed, epoch))
-        history = model.fit(train_ds, validation_data=val, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
-                            callbacks=list(run.callbacks))
+        train_ds = any_batches(
+            x_train, y_train, size, cfg.batch_size, augmenter=augmenter, shuffle_seed=epoch_seed(seed, epoch)
+        )
+        history = model.fit(
+            train_ds,
+            validation_data=val,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            verbose=0,
+            callbacks=list(run.callbacks),
+        )
         logs = {k: v[-1] for k, v in history.history.items()}
         state.save(model, epoch, float(logs[cfg.monitor]), logs)
-        print(f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())),
-              flush=True)
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}: " + " ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())), flush=True
+        )
     best = keras.saving.load_model(job / "best.keras", safe_mode=True) if (job / "best.keras").is_file() else model
-    info = {"classes": classes, "freeze": {**plan.__dict__, "effective_ratio": plan.effective_ratio},
-            "resumed": resumed, "history": read_history(job / "history.csv"), "job_dir": str(job),
-            "best_epoch": state.data["best_epoch"]}
+    info = {
+        "classes": classes,
+        "freeze": {**plan.__dict__, "effective_ratio": plan.effective_ratio},
+        "resumed": resumed,
+        "history": read_history(job / "history.csv"),
+        "job_dir": str(job),
+        "best_epoch": state.data["best_epoch"],
+    }
     return best, info
 
 

@@ -73,8 +73,10 @@ def save_model(model: keras.Model, path: str | Path) -> Path:
 
 def _renumbered(node, ids: dict):
     if isinstance(node, dict):
-        return {k: ids.setdefault(v, len(ids) + 1) if k == "shared_object_id" else _renumbered(v, ids)
-                for k, v in node.items()}
+        return {
+            k: ids.setdefault(v, len(ids) + 1) if k == "shared_object_id" else _renumbered(v, ids)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_renumbered(v, ids) for v in node]
     return node

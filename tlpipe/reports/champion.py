@@ -22,11 +22,23 @@ EVIDENCE = "evidence"  # the artifact folder on the register run (tlpipe.reports
 BOOTSTRAP_SEED = 0
 
 
-def write_predictions(out: Path, labels: np.ndarray, probs: np.ndarray, classes: list[str], test_set: str,
-                      test_sha: list[str] | None = None) -> None:
+def write_predictions(
+    out: Path,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    test_set: str,
+    test_sha: list[str] | None = None,
+) -> None:
     """The per-image test probabilities, labels, class names, test set hash and image sha256s (same order)."""
-    np.savez(out / PREDICTIONS, labels=np.asarray(labels), probs=np.asarray(probs, "float32"),
-             classes=np.asarray(classes), test_set=np.asarray(test_set), test_sha=np.asarray(test_sha or []))
+    np.savez(
+        out / PREDICTIONS,
+        labels=np.asarray(labels),
+        probs=np.asarray(probs, "float32"),
+        classes=np.asarray(classes),
+        test_set=np.asarray(test_set),
+        test_sha=np.asarray(test_sha or []),
+    )
 
 
 def test_images(subset: Path) -> list[str]:
@@ -64,8 +76,9 @@ def unseen(test_sha: list[str], champion_trained: set[str] | None) -> np.ndarray
     return np.array([sha not in champion_trained for sha in test_sha], dtype=bool)
 
 
-def paired(labels: np.ndarray, challenger_probs: np.ndarray, champion_probs: np.ndarray, classes: list[str],
-           keep: np.ndarray) -> tuple[dict, dict]:
+def paired(
+    labels: np.ndarray, challenger_probs: np.ndarray, champion_probs: np.ndarray, classes: list[str], keep: np.ndarray
+) -> tuple[dict, dict]:
     """The champion's scores and the paired comparison on the test images in `keep` (neither model trained on).
 
     The comparison also says how many images were shared and how many were left out.
@@ -76,8 +89,13 @@ def paired(labels: np.ndarray, challenger_probs: np.ndarray, champion_probs: np.
     if keep.size != labels.size:
         keep = np.ones(labels.size, dtype=bool)
     y = labels[keep]
-    comparison = compare(champion_probs[keep].argmax(axis=1) == y, challenger_probs[keep].argmax(axis=1) == y, y,
-                         classes, seed=BOOTSTRAP_SEED)
+    comparison = compare(
+        champion_probs[keep].argmax(axis=1) == y,
+        challenger_probs[keep].argmax(axis=1) == y,
+        y,
+        classes,
+        seed=BOOTSTRAP_SEED,
+    )
     comparison.update(shared_test_images=int(keep.sum()), excluded_seen_by_champion=int((~keep).sum()))
     return scores(y, champion_probs[keep], classes), comparison
 
@@ -95,9 +113,13 @@ def read_predictions(client, version, work: Path) -> dict | None:
     except (MlflowException, OSError):
         return None
     with np.load(path) as data:
-        return {"labels": data["labels"], "probs": data["probs"], "classes": [str(c) for c in data["classes"]],
-                "test_set": str(data["test_set"]),
-                "test_sha": [str(s) for s in data["test_sha"]] if "test_sha" in data.files else []}
+        return {
+            "labels": data["labels"],
+            "probs": data["probs"],
+            "classes": [str(c) for c in data["classes"]],
+            "test_set": str(data["test_set"]),
+            "test_sha": [str(s) for s in data["test_sha"]] if "test_sha" in data.files else [],
+        }
 
 
 def _rescore(client, name: str, champion, mine: dict, subset: Path | None) -> np.ndarray:
@@ -107,13 +129,17 @@ def _rescore(client, name: str, champion, mine: dict, subset: Path | None) -> np
     from tlpipe.tracking.registry import load_version_model
 
     if subset is None or not subset.is_dir() or test_set_id(subset) != mine["test_set"]:
-        raise PipelineError(f"champion v{champion.version} was scored on another test set than the challenger "
-                            f"(test set sha256 {mine['test_set'][:12]}); pass --subset with the challenger's "
-                            "data/subset so both are scored on the same images")
+        raise PipelineError(
+            f"champion v{champion.version} was scored on another test set than the challenger "
+            f"(test set sha256 {mine['test_set'][:12]}); pass --subset with the challenger's "
+            "data/subset so both are scored on the same images"
+        )
     model, classes = load_version_model(client, name, champion)
     if list(classes) != mine["classes"]:
-        raise PipelineError(f"champion v{champion.version} predicts classes {classes}, the challenger "
-                            f"{mine['classes']}; the two cannot be compared")
+        raise PipelineError(
+            f"champion v{champion.version} predicts classes {classes}, the challenger "
+            f"{mine['classes']}; the two cannot be compared"
+        )
     images, labels, _ = load_split(subset, "test", int(model.inputs[0].shape[1]))
     if not np.array_equal(labels, mine["labels"]):
         raise PipelineError(f"{subset}: the test labels differ from the challenger's stored ones; re-register it")
@@ -133,11 +159,18 @@ def versus_current(client, name: str, version, work: Path, subset: Path | None =
 
     mine = read_predictions(client, version, work / "challenger")
     if mine is None:
-        raise PipelineError(f"{name} v{version.version} keeps no test predictions ({EVIDENCE}/{PREDICTIONS}); "
-                            "register it again with this version of tlpipe")
+        raise PipelineError(
+            f"{name} v{version.version} keeps no test predictions ({EVIDENCE}/{PREDICTIONS}); "
+            "register it again with this version of tlpipe"
+        )
     labels, classes = mine["labels"], mine["classes"]
-    out = {"challenger": scores(labels, mine["probs"], classes), "champion_version": None, "champion": None,
-           "comparison": None, "rescored": False}
+    out = {
+        "challenger": scores(labels, mine["probs"], classes),
+        "champion_version": None,
+        "champion": None,
+        "comparison": None,
+        "rescored": False,
+    }
     current = alias_version(client, name, CHAMPION)
     if current is None or str(current.version) == str(version.version):
         return out
@@ -158,14 +191,16 @@ def score_model(model, subset: Path, classes: list[str]) -> tuple[dict, np.ndarr
     size = int(model.inputs[0].shape[1])
     images, labels, found = load_split(subset, "test", size)
     if list(found) != list(classes):
-        raise PipelineError(f"the model predicts classes {classes} but the test split has {found}; "
-                            "the two cannot be compared")
+        raise PipelineError(
+            f"the model predicts classes {classes} but the test split has {found}; the two cannot be compared"
+        )
     probs = np.asarray(model.predict(images.astype("float32"), verbose=0))
     return scores(labels, probs, classes), probs, images, labels
 
 
-def versus_champion(client, name: str, run_id: str, classes: list[str], subset: Path, predicted: np.ndarray,
-                    labels: np.ndarray) -> tuple[str | None, dict | None, dict | None]:
+def versus_champion(
+    client, name: str, run_id: str, classes: list[str], subset: Path, predicted: np.ndarray, labels: np.ndarray
+) -> tuple[str | None, dict | None, dict | None]:
     """The `@champion`'s version, its scores and the paired comparison on the same test images.
 
     All three are None when there is no champion, or when the champion is this very training run.
@@ -179,8 +214,10 @@ def versus_champion(client, name: str, run_id: str, classes: list[str], subset: 
     champion_model, champion_classes = load_version_model(client, name, champ)
     _, champion_probs, _, champion_labels = score_model(champion_model, subset, champion_classes)
     if not np.array_equal(champion_labels, labels):
-        raise PipelineError(f"champion v{champ.version} and the challenger were read different test labels from "
-                            f"{subset}; the comparison needs the same images in the same order")
+        raise PipelineError(
+            f"champion v{champ.version} and the challenger were read different test labels from "
+            f"{subset}; the comparison needs the same images in the same order"
+        )
     with scratch_dir("champion-ids") as work:
         keep = unseen(test_images(subset), trained_on(client, champ, Path(work)))
     challenger_probs = np.eye(len(classes), dtype="float32")[predicted]

@@ -35,9 +35,14 @@ def step_runs(client, training_run) -> list:
     group = training_run.data.tags.get(GROUP_TAG)
     runs = [training_run]
     if group:
-        runs = client.search_runs([training_run.info.experiment_id],
-                                  f"tags.`{GROUP_TAG}` = '{group}' and tags.`tlpipe.role` = 'step'",
-                                  max_results=500) or runs
+        runs = (
+            client.search_runs(
+                [training_run.info.experiment_id],
+                f"tags.`{GROUP_TAG}` = '{group}' and tags.`tlpipe.role` = 'step'",
+                max_results=500,
+            )
+            or runs
+        )
     return sorted(runs, key=lambda r: r.info.start_time or 0)
 
 
@@ -107,8 +112,13 @@ def image_changes(champion_ids: dict | None, challenger_ids: dict | None) -> lis
     for split in sorted(set(champion_ids) | set(challenger_ids)):
         old, new = set(champion_ids.get(split, [])), set(challenger_ids.get(split, []))
         if old != new:
-            rows.append((f"data: {split} images", str(len(old)),
-                         f"{len(new)} (+{len(new - old)} added, -{len(old - new)} removed)"))
+            rows.append(
+                (
+                    f"data: {split} images",
+                    str(len(old)),
+                    f"{len(new)} (+{len(new - old)} added, -{len(old - new)} removed)",
+                )
+            )
     return rows
 
 
@@ -117,10 +127,19 @@ def version_diff(client, challenger, champion, work: Path) -> list[tuple[str, st
     sides = []
     for version in (champion, challenger):
         run = client.get_run(version.tags["training_run_id"])
-        sides.append({**pipeline_params(client, run), **_flat_lineage(_evidence(client, version, "lineage.json", work)),
-                      **_tuned(dict(version.tags))})
+        sides.append(
+            {
+                **pipeline_params(client, run),
+                **_flat_lineage(_evidence(client, version, "lineage.json", work)),
+                **_tuned(dict(version.tags)),
+            }
+        )
     before, after = sides
-    rows = [(k, before.get(k, "-"), after.get(k, "-")) for k in sorted(set(before) | set(after))
-            if before.get(k) != after.get(k)]
-    return rows + image_changes(_evidence(client, champion, IMAGE_IDS, work),
-                                _evidence(client, challenger, IMAGE_IDS, work))
+    rows = [
+        (k, before.get(k, "-"), after.get(k, "-"))
+        for k in sorted(set(before) | set(after))
+        if before.get(k) != after.get(k)
+    ]
+    return rows + image_changes(
+        _evidence(client, champion, IMAGE_IDS, work), _evidence(client, challenger, IMAGE_IDS, work)
+    )

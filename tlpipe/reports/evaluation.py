@@ -19,14 +19,22 @@ def scores(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "loss": float(log_loss(y_true, np.clip(probs, 1e-7, 1.0), labels=labels)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                          "support": int(support[i])} for i, c in enumerate(classes)},
+        "per_class": {
+            c: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, c in enumerate(classes)
+        },
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
 
 
-def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, statistic: str, seed: int,
-                 resamples: int = 2000) -> list[float]:
+def bootstrap_ci(
+    y_true: np.ndarray, y_pred: np.ndarray, statistic: str, seed: int, resamples: int = 2000
+) -> list[float]:
     """95% bootstrap (BCa-free percentile) interval of accuracy or macro F1, resampling test images (scipy)."""
     from scipy.stats import bootstrap
     from sklearn.metrics import f1_score
@@ -38,8 +46,15 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, statistic: str, seed: i
     def stat(t, p):
         return np.mean(t == p) if statistic == "accuracy" else f1_score(t, p, average="macro", zero_division=0)
 
-    res = bootstrap((y_true, y_pred), stat, paired=True, vectorized=False, n_resamples=resamples,
-                    method="percentile", random_state=np.random.default_rng(seed))
+    res = bootstrap(
+        (y_true, y_pred),
+        stat,
+        paired=True,
+        vectorized=False,
+        n_resamples=resamples,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
     low, high = res.confidence_interval
     return [float(low), float(high)]
 

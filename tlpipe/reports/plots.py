@@ -42,16 +42,24 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.6 + 0.55 * len(classes), 1.2 + 0.5 * len(classes)))
-    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=classes).plot(ax=ax, cmap="Blues", colorbar=False,
-                                                                            xticks_rotation=45)
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=classes).plot(
+        ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45
+    )
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def plot_samples(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], path: Path,
-                 count: int, title: str = "truth / prediction on test images") -> None:
+def plot_samples(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    classes: list[str],
+    path: Path,
+    count: int,
+    title: str = "truth / prediction on test images",
+) -> None:
     """A grid of images titled 'true x / pred y' (red when wrong), as in the seeds."""
     plt = pyplot()
     count = min(count, len(images))
@@ -62,8 +70,9 @@ def plot_samples(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, cla
         ax.axis("off")
     for ax, image, truth, guess in zip(axes.flat, images[:count], y_true[:count], y_pred[:count], strict=False):
         ax.imshow(image.astype(np.uint8))
-        ax.set_title(f"true {classes[truth]}\npred {classes[guess]}", fontsize=8,
-                     color="black" if truth == guess else "red")
+        ax.set_title(
+            f"true {classes[truth]}\npred {classes[guess]}", fontsize=8, color="black" if truth == guess else "red"
+        )
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -77,8 +86,11 @@ def training_report(history: dict[str, list[float]], monitor: str, folder: Path,
     pick = max if monitor.endswith("accuracy") else min
     values = history.get(monitor, [])
     best = values.index(pick(values)) if values else 0
-    metrics = {"best_epoch": best + 1, "epochs_run": len(history.get("loss", [])),
-               **{f"best_{k}": v[best] for k, v in history.items() if v}}
+    metrics = {
+        "best_epoch": best + 1,
+        "epochs_run": len(history.get("loss", [])),
+        **{f"best_{k}": v[best] for k, v in history.items() if v},
+    }
     write_json(folder / METRICS_FILE, metrics)
     epochs = len(history.get("loss", []))
     rows = [{"epoch": i + 1, **{k: v[i] for k, v in history.items() if len(v) == epochs}} for i in range(epochs)]

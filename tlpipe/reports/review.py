@@ -30,15 +30,21 @@ from tlpipe.reports.review_rows import (
 EVIDENCE = "evidence"  # the artifact folder on the register run
 GATE, LINEAGE = "gate.json", "lineage.json"
 TUNE, EVALUATE = "tune", "evaluate"  # copies of tune's and evaluate's folders
-IMAGES = {"confusion_challenger": "confusion_challenger.png", "confusion_champion": "confusion_champion.png",
-          "mistakes": "mistakes.png", "tuning_history": f"{TUNE}/history.png",
-          "transferability": f"{TUNE}/transferability.png", "importances": f"{TUNE}/importances.png"}
+IMAGES = {
+    "confusion_challenger": "confusion_challenger.png",
+    "confusion_champion": "confusion_champion.png",
+    "mistakes": "mistakes.png",
+    "tuning_history": f"{TUNE}/history.png",
+    "transferability": f"{TUNE}/transferability.png",
+    "importances": f"{TUNE}/importances.png",
+}
 TRAINING_CURVES = HISTORY_PNG  # logged by fine_tune on the training run
 VOLATILE = ("effective.", "tracking.", "registry.", "tune.storage", "tune.timeout")
 
 
-def write_evidence(out: Path, gate: dict, lineage: dict, wrong: tuple, classes: list[str], tune_dir: Path | None,
-                   eval_dir: Path | None) -> None:
+def write_evidence(
+    out: Path, gate: dict, lineage: dict, wrong: tuple, classes: list[str], tune_dir: Path | None, eval_dir: Path | None
+) -> None:
     """The files the review shows: gate and lineage JSON, confusion matrices, mistakes, tune and evaluate.
 
     Args:
@@ -59,8 +65,15 @@ def write_evidence(out: Path, gate: dict, lineage: dict, wrong: tuple, classes: 
             plot_confusion(np.array(gate[who]["confusion"]), classes, out / IMAGES[f"confusion_{who}"], who)
     images, truth, guess = wrong
     if len(images):
-        plot_samples(images, truth, guess, classes, out / IMAGES["mistakes"], 32,
-                     title=f"challenger mistakes on the test split ({len(images)} shown)")
+        plot_samples(
+            images,
+            truth,
+            guess,
+            classes,
+            out / IMAGES["mistakes"],
+            32,
+            title=f"challenger mistakes on the test split ({len(images)} shown)",
+        )
     for folder, name in ((tune_dir, TUNE), (eval_dir, EVALUATE)):
         if folder and folder.is_dir():
             shutil.copytree(folder, out / name, ignore=shutil.ignore_patterns(".*"))
@@ -69,8 +82,11 @@ def write_evidence(out: Path, gate: dict, lineage: dict, wrong: tuple, classes: 
 def params_diff(challenger: dict[str, str], champion: dict[str, str]) -> list[tuple[str, str, str]]:
     """(key, champion value, challenger value) for every training param that differs."""
     keys = sorted(set(challenger) | set(champion))
-    return [(k, champion.get(k, "-"), challenger.get(k, "-")) for k in keys
-            if challenger.get(k) != champion.get(k) and not k.startswith(VOLATILE)]
+    return [
+        (k, champion.get(k, "-"), challenger.get(k, "-"))
+        for k in keys
+        if challenger.get(k) != champion.get(k) and not k.startswith(VOLATILE)
+    ]
 
 
 def _json(path: Path) -> dict | None:
@@ -85,10 +101,17 @@ def _refresh(gate: dict, now: dict, files: Path, classes: list[str]) -> dict:
     target.unlink(missing_ok=True)
     if now["champion"] is not None:
         plot_confusion(np.array(now["champion"]["confusion"]), classes, target, "champion")
-    return {**gate, "validation_status": now["status"], "reasons": now["reasons"], "challenger": now["challenger"],
-            "champion": now["champion"], "champion_version": now["champion_version"],
-            "comparison": now["comparison"], "registered_against": gate.get("champion_version"),
-            "registered_status": gate["validation_status"]}
+    return {
+        **gate,
+        "validation_status": now["status"],
+        "reasons": now["reasons"],
+        "challenger": now["challenger"],
+        "champion": now["champion"],
+        "champion_version": now["champion_version"],
+        "comparison": now["comparison"],
+        "registered_against": gate.get("champion_version"),
+        "registered_status": gate["validation_status"],
+    }
 
 
 def collect(client, name: str, version_ref: str, work: Path, gate_now=None) -> dict:
@@ -140,16 +163,27 @@ def collect(client, name: str, version_ref: str, work: Path, gate_now=None) -> d
             diff = version_diff(client, version, champ, work / "diff")
     tuning = files / TUNE / BestParams.FILE
     current = alias_version(client, name, CHAMPION)
-    backbone = (training.data.tags.get("backbone.description")
-                or backbone_name(client, training, version.tags.get("backbone", "")))
-    return {"title": f"Promotion review: {name} v{version.version}", "model_name": name,
-            "version": str(version.version), "description": version.description or "",
-            "aliases": {alias: v for v, names in aliases(client, name).items() for alias in names},
-            "gate": gate, "lineage": _json(files / LINEAGE) or {},
-            "tuning": BestParams.read(tuning.parent).model_dump() if tuning.is_file() else None,
-            "evaluation": _json(files / EVALUATE / EvalMetrics.FILE), "version_tags": dict(version.tags),
-            "champion_tags": champion_tags, "current_champion": str(current.version) if current else None,
-            "diff": diff, "register_run_id": register_run, "files": files, "backbone": backbone}
+    backbone = training.data.tags.get("backbone.description") or backbone_name(
+        client, training, version.tags.get("backbone", "")
+    )
+    return {
+        "title": f"Promotion review: {name} v{version.version}",
+        "model_name": name,
+        "version": str(version.version),
+        "description": version.description or "",
+        "aliases": {alias: v for v, names in aliases(client, name).items() for alias in names},
+        "gate": gate,
+        "lineage": _json(files / LINEAGE) or {},
+        "tuning": BestParams.read(tuning.parent).model_dump() if tuning.is_file() else None,
+        "evaluation": _json(files / EVALUATE / EvalMetrics.FILE),
+        "version_tags": dict(version.tags),
+        "champion_tags": champion_tags,
+        "current_champion": str(current.version) if current else None,
+        "diff": diff,
+        "register_run_id": register_run,
+        "files": files,
+        "backbone": backbone,
+    }
 
 
 def context(data: dict) -> dict:
@@ -158,23 +192,33 @@ def context(data: dict) -> dict:
     champion_version = gate.get("champion_version")
     images = {key: data_uri(files / rel) for key, rel in IMAGES.items()}
     images["training"] = data_uri(files / TRAINING_CURVES)
-    return {"title": data["title"], "version": data["version"], "status": gate["validation_status"],
-            "reasons": gate["reasons"] or ["all thresholds met"], "verdict": verdict(gate),
-            "description": _description(data["description"], gate), "aliases": sorted(data["aliases"].items()),
-            "challenger_label": f"challenger v{data['version']}",
-            "champion_label": f"champion v{champion_version}" if champion_version else "no champion",
-            "has_champion": bool(champion_version), "metrics": metric_rows(gate),
-            "baselines": baseline_rows(data["evaluation"], data["lineage"].get("subset_sizes")),
-            "classes": class_rows(gate),
-            "perfect": gate["challenger"]["accuracy"] >= 1.0, "images": images,
-            "tuning": tuning_rows(data["tuning"], data["version_tags"]),
-            "tuned": (data["tuning"] or {}).get("source") == "study",
-            "lineage": lineage_rows(data["lineage"], data["version_tags"], gate.get("test_set_sha256", ""),
-                                    data.get("backbone")),
-            "sizes": [(split, cls, n) for split, per in data["lineage"].get("subset_sizes", {}).items()
-                      for cls, n in per.items()],
-            "champion": champion_history(champion_version, data["champion_tags"], data["current_champion"]),
-            "diff": data["diff"]}
+    return {
+        "title": data["title"],
+        "version": data["version"],
+        "status": gate["validation_status"],
+        "reasons": gate["reasons"] or ["all thresholds met"],
+        "verdict": verdict(gate),
+        "description": _description(data["description"], gate),
+        "aliases": sorted(data["aliases"].items()),
+        "challenger_label": f"challenger v{data['version']}",
+        "champion_label": f"champion v{champion_version}" if champion_version else "no champion",
+        "has_champion": bool(champion_version),
+        "metrics": metric_rows(gate),
+        "baselines": baseline_rows(data["evaluation"], data["lineage"].get("subset_sizes")),
+        "classes": class_rows(gate),
+        "perfect": gate["challenger"]["accuracy"] >= 1.0,
+        "images": images,
+        "tuning": tuning_rows(data["tuning"], data["version_tags"]),
+        "tuned": (data["tuning"] or {}).get("source") == "study",
+        "lineage": lineage_rows(
+            data["lineage"], data["version_tags"], gate.get("test_set_sha256", ""), data.get("backbone")
+        ),
+        "sizes": [
+            (split, cls, n) for split, per in data["lineage"].get("subset_sizes", {}).items() for cls, n in per.items()
+        ],
+        "champion": champion_history(champion_version, data["champion_tags"], data["current_champion"]),
+        "diff": data["diff"],
+    }
 
 
 def _description(text: str, gate: dict) -> str:
@@ -182,8 +226,10 @@ def _description(text: str, gate: dict) -> str:
     if "registered_against" not in gate or gate["registered_against"] == gate.get("champion_version"):
         return text
     now = f"@champion v{gate['champion_version']}" if gate.get("champion_version") else "no @champion"
-    return (f"At registration: {text} Since then there is {now}: the gate, metrics and comparison on this page "
-            "were re-run against it when this review ran.")
+    return (
+        f"At registration: {text} Since then there is {now}: the gate, metrics and comparison on this page "
+        "were re-run against it when this review ran."
+    )
 
 
 def render_html(ctx: dict) -> str:

@@ -23,8 +23,9 @@ def rank(validation: dict[str, dict]) -> list[str]:
     Args:
         validation: name -> {"accuracy": ..., "loss": ...} on the validation split.
     """
-    return sorted(validation, key=lambda name: (-validation[name]["accuracy"], validation[name]["loss"],
-                                                name != FINAL, name))
+    return sorted(
+        validation, key=lambda name: (-validation[name]["accuracy"], validation[name]["loss"], name != FINAL, name)
+    )
 
 
 def best_baseline(validation: dict[str, dict]) -> str:
@@ -44,12 +45,19 @@ def versus(name: str, labels: np.ndarray, final_pred: np.ndarray, baseline_pred:
     """
     labels = np.asarray(labels)
     if len(final_pred) != len(labels) or len(baseline_pred) != len(labels):
-        raise PipelineError(f"the {name} baseline was scored on {len(baseline_pred)} test images and the final model "
-                            f"on {len(final_pred)}; McNemar's test needs the same {len(labels)} images")
+        raise PipelineError(
+            f"the {name} baseline was scored on {len(baseline_pred)} test images and the final model "
+            f"on {len(final_pred)}; McNemar's test needs the same {len(labels)} images"
+        )
     final_ok, base_ok = np.asarray(final_pred) == labels, np.asarray(baseline_pred) == labels
     test = mcnemar(base_ok, final_ok)  # "champion" = the baseline, "challenger" = the final model
-    return {"name": name, "delta": float(final_ok.mean() - base_ok.mean()) if len(labels) else 0.0,
-            "mcnemar_p": test["mcnemar_p"], "fixed": test["fixed"], "broken": test["broken"]}
+    return {
+        "name": name,
+        "delta": float(final_ok.mean() - base_ok.mean()) if len(labels) else 0.0,
+        "mcnemar_p": test["mcnemar_p"],
+        "fixed": test["fixed"],
+        "broken": test["broken"],
+    }
 
 
 def significantly_worse(vs: dict | None, alpha: float = ALPHA) -> bool:
@@ -59,7 +67,14 @@ def significantly_worse(vs: dict | None, alpha: float = ALPHA) -> bool:
 
 def describe(vs: dict) -> str:
     """One line: the final model against its best baseline on the test split."""
-    verdict = ("significantly worse" if significantly_worse(vs) else
-               "no significant difference" if vs["mcnemar_p"] >= ALPHA else "significantly better")
-    return (f"{vs['name']} (best on validation): {100 * vs['delta']:+.1f} points on test, final fixes "
-            f"{vs['fixed']} and breaks {vs['broken']} images, McNemar p = {vs['mcnemar_p']:.3g} ({verdict})")
+    verdict = (
+        "significantly worse"
+        if significantly_worse(vs)
+        else "no significant difference"
+        if vs["mcnemar_p"] >= ALPHA
+        else "significantly better"
+    )
+    return (
+        f"{vs['name']} (best on validation): {100 * vs['delta']:+.1f} points on test, final fixes "
+        f"{vs['fixed']} and breaks {vs['broken']} images, McNemar p = {vs['mcnemar_p']:.3g} ({verdict})"
+    )

@@ -33,8 +33,7 @@ def mcnemar(champion_ok: np.ndarray, challenger_ok: np.ndarray) -> dict:
     return {"fixed": fixed, "broken": broken, "mcnemar_p": float(p)}
 
 
-def paired_ci(champion_ok: np.ndarray, challenger_ok: np.ndarray, seed: int,
-              resamples: int = RESAMPLES) -> list[float]:
+def paired_ci(champion_ok: np.ndarray, challenger_ok: np.ndarray, seed: int, resamples: int = RESAMPLES) -> list[float]:
     """95% percentile bootstrap interval of the accuracy gain (challenger - champion), resampling images.
 
     scipy's `bootstrap(paired=True)` draws the same image indices for both arrays, so each resample keeps
@@ -50,8 +49,15 @@ def paired_ci(champion_ok: np.ndarray, challenger_ok: np.ndarray, seed: int,
     def gain(x, y, axis):
         return np.mean(x, axis=axis) - np.mean(y, axis=axis)
 
-    res = bootstrap((a, b), gain, paired=True, vectorized=True, n_resamples=resamples, method="percentile",
-                    random_state=np.random.default_rng(seed))
+    res = bootstrap(
+        (a, b),
+        gain,
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
     low, high = res.confidence_interval
     return [float(low), float(high)]
 
@@ -74,8 +80,16 @@ def min_detectable_gain(n: int, discordant: int, alpha: float = ALPHA, power: fl
     return float(min(1.0, z * np.sqrt(q / n)))
 
 
-def compare(champion_ok: np.ndarray, challenger_ok: np.ndarray, labels: np.ndarray, classes: list[str],
-            seed: int = 0, resamples: int = RESAMPLES, alpha: float = ALPHA, power: float = POWER) -> dict:
+def compare(
+    champion_ok: np.ndarray,
+    challenger_ok: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    seed: int = 0,
+    resamples: int = RESAMPLES,
+    alpha: float = ALPHA,
+    power: float = POWER,
+) -> dict:
     """Everything a reviewer needs to decide whether the challenger really differs from the champion.
 
     Args:
@@ -106,9 +120,17 @@ def compare(champion_ok: np.ndarray, challenger_ok: np.ndarray, labels: np.ndarr
             continue
         change[cls] = float(challenger_ok[mask].mean() - champion_ok[mask].mean())
         change_ci[cls] = paired_ci(champion_ok[mask], challenger_ok[mask], seed + 1 + index, resamples)
-    return {"n": n, **test, "significant": test["mcnemar_p"] < alpha,
-            "gain": float(challenger_ok.mean() - champion_ok.mean()) if n else 0.0,
-            "gain_ci95": paired_ci(champion_ok, challenger_ok, seed, resamples),
-            "recall_change": change, "recall_change_ci95": change_ci,
-            "min_detectable_gain": min_detectable_gain(n, test["fixed"] + test["broken"], alpha, power),
-            "alpha": alpha, "power": power, "seed": seed, "resamples": resamples}
+    return {
+        "n": n,
+        **test,
+        "significant": test["mcnemar_p"] < alpha,
+        "gain": float(challenger_ok.mean() - champion_ok.mean()) if n else 0.0,
+        "gain_ci95": paired_ci(champion_ok, challenger_ok, seed, resamples),
+        "recall_change": change,
+        "recall_change_ci95": change_ci,
+        "min_detectable_gain": min_detectable_gain(n, test["fixed"] + test["broken"], alpha, power),
+        "alpha": alpha,
+        "power": power,
+        "seed": seed,
+        "resamples": resamples,
+    }

@@ -16,8 +16,9 @@ def git_commit() -> str:
     """The current commit (with '-dirty' when the tree has changes); TLPIPE_GIT_COMMIT (the image's) outside git."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("TLPIPE_GIT_COMMIT", "unknown")
     return head + ("-dirty" if dirty else "")
@@ -61,8 +62,12 @@ def subset_lineage(subset: Path, validation: Path, inputs: list[str], backbone: 
     manifest = read_manifest(subset)
     sizes = manifest.groupby(["split", "class"]).size()
     result = ValidationResult.read(validation).model_dump()
-    return {"git_commit": git_commit(), "test_set_sha256": test_set_id(subset), "backbone": backbone,
-            "data_source": SubsetSummary.read(subset).source,
-            "dvc_lock": dvc_lock_hashes(inputs),
-            "subset_sizes": {s: {c: int(n) for c, n in sizes[s].items()} for s in sizes.index.levels[0]},
-            "validation": {"status": "passed" if result.pop("success") else "failed", **result}}
+    return {
+        "git_commit": git_commit(),
+        "test_set_sha256": test_set_id(subset),
+        "backbone": backbone,
+        "data_source": SubsetSummary.read(subset).source,
+        "dvc_lock": dvc_lock_hashes(inputs),
+        "subset_sizes": {s: {c: int(n) for c, n in sizes[s].items()} for s in sizes.index.levels[0]},
+        "validation": {"status": "passed" if result.pop("success") else "failed", **result},
+    }

@@ -46,8 +46,10 @@ def connect(params):
         client.search_registered_models(max_results=1)
     except (MlflowException, SQLAlchemyError, OSError, ImportError, ValueError) as exc:  # down, refused, no driver
         reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-        raise PipelineError(f"MLflow registry at {redact(uri)} did not answer after {params.registry.http_retries} "
-                            f"retries ({reason}); start the server or set MLFLOW_TRACKING_URI") from None
+        raise PipelineError(
+            f"MLflow registry at {redact(uri)} did not answer after {params.registry.http_retries} "
+            f"retries ({reason}); start the server or set MLFLOW_TRACKING_URI"
+        ) from None
     return client
 
 
@@ -89,8 +91,9 @@ def _stamp(client, name: str, version: str, action: str, reason: str, **extra: s
         client.set_model_version_tag(name, version, key, value)
 
 
-def promote(client, name: str, version: str | int, reason: str, force: bool = False,
-            gate_now: dict | None = None) -> dict:
+def promote(
+    client, name: str, version: str | int, reason: str, force: bool = False, gate_now: dict | None = None
+) -> dict:
     """Move `@champion` to `version`; the old champion stays reachable as `@previous`.
 
     Args:
@@ -106,34 +109,46 @@ def promote(client, name: str, version: str | int, reason: str, force: bool = Fa
         PipelineError: no reason, or the gate did not pass and `force` is not set.
     """
     if not reason.strip():
-        raise PipelineError("promote needs --reason \"...\": the registry records why a model went to production")
+        raise PipelineError('promote needs --reason "...": the registry records why a model went to production')
     target = get_version(client, name, version)
     if gate_now is None:
         status = target.tags.get("validation_status", "missing")
         why, against = target.tags.get("validation_reasons", "no gate result"), "at registration"
     else:
         status, why = gate_now["status"], " | ".join(gate_now["reasons"]) or "all thresholds met"
-        against = f"against the current champion v{gate_now['champion_version']}" if gate_now["champion_version"] \
+        against = (
+            f"against the current champion v{gate_now['champion_version']}"
+            if gate_now["champion_version"]
             else "with no champion"
+        )
     if status != "passed" and not force:
-        raise PipelineError(f"version {target.version} has validation_status={status} {against} ({why}); "
-                            "fix it, or force it with a reason: make promote VERSION=N REASON=\"...\" FORCE=1 "
-                            "(python -m operators.registry promote N --reason ... --force)")
+        raise PipelineError(
+            f"version {target.version} has validation_status={status} {against} ({why}); "
+            'fix it, or force it with a reason: make promote VERSION=N REASON="..." FORCE=1 '
+            "(python -m operators.registry promote N --reason ... --force)"
+        )
     current = alias_version(client, name, CHAMPION)
     if current is not None and current.version == target.version:
         raise PipelineError(f"version {target.version} is already @champion")
     if current is not None:
         client.set_registered_model_alias(name, PREVIOUS, current.version)
     client.set_registered_model_alias(name, CHAMPION, target.version)
-    _stamp(client, name, target.version, "promoted", reason, promoted_forced=str(bool(force)).lower(),
-           promoted_gate=f"{status} {against}: {why}"[:5000])
+    _stamp(
+        client,
+        name,
+        target.version,
+        "promoted",
+        reason,
+        promoted_forced=str(bool(force)).lower(),
+        promoted_gate=f"{status} {against}: {why}"[:5000],
+    )
     return {"champion": target.version, "previous": current.version if current else None, "status": status}
 
 
 def rollback(client, name: str, reason: str) -> dict:
     """Point `@champion` back at `@previous`; the demoted version is tagged with who, when and why."""
     if not reason.strip():
-        raise PipelineError("rollback needs --reason \"...\"")
+        raise PipelineError('rollback needs --reason "..."')
     previous = alias_version(client, name, PREVIOUS)
     if previous is None:
         raise PipelineError(f"model {name!r} has no @previous version to roll back to")
@@ -173,14 +188,19 @@ def status_rows(client, name: str) -> list[dict]:
     by_version = aliases(client, name)
     rows = []
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
-        rows.append({"version": v.version, "aliases": ",".join(by_version.get(str(v.version), [])) or "-",
-                     "validation_status": v.tags.get("validation_status", "-"),
-                     "test_accuracy": v.tags.get("test_accuracy", "-"),
-                     # accuracies on different test sets are not comparable: the column says which set
-                     "test_set": v.tags.get("test_set_sha256", "-")[:10],
-                     "backbone": v.tags.get("backbone", "-")[:19],
-                     "freeze_ratio": _rounded(v.tags.get("freeze_ratio", "-")),
-                     "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(v.creation_timestamp / 1000))})
+        rows.append(
+            {
+                "version": v.version,
+                "aliases": ",".join(by_version.get(str(v.version), [])) or "-",
+                "validation_status": v.tags.get("validation_status", "-"),
+                "test_accuracy": v.tags.get("test_accuracy", "-"),
+                # accuracies on different test sets are not comparable: the column says which set
+                "test_set": v.tags.get("test_set_sha256", "-")[:10],
+                "backbone": v.tags.get("backbone", "-")[:19],
+                "freeze_ratio": _rounded(v.tags.get("freeze_ratio", "-")),
+                "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(v.creation_timestamp / 1000)),
+            }
+        )
     return rows
 
 

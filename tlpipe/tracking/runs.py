@@ -55,19 +55,26 @@ def _client_setup(params: StepParams):
             if attempt == 1 and "already exists" in str(exc):
                 continue  # another worker created it between our lookup and our create
             reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-            raise PipelineError(f"MLflow tracking at {redact(uri)} is not usable ({reason}); "
-                                "check MLFLOW_TRACKING_URI or tracking.default_uri") from None
+            raise PipelineError(
+                f"MLflow tracking at {redact(uri)} is not usable ({reason}); "
+                "check MLFLOW_TRACKING_URI or tracking.default_uri"
+            ) from None
     raise AssertionError("unreachable")
 
 
 def _parent_run(mlflow, experiment_id: str, group: str) -> str:
-    found = mlflow.search_runs([experiment_id], filter_string=f"tags.`{GROUP_TAG}` = '{group}' "
-                               "and tags.`tlpipe.role` = 'pipeline'", max_results=1, output_format="list")
+    found = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{GROUP_TAG}` = '{group}' and tags.`tlpipe.role` = 'pipeline'",
+        max_results=1,
+        output_format="list",
+    )
     if found:
         return found[0].info.run_id
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name=f"pipeline {group}",
-                            tags={GROUP_TAG: group, "tlpipe.role": "pipeline"})
+    run = client.create_run(
+        experiment_id, run_name=f"pipeline {group}", tags={GROUP_TAG: group, "tlpipe.role": "pipeline"}
+    )
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -84,8 +91,9 @@ def _alive(owner: str) -> bool:
 def close_orphans(mlflow, experiment_id: str, step: str) -> int:
     """Runs of `step` (and their nested runs) left RUNNING by a killed process on this host -> KILLED."""
     client = mlflow.MlflowClient()
-    stale = mlflow.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
-                               output_format="list", max_results=500)
+    stale = mlflow.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", output_format="list", max_results=500
+    )
     closed = 0
     for run in stale:
         owner = run.data.tags.get(OWNER_TAG, "")
@@ -119,7 +127,7 @@ def log_datasets(tags: dict[str, str]) -> None:
 
     for key, digest in tags.items():
         if key.startswith("data.") and key.endswith(".sha256"):
-            name = key[len("data."):-len(".sha256")]
+            name = key[len("data.") : -len(".sha256")]
             with warnings.catch_warnings():  # a local path matches two registered local sources; either is right
                 warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
                 source = resolve_dataset_source(tags.get(f"data.{name}.path", name))
@@ -128,8 +136,7 @@ def log_datasets(tags: dict[str, str]) -> None:
             mlflow.log_input(dataset, context="input", tags={"sha256": digest, **({"dvc_md5": md5} if md5 else {})})
 
 
-def record_outcome(parent_run_id: str, metrics: dict[str, float], params: dict[str, str],
-                   tags: dict[str, str]) -> None:
+def record_outcome(parent_run_id: str, metrics: dict[str, float], params: dict[str, str], tags: dict[str, str]) -> None:
     """The pipeline run's outcome: final and baseline metrics, chosen params, registered version, duration.
 
     The pipeline run is created (and closed) before the first step; its end time moves to now, so its
@@ -141,8 +148,10 @@ def record_outcome(parent_run_id: str, metrics: dict[str, float], params: dict[s
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    client.log_batch(parent_run_id, metrics=[mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0)
-                                             for k, v in metrics.items()])
+    client.log_batch(
+        parent_run_id,
+        metrics=[mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()],
+    )
     for key, value in params.items():
         try:
             client.log_param(parent_run_id, key, str(value)[:500])
@@ -156,8 +165,13 @@ def record_outcome(parent_run_id: str, metrics: dict[str, float], params: dict[s
 
 
 @contextlib.contextmanager
-def step_run(params: StepParams, step: str, inputs: dict[str, str] | None = None,
-             validation: str | None = None, trained: dict | None = None) -> Iterator[object]:
+def step_run(
+    params: StepParams,
+    step: str,
+    inputs: dict[str, str] | None = None,
+    validation: str | None = None,
+    trained: dict | None = None,
+) -> Iterator[object]:
     """An MLflow run named after the step, nested under the pipeline run of this group, its params logged.
 
     Args:
@@ -174,8 +188,13 @@ def step_run(params: StepParams, step: str, inputs: dict[str, str] | None = None
         print(f"{step}: closed {closed} MLflow run(s) left RUNNING by a killed {step} as KILLED")
     group = run_group(params)
     parent = _parent_run(mlflow, experiment.experiment_id, group)
-    tags = {GROUP_TAG: group, "tlpipe.step": step, "tlpipe.role": "step",
-            OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}", **lineage_tags(inputs or {}, validation)}
+    tags = {
+        GROUP_TAG: group,
+        "tlpipe.step": step,
+        "tlpipe.role": "step",
+        OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}",
+        **lineage_tags(inputs or {}, validation),
+    }
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         declared = params.declared()
@@ -211,8 +230,9 @@ def log_keras_model(model, sample) -> str:
 
     example = np.asarray(sample[:2]).astype("float32")
     signature = infer_signature(example, np.asarray(model(example, training=False)))
-    info = mlflow.keras.log_model(model, name="model", signature=signature,
-                                  pip_requirements=["tensorflow-cpu==2.21.0", "keras==3.15.1"])
+    info = mlflow.keras.log_model(
+        model, name="model", signature=signature, pip_requirements=["tensorflow-cpu==2.21.0", "keras==3.15.1"]
+    )
     return info.model_uri
 
 

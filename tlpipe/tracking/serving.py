@@ -53,8 +53,10 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
         if isinstance(model_input, pd.DataFrame):
             if IMAGE_COLUMN not in model_input.columns:
-                raise DataError(f"the input has columns {list(model_input.columns)}; send a column "
-                                f"{IMAGE_COLUMN!r} of base64-encoded image files")
+                raise DataError(
+                    f"the input has columns {list(model_input.columns)}; send a column "
+                    f"{IMAGE_COLUMN!r} of base64-encoded image files"
+                )
             items = list(model_input[IMAGE_COLUMN])
         else:
             items = list(model_input)
@@ -65,8 +67,11 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                     item = base64.b64decode(item, validate=True)
                 except binascii.Error:
                     raise DataError(f"image {i}: not base64 text (send base64.b64encode(file bytes))") from None
-            out[i] = (decode_bytes([bytes(item)], self.size) if isinstance(item, (bytes, bytearray))
-                      else resize_array(np.asarray(item), self.size)[None])[0]
+            out[i] = (
+                decode_bytes([bytes(item)], self.size)
+                if isinstance(item, (bytes, bytearray))
+                else resize_array(np.asarray(item), self.size)[None]
+            )[0]
         return out
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -110,10 +115,15 @@ def log_image_model(keras_file: Path, classes: list[str], image_size: int, examp
     """
     example = pd.DataFrame({IMAGE_COLUMN: [encode_png(image) for image in examples]})
     return mlflow.pyfunc.log_model(
-        name="model", python_model=str(MODEL_CODE), artifacts={KERAS_ARTIFACT: str(keras_file)},
+        name="model",
+        python_model=str(MODEL_CODE),
+        artifacts={KERAS_ARTIFACT: str(keras_file)},
         model_config={"classes": [str(c) for c in classes], "image_size": int(image_size)},
-        code_paths=[str(TLPIPE_PACKAGE)], signature=signature(classes), input_example=example,
-        pip_requirements=REQUIREMENTS)
+        code_paths=[str(TLPIPE_PACKAGE)],
+        signature=signature(classes),
+        input_example=example,
+        pip_requirements=REQUIREMENTS,
+    )
 
 
 def keras_model(model_uri: str):

@@ -52,8 +52,9 @@ def check_http_store(uri: str, retries: int = 2, what: str = "MLflow tracking") 
 
     parts = urlsplit(uri)  # user info dropped: urllib cannot send it, and /health needs no login
     host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
-    health = urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""),
-                         parts.path.rstrip("/") + "/health", "", ""))
+    health = urlunsplit(
+        (parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path.rstrip("/") + "/health", "", "")
+    )
 
     def get(timeout: int) -> None:
         try:
@@ -61,6 +62,7 @@ def check_http_store(uri: str, retries: int = 2, what: str = "MLflow tracking") 
         except urllib.error.HTTPError as exc:
             if exc.code in (502, 503, 504):
                 raise
+
     _probe(uri, get, retries, OSError, what)
 
 
@@ -77,6 +79,8 @@ def _probe(uri: str, attempt_once, retries: int, errors, what: str) -> None:
             pause = 1 + attempt
             if attempt == retries or deadline - time.monotonic() < pause + 1:
                 reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-                raise PipelineError(f"{what} at {redact(uri)} did not answer after {attempt} retries "
-                                    f"({reason}); start the server or set MLFLOW_TRACKING_URI") from None
+                raise PipelineError(
+                    f"{what} at {redact(uri)} did not answer after {attempt} retries "
+                    f"({reason}); start the server or set MLFLOW_TRACKING_URI"
+                ) from None
             time.sleep(pause)

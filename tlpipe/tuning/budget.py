@@ -22,8 +22,9 @@ def regime_recipe(recipe: Recipe, cfg: TuneConfig, regime: str) -> Recipe:
     """The study's recipe with the regime's own epoch cap and patience (scratch: tune.scratch_*)."""
     if regime != "scratch":
         return recipe
-    return dataclasses.replace(recipe, epochs=cfg.scratch_epochs or recipe.epochs,
-                               patience=cfg.scratch_patience or recipe.patience)
+    return dataclasses.replace(
+        recipe, epochs=cfg.scratch_epochs or recipe.epochs, patience=cfg.scratch_patience or recipe.patience
+    )
 
 
 def max_epochs(cfg: TuneConfig) -> int:
@@ -83,8 +84,11 @@ def sweep_estimate(study, trainings: int) -> dict:
             spans[trial.state.name].append((trial.datetime_complete - trial.datetime_start).total_seconds())
     complete = spans.get("COMPLETE") or [0.0]
     study_seconds = sum(sum(v) for v in spans.values())
-    return {"trainings": trainings, "seconds": round(trainings * sum(complete) / len(complete), 1),
-            "study_seconds": round(study_seconds, 1)}
+    return {
+        "trainings": trainings,
+        "seconds": round(trainings * sum(complete) / len(complete), 1),
+        "study_seconds": round(study_seconds, 1),
+    }
 
 
 def sweep_runs(setting: bool | str, estimate: dict) -> bool:

@@ -55,8 +55,11 @@ def cache_plan(backbone: keras.Model, images: int, dtype: str = "float16", min_r
 
     itemsize = np.dtype(dtype).itemsize
     layers = backbone.layers
-    return {layers[k].name: images * math.prod(layers[k].output.shape[1:]) * itemsize
-            for k in cut_points(backbone) if k > 0 and k >= min_ratio * (len(layers) - 1)}
+    return {
+        layers[k].name: images * math.prod(layers[k].output.shape[1:]) * itemsize
+        for k in cut_points(backbone)
+        if k > 0 and k >= min_ratio * (len(layers) - 1)
+    }
 
 
 def scratch_bytes(plan: dict[str, int], image_bytes: int = 0, every_point: bool = False) -> int:
@@ -68,9 +71,17 @@ def scratch_bytes(plan: dict[str, int], image_bytes: int = 0, every_point: bool 
     return (sum(plan.values()) if every_point else max(plan.values(), default=0)) + image_bytes
 
 
-def worker_scratch(backbone: keras.Model, image_size: int, train_images: int, val_images: int, copies: int,
-                   dtype: str = "float16", memory_bytes: int = DEFAULT_MEMORY_BYTES, every_point: bool = False,
-                   min_ratio: float = 0.0) -> str:
+def worker_scratch(
+    backbone: keras.Model,
+    image_size: int,
+    train_images: int,
+    val_images: int,
+    copies: int,
+    dtype: str = "float16",
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    every_point: bool = False,
+    min_ratio: float = 0.0,
+) -> str:
     """The Kubernetes quantity (e.g. "3Gi") of a tuning worker's scratch emptyDir, from the same estimate.
 
     Trial images are the training split once per variant (`copies` pre-augmented copies + the original)
@@ -113,17 +124,23 @@ class ActivationCache:
         """The one-line reason a boundary cannot be cached (over the disk budget), or None when it can."""
         if needed <= self.disk_bytes:
             return None
-        return (f"tune: activations at {boundary} need {gib(needed)} on disk in {self.folder}, over "
-                f"tune.cache_disk_bytes={self.disk_bytes} ({gib(self.disk_bytes)}); this trial trains the full "
-                f"model (give --cache-dir {gib(needed)} or more)")
+        return (
+            f"tune: activations at {boundary} need {gib(needed)} on disk in {self.folder}, over "
+            f"tune.cache_disk_bytes={self.disk_bytes} ({gib(self.disk_bytes)}); this trial trains the full "
+            f"model (give --cache-dir {gib(needed)} or more)"
+        )
 
     def describe(self, plan: dict[str, int]) -> str:
         """One line: the cache size per freeze point, where each would live, and where the cache is."""
-        where = {name: ("memory" if self.in_memory(n) else "disk" if n <= self.disk_bytes else "off")
-                 for name, n in plan.items()}
+        where = {
+            name: ("memory" if self.in_memory(n) else "disk" if n <= self.disk_bytes else "off")
+            for name, n in plan.items()
+        }
         points = ", ".join(f"{name} {gib(n)} ({where[name]})" for name, n in plan.items())
-        return (f"tune: activation cache in {self.folder} (memory budget {gib(self.memory_bytes)}, disk budget "
-                f"{gib(self.disk_bytes)}): {points or 'no freeze point'}")
+        return (
+            f"tune: activation cache in {self.folder} (memory budget {gib(self.memory_bytes)}, disk budget "
+            f"{gib(self.disk_bytes)}): {points or 'no freeze point'}"
+        )
 
     def evict(self, needed: int, keep: str = "") -> int:
         """Delete least-recently-used entries until the folder plus `needed` bytes fits `disk_bytes`."""
@@ -138,8 +155,7 @@ class ActivationCache:
             removed += 1
         return removed
 
-    def get(self, key: str, name: str, model: keras.Model, parts: list, in_memory: bool,
-            batch: int = 128) -> list:
+    def get(self, key: str, name: str, model: keras.Model, parts: list, in_memory: bool, batch: int = 128) -> list:
         """The activations of `model` on each image array of `parts`, computed once and stored as one .npy.
 
         Returns one array per part: loaded into memory when `in_memory`, else rows of the file (NpyRows).
@@ -153,8 +169,11 @@ class ActivationCache:
 
             def chunks():
                 for part in parts:
-                    blocks = ((part[i : i + batch] for i in range(0, len(part), batch))
-                              if isinstance(part, np.ndarray) else part.chunks(batch))
+                    blocks = (
+                        (part[i : i + batch] for i in range(0, len(part), batch))
+                        if isinstance(part, np.ndarray)
+                        else part.chunks(batch)
+                    )
                     for block in blocks:
                         yield np.asarray(model(block.astype("float32"), training=False)).astype(self.dtype)
 

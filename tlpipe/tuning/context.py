@@ -19,27 +19,57 @@ def regimes(searched: list[str], backbone: str, weights: str) -> list[str]:
 class StudyContext:
     """The study of one tune run: built once from the step's params and its input/scratch folders."""
 
-    def __init__(self, params: Any, *, subset: str | Path, augmented: str | Path, head: str | Path,
-                 backbone: str, cache_dir: str | Path, storage: str | None = None, worker_index: int = 0):
+    def __init__(
+        self,
+        params: Any,
+        *,
+        subset: str | Path,
+        augmented: str | Path,
+        head: str | Path,
+        backbone: str,
+        cache_dir: str | Path,
+        storage: str | None = None,
+        worker_index: int = 0,
+    ):
         from tlpipe.tuning.study import study_fingerprint
 
         model = params.model
         self.params, self.cfg = params, params.tune
         self.storage, self.worker_index = storage, worker_index
-        self.recipe = Recipe(seed=params.seed, image_size=model.image_size, preprocess=preprocess_mode(backbone),
-                             batch_size=params.fine_tune.batch_size, epochs=self.cfg.epochs,
-                             patience=self.cfg.patience, monitor=self.cfg.metric)
+        self.recipe = Recipe(
+            seed=params.seed,
+            image_size=model.image_size,
+            preprocess=preprocess_mode(backbone),
+            batch_size=params.fine_tune.batch_size,
+            epochs=self.cfg.epochs,
+            patience=self.cfg.patience,
+            monitor=self.cfg.metric,
+        )
         self.regimes = regimes(self.cfg.regimes, backbone, model.weights)
         self.identity = backbone_identity(backbone, model.weights, model.image_size)
         self.head = Path(head) / HEAD_FILE
-        self.load_backbone = lambda: load_backbone(backbone, model.weights, model.image_size,
-                                                   params.storage.endpoint_url)
-        self.setup = WorkerSetup(cfg=self.cfg, recipe=self.recipe, defaults=Defaults(model.dropout, model.head_units),
-                                 subset=Path(subset), head=self.head, augmented=Path(augmented),
-                                 cache_dir=Path(cache_dir), load_backbone=self.load_backbone,
-                                 identity=self.identity, worker=worker_index, regimes=tuple(self.regimes))
-        recipe = {**self.recipe.__dict__, "dropout": model.dropout, "head_units": model.head_units,
-                  "deterministic": params.deterministic}
+        self.load_backbone = lambda: load_backbone(
+            backbone, model.weights, model.image_size, params.storage.endpoint_url
+        )
+        self.setup = WorkerSetup(
+            cfg=self.cfg,
+            recipe=self.recipe,
+            defaults=Defaults(model.dropout, model.head_units),
+            subset=Path(subset),
+            head=self.head,
+            augmented=Path(augmented),
+            cache_dir=Path(cache_dir),
+            load_backbone=self.load_backbone,
+            identity=self.identity,
+            worker=worker_index,
+            regimes=tuple(self.regimes),
+        )
+        recipe = {
+            **self.recipe.__dict__,
+            "dropout": model.dropout,
+            "head_units": model.head_units,
+            "deterministic": params.deterministic,
+        }
         fingerprint = study_fingerprint(self.cfg, recipe, Path(subset), Path(augmented), self.head, self.identity)
         self.study_name = f"{self.cfg.study_name}-{fingerprint}"
 

@@ -23,8 +23,17 @@ from tlpipe.reports.plots import pyplot
 
 # transferability.csv (tlpipe/tuning/sweep.py): one row per (regime, freeze point) of the controlled sweep.
 SWEEP_COLUMNS = ("regime", "freeze_ratio", "boundary", "mean", "std", "n", "learning_rate", "train_bn")
-TRIAL_COLUMNS = ("number", "state", "value", "regime", "freeze_ratio", "learning_rate", "train_bn", "epochs_run",
-                 "mode")
+TRIAL_COLUMNS = (
+    "number",
+    "state",
+    "value",
+    "regime",
+    "freeze_ratio",
+    "learning_rate",
+    "train_bn",
+    "epochs_run",
+    "mode",
+)
 
 
 def write_trials_csv(trials, path: Path) -> None:
@@ -33,12 +42,24 @@ def write_trials_csv(trials, path: Path) -> None:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(TRIAL_COLUMNS)
         for t in sorted(trials, key=lambda t: t.number):
-            last = t.value if t.value is not None else (
-                t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else "")
-            writer.writerow([t.number, t.state.name.lower(), last, t.user_attrs.get("regime", "transfer"),
-                             t.user_attrs.get("freeze_ratio", ""), t.params.get("learning_rate", ""),
-                             t.user_attrs.get("train_bn", ""), t.user_attrs.get("epochs_run", 0),
-                             t.user_attrs.get("mode", "")])
+            last = (
+                t.value
+                if t.value is not None
+                else (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else "")
+            )
+            writer.writerow(
+                [
+                    t.number,
+                    t.state.name.lower(),
+                    last,
+                    t.user_attrs.get("regime", "transfer"),
+                    t.user_attrs.get("freeze_ratio", ""),
+                    t.params.get("learning_rate", ""),
+                    t.user_attrs.get("train_bn", ""),
+                    t.user_attrs.get("epochs_run", 0),
+                    t.user_attrs.get("mode", ""),
+                ]
+            )
 
 
 def _save_optuna_plot(draw, study, path: Path, title: str) -> None:
@@ -95,8 +116,9 @@ def plot_all(study, trials, out_dir: Path, metric: str) -> None:
     from optuna.visualization import matplotlib as optuna_plots
 
     _save_optuna_plot(optuna_plots.plot_optimization_history, study, out_dir / HISTORY_PNG, "optimization history")
-    _save_optuna_plot(optuna_plots.plot_param_importances, study, out_dir / IMPORTANCES_PNG,
-                      "hyperparameter importances")
+    _save_optuna_plot(
+        optuna_plots.plot_param_importances, study, out_dir / IMPORTANCES_PNG, "hyperparameter importances"
+    )
     _transferability(trials, out_dir / TRIALS_PNG, metric, maximize)
     # the sweep, when it runs, replaces both; until then they say it is off (dvc plots read both)
     write_sweep_csv([], out_dir / TRANSFERABILITY_CSV)

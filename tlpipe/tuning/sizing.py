@@ -30,8 +30,15 @@ def tune_worker_scratch(params) -> str | None:
         backbone = load_backbone(model.backbone, "none", model.image_size)
     classes = len(params.make_digits.target_classes)
     try:
-        return worker_scratch(backbone, model.image_size, subset.train_per_class * classes,
-                              subset.val_per_class * classes, params.augment.copies, params.tune.cache_dtype,
-                              params.tune.cache_max_bytes, min_ratio=params.tune.freeze_ratio[0])
+        return worker_scratch(
+            backbone,
+            model.image_size,
+            subset.train_per_class * classes,
+            subset.val_per_class * classes,
+            params.augment.copies,
+            params.tune.cache_dtype,
+            params.tune.cache_max_bytes,
+            min_ratio=params.tune.freeze_ratio[0],
+        )
     finally:
         keras.backend.clear_session()

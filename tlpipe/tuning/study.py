@@ -16,12 +16,27 @@ from tlpipe.sections import TuneConfig
 
 FINISHED = ("COMPLETE", "PRUNED")
 # Keys of `tune` that decide how long or where a study runs, not what a trial computes.
-VOLATILE = ("n_trials", "timeout", "storage", "enabled", "study_name", "heartbeat_interval", "max_retries",
-            "pool_size", "cache_max_bytes", "cache_disk_bytes", "sweep", "sweep_points", "sweep_seeds", "warm_start")
+VOLATILE = (
+    "n_trials",
+    "timeout",
+    "storage",
+    "enabled",
+    "study_name",
+    "heartbeat_interval",
+    "max_retries",
+    "pool_size",
+    "cache_max_bytes",
+    "cache_disk_bytes",
+    "sweep",
+    "sweep_points",
+    "sweep_seeds",
+    "warm_start",
+)
 
 
-def study_fingerprint(cfg: TuneConfig, recipe: dict, subset: Path, augmented: Path | None, head: Path | None,
-                      backbone_identity: str) -> str:
+def study_fingerprint(
+    cfg: TuneConfig, recipe: dict, subset: Path, augmented: Path | None, head: Path | None, backbone_identity: str
+) -> str:
     """sha256 (12 hex) over the data, backbone, head, search space and recipe."""
     from tlpipe.fingerprint import content_hash, digest, split_ids
 
@@ -42,8 +57,9 @@ def make_storage(cfg: TuneConfig, url: str | None = None):
 
     url = url or cfg.storage
     if holds_credentials(url):
-        raise PipelineError(f"tune storage {redact(url)} holds credentials; put them in PGUSER/PGPASSWORD "
-                            "(environment), not in the URL")
+        raise PipelineError(
+            f"tune storage {redact(url)} holds credentials; put them in PGUSER/PGPASSWORD (environment), not in the URL"
+        )
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -58,9 +74,12 @@ def make_storage(cfg: TuneConfig, url: str | None = None):
         kwargs["engine_kwargs"] = {"pool_size": cfg.pool_size, "max_overflow": 0, "pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(
-            url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.heartbeat_interval * 3,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=cfg.max_retries), **kwargs)
+            url,
+            heartbeat_interval=cfg.heartbeat_interval,
+            grace_period=cfg.heartbeat_interval * 3,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retries),
+            **kwargs,
+        )
     except Exception as exc:  # SQLAlchemy/psycopg2 raise many types; all mean "storage unusable"
         reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
         raise PipelineError(f"tune storage {redact(url)}: cannot open the study storage ({reason})") from None
@@ -72,8 +91,7 @@ def sampler(cfg: TuneConfig, seed: int):
 
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, max(1, cfg.n_trials // 3)),
-                                      constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, max(1, cfg.n_trials // 3)), constant_liar=True)
 
 
 def pruner(cfg: TuneConfig):
@@ -96,8 +114,14 @@ def create_study(cfg: TuneConfig, name: str, seed: int, storage_url: str | None 
     import optuna
 
     direction = "maximize" if cfg.metric.endswith("accuracy") else "minimize"
-    study = optuna.create_study(study_name=name, storage=make_storage(cfg, storage_url), direction=direction,
-                                sampler=sampler(cfg, seed + worker), pruner=pruner(cfg), load_if_exists=True)
+    study = optuna.create_study(
+        study_name=name,
+        storage=make_storage(cfg, storage_url),
+        direction=direction,
+        sampler=sampler(cfg, seed + worker),
+        pruner=pruner(cfg),
+        load_if_exists=True,
+    )
     if study.metric_names != [cfg.metric]:  # optuna-dashboard shows this name instead of "Objective 0"
         study.set_metric_names([cfg.metric])
     return study
@@ -140,9 +164,13 @@ def previous_best(study, cfg: TuneConfig, storage_url: str | None = None) -> tup
     import optuna
 
     storage = make_storage(cfg, storage_url)
-    others = [s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-              if s.study_name != study.study_name and s.study_name.startswith(f"{cfg.study_name}-")
-              and s.datetime_start is not None]
+    others = [
+        s
+        for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        if s.study_name != study.study_name
+        and s.study_name.startswith(f"{cfg.study_name}-")
+        and s.datetime_start is not None
+    ]
     if not others or not cfg.warm_start:
         return "", []
     latest = max(others, key=lambda s: s.datetime_start)
@@ -152,8 +180,9 @@ def previous_best(study, cfg: TuneConfig, storage_url: str | None = None) -> tup
     return latest.study_name, done[: cfg.warm_start]
 
 
-def warm_start(study, cfg: TuneConfig, points: list[float], regimes: list[str],
-               storage_url: str | None = None) -> list[dict]:
+def warm_start(
+    study, cfg: TuneConfig, points: list[float], regimes: list[str], storage_url: str | None = None
+) -> list[dict]:
     """Enqueue the previous study's best points into an empty study; returns the params enqueued.
 
     Points this study cannot take (a regime it does not search, a freeze point beyond its range) are skipped.

@@ -31,9 +31,13 @@ def chosen_points(points: list[float], count: int) -> list[float]:
 
 def _recipe_for(study, regime: str, ratio: float | None) -> dict | None:
     """Learning rate and BatchNormalization choice of the best complete trial of a regime (at a ratio)."""
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
-            and t.user_attrs.get("regime", "transfer") == regime
-            and (ratio is None or abs(t.user_attrs.get("freeze_ratio", -1) - ratio) < 1e-9)]
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name == "COMPLETE"
+        and t.user_attrs.get("regime", "transfer") == regime
+        and (ratio is None or abs(t.user_attrs.get("freeze_ratio", -1) - ratio) < 1e-9)
+    ]
     if not done:
         return None
     best = max(done, key=lambda t: t.value) if study.direction.name == "MAXIMIZE" else min(done, key=lambda t: t.value)
@@ -63,23 +67,43 @@ def sweep(worker, study, cfg: TuneConfig, out_dir: Path) -> dict:
     jobs = jobs_for(worker, cfg)
     rows = []
     for regime, ratio in jobs:
-        recipe = (_recipe_for(study, regime, ratio if regime == "transfer" else None)
-                  or _recipe_for(study, regime, None) or fallback)
-        hp = HyperParams(freeze_ratio=ratio, dropout=worker.defaults.dropout, head_units=worker.defaults.head_units,
-                         regime=regime, **recipe)
+        recipe = (
+            _recipe_for(study, regime, ratio if regime == "transfer" else None)
+            or _recipe_for(study, regime, None)
+            or fallback
+        )
+        hp = HyperParams(
+            freeze_ratio=ratio,
+            dropout=worker.defaults.dropout,
+            head_units=worker.defaults.head_units,
+            regime=regime,
+            **recipe,
+        )
         values, boundary = [], ""
         for k in range(cfg.sweep_seeds):
             base = regime_recipe(worker.recipe, cfg, regime)  # scratch keeps its own cap and patience
             seeded = dataclasses.replace(base, seed=base.seed + 1000 * (k + 1))
-            result = run_trial(seeded, hp, worker.data, worker.load_backbone(), worker.head, worker.cache,
-                               worker.identity)
+            result = run_trial(
+                seeded, hp, worker.data, worker.load_backbone(), worker.head, worker.cache, worker.identity
+            )
             values.append(max(result["history"]["val_accuracy"]))  # the curve is in accuracy, whatever ranks trials
             boundary = result["plan"].boundary
-        rows.append({"regime": regime, "freeze_ratio": ratio, "boundary": boundary, "mean": float(np.mean(values)),
-                     "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "n": len(values),
-                     "learning_rate": hp.learning_rate, "train_bn": hp.train_bn})
-        print(f"tune: sweep {regime} {ratio:.2f} ({boundary}): {rows[-1]['mean']:.4f} +- {rows[-1]['std']:.4f}",
-              flush=True)
+        rows.append(
+            {
+                "regime": regime,
+                "freeze_ratio": ratio,
+                "boundary": boundary,
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "n": len(values),
+                "learning_rate": hp.learning_rate,
+                "train_bn": hp.train_bn,
+            }
+        )
+        print(
+            f"tune: sweep {regime} {ratio:.2f} ({boundary}): {rows[-1]['mean']:.4f} +- {rows[-1]['std']:.4f}",
+            flush=True,
+        )
     write_sweep_csv(rows, out_dir / TRANSFERABILITY_CSV)
     plot(rows, out_dir / TRANSFERABILITY_PNG, "val_accuracy")
     cost = {"seconds": round(time.monotonic() - started, 1), "trainings": len(jobs) * cfg.sweep_seeds}
@@ -92,8 +116,14 @@ def plot(rows: list[dict], path: Path, metric: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     transfer = [r for r in rows if r["regime"] == "transfer"]
-    ax.errorbar([r["freeze_ratio"] for r in transfer], [r["mean"] for r in transfer],
-                yerr=[r["std"] for r in transfer], fmt="o-", capsize=3, label="fine-tuned from the pretrained backbone")
+    ax.errorbar(
+        [r["freeze_ratio"] for r in transfer],
+        [r["mean"] for r in transfer],
+        yerr=[r["std"] for r in transfer],
+        fmt="o-",
+        capsize=3,
+        label="fine-tuned from the pretrained backbone",
+    )
     frozen = [r for r in transfer if r["freeze_ratio"] >= 1.0 - 1e-9]
     if frozen:
         ax.axhline(frozen[0]["mean"], color="grey", linestyle=":", label="frozen features (all frozen)")

@@ -73,12 +73,19 @@ class TrialData:
 
 def _fingerprint(subset: Path, size: int, copies: Path | None) -> str:
     """What the trial images are, cheaply: the manifest's image hashes per split, the size, the copies' bytes."""
-    return digest({"size": size, "images": split_ids(subset, ("train", "val")),
-                   "copies": content_hash(copies) if copies is not None else ""}, 20)
+    return digest(
+        {
+            "size": size,
+            "images": split_ids(subset, ("train", "val")),
+            "copies": content_hash(copies) if copies is not None else "",
+        },
+        20,
+    )
 
 
-def load_trial_data(subset: Path, augmented: Path | None, size: int, mode: str = "auto",
-                    memory_bytes: int = DEFAULT_MEMORY_BYTES) -> TrialData:
+def load_trial_data(
+    subset: Path, augmented: Path | None, size: int, mode: str = "auto", memory_bytes: int = DEFAULT_MEMORY_BYTES
+) -> TrialData:
     """The original training split plus the pre-augmented copies, and the validation split.
 
     `mode`: "memory", "stream" (decoded once to scratch .npy files, read back in batches) or "auto" (memory
@@ -91,21 +98,27 @@ def load_trial_data(subset: Path, augmented: Path | None, size: int, mode: str =
     if copies is not None and not len(copies):
         copies = None
     if copies is not None and (len(copies) % len(train) or copies.row_shape != (size, size, 3)):
-        raise DataError(f"{path}: {copies.shape} does not match the {len(train)} training images at {size} px; "
-                        "rerun augment")
+        raise DataError(
+            f"{path}: {copies.shape} does not match the {len(train)} training images at {size} px; rerun augment"
+        )
     k = len(copies) // len(train) if copies is not None else 0
     fingerprint = _fingerprint(subset, size, path if copies is not None else None)
     total = len(train) * (k + 1) + len(val)
     if mode == "memory" or (mode == "auto" and total * size * size * 3 <= memory_bytes):
         x = decode_images(train, size, desc="decode train")
         extra = list(copies.load().reshape(k, *x.shape)) if copies is not None else []
-        return TrialData([x, *extra], labels, decode_images(val, size, desc="decode val"), val_labels, classes,
-                         fingerprint)
+        return TrialData(
+            [x, *extra], labels, decode_images(val, size, desc="decode val"), val_labels, classes, fingerprint
+        )
     stack = ExitStack()
     folder = stack.enter_context(scratch_dir("trial-data"))
     for name, images in (("train", train), ("val", val)):
-        NpyWriter.write(folder / f"{name}.npy", decoded_chunks(images, size, desc=f"decode {name}"),
-                        (len(images), size, size, 3), np.uint8)
+        NpyWriter.write(
+            folder / f"{name}.npy",
+            decoded_chunks(images, size, desc=f"decode {name}"),
+            (len(images), size, size, 3),
+            np.uint8,
+        )
     variants = [NpyRows(folder / "train.npy"), *(NpyRows(path, i * len(train), len(train)) for i in range(k))]
     data = TrialData(variants, labels, NpyRows(folder / "val.npy"), val_labels, classes, fingerprint)
     weakref.finalize(data, stack.close)  # the scratch files go with the data
@@ -130,8 +143,9 @@ def epoch_order(n: int, seed: int, epoch: int, block: int = 1, window: int = 1) 
     if block <= 1:
         return rng.permutation(n)
     full = n // block  # a short last block goes last, so every window stays whole blocks (whole reads)
-    order = np.concatenate([(rng.permutation(full)[:, None] * block + np.arange(block)).reshape(-1),
-                            np.arange(full * block, n)])
+    order = np.concatenate(
+        [(rng.permutation(full)[:, None] * block + np.arange(block)).reshape(-1), np.arange(full * block, n)]
+    )
     for begin in range(0, n, window):
         rng.shuffle(order[begin : begin + window])  # a view: shuffled in place
     return order
@@ -159,15 +173,15 @@ def _windows(arrays: list, labels: np.ndarray, batch: int, epochs: int, order) -
         return (rows[index] if isinstance(rows, np.ndarray) else rows.read(index)), labels[index]
 
     def load(epoch, start):
-        x, y = tf.numpy_function(read, [epoch, start], (tf.as_dtype(first.dtype), tf.as_dtype(labels.dtype)),
-                                 stateful=False)
+        x, y = tf.numpy_function(
+            read, [epoch, start], (tf.as_dtype(first.dtype), tf.as_dtype(labels.dtype)), stateful=False
+        )
         return tf.ensure_shape(x, (None, *first.shape[1:])), tf.ensure_shape(y, (None,))
 
     starts = tf.data.Dataset.range(0, n, window)
 
     def epoch_batches(epoch):
-        windows = starts.map(lambda start: load(epoch, start), num_parallel_calls=tf.data.AUTOTUNE,
-                             deterministic=True)
+        windows = starts.map(lambda start: load(epoch, start), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return windows.rebatch(batch)
 
     ds = tf.data.Dataset.range(epochs).flat_map(epoch_batches)
@@ -176,8 +190,9 @@ def _windows(arrays: list, labels: np.ndarray, batch: int, epochs: int, order) -
     return ds.map(_float).prefetch(tf.data.AUTOTUNE)
 
 
-def variant_batches(variants: list, labels: np.ndarray, batch: int, epochs: int,
-                    seed: int) -> tuple[tf.data.Dataset, int]:
+def variant_batches(
+    variants: list, labels: np.ndarray, batch: int, epochs: int, seed: int
+) -> tuple[tf.data.Dataset, int]:
     """Epoch e = variant e mod V, shuffled; returns the dataset and steps per epoch.
 
     In memory: a seeded permutation per epoch. On disk: shuffled blocks (epoch_order), read sequentially.
@@ -209,8 +224,15 @@ def _prefix_model(backbone: keras.Model, frozen: int, size: int, mode: str) -> t
     return keras.Model(inputs, prefix(x, training=False)), suffix
 
 
-def cached_model(backbone: keras.Model, plan: FreezePlan, head: keras.Model, recipe: Recipe,
-                 cache: ActivationCache, identity: str, data: TrialData) -> tuple[keras.Model, list, object] | None:
+def cached_model(
+    backbone: keras.Model,
+    plan: FreezePlan,
+    head: keras.Model,
+    recipe: Recipe,
+    cache: ActivationCache,
+    identity: str,
+    data: TrialData,
+) -> tuple[keras.Model, list, object] | None:
     """(suffix + head model, train activations per variant, val activations), or None over the disk budget.
 
     The activations are held in memory within the cache's memory budget, else read from its disk.
@@ -231,8 +253,16 @@ def cached_model(backbone: keras.Model, plan: FreezePlan, head: keras.Model, rec
     return model, train, val
 
 
-def run_trial(recipe: Recipe, hp: HyperParams, data: TrialData, backbone: keras.Model, head_path: Path | None,
-              cache: ActivationCache | None, identity: str, callbacks=()) -> dict:
+def run_trial(
+    recipe: Recipe,
+    hp: HyperParams,
+    data: TrialData,
+    backbone: keras.Model,
+    head_path: Path | None,
+    cache: ActivationCache | None,
+    identity: str,
+    callbacks=(),
+) -> dict:
     """Train one trial; returns history, the freeze plan and whether the cache was used."""
     from tlpipe.models.backbones import build_classifier, regime_plan
 
@@ -257,7 +287,12 @@ def run_trial(recipe: Recipe, hp: HyperParams, data: TrialData, backbone: keras.
     val_ds = ordered_batches(val, data.val_labels)
     # Train to convergence under the epoch cap: stop when the validation metric stops improving.
     stop = keras.callbacks.EarlyStopping(recipe.monitor, patience=recipe.patience, mode="auto")
-    history = model.fit(dataset, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps, verbose=0,
-                        callbacks=[*callbacks, stop])
-    return {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()}, "plan": plan,
-            "mode": mode, "model": model}
+    history = model.fit(
+        dataset, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=[*callbacks, stop]
+    )
+    return {
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "plan": plan,
+        "mode": mode,
+        "model": model,
+    }

@@ -58,15 +58,19 @@ class Worker:
         self.head, self.worker = setup.head, setup.worker
         self.regimes = list(setup.regimes or cfg.regimes)
         self.ran = 0  # trials this worker ran (the study also holds other workers' trials)
-        self.data = load_trial_data(setup.subset, setup.augmented, setup.recipe.image_size, cfg.input,
-                                    cfg.cache_max_bytes)
+        self.data = load_trial_data(
+            setup.subset, setup.augmented, setup.recipe.image_size, cfg.input, cfg.cache_max_bytes
+        )
         self.load_backbone, self.identity = setup.load_backbone, setup.identity
         backbone = setup.load_backbone()
         cache_dir = setup.cache_dir
         self.points = freeze_points(backbone)
         self.frozen_weights = frozen_weight_counts(backbone)  # per boundary: what "transfer" really freezes
-        self.cache = (ActivationCache(cache_dir, cfg.cache_max_bytes, cfg.cache_dtype, cfg.cache_disk_bytes)
-                      if cfg.cache else None)
+        self.cache = (
+            ActivationCache(cache_dir, cfg.cache_max_bytes, cfg.cache_dtype, cfg.cache_disk_bytes)
+            if cfg.cache
+            else None
+        )
         if self.cache is not None:  # before any trial: what each freeze point costs and where it will live
             print(self.cache.describe(cache_plan(backbone, self.data.images, cfg.cache_dtype)), flush=True)
 
@@ -95,8 +99,13 @@ class Worker:
 
         cfg = self.cfg
         self.ran += 1
-        hp = HyperParams(**{"dropout": self.defaults.dropout, "head_units": self.defaults.head_units,
-                            **suggest(trial, cfg, self.points, self.regimes)})
+        hp = HyperParams(
+            **{
+                "dropout": self.defaults.dropout,
+                "head_units": self.defaults.head_units,
+                **suggest(trial, cfg, self.points, self.regimes),
+            }
+        )
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("dropout", hp.dropout)
@@ -107,24 +116,38 @@ class Worker:
             def on_epoch_end(self, epoch, logs=None):
                 trial.set_user_attr("epochs_run", epoch + 1)
 
-        with mlflow.start_run(run_name=f"trial {trial.number}", nested=True,
-                              tags={"tlpipe.step": "tune", "optuna.trial": str(trial.number),
-                                    "optuna.study": trial.study.study_name, "tlpipe.worker": str(self.worker)}):
+        with mlflow.start_run(
+            run_name=f"trial {trial.number}",
+            nested=True,
+            tags={
+                "tlpipe.step": "tune",
+                "optuna.trial": str(trial.number),
+                "optuna.study": trial.study.study_name,
+                "tlpipe.worker": str(self.worker),
+            },
+        ):
             mlflow.log_params(hp.model_dump())
             state, pruned = "failed", None
             try:
-
                 pruning = RegimePruning(trial, cfg.metric, pruning_warmup(cfg, hp.regime))
-                result = run_trial(regime_recipe(self.recipe, cfg, hp.regime), hp, self.data, self.load_backbone(),
-                                   self.head, self.cache, self.identity,
-                                   callbacks=[Epochs(), epoch_callback(), pruning])
+                result = run_trial(
+                    regime_recipe(self.recipe, cfg, hp.regime),
+                    hp,
+                    self.data,
+                    self.load_backbone(),
+                    self.head,
+                    self.cache,
+                    self.identity,
+                    callbacks=[Epochs(), epoch_callback(), pruning],
+                )
                 values = result["history"][cfg.metric]
                 best = max(values) if cfg.metric.endswith("accuracy") else min(values)
                 trial.set_user_attr("mode", result["mode"])
                 trial.set_user_attr("frozen_layers", result["plan"].frozen)
                 trial.set_user_attr("boundary", result["plan"].boundary)
-                trial.set_user_attr("label", label(hp.regime, self.frozen_weights[result["plan"].frozen],
-                                                   self.frozen_weights[-1]))
+                trial.set_user_attr(
+                    "label", label(hp.regime, self.frozen_weights[result["plan"].frozen], self.frozen_weights[-1])
+                )
                 mlflow.log_metric(f"best_{cfg.metric}", best)
                 state = "complete"
                 return best
@@ -142,9 +165,12 @@ class Worker:
         except ValueError:  # no complete trial yet
             best = "-"
         reason = f": {trial.user_attrs['fail_reason']}" if "fail_reason" in trial.user_attrs else ""
-        print(f"tune: trial {trial.number} {trial.state.name.lower()}{reason} ({finished(study)} of "
-              f"{self.cfg.n_trials} finished; best so far {best})", flush=True)
-        last = [t.state.name for t in study.get_trials(deepcopy=False)][-self.cfg.n_trials:]
+        print(
+            f"tune: trial {trial.number} {trial.state.name.lower()}{reason} ({finished(study)} of "
+            f"{self.cfg.n_trials} finished; best so far {best})",
+            flush=True,
+        )
+        last = [t.state.name for t in study.get_trials(deepcopy=False)][-self.cfg.n_trials :]
         if len(last) == self.cfg.n_trials and set(last) == {"FAIL"}:
             study.stop()  # tune.n_trials failures in a row: more trials would not finish the study
 
@@ -161,14 +187,23 @@ class Worker:
         # Optuna logs a failed trial's traceback at WARNING; `_progress` prints its reason in one line instead.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         try:
-            study.optimize(self.objective, timeout=self.cfg.timeout, catch=(Exception,),
-                           callbacks=[MaxTrialsCallback(self.cfg.n_trials, states=(TrialState.COMPLETE,
-                                                                                   TrialState.PRUNED)),
-                                      self._progress], gc_after_trial=True)
+            study.optimize(
+                self.objective,
+                timeout=self.cfg.timeout,
+                catch=(Exception,),
+                callbacks=[
+                    MaxTrialsCallback(self.cfg.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                    self._progress,
+                ],
+                gc_after_trial=True,
+            )
         finally:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-        timed_out = bool(self.cfg.timeout) and time.monotonic() - started >= self.cfg.timeout \
+        timed_out = (
+            bool(self.cfg.timeout)
+            and time.monotonic() - started >= self.cfg.timeout
             and finished(study) < self.cfg.n_trials
+        )
         return self.ran - before, timed_out
 
 
@@ -180,18 +215,29 @@ def summarize(study, cfg: TuneConfig, out_dir: Path, stopped_by: str) -> BestPar
     if not any(t.state.name == "COMPLETE" for t in trials):
         reasons = sorted({t.user_attrs["fail_reason"] for t in trials if "fail_reason" in t.user_attrs})
         why = f"; e.g. {reasons[0]}" if reasons else ""
-        raise PipelineError(f"study {study.study_name}: no trial completed ({counts(study)}){why}; "
-                            "see the MLflow runs")
+        raise PipelineError(f"study {study.study_name}: no trial completed ({counts(study)}){why}; see the MLflow runs")
     best = study.best_trial
-    hp = {"freeze_ratio": best.user_attrs["freeze_ratio"], "learning_rate": best.params["learning_rate"],
-          "dropout": best.params.get("dropout", best.user_attrs.get("dropout")),
-          "head_units": best.params.get("head_units", best.user_attrs.get("head_units")),
-          "regime": best.user_attrs.get("regime", "transfer"), "train_bn": best.user_attrs.get("train_bn", False)}
-    summary = BestParams(source="study", study_name=study.study_name, metric=cfg.metric, value=best.value,
-                         trial=best.number, params=HyperParams(**hp), boundary=best.user_attrs.get("boundary"),
-                         label=best.user_attrs.get("label", ""),
-                         states=counts(study), stopped_by=stopped_by,
-                         epochs_run=sum(t.user_attrs.get("epochs_run", 0) for t in trials))
+    hp = {
+        "freeze_ratio": best.user_attrs["freeze_ratio"],
+        "learning_rate": best.params["learning_rate"],
+        "dropout": best.params.get("dropout", best.user_attrs.get("dropout")),
+        "head_units": best.params.get("head_units", best.user_attrs.get("head_units")),
+        "regime": best.user_attrs.get("regime", "transfer"),
+        "train_bn": best.user_attrs.get("train_bn", False),
+    }
+    summary = BestParams(
+        source="study",
+        study_name=study.study_name,
+        metric=cfg.metric,
+        value=best.value,
+        trial=best.number,
+        params=HyperParams(**hp),
+        boundary=best.user_attrs.get("boundary"),
+        label=best.user_attrs.get("label", ""),
+        states=counts(study),
+        stopped_by=stopped_by,
+        epochs_run=sum(t.user_attrs.get("epochs_run", 0) for t in trials),
+    )
     summary.write(out_dir)
     plot_all(study, trials, out_dir, cfg.metric)
     return summary
