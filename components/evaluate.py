@@ -11,7 +11,6 @@ the final model by more than one test image, or ranks first on validation, it sa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +22,12 @@ from tlpipe.contracts import (
     HEAD_FILE,
     METRICS_FILE,
     MODEL_FILE,
-    PER_CLASS_FILE,
     SAMPLES_PNG,
     EvalMetrics,
     TrainedModel,
     write_json,
 )
+from tlpipe.contracts.evidence import PerClassReport
 from tlpipe.errors import PipelineError
 from tlpipe.fs import atomic_dir
 from tlpipe.reports.evaluation import bootstrap_ci, scores, spread, write_confusion_csv
@@ -170,19 +169,12 @@ def main(argv: list[str] | None = None) -> None:
         with atomic_dir(args.evaluation) as staged:
             metrics.write(staged)
             write_json(staged / METRICS_FILE, metrics.numbers())
-            (staged / PER_CLASS_FILE).write_text(
-                json.dumps(
-                    {
-                        "fine_tune": fine["per_class"],
-                        "frozen_features": frozen["per_class"],
-                        "confusion": fine["confusion"],
-                        "classes": classes,
-                    },
-                    indent=2,
-                )
-                + "\n",
-                encoding="utf-8",
-            )
+            PerClassReport(
+                fine_tune=fine["per_class"],
+                frozen_features=frozen["per_class"],
+                confusion=fine["confusion"],
+                classes=classes,
+            ).write(staged)
             write_confusion_csv(labels, y_pred, classes, staged / CONFUSION_CSV)
             plot_confusion(np.array(fine["confusion"]), classes, staged / CONFUSION_PNG, "fine_tune, test split")
             pick = spread(labels, params.evaluate.grid_samples, params.seed)

@@ -21,6 +21,7 @@ import numpy as np
 
 from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import MODEL_FILE, BestParams, Registration, TrainedModel
+from tlpipe.contracts.evidence import EVIDENCE
 from tlpipe.errors import PipelineError
 from tlpipe.fs import atomic_dir, scratch_dir
 from tlpipe.reports.champion import score_model, test_images, versus_champion, write_predictions
@@ -162,7 +163,7 @@ def _record(
     inputs = {"subset": str(subset), "model": str(model_dir / MODEL_FILE)}
     try:
         with step_run(params, "register", inputs, str(validation)) as step:
-            mlflow.log_artifacts(str(work), "evidence")
+            mlflow.log_artifacts(str(work), EVIDENCE)
             mlflow.log_metric("test_accuracy", float(tags["test_accuracy"]))
             tags["register_run_id"] = step.info.run_id
             if experiment:

@@ -3,7 +3,7 @@
 `dvc.yaml` is generated from this (`python -m pipelines.dvc_yaml`), the Kubeflow pipeline is built from it
 (`pipelines/kfp_build.py`), and the tests and benchmarks run steps through it. A step's CLI takes one flag per
 input and output, named as here (`--subset data/subset`), plus `--params`. Every artifact is a folder; the file
-names inside it belong to `tlpipe/contracts.py`.
+names inside it belong to `tlpipe/contracts/`.
 
 The shape depends on params in two places, decided when dvc.yaml is generated or the pipeline compiled:
 `data.source: builtin:digits` (the embedded default) adds `make_digits`; `model.backbone: pretrain` adds

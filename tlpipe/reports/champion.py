@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tlpipe.contracts.evidence import EVIDENCE, IMAGE_IDS_FILE, PREDICTIONS
 from tlpipe.errors import PipelineError
 
-PREDICTIONS = "predictions.npz"
-EVIDENCE = "evidence"  # the artifact folder on the register run (tlpipe.reports.review writes the rest)
 # Fixed, as in register: the decision on the same predictions must not move with the training seed.
 BOOTSTRAP_SEED = 0
 
@@ -55,14 +54,12 @@ def trained_on(client, version, work: Path) -> set[str] | None:
 
     from mlflow.exceptions import MlflowException
 
-    from tlpipe.reports.diff import IMAGE_IDS
-
     run_id = version.tags.get("register_run_id")
     if not run_id:
         return None
     work.mkdir(parents=True, exist_ok=True)
     try:
-        path = client.download_artifacts(run_id, f"{EVIDENCE}/{IMAGE_IDS}", str(work))
+        path = client.download_artifacts(run_id, f"{EVIDENCE}/{IMAGE_IDS_FILE}", str(work))
     except (MlflowException, OSError):
         return None
     ids = json.loads(Path(path).read_text(encoding="utf-8"))

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tlpipe.contracts import write_json
+from tlpipe.contracts.evidence import EVIDENCE, IMAGE_IDS_FILE, LINEAGE_FILE, ImageIds
 
-IMAGE_IDS = "image_ids.json"
-EVIDENCE = "evidence"
 # Params that say where things run, not what was trained.
 VOLATILE = ("tracking.", "registry.", "tune.storage", "tune.timeout")
 TUNED = ("freeze_ratio", "learning_rate", "regime")
@@ -25,7 +23,7 @@ def write_image_ids(out: Path, subset: Path) -> None:
     from tlpipe.data.datasets import read_manifest
 
     manifest = read_manifest(subset, ["split", "sha256"])
-    write_json(out / IMAGE_IDS, {split: sorted(rows["sha256"]) for split, rows in manifest.groupby("split")})
+    ImageIds(**{str(split): sorted(rows["sha256"]) for split, rows in manifest.groupby("split")}).write(out)
 
 
 def step_runs(client, training_run) -> list:
@@ -130,7 +128,7 @@ def version_diff(client, challenger, champion, work: Path) -> list[tuple[str, st
         sides.append(
             {
                 **pipeline_params(client, run),
-                **_flat_lineage(_evidence(client, version, "lineage.json", work)),
+                **_flat_lineage(_evidence(client, version, LINEAGE_FILE, work)),
                 **_tuned(dict(version.tags)),
             }
         )
@@ -141,5 +139,5 @@ def version_diff(client, challenger, champion, work: Path) -> list[tuple[str, st
         if before.get(k) != after.get(k)
     ]
     return rows + image_changes(
-        _evidence(client, champion, IMAGE_IDS, work), _evidence(client, challenger, IMAGE_IDS, work)
+        _evidence(client, champion, IMAGE_IDS_FILE, work), _evidence(client, challenger, IMAGE_IDS_FILE, work)
     )

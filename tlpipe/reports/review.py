@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.contracts import HISTORY_PNG, BestParams, EvalMetrics, write_json
+from tlpipe.contracts import HISTORY_PNG, BestParams, EvalMetrics
+from tlpipe.contracts.evidence import EVIDENCE, GATE_FILE, LINEAGE_FILE, GateSummary, Lineage
 from tlpipe.errors import PipelineError
 from tlpipe.reports.html import data_uri, render
 from tlpipe.reports.review_rows import (
@@ -27,8 +28,6 @@ from tlpipe.reports.review_rows import (
     verdict,
 )
 
-EVIDENCE = "evidence"  # the artifact folder on the register run
-GATE, LINEAGE = "gate.json", "lineage.json"
 TUNE, EVALUATE = "tune", "evaluate"  # copies of tune's and evaluate's folders
 IMAGES = {
     "confusion_challenger": "confusion_challenger.png",
@@ -58,8 +57,8 @@ def write_evidence(
     """
     from tlpipe.reports.plots import plot_confusion, plot_samples
 
-    write_json(out / GATE, gate)
-    write_json(out / LINEAGE, lineage)
+    GateSummary.model_validate(gate).write(out)
+    Lineage.model_validate(lineage).write(out)
     for who in ("challenger", "champion"):
         if gate.get(who) is not None:
             plot_confusion(np.array(gate[who]["confusion"]), classes, out / IMAGES[f"confusion_{who}"], who)
@@ -146,9 +145,9 @@ def collect(client, name: str, version_ref: str, work: Path, gate_now=None) -> d
     except (MlflowException, OSError) as exc:  # an older run without curves still gets a review, saying so
         print(f"review: no training curves for {name} v{version.version} ({str(exc).splitlines()[0][:120]})")
     files = work / EVIDENCE
-    gate = _json(files / GATE)
-    if gate is None:
-        raise PipelineError(f"{name} v{version.version}: the register run {register_run} has no {EVIDENCE}/{GATE}")
+    if not (files / GATE_FILE).is_file():
+        raise PipelineError(f"{name} v{version.version}: the register run {register_run} has no {EVIDENCE}/{GATE_FILE}")
+    gate = GateSummary.read(files).model_dump()
     if gate_now is not None:
         gate = _refresh(gate, gate_now(version, work / "now"), files, list(gate["challenger"]["per_class"]))
     champion_tags, diff = None, []
@@ -173,9 +172,11 @@ def collect(client, name: str, version_ref: str, work: Path, gate_now=None) -> d
         "description": version.description or "",
         "aliases": {alias: v for v, names in aliases(client, name).items() for alias in names},
         "gate": gate,
-        "lineage": _json(files / LINEAGE) or {},
+        "lineage": Lineage.read(files).model_dump() if (files / LINEAGE_FILE).is_file() else {},
         "tuning": BestParams.read(tuning.parent).model_dump() if tuning.is_file() else None,
-        "evaluation": _json(files / EVALUATE / EvalMetrics.FILE),
+        "evaluation": EvalMetrics.read(files / EVALUATE).model_dump()
+        if (files / EVALUATE / EvalMetrics.FILE).is_file()
+        else None,
         "version_tags": dict(version.tags),
         "champion_tags": champion_tags,
         "current_champion": str(current.version) if current else None,

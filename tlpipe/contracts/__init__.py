@@ -33,7 +33,6 @@ HISTORY_PNG = "history.png"  # a training curve (pretrain_backbone, train_head, 
 IMPORTANCES_PNG = "importances.png"  # tune: Optuna's parameter importances
 TRANSFERABILITY_PNG = "transferability.png"  # tune: the sweep's curve
 TRIALS_PNG = "trials.png"  # tune: trials by freeze ratio
-PER_CLASS_FILE = "per_class.json"  # evaluate: precision / recall / F1 per class, the confusion matrix
 CONFUSION_PNG = "confusion.png"  # evaluate
 SAMPLES_PNG = "samples.png"  # evaluate: test images with truth and prediction
 PREVIEW_PNG = "preview.png"  # augment: augmented training images
