@@ -6,7 +6,7 @@ string per external input (an s3:// URI, an application name), an `Output[...]` 
 body that calls the step's own `main()` with those paths (pipelines/runtime.py). A task therefore reads only
 what it declares: on a cluster each pod downloads exactly its declared inputs from the pipeline root.
 
-The graph uses only what the KFP backend runs plainly (tests/test_kfp_backend.py holds the compiled IR
+The graph uses only what the KFP backend runs plainly (tests/pipeline/test_kfp_backend.py holds the compiled IR
 against the backend's rules at platform.MIN_KFP_BACKEND): no trigger policies but the exit handler's, typed
 loop items, no placeholders in env values. The fields of a Step decide the shape; no step is named here.
 The component sources are generated in `pipelines/kfp_components.py`.

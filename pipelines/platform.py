@@ -72,7 +72,7 @@ class Resources:
 
 
 # Sized to fit the smallest default nodes of infra/terraform (g4dn.xlarge: 4 vCPU / 16 GiB before the
-# kubelet's reservations) and a 2 vCPU / 8 GiB general node; tests/test_platform.py checks the arithmetic.
+# kubelet's reservations) and a 2 vCPU / 8 GiB general node; tests/pipeline/test_platform.py checks the arithmetic.
 CPU_TASK = Resources()
 GPU_TASK = Resources(cpu="3", cpu_limit="4", memory="12Gi", memory_limit="13Gi", gpus=1)
 SCRATCH = "20Gi"

@@ -230,7 +230,7 @@ def apply_freeze(backbone: keras.Model, plan: FreezePlan, train_bn: bool = False
 # keras.applications build BatchNormalization with momentum 0.999 (tuned for ImageNet's ~5,000 steps per
 # epoch). On a few hundred images the moving statistics move 0.1% per step, and while a fresh network's
 # weights change fast they also lag behind them: inference normalises with stale statistics and validation
-# sits at chance while training learns. Measured on MobileNetV2 at 32 px from scratch (tests/test_scratch_bn.py,
+# sits at chance while training learns. Measured on MobileNetV2 at 32 px from scratch (tests/library/test_scratch_bn.py,
 # 24 steps): inference accuracy 0.50 at momentum 0.999, 0.9 and 0.8; 0.97 at 0.5 (train-mode accuracy 0.97).
 SCRATCH_BN_MOMENTUM = 0.5
 

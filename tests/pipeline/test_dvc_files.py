@@ -1,6 +1,7 @@
 """What DVC reads from git: dvc.yaml's per-stage check, the committed dvc.lock, and which report files git keeps.
 
-Fast: no stage runs. The DVC workflows themselves run in tests/test_dvc_repro.py and tests/test_data_dvc.py.
+Fast: no stage runs. The DVC workflows themselves run in tests/pipeline/test_dvc_repro.py and
+tests/pipeline/test_data_dvc.py.
 """
 
 from __future__ import annotations

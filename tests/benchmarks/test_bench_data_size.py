@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.data_size import FIELDS, far_images, main, markdown, plot, summarize, write_far
-from tests.test_bench_regimes import TINY
+from tests.benchmarks.test_bench_regimes import TINY
 
 
 def test_far_target_is_inverted_outlines_of_the_same_digits(tmp_path):

@@ -77,7 +77,7 @@ def test_make_image_passes_the_commit():
 
 
 class RecordingClient:
-    """Stands in for kfp.Client (no KFP API server can run here; tests/test_submit.py talks HTTP to one)."""
+    """Stands in for kfp.Client (no KFP API server can run here; tests/pipeline/test_submit.py talks HTTP to one)."""
 
     created: list = []
 

@@ -4,7 +4,7 @@ One fresh copy of the tracked files with `tune.enabled: false` and an applicatio
 (`model.backbone: mobilenet_v2`, `weights: none`: no pretrain_backbone stage, no make_digits source branch for
 it): `python -m pipelines.dvc_yaml` then `dvc repro`, as `make run` does, must run every stage, create every
 declared output (the tuning cache folder too) and every declared plot file. `tune.sweep: false` and
-`tune.pruner: none` run as a DVC experiment in tests/test_dvc_repro.py.
+`tune.pruner: none` run as a DVC experiment in tests/pipeline/test_dvc_repro.py.
 """
 
 from __future__ import annotations

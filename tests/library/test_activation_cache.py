@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.test_tune import hp_of, load, params_for, recipe
+from tests.steps.test_tune import hp_of, load, params_for, recipe
 from tlpipe.contracts import HEAD_FILE
 from tlpipe.data.arrays import NpyRows, NpyWriter
 from tlpipe.tuning.cache import ActivationCache, cache_plan, scratch_bytes, worker_scratch

@@ -132,7 +132,7 @@ def test_gpu_settings_and_images(compiled):
         assert t.k8s["podMetadata"]["labels"] == {"tlpipe.io/role": "pipeline"}, step
         env = {e["name"]: e["value"] for e in t.container.get("env", [])}
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.tlpipe.svc.cluster.local:5000"
-        assert "TLPIPE_RUN_GROUP" not in env  # from the pod's run-id label (tests/test_kfp_backend.py)
+        assert "TLPIPE_RUN_GROUP" not in env  # from the pod's run-id label (tests/pipeline/test_kfp_backend.py)
         assert not {"AWS_SECRET_ACCESS_KEY", "PGPASSWORD", "MLFLOW_TRACKING_PASSWORD"} & set(env)
     inputs = compiled.spec["root"]["inputDefinitions"]["parameters"]
     assert not [n for n in inputs if any(w in n.lower() for w in ("secret", "password", "key", "token"))]
@@ -255,7 +255,7 @@ def write(out: Output[Artifact]):
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
 def read_undeclared(where: str):
     from pipelines.runtime import run_step
-    run_step("probe", "{}", {}, {}, module="tests.isolation_probe", values={"path": where})
+    run_step("probe", "{}", {}, {}, module="tests.pipeline.isolation_probe", values={"path": where})
 
 @dsl.pipeline(name="probe")
 def probe():
@@ -300,11 +300,11 @@ def test_a_task_reading_an_undeclared_path_fails_when_isolated(tmp_path):
 
 
 def _probe(root, mode: str, path: str, scratch: tuple[str, ...] = ()) -> tuple[int, str]:
-    """Run tests/isolation_probe.py as an isolated task; returns (exit code, what it printed)."""
+    """Run tests/pipeline/isolation_probe.py as an isolated task; returns (exit code, what it printed)."""
     values = {"mode": mode, "path": path, **({"scratch": "SCRATCH"} if scratch else {})}
     script = (
         "import sys; from pipelines.isolation import run_isolated; from pathlib import Path; "
-        f"run_isolated(Path({str(root)!r}), 'tests.isolation_probe', '{{}}', {{}}, {{}}, {values!r}, "
+        f"run_isolated(Path({str(root)!r}), 'tests.pipeline.isolation_probe', '{{}}', {{}}, {{}}, {values!r}, "
         f"{scratch!r}, '')"
     )
     proc = subprocess.run(

@@ -31,7 +31,7 @@ from pipelines.kfp_build import all_pods
 from pipelines.platform import ClusterConfig, configure
 from tlpipe.config import load_params
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TF = REPO / "infra" / "terraform"
 PODS = all_pods(load_params(REPO / "params.yaml"))
 STEPS = tuple(PODS)
@@ -115,7 +115,7 @@ GPU_POOLS = {
 def test_node_table_covers_the_terraform_defaults():
     for provider, (machines, _) in GPU_POOLS.items():
         for machine in machines:
-            assert machine in NODES, f"add {machine} (vCPU, GiB, max pods) to NODES in tests/test_platform.py"
+            assert machine in NODES, f"add {machine} (vCPU, GiB, max pods) to NODES in tests/pipeline/test_platform.py"
             assert NODES[machine][0] == provider
 
 
@@ -195,7 +195,7 @@ def test_configure_sets_pull_secrets_retries_and_scratch(tmp_path):
                 "backoffFactor": 2.0,
                 "backoffMaxDuration": "600s",
             }, step
-        else:  # inside a ParallelFor, where the backend drops it (tests/test_kfp_backend.py)
+        else:  # inside a ParallelFor, where the backend drops it (tests/pipeline/test_kfp_backend.py)
             assert "retryPolicy" not in task, step
         assert [s["secretName"] for s in k8s["imagePullSecret"]] == ["regcred"], step
         mounts = k8s.get("emptyDirMounts", [])

@@ -17,7 +17,8 @@ from tlpipe.reports.champion import paired, trained_on, unseen
 def test_test_images_the_champion_trained_on_are_left_out(tmp_path):
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)  # explicit: an earlier test may have set a global registry
     experiment = client.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
     run = client.create_run(experiment)
     ids = tmp_path / "image_ids.json"
