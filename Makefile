@@ -29,7 +29,7 @@ CLUSTER_FLAGS = $(if $(PULL_SECRET),--image-pull-secret $(PULL_SECRET)) $(if $(P
 PYTEST_ARGS ?=
 
 .PHONY: help venv tools system-deps dvc.yaml clean-cache run test test-fast lint review promote rollback status predict \
-        compile run-local submit bench typecheck readme-numbers image image-gpu clean clean-registry study
+        compile run-local submit bench readme-numbers image image-gpu clean clean-registry study
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -78,11 +78,9 @@ test: venv tools system-deps lint ## lint (ruff, formatting, pyright), then the 
 test-fast: venv ## unit tests only (skips tests marked slow/servers/infra)
 	pytest -m "not slow and not servers and not infra" $(PYTEST_ARGS)
 
-lint: venv ## ruff (pyright joins once its basic-mode errors are fixed: make typecheck)
+lint: venv tools ## ruff, ruff format --check, and pyright in basic mode ([tool.pyright] in pyproject.toml)
 	ruff check components tlpipe operators pipelines tests benchmarks
 	ruff format --check components tlpipe operators pipelines tests benchmarks
-
-typecheck: venv tools ## pyright in basic mode ([tool.pyright] in pyproject.toml) against the project's venv
 	$(TOOLS_VENV)/bin/pyright --pythonpath $(VENV)/bin/python
 
 review: venv ## review @challenger (VERSION=N for another) against today's @champion -> reports/review/review.html

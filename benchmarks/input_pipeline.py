@@ -74,7 +74,7 @@ PIPELINE_TARGET = 3.0
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--out", default="benchmarks/results/input_pipeline.json", help="result JSON (a .md goes beside)")
     p.add_argument("--images", type=int, default=800, help="JPEGs generated for part 1")
     p.add_argument("--jpeg-width", type=int, default=400)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -29,7 +30,10 @@ def make_jpegs(root: Path, count: int, width: int, height: int, seed: int = 0, e
         path = root / cls / f"{i:05d}{ext}"
         path.parent.mkdir(parents=True, exist_ok=True)
         pixels = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
-        pixels.save(path, **({"quality": 90} if ext == ".jpg" else {}))
+        if ext == ".jpg":
+            pixels.save(path, quality=90)
+        else:
+            pixels.save(path)
         paths.append(str(path))
     return sorted(paths)
 
@@ -74,6 +78,10 @@ class Loader:
         self.name, self.setup_is = name, setup_is
         self.setup_seconds, self.epoch_seconds, self.cpu, self.count, self.sample = 0.0, [], 0.0, 0, {}
         self.extra: dict = {}
+
+    def _epoch(self) -> tuple[int, Any]:
+        """One epoch's (images delivered, last batch): each loader defines it."""
+        raise NotImplementedError
 
     def timed(self, fn):
         """Run fn, charging its wall and CPU time to this loader; return (result, wall seconds)."""

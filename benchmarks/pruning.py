@@ -143,7 +143,7 @@ def studies(root: Path, seed: int, names: list[str], trials: int | None, out: Pa
             "best": best.value,
             "best_trial": best.trial,
             "states": best.states,
-            "params": best.params.model_dump(),
+            "params": best.params.model_dump() if best.params else {},
             "trials": trials_out,
         }
         out.write_text(json.dumps(results, indent=1))

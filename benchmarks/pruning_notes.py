@@ -96,8 +96,8 @@ def rewrite(out: Path, planned: list[int] | None = None) -> dict:
     results = {int(s): v for s, v in result["studies"].items()}
     result["rows"] = judge(results)
     result["met"], result["decision"] = decide(result["rows"], result["parameters"]["pruners"], len(results))
-    planned = planned or result["parameters"].get("planned_seeds") or sorted(results)
-    result["notes"] = notes(result, planned) + result.get("extra_notes", [])
+    seeds: list[int] = planned or result["parameters"].get("planned_seeds") or sorted(results)
+    result["notes"] = notes(result, seeds) + result.get("extra_notes", [])
     out.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
     out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
     return result

@@ -166,7 +166,7 @@ def decide(rows: list[dict], pruners: list[str], n_seeds: int) -> tuple[dict, st
     winners = [n for n, ok in met.items() if ok]
     mean_ratio = {n: sum(r["epochs_ratio"] for r in rows if r["pruner"] == n) / n_seeds for n in met}
     decision = (
-        f"winner {min(winners, key=mean_ratio.get)} (meets the goal on every seed run)"
+        f"winner {min(winners, key=lambda n: mean_ratio[n])} (meets the goal on every seed run)"
         if winners
         else "no candidate meets the goal on every seed; the default is unchanged"
     )

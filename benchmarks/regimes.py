@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="tlpipe-regimes-")
-    work = args.work or Path(tmp.name)
+    work = args.work if tmp is None else Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     try:
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:

@@ -150,7 +150,7 @@ def project(work: Path, raw: Path, images: int, backbone: Path) -> tuple[Path, d
 
 
 def run_size(
-    images: int, work: Path, backbone: Path, startup: dict, load: list, steps: list[str] = STEPS
+    images: int, work: Path, backbone: Path, startup: dict, load: list, steps: tuple[str, ...] = STEPS
 ) -> list[dict]:
     """Dataset, then every step in its own process; one row per step."""
     from tlpipe.contracts import ValidationResult

@@ -92,7 +92,9 @@ def input_memory(rss: RssPeak, backbone_file: str, ratio: float, recipe, hp, cac
     apply_freeze(backbone, plan)
     head = make_head(None, backbone.output.shape[-1], len(data.classes), hp)
     before = rss.reset()
-    _, train, _ = cached_model(backbone, plan, head, recipe, cache, "scale", data)
+    built = cached_model(backbone, plan, head, recipe, cache, "scale", data)
+    assert built is not None, "the activation cache is over its disk budget"
+    _, train, _ = built
     batches, _ = variant_batches(train, data.labels, recipe.batch_size, 1, recipe.seed)
     for _ in batches:
         pass

@@ -67,7 +67,9 @@ def step_overhead(root: Path, size: int, out: Path, ratios=(0.5, 0.9), repeats: 
                     head_units=params.model.head_units,
                 )
                 head = make_head(root / "models/head" / HEAD_FILE, backbone.output.shape[-1], len(data.classes), hp)
-                model, train, val = cached_model(backbone, plan, head, recipe, cache, identity, data)
+                built = cached_model(backbone, plan, head, recipe, cache, identity, data)
+                assert built is not None, "the activation cache is over its disk budget"
+                model, train, val = built
                 model.compile(
                     keras.optimizers.Adam(1e-3),
                     loss="sparse_categorical_crossentropy",

@@ -185,7 +185,7 @@ def _ints(text: str) -> list[int]:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """The command line: output path and the size knobs (`--help` lists them)."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.tune_trials", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tune_trials", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--out", default="benchmarks/results/tune_trials.json", help="result JSON (.md beside it)")
     p.add_argument("--image-size", type=int, default=32, help="the project's image size (model, make_digits)")
     p.add_argument("--train-per-class", type=int, default=100, help="make_subset.train_per_class")

@@ -24,7 +24,7 @@ def digits_images(size: int) -> tuple[np.ndarray, np.ndarray]:
 
     bunch = load_digits()
     raw = (bunch.images / 16.0 * 255.0).round().astype(np.uint8)
-    images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in raw])
+    images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BICUBIC)) for im in raw])
     return images, bunch.target.astype(int)
 
 

@@ -106,7 +106,7 @@ def register(
     promoted = False
     if cfg.auto_promote and status == "passed" and not experiment:
         current = alias_version(client, cfg.model_name, CHAMPION)
-        if current is None or current.version != version.version:
+        if version is not None and (current is None or current.version != version.version):
             promote(client, cfg.model_name, version.version, "auto_promote: the gate passed")
             promoted = True
     return Registration(

@@ -123,8 +123,13 @@ def _summarize(ctx, tuning: str, timed_out: bool) -> BestParams:
         mlflow.log_dict(summary.model_dump(mode="json"), BestParams.FILE)
         for png in sorted(staged.glob("*.png")):
             mlflow.log_artifact(str(png))
+    assert summary.params is not None and summary.value is not None  # a study's summary always has both
     mlflow.log_metric(f"best_{summary.metric}", summary.value)
     mlflow.log_params({f"best.{k}": v for k, v in summary.params.model_dump().items()})
+    print(
+        f"tune: best {summary.metric} {summary.value:.4f} (trial {summary.trial}): "
+        f"{summary.params.model_dump()} -> {tuning}"
+    )
     if stopped_by == "timeout":
         print(f"tune: the study was cut short by tune.timeout ({finished(study)} of {ctx.cfg.n_trials} trials)")
     return summary
@@ -161,11 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         mlflow.set_tag("optuna.study", ctx.study_name)
         timed_out = _work(ctx, args) if args.command in ("worker", "run") else False
         if args.command in ("summarize", "run"):
-            summary = _summarize(ctx, args.tuning, timed_out)
-            print(
-                f"tune: best {summary.metric} {summary.value:.4f} (trial {summary.trial}): "
-                f"{summary.params.model_dump()} -> {args.tuning}"
-            )
+            _summarize(ctx, args.tuning, timed_out)
 
 
 if __name__ == "__main__":

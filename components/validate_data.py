@@ -11,6 +11,9 @@ reopen them with `gx.get_context(project_root_dir="<report>/gx")`.
 
 from __future__ import annotations
 
+# GX 1.x documents `gx.expectations.Expect...` and `gx.checkpoint.UpdateDataDocsAction` as its API, but its
+# packages re-export them without `__all__`, which pyright reads as private.
+# pyright: reportPrivateImportUsage=false
 import json
 import os
 import shutil
@@ -159,6 +162,7 @@ def run_expectations(
         result = checkpoint.run(batch_parameters={"dataframe": tables[table]})
         for run in result.run_results.values():
             for item in run.results:
+                assert item.expectation_config is not None  # GX fills it for every result of a suite
                 res = item.result or {}
                 examples = [str(v) for v in (res.get("partial_unexpected_list") or [])[:5]]
                 if not examples and "observed_value" in res and not item.success:

@@ -219,7 +219,7 @@ def api_error_line(
     from tlpipe.redact import redact_text
 
     causes = [exc] + [r.exc_info[1] for r in reversed(records) if r.exc_info and r.exc_info[1] is not None]
-    api = next((c for c in causes if isinstance(c, ApiException) and c.status), None)
+    api: Any = next((c for c in causes if isinstance(c, ApiException) and getattr(c, "status", None)), None)
     if api is None:
         return redact_text((str(exc).splitlines() or [type(exc).__name__])[0][:300], secrets)
     line = f"HTTP {api.status} {api.reason}"

@@ -84,7 +84,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server on loopback; yields its endpoint URL (dummy credentials set for the session)."""
-    from moto.server import ThreadedMotoServer
+    from moto.server import ThreadedMotoServer  # pyright: ignore[reportAttributeAccessIssue] (moto's lazy export)
 
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")

@@ -111,7 +111,8 @@ def pod_spec(obj: dict) -> dict:
     return obj["spec"]["template"]["spec"]
 
 
-def containers(obj: dict):
+def containers(obj: dict | None):
+    assert obj is not None, "no such object in the rendered manifests"
     spec = pod_spec(obj)
     yield from spec.get("initContainers", []) + spec.get("containers", [])
 

@@ -99,7 +99,7 @@ def test_gpu_requirements_pin_tensorflow_and_its_cuda_wheels():
     # tensorflow and tensorflow_cpu of one release share their metadata, so the installed one tells the ranges.
     cuda = [
         r
-        for r in map(Requirement, distribution("tensorflow_cpu").requires)
+        for r in map(Requirement, distribution("tensorflow_cpu").requires or [])
         if r.marker is not None
         and r.marker.evaluate({**MARKER_ENV, "extra": "and-cuda"})
         and not r.marker.evaluate({**MARKER_ENV, "extra": ""})

@@ -92,7 +92,9 @@ def test_dev_kfp_launcher_points_at_the_dev_minio():
     assert (cm["kind"], cm["metadata"]["name"]) == ("ConfigMap", "kfp-launcher")  # KFP looks it up by name
     assert "namespace" not in cm["metadata"], "applied with -n <profile namespace>"
     root = cm["data"]["defaultPipelineRoot"]
-    bucket = re.fullmatch(r"minio://([a-z0-9.-]+)/.+", root).group(1)
+    match = re.fullmatch(r"minio://([a-z0-9.-]+)/.+", root)
+    assert match, root
+    bucket = match.group(1)
     job = find(render("dev"), "Job", "minio-create-buckets")
     assert bucket in " ".join(" ".join(c.get("args", [])) for c in containers(job)), f"{bucket} is never created"
     minio = yaml.safe_load(cm["data"]["providers"])["minio"]["default"]

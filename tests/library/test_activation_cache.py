@@ -62,7 +62,7 @@ def test_memory_budget_is_bytes(tiny_project, tmp_path):
     assert isinstance(load_trial_data(*args, memory_bytes=exact - 1).variants[0], NpyRows)
     cache = ActivationCache(tmp_path, 1000, "float16", disk_bytes=5000)
     assert cache.in_memory(1000) and not cache.in_memory(1001)
-    assert cache.refusal("b", 5000) is None and "tune.cache_disk_bytes=5000" in cache.refusal("b", 5001)
+    assert cache.refusal("b", 5000) is None and "tune.cache_disk_bytes=5000" in str(cache.refusal("b", 5001))
     assert ActivationCache(tmp_path / "new" / "dir", 1, "float16").disk_bytes > 0  # from the free space
 
 
@@ -95,9 +95,11 @@ def test_spilled_trial_trains_like_the_in_memory_one(tiny_project, tmp_path, cap
         from tlpipe.models.backbones import apply_freeze
 
         apply_freeze(backbone, out["plan"])
-        _, train, val = cached_model(
+        built = cached_model(
             backbone, out["plan"], out["model"].layers[-1], recipe(tiny_project, params), cache, "t", data
         )
+        assert built is not None
+        _, train, val = built
         kind = np.ndarray if name == "memory" else NpyRows
         assert all(isinstance(a, kind) for a in [*train, val])
     assert "cache_disk_bytes" not in capsys.readouterr().out

@@ -41,6 +41,7 @@ def test_scratch_gets_its_own_cap_and_patience():
 
 def test_hyperband_lowest_rung_is_a_patience_window():
     found = pruner(TuneConfig(pruner="hyperband", epochs=10, patience=3, scratch_epochs=30))
+    assert isinstance(found, optuna.pruners.HyperbandPruner)
     assert found._min_resource == 3 and found._max_resource == 30
 
 

@@ -132,6 +132,7 @@ def test_mlflow_has_one_pipeline_run_with_lineage_and_a_challenger(repo_copy):
     root, env, _ = repo_copy
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tlpipe")
+    assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], "tags.`tlpipe.run_group` = 'repro-test'")
     steps = {r.info.run_name: r for r in runs}
     assert {"pretrain_backbone", "train_head", "tune", "fine_tune", "evaluate", "register"} <= set(steps)

@@ -172,6 +172,7 @@ def test_a_signal_to_the_step_alone_stops_it_and_its_children_in_one_line(tmp_pa
         start_new_session=True,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
+    assert proc.stdout is not None
     child = int(proc.stdout.readline().split()[1])
     os.kill(proc.pid, getattr(signal, sig))
     started = time.monotonic()
@@ -226,6 +227,7 @@ def test_ctrl_c_or_sigterm_stops_a_training_tune_step_within_seconds(tiny_projec
         start_new_session=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+    assert proc.stdout is not None
     for line in proc.stdout:  # the first trial ended: the second one is training now
         if line.startswith("tune: trial 0 "):
             break

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -122,7 +123,7 @@ def _stages(tmp_path, **sections):
     params_file = write_params(tmp_path / "params.yaml", sections.pop("source", "builtin:digits"), **sections)
     raw = yaml.safe_load(params_file.read_text())
 
-    def fill(value):
+    def fill(value) -> Any:
         if isinstance(value, str):
             return re.sub(r"\$\{([^}]+)\}", lambda m: str(_get(raw, m.group(1))), value)
         if isinstance(value, list):

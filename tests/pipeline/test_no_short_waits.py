@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import TypeGuard
 
 MIN_SECONDS = 900
 TESTS = Path(__file__).resolve().parents[1]  # the whole tests/ folder
 
 
-def _short(node: ast.AST | None) -> bool:
+def _short(node: ast.AST | None) -> TypeGuard[ast.Constant]:
     return (
         isinstance(node, ast.Constant)
         and isinstance(node.value, int | float)

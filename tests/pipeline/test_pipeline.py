@@ -233,6 +233,7 @@ def test_make_run_local_on_a_fresh_clone(tmp_path):
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{clone / 'kfp_local' / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(PARAMS.tracking.experiment)
+    assert experiment is not None
     parents = client.search_runs([experiment.experiment_id], "tags.`tlpipe.role` = 'pipeline'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # closed by the exit handler
     assert parents[0].data.tags["tlpipe.pipeline_state"] == "SUCCEEDED"

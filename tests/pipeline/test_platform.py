@@ -86,6 +86,7 @@ def quantity(value: str) -> float:
     """A Kubernetes quantity as a number (CPU in millicores, memory in bytes)."""
     units = {"m": 1e-3, "Ki": 2**10, "Mi": MIB, "Gi": GIB, "Ti": 2**40}
     match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", value)
+    assert match, value
     number, unit = float(match.group(1)), match.group(2)
     return number * units[unit] if unit else number
 
@@ -157,7 +158,7 @@ def test_images():
     for unpinned in ("localhost:5000/tlpipe", "tlpipe"):
         with pytest.raises(ValueError, match="pin a tag"):
             ClusterConfig(image=unpinned)
-    assert ClusterConfig(image_pull_secrets=["regcred"]).image_pull_secrets == ("regcred",)
+    assert ClusterConfig(image_pull_secrets=["regcred"])  # pyright: ignore[reportArgumentType] (a list, as YAML gives).image_pull_secrets == ("regcred",)
 
 
 @dsl.component(base_image="python:3.11-slim")

@@ -132,7 +132,8 @@ def test_two_runs_from_scratch_are_byte_identical(tmp_path):
     a = tiny_run(tmp_path / "a")
     b = tiny_run(tmp_path / "b")
     best_a, best_b = (json.loads((r / "reports/tune/best_params.json").read_text()) for r in (a, b))
-    best_a.pop("study_name"), best_b.pop("study_name")  # same fingerprint; the name is the same too
+    for best in (best_a, best_b):
+        best.pop("study_name")  # same fingerprint; the name is the same too
     assert best_a == best_b
     assert best_a["stopped_by"] == "n_trials"
     assert (a / "reports/fine_tune/metrics.json").read_bytes() == (b / "reports/fine_tune/metrics.json").read_bytes()

@@ -146,8 +146,8 @@ def test_unreadable_token_file_names_the_file_only(tmp_path):
 def test_api_errors_are_one_redacted_line(fake_kfp, capsys):
     from kfp_server_api import ApiException
 
-    FakeClient.error = ApiException(status=401, reason="Unauthorized")
-    FakeClient.error.body = f'{{"error": "bad token {TOKEN}"}}'
+    FakeClient.error = error = ApiException(status=401, reason="Unauthorized")
+    error.body = f'{{"error": "bad token {TOKEN}"}}'
     with pytest.raises(PipelineError) as err:
         sub.submit("https://kfp.example", "e", fake_kfp, {}, token=TOKEN, cookies=COOKIE)
     message = str(err.value)

@@ -258,7 +258,7 @@ def test_lifecycle_first_better_worse_promote_rollback(project, challengers, tmp
         "training_run_id",
     ):
         assert tag in v1.tags, tag
-    assert "fine-tuned with freeze ratio" in v1.description
+    assert "fine-tuned with freeze ratio" in (v1.description or "")
     with pytest.raises(Exception, match="alias"):
         client.get_model_version_by_alias("digits", "champion")  # register never promotes by itself
 
@@ -278,6 +278,7 @@ def test_lifecycle_first_better_worse_promote_rollback(project, challengers, tmp
     assert worse.returncode == 0, worse.stderr[-3000:]
     r2 = Registration.read(tmp_path / "r2")
     assert r2.validation_status == "failed" and r2.champion_version == "1"
+    assert r2.champion_test_accuracy is not None and r2.comparison is not None
     assert r2.test_accuracy < r2.champion_test_accuracy
     assert any("accuracy_gain_over_champion" in reason for reason in r2.reasons)
     assert_comparison(r2)
@@ -293,6 +294,7 @@ def test_lifecycle_first_better_worse_promote_rollback(project, challengers, tmp
     better = register(project, c, "best", tmp_path / "r3")
     assert better.returncode == 0, better.stderr[-3000:]
     r3 = Registration.read(tmp_path / "r3")
+    assert r3.champion_test_accuracy is not None and r3.comparison is not None
     assert r3.validation_status == "passed" and r3.test_accuracy > r3.champion_test_accuracy
     assert_comparison(r3)
     assert r3.comparison["fixed"] > r3.comparison["broken"]
@@ -346,7 +348,7 @@ def test_lifecycle_first_better_worse_promote_rollback(project, challengers, tmp
     r3c = Registration.read(tmp_path / "r3c")
     assert r3c.champion_version == r3.version and r3c.test_accuracy == r3c.champion_test_accuracy
     assert_comparison(r3c)
-    assert (r3c.comparison["fixed"], r3c.comparison["broken"]) == (0, 0)
+    assert r3c.comparison is not None and (r3c.comparison["fixed"], r3c.comparison["broken"]) == (0, 0)
     assert r3c.validation_status == "failed" and r3c.version not in (r3.version, "1", r2.version)
     assert any("require_significant" in reason for reason in r3c.reasons), r3c.reasons
     assert not any("accuracy_gain_over_champion" in reason for reason in r3c.reasons)  # gain 0 >= 0 alone passes
@@ -553,6 +555,7 @@ def test_review_and_promote_against_todays_champion_and_serve_images(project, ch
     parent = client.get_run(reg_run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["registered_version"] == "3" and "test_accuracy" in parent.data.metrics
     assert "baseline_scratch_test_accuracy" in parent.data.metrics and parent.data.params["regime"] == "transfer"
+    assert parent.info.end_time is not None and reg_run.info.start_time is not None
     assert parent.info.end_time >= reg_run.info.start_time  # the pipeline run lasts until its outcome is known
     # The fine_tune run's params are the values that trained the model; the configured ones are tags.
     trained = client.get_run(client.get_model_version("today", "2").tags["training_run_id"]).data
@@ -560,6 +563,7 @@ def test_review_and_promote_against_todays_champion_and_serve_images(project, ch
     if "configured.fine_tune.learning_rate" in trained.tags:
         assert trained.tags["configured.fine_tune.learning_rate"] != trained.params["fine_tune.learning_rate"]
     assert any(k.startswith("optimizer_") for k in trained.params)  # mlflow.keras.MlflowCallback logged it
+    assert reg_run.inputs is not None
     inputs = {d.dataset.name: d.dataset.digest for d in reg_run.inputs.dataset_inputs}
     assert set(inputs) >= {"subset", "model"} and all(inputs.values())
 

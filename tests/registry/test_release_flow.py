@@ -139,6 +139,7 @@ def test_the_exit_handler_marks_a_failed_run_failed(tmp_path, monkeypatch):
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("tlpipe-exit")
+    assert experiment is not None
     (run,) = client.search_runs([experiment.experiment_id], "tags.`tlpipe.run_group` = 'kfp-run-42'")
     assert run.info.status == "FAILED" and "OOMKilled" in run.data.tags["tlpipe.error"]
     assert run.data.tags["tlpipe.pipeline_state"] == "FAILED"

@@ -69,9 +69,10 @@ def test_input_example_predicts_labels_and_probabilities(registered):
     assert set(out["label"]) <= set(CLASSES)
     assert np.allclose(out[CLASSES].sum(axis=1), 1.0, atol=1e-5)
     assert out["label"].tolist() == [CLASSES[k] for k in out[CLASSES].to_numpy().argmax(axis=1)]
-    schema = model.metadata.get_input_schema()
+    schema, output = model.metadata.get_input_schema(), model.metadata.get_output_schema()
+    assert schema is not None and output is not None
     assert schema.input_names() == ["image"]
-    assert model.metadata.get_output_schema().input_names() == ["label", *CLASSES]
+    assert output.input_names() == ["label", *CLASSES]
 
 
 def test_bytes_arrays_of_any_size_and_scale_inside(registered):

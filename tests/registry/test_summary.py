@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from tlpipe.contracts import EvalMetrics, HyperParams, Registration, TrainedModel
 from tlpipe.reports.summary import run_summary
 
@@ -49,7 +51,7 @@ def test_run_summary_names_scores_baselines_version_and_next_command():
     assert text.splitlines()[-1].strip().endswith('make promote VERSION=3 REASON="..."')
 
 
-def _registration(version: str, status: str = "passed", promoted: bool = False) -> Registration:
+def _registration(version: str, status: Literal["passed", "failed"] = "passed", promoted: bool = False) -> Registration:
     return Registration(
         model_name="digits",
         version=version,

@@ -100,7 +100,10 @@ def _photo(path, width, height, ext=".jpg", mode="RGB"):
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     rgb = np.stack([128 + 100 * np.sin(xx / 23.0), 128 + 100 * np.cos(yy / 17.0), (xx + yy) % 256], -1)
     image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB").convert(mode)
-    image.save(path.with_suffix(ext), **({"quality": 92} if ext == ".jpg" else {}))
+    if ext == ".jpg":
+        image.save(path.with_suffix(ext), quality=92)
+    else:
+        image.save(path.with_suffix(ext))
     return str(path.with_suffix(ext))
 
 
@@ -147,4 +150,4 @@ def test_the_augmenter_takes_each_param_by_its_name():
         "horizontal_flip": True,
     }
     with pytest.raises(TypeError):
-        FusedAugment(10.0, 0.1)
+        FusedAugment(10.0, 0.1)  # pyright: ignore[reportCallIssue] (the point: positional arguments fail)

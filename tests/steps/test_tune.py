@@ -239,6 +239,7 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
         assert (out / name).stat().st_size > 0
     assert BestParams.read(out) == summary and summary.states == {"COMPLETE": 3, "PRUNED": 1}
     hp = hyperparams(BestParams.read(out), params.fine_tune, params.model.dropout, params.model.head_units)
+    assert summary.params is not None
     assert hp.learning_rate == study.best_trial.params["learning_rate"] == summary.params.learning_rate
     assert hp.freeze_ratio == study.best_trial.user_attrs["freeze_ratio"]
     assert ran == 4  # this worker ran the four (enqueued) trials
@@ -263,7 +264,9 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
         timeout=900,
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
-    name = re.search(r'study_name="([^"]+)"', shown.stdout).group(1)
+    found = re.search(r'study_name="([^"]+)"', shown.stdout)
+    assert found, shown.stdout
+    name = found.group(1)
     assert name == study.study_name and "optuna-dashboard" in shown.stdout
     loaded = optuna.load_study(study_name=name, storage=params.tune.storage)
     assert len(loaded.trials) == 4 and loaded.metric_names == [params.tune.metric]
@@ -396,7 +399,9 @@ def test_workers_share_a_postgres_study_and_survive_a_killed_worker(tiny_project
         timeout=900,
     )
     assert created.returncode == 0, created.stderr[-2000:]
-    name = re.search(r"tune: study (\S+) ready", created.stdout).group(1)
+    found = re.search(r"tune: study (\S+) ready", created.stdout)
+    assert found, created.stdout
+    name = found.group(1)
     os.environ["PGUSER"] = postgres["user"]
     params = load_params(params_file)
     workers = [

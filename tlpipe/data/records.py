@@ -112,7 +112,10 @@ class Images:
                 if not wanted:
                     return ds.take(0)
                 positions = tf.constant(wanted, tf.int64)
-                ds = ds.take(wanted[-1] + 1).filter(lambda image, index: tf.reduce_any(tf.equal(index, positions)))
+                # tf.data unpacks an (image, index) element into two arguments; its annotation says one tuple
+                ds = ds.take(wanted[-1] + 1).filter(
+                    lambda image, index: tf.reduce_any(tf.equal(index, positions))  # pyright: ignore[reportArgumentType]
+                )
             return ds
         if self.selection is not None:
             raise ValueError("a selection of records streams in order only")

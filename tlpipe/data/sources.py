@@ -23,12 +23,15 @@ class Source(Protocol):
 
     def list_files(self) -> list[str]:
         """Every file's relative path."""
+        ...
 
     def list_dirs(self) -> list[str]:
         """Every folder's relative path (to find empty class folders)."""
+        ...
 
     def read(self, rel: str) -> bytes:
         """The bytes of one file."""
+        ...
 
 
 class LocalSource:

@@ -112,10 +112,10 @@ def _imagenet_error(name: str, exc: Exception) -> PipelineError:
 
 
 def _weights_from_mlflow(uri: str) -> list[np.ndarray]:
-    import mlflow
+    from mlflow.keras import load_model
 
     try:
-        model = mlflow.keras.load_model(uri)
+        model = load_model(uri)
     except Exception as exc:  # MLflow raises its own and HTTP errors alike: all mean "cannot load"
         raise PipelineError(f"model.weights={uri}: cannot load that MLflow model ({exc})") from None
     try:

@@ -173,7 +173,7 @@ def versus_current(client, name: str, version, work: Path, subset: Path | None =
         return out
     theirs = read_predictions(client, current, work / "champion")
     same = theirs is not None and theirs["test_set"] == mine["test_set"] and theirs["classes"] == classes
-    probs = theirs["probs"] if same else _rescore(client, name, current, mine, subset)
+    probs = theirs["probs"] if theirs is not None and same else _rescore(client, name, current, mine, subset)
     keep = unseen(mine["test_sha"], trained_on(client, current, work / "champion-ids"))
     champion, comparison = paired(labels, mine["probs"], probs, classes, keep)
     out.update(champion_version=str(current.version), champion=champion, comparison=comparison, rescored=not same)

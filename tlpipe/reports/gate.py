@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from tlpipe.contracts import TrainedModel
 from tlpipe.sections import RegistryConfig
@@ -15,7 +16,7 @@ from tlpipe.sections import RegistryConfig
 
 def gate(
     challenger: dict, champion: dict | None, cfg: RegistryConfig, comparison: dict | None = None
-) -> tuple[str, list[str]]:
+) -> tuple[Literal["passed", "failed"], list[str]]:
     """`passed` or `failed` with reasons, decided by MLflow's metric thresholds.
 
     Thresholds: accuracy >= min_accuracy; with a champion, the accuracy gain over it (same test set) >=

@@ -46,12 +46,12 @@ def paired_ci(champion_ok: np.ndarray, challenger_ok: np.ndarray, seed: int, res
         gain = float(a.mean() - b.mean()) if len(a) else 0.0
         return [gain, gain]
 
-    def gain(x, y, axis):
+    def mean_gain(x, y, axis):
         return np.mean(x, axis=axis) - np.mean(y, axis=axis)
 
     res = bootstrap(
         (a, b),
-        gain,
+        mean_gain,
         paired=True,
         vectorized=True,
         n_resamples=resamples,

@@ -11,12 +11,16 @@ import os
 import signal
 import socket
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from tlpipe.errors import PipelineError
 from tlpipe.redact import redact, redact_text
 from tlpipe.step_params import StepParams
 from tlpipe.tracking.lineage import git_commit, lineage_tags
 from tlpipe.tracking.stores import check_http_store, check_sql_store, sql_uri
+
+if TYPE_CHECKING:
+    from mlflow import ActiveRun
 
 # MLflow 3 opens an experiment without this tag on its GenAI overview; this value opens the runs table.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -145,12 +149,13 @@ def record_outcome(parent_run_id: str, metrics: dict[str, float], params: dict[s
     import time
 
     import mlflow
+    from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     client.log_batch(
         parent_run_id,
-        metrics=[mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()],
+        metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()],
     )
     for key, value in params.items():
         try:
@@ -171,7 +176,7 @@ def step_run(
     inputs: dict[str, str] | None = None,
     validation: str | None = None,
     trained: dict | None = None,
-) -> Iterator[object]:
+) -> Iterator[ActiveRun]:
     """An MLflow run named after the step, nested under the pipeline run of this group, its params logged.
 
     Args:
@@ -219,18 +224,21 @@ def epoch_callback():
 
     if mlflow.active_run() is None:  # a core called outside a tracked step: nothing to log to
         return keras.callbacks.Callback()
-    return mlflow.keras.MlflowCallback()
+    from mlflow.keras import MlflowCallback
+
+    return MlflowCallback()
 
 
 def log_keras_model(model, sample) -> str:
     """Log a Keras model with its signature (inferred from two sample images); returns its models:/ URI."""
-    import mlflow
     import numpy as np
     from mlflow.models import infer_signature
 
     example = np.asarray(sample[:2]).astype("float32")
     signature = infer_signature(example, np.asarray(model(example, training=False)))
-    info = mlflow.keras.log_model(
+    from mlflow.keras import log_model
+
+    info = log_model(
         model, name="model", signature=signature, pip_requirements=["tensorflow-cpu==2.21.0", "keras==3.15.1"]
     )
     return info.model_uri

@@ -22,6 +22,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc.model import PythonModel
 
 IMAGE_COLUMN, LABEL_COLUMN = "image", "label"
 KERAS_ARTIFACT = "keras_model"
@@ -30,7 +31,7 @@ TLPIPE_PACKAGE = Path(__file__).resolve().parents[1]  # shipped as code: the dec
 MODEL_CODE = Path(__file__).with_name("serving_model.py")  # "models from code": MLflow pickles nothing
 
 
-class ImageClassifier(mlflow.pyfunc.PythonModel):
+class ImageClassifier(PythonModel):
     """Images -> (label, probability per class), with the fine-tuned Keras model inside."""
 
     def load_context(self, context) -> None:
@@ -98,10 +99,14 @@ def encode_png(image: np.ndarray) -> str:
 def signature(classes: list[str]):
     """Input: a string column `image`; output: `label` and one double column per class."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, Schema, TensorSpec
 
-    outputs = [ColSpec("string", LABEL_COLUMN), *(ColSpec("double", str(c)) for c in classes)]
-    return ModelSignature(Schema([ColSpec("string", IMAGE_COLUMN)]), Schema(outputs))
+    inputs: list[ColSpec | TensorSpec] = [ColSpec("string", IMAGE_COLUMN)]
+    outputs: list[ColSpec | TensorSpec] = [
+        ColSpec("string", LABEL_COLUMN),
+        *(ColSpec("double", str(c)) for c in classes),
+    ]
+    return ModelSignature(Schema(inputs), Schema(outputs))
 
 
 def log_image_model(keras_file: Path, classes: list[str], image_size: int, examples: np.ndarray):
@@ -131,5 +136,7 @@ def keras_model(model_uri: str):
     from mlflow.models import get_model_info
 
     if "keras" in get_model_info(model_uri).flavors:  # versions registered before the serving pyfunc
-        return mlflow.keras.load_model(model_uri)
+        from mlflow.keras import load_model
+
+        return load_model(model_uri)
     return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model

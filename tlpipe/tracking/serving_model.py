@@ -4,8 +4,8 @@
 tlpipe package shipped as `code_paths`), and `set_model` hands it the classifier.
 """
 
-import mlflow
+from mlflow.models import set_model
 
 from tlpipe.tracking.serving import ImageClassifier
 
-mlflow.models.set_model(ImageClassifier())
+set_model(ImageClassifier())

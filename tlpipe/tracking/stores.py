@@ -25,6 +25,7 @@ def check_sql_store(uri: str, retries: int = 2, what: str = "MLflow tracking") -
     if not uri.startswith("postgresql"):
         return
     import sqlalchemy
+    from sqlalchemy.exc import SQLAlchemyError
 
     def connect(timeout: int) -> None:
         engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": timeout})
@@ -34,7 +35,7 @@ def check_sql_store(uri: str, retries: int = 2, what: str = "MLflow tracking") -
         finally:
             engine.dispose()
 
-    _probe(uri, connect, retries, sqlalchemy.exc.SQLAlchemyError, what)
+    _probe(uri, connect, retries, SQLAlchemyError, what)
 
 
 def check_http_store(uri: str, retries: int = 2, what: str = "MLflow tracking") -> None:

@@ -47,8 +47,8 @@ class RegimePruning(KerasPruningCallback):
         """Report the epoch's metric; let the pruner decide only after the warm-up."""
         if epoch + 1 > self.warmup:
             super().on_epoch_end(epoch, logs)
-        elif (logs or {}).get(self._monitor) is not None:
-            self._trial.report(float(logs[self._monitor]), step=epoch)
+        elif (value := (logs or {}).get(self._monitor)) is not None:
+            self._trial.report(float(value), step=epoch)
 
 
 def pruning_warmup(cfg: TuneConfig, regime: str) -> int:

@@ -8,6 +8,7 @@ resumed; any change = a new study, so trials of two datasets or two backbones ne
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from tlpipe.errors import PipelineError
@@ -173,10 +174,10 @@ def previous_best(study, cfg: TuneConfig, storage_url: str | None = None) -> tup
     ]
     if not others or not cfg.warm_start:
         return "", []
-    latest = max(others, key=lambda s: s.datetime_start)
+    latest = max(others, key=lambda s: s.datetime_start or datetime.min)
     old = optuna.load_study(study_name=latest.study_name, storage=storage)
     done = [t for t in old.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    done.sort(key=lambda t: t.value, reverse=old.direction.name == "MAXIMIZE")
+    done.sort(key=lambda t: float(t.value or 0.0), reverse=old.direction.name == "MAXIMIZE")
     return latest.study_name, done[: cfg.warm_start]
 
 

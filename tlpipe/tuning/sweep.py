@@ -72,12 +72,14 @@ def sweep(worker, study, cfg: TuneConfig, out_dir: Path) -> dict:
             or _recipe_for(study, regime, None)
             or fallback
         )
-        hp = HyperParams(
-            freeze_ratio=ratio,
-            dropout=worker.defaults.dropout,
-            head_units=worker.defaults.head_units,
-            regime=regime,
-            **recipe,
+        hp = HyperParams.model_validate(
+            {
+                "freeze_ratio": ratio,
+                "dropout": worker.defaults.dropout,
+                "head_units": worker.defaults.head_units,
+                "regime": regime,
+                **recipe,
+            }
         )
         values, boundary = [], ""
         for k in range(cfg.sweep_seeds):

@@ -119,7 +119,8 @@ def load_trial_data(
             (len(images), size, size, 3),
             np.uint8,
         )
-    variants = [NpyRows(folder / "train.npy"), *(NpyRows(path, i * len(train), len(train)) for i in range(k))]
+    extra_rows = [NpyRows(path, i * len(train), len(train)) for i in range(k)] if path is not None else []
+    variants = [NpyRows(folder / "train.npy"), *extra_rows]
     data = TrialData(variants, labels, NpyRows(folder / "val.npy"), val_labels, classes, fingerprint)
     weakref.finalize(data, stack.close)  # the scratch files go with the data
     return data

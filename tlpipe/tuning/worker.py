@@ -225,18 +225,20 @@ def summarize(study, cfg: TuneConfig, out_dir: Path, stopped_by: str) -> BestPar
         "regime": best.user_attrs.get("regime", "transfer"),
         "train_bn": best.user_attrs.get("train_bn", False),
     }
-    summary = BestParams(
-        source="study",
-        study_name=study.study_name,
-        metric=cfg.metric,
-        value=best.value,
-        trial=best.number,
-        params=HyperParams(**hp),
-        boundary=best.user_attrs.get("boundary"),
-        label=best.user_attrs.get("label", ""),
-        states=counts(study),
-        stopped_by=stopped_by,
-        epochs_run=sum(t.user_attrs.get("epochs_run", 0) for t in trials),
+    summary = BestParams.model_validate(
+        dict(
+            source="study",
+            study_name=study.study_name,
+            metric=cfg.metric,
+            value=best.value,
+            trial=best.number,
+            params=hp,
+            boundary=best.user_attrs.get("boundary"),
+            label=best.user_attrs.get("label", ""),
+            states=counts(study),
+            stopped_by=stopped_by,
+            epochs_run=sum(t.user_attrs.get("epochs_run", 0) for t in trials),
+        )
     )
     summary.write(out_dir)
     plot_all(study, trials, out_dir, cfg.metric)
