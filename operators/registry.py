@@ -24,14 +24,10 @@ from tlpipe.tracking.registry import CHAMPION, connect, get_version, load_versio
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain aligned text table."""
-    if not rows:
-        return "(no versions)"
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-    lines = ["  ".join(k.ljust(widths[k]) for k in keys)]
-    lines += ["  ".join(str(r[k]).ljust(widths[k]) for k in keys) for r in rows]
-    return "\n".join(lines)
+    """An aligned text table (tabulate's plain format: no rules, two spaces between columns)."""
+    from tabulate import tabulate
+
+    return tabulate(rows, headers="keys", tablefmt="plain", disable_numparse=True) if rows else "(no versions)"
 
 
 def image_files(folder: Path) -> list[Path]:

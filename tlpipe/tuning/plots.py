@@ -36,30 +36,40 @@ TRIAL_COLUMNS = (
 )
 
 
-def write_trials_csv(trials, path: Path) -> None:
-    """One row per finished trial (the data behind `dvc plots`)."""
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(TRIAL_COLUMNS)
-        for t in sorted(trials, key=lambda t: t.number):
-            last = (
-                t.value
-                if t.value is not None
-                else (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else "")
-            )
-            writer.writerow(
-                [
-                    t.number,
-                    t.state.name.lower(),
-                    last,
-                    t.user_attrs.get("regime", "transfer"),
-                    t.user_attrs.get("freeze_ratio", ""),
-                    t.params.get("learning_rate", ""),
-                    t.user_attrs.get("train_bn", ""),
-                    t.user_attrs.get("epochs_run", 0),
-                    t.user_attrs.get("mode", ""),
-                ]
-            )
+def write_trials_csv(study, trials, path: Path) -> None:
+    """One row per finished trial (the data behind `dvc plots`), from Optuna's `study.trials_dataframe()`.
+
+    A pruned trial has no value: its last reported one stands in, so the scatter shows where it was cut.
+    """
+    import pandas as pd
+
+    numbers = sorted(t.number for t in trials)
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs")) if numbers else None
+    if frame is None or frame.empty:
+        pd.DataFrame(columns=list(TRIAL_COLUMNS)).to_csv(path, index=False, lineterminator="\n")
+        return
+    frame = frame[frame["number"].isin(numbers)].sort_values("number")
+    last = {t.number: t.intermediate_values[max(t.intermediate_values)] for t in trials if t.intermediate_values}
+    out = pd.DataFrame(
+        {
+            "number": frame["number"],
+            "state": frame["state"].str.lower(),
+            "value": frame["value"].fillna(frame["number"].map(last)),
+            **{
+                name: frame.get(column, pd.Series(default, index=frame.index)).fillna(default)
+                for name, column, default in (
+                    ("regime", "user_attrs_regime", "transfer"),
+                    ("freeze_ratio", "user_attrs_freeze_ratio", ""),
+                    ("learning_rate", "params_learning_rate", ""),
+                    ("train_bn", "user_attrs_train_bn", ""),
+                    ("epochs_run", "user_attrs_epochs_run", 0),
+                    ("mode", "user_attrs_mode", ""),
+                )
+            },
+        },
+        columns=list(TRIAL_COLUMNS),
+    )
+    out.to_csv(path, index=False, lineterminator="\n")
 
 
 def _save_optuna_plot(draw, study, path: Path, title: str) -> None:
@@ -112,7 +122,7 @@ def _transferability(trials, path: Path, metric: str, maximize: bool) -> None:
 def plot_all(study, trials, out_dir: Path, metric: str) -> None:
     """history.png, importances.png, transferability.png and trials.csv."""
     maximize = metric.endswith("accuracy")
-    write_trials_csv(trials, out_dir / TRIALS_CSV)
+    write_trials_csv(study, trials, out_dir / TRIALS_CSV)
     from optuna.visualization import matplotlib as optuna_plots
 
     _save_optuna_plot(optuna_plots.plot_optimization_history, study, out_dir / HISTORY_PNG, "optimization history")
@@ -144,7 +154,7 @@ def _note(path: Path, text: str) -> None:
 
 def plot_disabled(out_dir: Path) -> None:
     """The files the graph declares for tune (pipelines/graph.py plots), when tuning is off, saying so."""
-    write_trials_csv([], out_dir / TRIALS_CSV)
+    write_trials_csv(None, [], out_dir / TRIALS_CSV)
     write_sweep_csv([], out_dir / TRANSFERABILITY_CSV)
-    for name in ("history", "importances", "transferability"):
-        _note(out_dir / f"{name}.png", f"{name}: tuning disabled (tune.enabled: false)")
+    for name in (HISTORY_PNG, IMPORTANCES_PNG, TRANSFERABILITY_PNG):
+        _note(out_dir / name, f"{name.removesuffix('.png')}: tuning disabled (tune.enabled: false)")
