@@ -65,7 +65,7 @@ def _params_file(params: str, folder: Path) -> Path:
 def fingerprint_data(params: str) -> str:
     """`<kind>:<sha256>` of the data behind data.source now (the uncached first task on a cluster)."""
     from tlpipe.config import parse_params
-    from tlpipe.fingerprint import data_fingerprint
+    from tlpipe.data.identity import data_fingerprint
 
     fingerprint = data_fingerprint(parse_params(yaml.safe_load(params), origin="pipeline parameters"))
     print(f"data_fingerprint: {fingerprint}", flush=True)

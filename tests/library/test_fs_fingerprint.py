@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tlpipe import fingerprint
+from tlpipe.data import identity
 from tlpipe.data.arrays import NpyWriter
-from tlpipe.fingerprint import content_hash, digest, split_ids
+from tlpipe.data.identity import split_ids
+from tlpipe.fingerprint import content_hash, digest
 from tlpipe.fs import atomic_dir, atomic_file
 
 LIBRARY = [p for d in ("tlpipe", "components", "pipelines", "operators") for p in (REPO / d).rglob("*.py")]
@@ -70,4 +71,4 @@ def test_fingerprints_follow_content_not_names(tmp_path):
     assert digest({"b": 1, "a": 2}) == digest({"a": 2, "b": 1}) and len(digest("x", 12)) == 12
     (a / "manifest.csv").write_text("path,class,split,sha256\np1,c,test,h2\np2,c,test,h1\np3,c,train,h3\n")
     assert split_ids(a, ("train", "test")) == {"train": ["h3"], "test": ["h2", "h1"]}
-    assert fingerprint.test_set_id(a) == digest("h1\nh2")  # order-free: the same test images give the same id
+    assert identity.test_set_id(a) == digest("h1\nh2")  # order-free: the same test images give the same id

@@ -19,7 +19,7 @@ from pipelines.runtime import numeric_metrics, resolve_params, task_params
 from pipelines.step import External, Ref
 from tests.conftest import REPO, make_tree
 from tlpipe.config import load_params
-from tlpipe.fingerprint import data_fingerprint
+from tlpipe.data.identity import data_fingerprint
 
 PARAMS_FILE = str(REPO / "params.yaml")
 PARAMS = load_params(REPO / "params.yaml")

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from tlpipe.data.images import is_image_name
-from tlpipe.data.storage import fetch, list_objects, s3_client, split_s3_uri
+from tlpipe.data.storage import fetch, filesystem, split_s3_uri
 from tlpipe.errors import DataError
 
 _IGNORED_PARTS = ("__MACOSX", ".DS_Store", "Thumbs.db")
@@ -34,35 +34,77 @@ class Source(Protocol):
         ...
 
 
-class LocalSource:
+class FsSource:
+    """A read-only tree of files on an fsspec filesystem under `root` (a folder, an s3:// prefix, a zip).
+
+    Args:
+        fs: the filesystem.
+        root: the tree's root on it ("" for a zip's top).
+        description: how messages name the source (the user's `data.source`).
+        members: the only paths that exist (a zip's checked members), None for every file under root.
+    """
+
+    def __init__(self, fs, root: str, description: str, members: set[str] | None = None):
+        self.fs, self.root, self.description, self._members = fs, root.rstrip("/"), description, members
+
+    def _rel(self, path: str) -> str:
+        return path[len(self.root) + 1 :] if self.root else path.lstrip("/")
+
+    def _abs(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if self.root else rel
+
+    def _failed(self, exc: Exception) -> DataError:
+        from tlpipe.redact import redact_text
+
+        reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        return DataError(
+            f"data.source {self.description}: cannot read it ({reason}); check the path, "
+            "storage.endpoint_url and the AWS credentials in the environment"
+        )
+
+    def _find(self, withdirs: bool) -> dict[str, dict]:
+        try:
+            return self.fs.find(self.root, withdirs=withdirs, detail=True)
+        except FileNotFoundError:
+            raise DataError(f"data.source {self.description}: does not exist; check the path or the bucket") from None
+        except Exception as exc:  # s3fs: PermissionError, endpoint unreachable, throttled after retries
+            raise self._failed(exc) from None
+
+    def list_files(self) -> list[str]:
+        found = [self._rel(p) for p, info in self._find(False).items() if info.get("type") != "directory"]
+        files = sorted(r for r in found if r and not r.endswith("/"))
+        return [r for r in files if r in self._members] if self._members is not None else files
+
+    def list_dirs(self) -> list[str]:
+        found = sorted(self._rel(p) for p, info in self._find(True).items() if info.get("type") == "directory")
+        return [d for d in found if d]
+
+    def read(self, rel: str) -> bytes:
+        try:
+            return self.fs.cat_file(self._abs(rel))
+        except Exception as exc:  # a file that vanished, a denied or unreachable object store
+            raise self._failed(exc) from None
+
+
+class LocalSource(FsSource):
     """A folder on disk."""
 
     def __init__(self, root: Path):
-        self.root = root
-        self.description = str(root)
-
-    def list_files(self) -> list[str]:
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
-
-    def list_dirs(self) -> list[str]:
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_dir())
-
-    def read(self, rel: str) -> bytes:
-        return (self.root / rel).read_bytes()
+        super().__init__(filesystem(str(root)), Path(root).resolve().as_posix(), str(root))
 
 
-class ZipSource:
-    """A .zip read member by member: entries are checked and never extracted outside our control."""
+class ZipSource(FsSource):
+    """A .zip read member by member (fsspec's ZipFileSystem): entries are checked first, never extracted."""
 
     def __init__(self, path: Path, max_bytes: int, description: str | None = None):
-        self.description = description or str(path)
+        from fsspec.implementations.zip import ZipFileSystem
+
         try:
-            self._zip = zipfile.ZipFile(path)
+            fs = ZipFileSystem(str(path))
         except zipfile.BadZipFile:
             raise DataError(f"data.source {path}: not a valid zip file") from None
-        total = 0
-        self._members: dict[str, zipfile.ZipInfo] = {}
-        for info in self._zip.infolist():
+        total, members = 0, set()
+        for info in fs.zip.infolist():
             name = info.filename
             parts = PurePosixPath(name.replace("\\", "/")).parts
             if name.startswith(("/", "\\")) or ".." in parts or (parts and parts[0].endswith(":")):
@@ -73,62 +115,18 @@ class ZipSource:
             if info.is_dir() or (info.external_attr >> 16) & 0o170000 == 0o120000:
                 continue  # folders carry no data; symlinks are never followed
             total += info.file_size
-            self._members[PurePosixPath(*parts).as_posix()] = info
+            members.add(PurePosixPath(*parts).as_posix())
         if total > max_bytes:
             raise DataError(f"data.source {path}: unpacks to {total} bytes, over make_subset.max_zip_bytes={max_bytes}")
-
-    def list_files(self) -> list[str]:
-        return sorted(self._members)
-
-    def list_dirs(self) -> list[str]:
-        return sorted({p.rsplit("/", 1)[0] for p in self._members if "/" in p})
-
-    def read(self, rel: str) -> bytes:
-        return self._zip.read(self._members[rel])
+        super().__init__(fs, "", description or str(path), members)
 
 
-class S3Source:
-    """An s3:// prefix listed with a paginator; only the files asked for are downloaded."""
+class S3Source(FsSource):
+    """An s3:// prefix listed once (s3fs); only the files asked for are downloaded."""
 
     def __init__(self, uri: str, endpoint_url: str | None, max_attempts: int):
-        self.description = uri
-        self.bucket, self.prefix = split_s3_uri(uri)
-        if self.prefix and not self.prefix.endswith("/"):
-            self.prefix += "/"
-        self._client = s3_client(endpoint_url, max_attempts)
-        self._uri, self._endpoint_url, self._max_attempts = uri, endpoint_url, max_attempts
-
-    def _unreachable(self, exc: Exception) -> DataError:
-        from tlpipe.redact import redact_text
-
-        reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-        return DataError(
-            f"data.source {self.description}: cannot read it ({reason}); check the bucket, "
-            "storage.endpoint_url and the AWS credentials in the environment"
-        )
-
-    def list_files(self) -> list[str]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            objects = list_objects(self._uri, self._endpoint_url, self._max_attempts)
-        except self._client.exceptions.NoSuchBucket:
-            raise DataError(f"data.source {self.description}: bucket {self.bucket!r} does not exist") from None
-        except (BotoCoreError, ClientError) as exc:  # unreachable endpoint, denied, throttled after retries
-            raise self._unreachable(exc) from None
-        keys = [o["Key"][len(self.prefix) :] for o in objects]
-        return sorted(k for k in keys if k and not k.endswith("/"))
-
-    def list_dirs(self) -> list[str]:
-        return []
-
-    def read(self, rel: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return self._client.get_object(Bucket=self.bucket, Key=self.prefix + rel)["Body"].read()
-        except (BotoCoreError, ClientError) as exc:
-            raise self._unreachable(exc) from None
+        bucket, prefix = split_s3_uri(uri)
+        super().__init__(filesystem(uri, endpoint_url, max_attempts), f"{bucket}/{prefix}", uri)
 
 
 def open_source(spec: str, *, endpoint_url: str | None, max_attempts: int, max_zip_bytes: int) -> Source:

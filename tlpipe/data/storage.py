@@ -1,13 +1,22 @@
-"""S3 access through boto3: standard credential chain, configured retries, optional endpoint (MinIO)."""
+"""Files wherever they live, through fsspec: local paths, s3:// (s3fs) and the members of a .zip.
+
+- `filesystem`: the fsspec filesystem for a URI (s3fs with the standard credential chain, configured retries
+  and an optional endpoint such as MinIO; the local filesystem otherwise).
+- `list_objects`: an s3:// prefix's objects (key, size, ETag) from one listing: what `data_fingerprint` hashes.
+- `fetch`: a local path for a local file or an s3:// object, downloaded into fsspec's whole-file cache and
+  fetched again only when the object's ETag changes (`check_files`: s3fs's `ukey` is the ETag).
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from fsspec.implementations.cache_mapper import HashCacheMapper
 
 from tlpipe.errors import PipelineError
-from tlpipe.fs import atomic_file
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -20,28 +29,51 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def s3_client(endpoint_url: str | None = None, max_attempts: int = 5):
-    """A boto3 S3 client; endpoint from params, else AWS_ENDPOINT_URL(_S3) which boto3 reads itself."""
-    import boto3
-    from botocore.config import Config
+def filesystem(uri: str, endpoint_url: str | None = None, max_attempts: int = 5) -> Any:
+    """The fsspec filesystem for `uri`: s3fs for s3://, the local one otherwise.
 
-    config = Config(retries={"max_attempts": max_attempts, "mode": "standard"}, connect_timeout=10, read_timeout=60)
-    return boto3.client("s3", endpoint_url=endpoint_url or None, config=config)
+    The s3 endpoint comes from params, else from AWS_ENDPOINT_URL(_S3), which botocore reads itself.
+    """
+    import fsspec
+
+    if not uri.startswith("s3://"):
+        return fsspec.filesystem("file")
+    return fsspec.filesystem(
+        "s3",
+        endpoint_url=endpoint_url or None,
+        config_kwargs={
+            "retries": {"max_attempts": max_attempts, "mode": "standard"},
+            "connect_timeout": 10,
+            "read_timeout": 60,
+        },
+        skip_instance_cache=True,  # a new endpoint or credentials in the environment take effect
+    )
 
 
 def list_objects(uri: str, endpoint_url: str | None = None, max_attempts: int = 5) -> list[dict]:
     """Every object under an s3:// prefix (a folder prefix gets its trailing /; a .zip key is listed as is).
 
     Returns:
-        The listing's object records (`Key`, `Size`, `ETag`, ...), in key order.
+        `Key`, `Size` and `ETag` of each object, in key order.
     """
     bucket, prefix = split_s3_uri(uri)
     if prefix and not prefix.endswith("/") and not prefix.lower().endswith(".zip"):
         prefix += "/"
-    pages = (
-        s3_client(endpoint_url, max_attempts).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    )
-    return [obj for page in pages for obj in page.get("Contents", [])]
+    fs = filesystem(uri, endpoint_url, max_attempts)
+    path = f"{bucket}/{prefix}"
+    found = {path: fs.info(path)} if prefix.lower().endswith(".zip") else fs.find(path, detail=True)
+    return [
+        {"Key": name.split("/", 1)[1], "Size": info["size"], "ETag": info.get("ETag", "")}
+        for name, info in sorted(found.items())
+        if info.get("type") != "directory"
+    ]
+
+
+class _HashKeepingSuffix(HashCacheMapper):
+    # fsspec's mappers keep either the path's hash (no suffix) or its basename (collisions); Keras picks the
+    # loader from the suffix (`.keras`, `.weights.h5`), so the cached name is the hash plus the suffixes.
+    def __call__(self, path: str) -> str:
+        return super().__call__(path) + "".join(PurePosixPath(path).suffixes[-2:])
 
 
 def fetch(
@@ -53,20 +85,22 @@ def fetch(
         if not path.exists():
             raise PipelineError(f"{uri}: file not found")
         return path
-    bucket, key = split_s3_uri(uri)
-    client = s3_client(endpoint_url, max_attempts)
-    try:
-        etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
-    except Exception as exc:  # botocore ClientError (404/403) or connection errors
-        raise PipelineError(f"{uri}: cannot read it ({exc})") from None
+    from fsspec.implementations.cached import WholeFileCacheFileSystem
+
+    from tlpipe.redact import redact_text
+
     base = Path(cache_dir or os.path.join(tempfile.gettempdir(), "tlpipe-s3"))
-    # Keyed by ETag: a changed object is fetched again, an unchanged one is not.
-    target = base / bucket / etag / key
-    if target.exists():
-        return target
+    cached = WholeFileCacheFileSystem(
+        fs=filesystem(uri, endpoint_url, max_attempts),
+        cache_storage=str(base),
+        check_files=True,
+        cache_mapper=_HashKeepingSuffix(),
+    )
     try:
-        with atomic_file(target) as staged:
-            client.download_file(bucket, key, str(staged))
-    except Exception as exc:  # botocore raises several unrelated types; all mean "could not fetch"
-        raise PipelineError(f"{uri}: download failed ({exc})") from None
-    return target
+        with cached.open(uri, "rb") as fh:
+            return Path(fh.name)
+    except FileNotFoundError:
+        raise PipelineError(f"{uri}: no such object; check the bucket and the key") from None
+    except Exception as exc:  # FileNotFoundError, PermissionError, botocore's connection errors: "cannot read"
+        reason = redact_text(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        raise PipelineError(f"{uri}: cannot read it ({reason})") from None

@@ -122,7 +122,7 @@ def read_predictions(client, version, work: Path) -> dict | None:
 def _rescore(client, name: str, champion, mine: dict, subset: Path | None) -> np.ndarray:
     """The champion model's probabilities on the challenger's own test split (read from `subset`)."""
     from tlpipe.data.datasets import load_split
-    from tlpipe.fingerprint import test_set_id
+    from tlpipe.data.identity import test_set_id
     from tlpipe.tracking.registry import load_version_model
 
     if subset is None or not subset.is_dir() or test_set_id(subset) != mine["test_set"]:

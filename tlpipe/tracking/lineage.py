@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 from tlpipe.contracts import ValidationResult
-from tlpipe.fingerprint import content_hash, test_set_id
+from tlpipe.data.identity import test_set_id
+from tlpipe.fingerprint import content_hash
 
 
 def git_commit() -> str:

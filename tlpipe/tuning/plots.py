@@ -54,7 +54,7 @@ def write_trials_csv(study, trials, path: Path) -> None:
         {
             "number": frame["number"],
             "state": frame["state"].str.lower(),
-            "value": frame["value"].fillna(frame["number"].map(last)),
+            "value": frame.get("value", pd.Series(float("nan"), index=frame.index)).fillna(frame["number"].map(last)),
             **{
                 name: frame.get(column, pd.Series(default, index=frame.index)).fillna(default)
                 for name, column, default in (

@@ -39,7 +39,8 @@ def study_fingerprint(
     cfg: TuneConfig, recipe: dict, subset: Path, augmented: Path | None, head: Path | None, backbone_identity: str
 ) -> str:
     """sha256 (12 hex) over the data, backbone, head, search space and recipe."""
-    from tlpipe.fingerprint import content_hash, digest, split_ids
+    from tlpipe.data.identity import split_ids
+    from tlpipe.fingerprint import content_hash, digest
 
     parts = {
         "data": split_ids(subset, ("train", "val")),

@@ -29,8 +29,9 @@ import tensorflow as tf
 from tlpipe.contracts import COPIES_FILE, HyperParams
 from tlpipe.data.arrays import NpyRows, NpyWriter
 from tlpipe.data.datasets import decode_images, decoded_chunks, split_images
+from tlpipe.data.identity import split_ids
 from tlpipe.errors import DataError
-from tlpipe.fingerprint import content_hash, digest, split_ids
+from tlpipe.fingerprint import content_hash, digest
 from tlpipe.fs import scratch_dir
 from tlpipe.models.backbones import FreezePlan, apply_freeze, preprocessing, split_at
 from tlpipe.models.training import compile_for, make_head
