@@ -139,6 +139,10 @@ def test_mlflow_has_one_pipeline_run_with_lineage_and_a_challenger(repo_copy):
     fine = steps["fine_tune"]
     assert fine.data.tags["git_commit"] and fine.data.tags["data_validation"] == "passed"
     assert any(k.startswith("data.subset") for k in fine.data.tags)
+    # Under dvc repro an input another stage made is not hashed again: its md5 comes from dvc.lock.
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    subset_md5 = next(o["md5"] for o in lock["make_subset"]["outs"] if o["path"] == "data/subset")
+    assert fine.data.tags["data.subset.dvc_md5"] == subset_md5 and "data.subset.sha256" not in fine.data.tags
     registration = json.loads((root / "reports/register/registration.json").read_text())
     version = client.get_model_version("tlpipe-classifier", registration["version"])
     assert "challenger" in version.aliases and version.tags["validation_status"] == "passed"

@@ -25,28 +25,41 @@ def git_commit() -> str:
     return head + ("-dirty" if dirty else "")
 
 
-def dvc_lock_hashes(paths: list[str], lock: Path = Path("dvc.lock")) -> dict[str, str]:
+def dvc_lock_hashes(paths: list[str], lock: Path = Path("dvc.lock"), outs_only: bool = False) -> dict[str, str]:
     """md5 that dvc.lock records for each path (as an output of an earlier stage), where it has one."""
     if not lock.is_file():
         return {}
     stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
     recorded = {}
     for stage in stages.values():
-        for item in stage.get("outs", []) + stage.get("deps", []):
+        for item in stage.get("outs", []) + ([] if outs_only else stage.get("deps", [])):
             recorded.setdefault(os.path.normpath(item["path"]), item.get("md5", ""))
     return {p: recorded[os.path.normpath(p)] for p in paths if os.path.normpath(p) in recorded}
+
+
+def _under_dvc() -> bool:
+    return "DVC_STAGE" in os.environ  # dvc/stage/run.py sets it (and DVC_ROOT) for every stage command
+
+
+def _lock_file() -> Path:
+    return Path(os.environ.get("DVC_ROOT", ".")) / "dvc.lock"
 
 
 def lineage_tags(inputs: dict[str, str], validation: str | None) -> dict[str, str]:
     """Tags tying a run to its code and data: git commit, dvc.lock md5 and content hash of each input."""
     tags = {"git_commit": git_commit()}
     lock = dvc_lock_hashes(list(inputs.values()))
+    # Under `dvc repro` (DVC sets DVC_STAGE for every stage command) an input another stage made has the md5 that
+    # DVC recorded in dvc.lock when that stage ran or was verified up to date: no need to hash it again here.
+    # Elsewhere (Kubeflow, a step run by hand) the input is hashed once, at the step's start.
+    verified = dvc_lock_hashes(list(inputs.values()), _lock_file(), outs_only=True) if _under_dvc() else {}
     for name, path in inputs.items():
         if Path(path).exists():
             tags[f"data.{name}.path"] = str(path)
-            tags[f"data.{name}.sha256"] = content_hash(path)
-        if path in lock:
-            tags[f"data.{name}.dvc_md5"] = lock[path]
+            if path not in verified:
+                tags[f"data.{name}.sha256"] = content_hash(path)
+        if path in lock or path in verified:
+            tags[f"data.{name}.dvc_md5"] = verified.get(path) or lock[path]
     if validation and (Path(validation) / ValidationResult.FILE).is_file():
         result = ValidationResult.read(validation)
         tags["data_validation"] = "passed" if result.success else "failed"

@@ -129,15 +129,18 @@ def log_datasets(tags: dict[str, str]) -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    for key, digest in tags.items():
-        if key.startswith("data.") and key.endswith(".sha256"):
-            name = key[len("data.") : -len(".sha256")]
+    for key, where in tags.items():
+        if key.startswith("data.") and key.endswith(".path"):
+            name = key[len("data.") : -len(".path")]
+            sha, md5 = tags.get(f"data.{name}.sha256", ""), tags.get(f"data.{name}.dvc_md5", "")
+            if not (sha or md5):
+                continue
             with warnings.catch_warnings():  # a local path matches two registered local sources; either is right
                 warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-                source = resolve_dataset_source(tags.get(f"data.{name}.path", name))
-            dataset = MetaDataset(source, name=name, digest=digest[:36])
-            md5 = tags.get(f"data.{name}.dvc_md5")
-            mlflow.log_input(dataset, context="input", tags={"sha256": digest, **({"dvc_md5": md5} if md5 else {})})
+                source = resolve_dataset_source(where)
+            dataset = MetaDataset(source, name=name, digest=(sha or md5)[:36])
+            found = {"sha256": sha, "dvc_md5": md5}
+            mlflow.log_input(dataset, context="input", tags={k: v for k, v in found.items() if v})
 
 
 def record_outcome(parent_run_id: str, metrics: dict[str, float], params: dict[str, str], tags: dict[str, str]) -> None:

@@ -1,0 +1,48 @@
+"""Lineage tags: under `dvc repro` inputs made by another stage take DVC's md5 instead of being hashed again."""
+
+from __future__ import annotations
+
+import yaml
+
+from tlpipe.tracking import lineage
+
+
+def _project(tmp_path):
+    (tmp_path / "data/subset").mkdir(parents=True)
+    (tmp_path / "data/subset/manifest.csv").write_text("a,b\n")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw/x.png").write_bytes(b"png")
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "make_subset": {
+                "deps": [{"path": "raw", "md5": "stale-dep.dir"}],
+                "outs": [{"path": "data/subset", "md5": "abc123.dir"}],
+            },
+            "augment": {"deps": [{"path": "data/subset", "md5": "older.dir"}]},
+        },
+    }
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+
+
+def test_under_dvc_a_stage_output_is_not_hashed_again(tmp_path, monkeypatch):
+    _project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_STAGE", "augment")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    hashed = []
+    real = lineage.content_hash
+    monkeypatch.setattr(lineage, "content_hash", lambda p: hashed.append(str(p)) or real(p))
+    tags = lineage.lineage_tags({"subset": "data/subset", "raw": "raw"}, None)
+    assert tags["data.subset.dvc_md5"] == "abc123.dir"  # the producer's out, not another stage's old dep
+    assert "data.subset.sha256" not in tags
+    assert hashed == ["raw"]  # an external input (no stage makes it) is still hashed
+    assert tags["data.raw.sha256"] == real("raw")
+
+
+def test_outside_dvc_every_input_is_hashed_once(tmp_path, monkeypatch):
+    _project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    tags = lineage.lineage_tags({"subset": "data/subset"}, None)
+    assert tags["data.subset.sha256"] == lineage.content_hash("data/subset")
