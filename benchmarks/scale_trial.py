@@ -103,7 +103,7 @@ def input_memory(rss: RssPeak, backbone_file: str, ratio: float, recipe, hp, cac
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: the two trials, then the report as JSON."""
-    from benchmarks.tune_trials_p1 import backbone_flops, unfrozen_share
+    from benchmarks.tune_trials_cached_epoch import backbone_flops, unfrozen_share
     from tlpipe.contracts import HyperParams
     from tlpipe.models.backbones import load_backbone
     from tlpipe.tuning.cache import DEFAULT_MEMORY_BYTES, ActivationCache, cache_plan

@@ -53,6 +53,19 @@ def summarize_rows(runs: dict[tuple[int, int, str], dict]) -> list[dict]:
     return rows
 
 
+def _table(headers: list[str], rows: list[list]) -> str:
+    """A markdown table (tabulate's GitHub format), cells as given."""
+    from tabulate import tabulate
+
+    return tabulate(rows, headers, tablefmt="github", disable_numparse=True)
+
+
+def _test_cell(r: dict) -> str:
+    if r["naive_test"] is None or r["tlpipe_test"] is None:
+        return "-"
+    return f"{r['naive_test']:.3f} / {r['tlpipe_test']:.3f} {'ok' if r['test_ok'] else '**short**'}"
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
@@ -65,22 +78,40 @@ def markdown(result: dict) -> str:
         f"and the same Optuna pruner ({', '.join(sorted({r['naive_pruner'] for r in result['rows']}))}) through "
         f"KerasPruningCallback. Run took {result['wall_s']:.0f} s.",
         "",
-        f"| px | seed | naive s | tlpipe s | ratio (<= {RATIO_GOAL}) | to best s naive / tlpipe | "
-        "best val_loss naive / tlpipe | test acc naive / tlpipe | tlpipe states | epochs naive / tlpipe | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["rows"]:
-        test = (
-            f"{r['naive_test']:.3f} / {r['tlpipe_test']:.3f} {'ok' if r['test_ok'] else '**short**'}"
-            if r["naive_test"] is not None and r["tlpipe_test"] is not None
-            else "-"
+    lines.append(
+        _table(
+            [
+                "px",
+                "seed",
+                "naive s",
+                "tlpipe s",
+                f"ratio (<= {RATIO_GOAL})",
+                "to best s naive / tlpipe",
+                "best val_loss naive / tlpipe",
+                "test acc naive / tlpipe",
+                "tlpipe states",
+                "epochs naive / tlpipe",
+                "load",
+            ],
+            [
+                [
+                    r["image_size"],
+                    r["seed"],
+                    f"{r['naive_s']:.0f}",
+                    f"{r['tlpipe_s']:.0f}",
+                    f"{r['ratio']:.3f} {'PASS' if r['ratio_ok'] else '**FAIL**'}",
+                    f"{r['naive_to_best_s']:.0f} / {r['tlpipe_to_best_s']:.0f}",
+                    f"{r['naive_best']:.4f} / {r['tlpipe_best']:.4f}",
+                    _test_cell(r),
+                    r["tlpipe_states"],
+                    f"{r['naive_epochs']} / {r['tlpipe_epochs']}",
+                    r["load_before"],
+                ]
+                for r in result["rows"]
+            ],
         )
-        lines.append(
-            f"| {r['image_size']} | {r['seed']} | {r['naive_s']:.0f} | {r['tlpipe_s']:.0f} | "
-            f"{r['ratio']:.3f} {'PASS' if r['ratio_ok'] else '**FAIL**'} | {r['naive_to_best_s']:.0f} / "
-            f"{r['tlpipe_to_best_s']:.0f} | {r['naive_best']:.4f} / {r['tlpipe_best']:.4f} | {test} | "
-            f"{r['tlpipe_states']} | {r['naive_epochs']} / {r['tlpipe_epochs']} | {r['load_before']} |"
-        )
+    )
     if "overhead" in result:
         o = result["overhead"]
         lines += [
@@ -88,13 +119,21 @@ def markdown(result: dict) -> str:
             f"## Per-step overhead of a cached trial ({o['image_size']} px, {o['epochs']} epochs, "
             f"{o['repeats']} interleaved repeats, load {o['load']})",
             "",
-            "| freeze ratio (boundary) | setting | steady ms/step | epoch speed-up | whole-trial speed-up |",
-            "|---|---|---|---|---|",
         ]
-        for r in o["rows"]:
-            lines.append(
-                f"| {r['ratio']} ({r['boundary']}) | {r['setting']} | {r['steady_ms_per_step']:.2f} | "
-                f"{r['speedup_epoch']:.2f}x | {r['speedup_trial']:.2f}x |"
+        lines.append(
+            _table(
+                ["freeze ratio (boundary)", "setting", "steady ms/step", "epoch speed-up", "whole-trial speed-up"],
+                [
+                    [
+                        f"{r['ratio']} ({r['boundary']})",
+                        r["setting"],
+                        f"{r['steady_ms_per_step']:.2f}",
+                        f"{r['speedup_epoch']:.2f}x",
+                        f"{r['speedup_trial']:.2f}x",
+                    ]
+                    for r in o["rows"]
+                ],
             )
+        )
     lines += ["", *[f"- {n}" for n in result.get("notes", [])]]
     return "\n".join(lines) + "\n"

@@ -47,8 +47,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # decode/extract progress bars would
 import yaml  # noqa: E402
 
 from benchmarks.machine import machine_facts  # noqa: E402
-from benchmarks.tune_trials_p1 import P1Setup, bench_p1
-from benchmarks.tune_trials_p5 import P5_BEST_TOLERANCE, P5_EPOCHS_TARGET, bench_p5
+from benchmarks.tune_trials_cached_epoch import P1Setup, bench_p1
+from benchmarks.tune_trials_pruned_study import P5_BEST_TOLERANCE, P5_EPOCHS_TARGET, bench_p5
 from benchmarks.tune_trials_report import P1_TARGET, markdown, notes
 
 REPO = Path(__file__).resolve().parents[1]

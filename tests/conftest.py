@@ -81,6 +81,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def git_project(root: Path, params: dict | None = None, skip: tuple[str, ...] = ("dvc.lock",), **env_extra) -> dict:
+    """This repo's files (tracked and not ignored) in a fresh git repo at `root`; returns the env to run in.
+
+    `params`: dotted overrides written into the copy's params.yaml; `skip`: paths or folder prefixes left out
+    (dvc.lock: the copy runs its own `dvc repro`); `env_extra`: variables added to the environment.
+    """
+    from tlpipe.config import with_overrides
+
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in files:
+        if (REPO / rel).is_file() and not any(rel == s or rel.startswith(s.rstrip("/") + "/") for s in skip):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, root / rel)
+    if params:
+        raw = yaml.safe_load((root / "params.yaml").read_text())
+        (root / "params.yaml").write_text(yaml.safe_dump(with_overrides(raw, params), sort_keys=False))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+        **env_extra,
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)  # the embedded store inside the copy
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    for cmd in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=root, env=env, capture_output=True, check=True)
+    return env
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server on loopback; yields its endpoint URL (dummy credentials set for the session)."""

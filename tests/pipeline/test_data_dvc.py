@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_tree, png, write_params
+from tests.conftest import REPO, git_project, make_tree, png, write_params
 
 pytestmark = pytest.mark.slow
 CLASSES, PER_CLASS = ("a", "b"), 6
@@ -44,24 +43,7 @@ def _new_image(tmp: Path, seed: int) -> bytes:
 def project(tmp_path):
     """A git + DVC copy of the tracked files; returns (root, env, stage_status) after `dvc repro make_subset`."""
     root = tmp_path / "tlpipe"
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for rel in files:
-        if (REPO / rel).is_file() and rel != "dvc.lock" and not rel.startswith("data/"):
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, root / rel)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(root),
-        "DVC_NO_ANALYTICS": "1",
-        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-    _run(["git", "init", "-q"], root, env)
-    _run([*git, "add", "-A"], root, env)
-    _run([*git, "commit", "-qm", "copy"], root, env)
+    env = git_project(root, skip=("dvc.lock", "data/"))
 
     def repro(source: str, extra_env: dict | None = None):
         env.update(extra_env or {})

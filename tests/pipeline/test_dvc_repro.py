@@ -9,15 +9,13 @@ that the review of the new challenger renders.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import git_project
 
 pytestmark = pytest.mark.slow
 
@@ -52,31 +50,8 @@ def run(cmd, cwd, env, timeout=900):
 def repo_copy(tmp_path_factory):
     """The tracked files of this repo in a fresh git repo, params shrunk, `dvc repro` run once."""
     root = tmp_path_factory.mktemp("repro") / "tlpipe"
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for rel in files:
-        if (REPO / rel).is_file() and rel != "dvc.lock":
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, root / rel)
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    for key, value in SMALL.items():
-        section, leaf = key.split(".")
-        raw[section][leaf] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    bindir = os.path.dirname(sys.executable)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(root),
-        "PATH": f"{bindir}:{os.environ['PATH']}",
-        "TLPIPE_RUN_GROUP": "repro-test",
-        "DVC_NO_ANALYTICS": "1",
-        "TLPIPE_PARAMS_AUDIT": str(root.parent / "params-audit"),
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)  # the embedded store inside the copy
-    run(["git", "init", "-q"], root, env)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root, env)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], root, env)
+    audit = str(root.parent / "params-audit")
+    env = git_project(root, SMALL, TLPIPE_RUN_GROUP="repro-test", TLPIPE_PARAMS_AUDIT=audit)
     run([sys.executable, "-m", "pipelines.dvc_yaml"], root, env)  # what `make run` does first
     first = run([sys.executable, "-m", "dvc", "repro"], root, env, timeout=1500)
     return root, env, first

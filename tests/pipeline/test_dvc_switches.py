@@ -10,15 +10,13 @@ declared output (the tuning cache folder too) and every declared plot file. `tun
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import git_project
 
 pytestmark = pytest.mark.slow
 
@@ -45,27 +43,7 @@ def _run(cmd, cwd, env):
 
 def test_tune_disabled_and_an_application_backbone_run_under_plain_dvc_repro(tmp_path):
     root = tmp_path / "tlpipe"
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        if (REPO / rel).is_file() and rel != "dvc.lock":
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, root / rel)
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    for key, value in SWITCHES.items():
-        section, leaf = key.split(".")
-        raw[section][leaf] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(root),
-        "DVC_NO_ANALYTICS": "1",
-        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-    _run(["git", "init", "-q"], root, env)
-    _run([*git, "add", "-A"], root, env)
-    _run([*git, "commit", "-qm", "fresh checkout"], root, env)
+    env = git_project(root, SWITCHES)
     _run([sys.executable, "-m", "pipelines.dvc_yaml"], root, env)
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     assert "pretrain_backbone" not in stages and "tune" in stages

@@ -1,5 +1,6 @@
 """pipelines.submit: credentials from flags or the environment reach kfp.Client and never reach the output."""
 
+import contextlib
 import http.server
 import json
 import os
@@ -189,25 +190,19 @@ def test_unreachable_host_is_one_line_with_the_real_client(tmp_path, capsys, nam
     _assert_no_secrets(message + out.out + out.err)
 
 
-class EchoUnauthorized(http.server.BaseHTTPRequestHandler):
-    """A KFP API that refuses every request and echoes the credentials it was sent in the body."""
+class Refusing(http.server.BaseHTTPRequestHandler):
+    """A KFP API that answers every request with `status` and `body()`, and counts the requests it got."""
+
+    status = 401
+    requests: list[str] = []
+
+    def body(self) -> bytes:
+        return json.dumps({"error": "refused", "code": 16}).encode()
 
     def _refuse(self):
-        body = json.dumps(
-            {
-                "error": "Unauthorized",
-                "code": 16,
-                "echo": {
-                    "Authorization": self.headers.get("Authorization", ""),
-                    "Cookie": self.headers.get("Cookie", ""),
-                },
-            }
-        ).encode()
-        body += (
-            f"\nrequest headers: Authorization: {self.headers.get('Authorization')}; "
-            f"Cookie: {self.headers.get('Cookie')}".encode()
-        )
-        self.send_response(401)
+        type(self).requests.append(self.path)
+        body = self.body()
+        self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -219,14 +214,34 @@ class EchoUnauthorized(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class EchoUnauthorized(Refusing):
+    """A KFP API that refuses every request and echoes the credentials it was sent in the body."""
+
+    def body(self) -> bytes:
+        echo = {"Authorization": self.headers.get("Authorization", ""), "Cookie": self.headers.get("Cookie", "")}
+        body = json.dumps({"error": "Unauthorized", "code": 16, "echo": echo}).encode()
+        return body + (
+            f"\nrequest headers: Authorization: {self.headers.get('Authorization')}; "
+            f"Cookie: {self.headers.get('Cookie')}".encode()
+        )
+
+
+@contextlib.contextmanager
+def serving(handler):
+    """An HTTP server on loopback with `handler`; yields its URL and stops it after."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def echo_401():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EchoUnauthorized)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(EchoUnauthorized) as url:
+        yield url
 
 
 @pytest.mark.parametrize("namespace", [[], ["--namespace", "team-a"]], ids=["healthz-retries", "namespace"])
@@ -271,27 +286,6 @@ def test_a_401_that_echoes_the_credentials_is_one_line_with_the_token_hint(echo_
     assert "kubectl create token default-editor -n " + ("team-a" if namespace else "<namespace>") in proc.stderr
 
 
-class CountingRefusal(http.server.BaseHTTPRequestHandler):
-    """A KFP API that answers every request with `status` and counts the requests it got."""
-
-    status = 401
-    requests: list[str] = []
-
-    def _refuse(self):
-        type(self).requests.append(self.path)
-        body = json.dumps({"error": "refused", "code": 16}).encode()
-        self.send_response(self.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _refuse
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.mark.parametrize("status", [401, 500])
 def test_submit_without_namespace_fails_after_one_health_check(tmp_path, status):
     """kfp.Client retries a failing healthz 5 times 5 s apart (25 s); submit asks once and says it in one line.
@@ -300,16 +294,14 @@ def test_submit_without_namespace_fails_after_one_health_check(tmp_path, status)
     """
     import time
 
-    handler = type("Refusal", (CountingRefusal,), {"status": status, "requests": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    handler = type("Refusal", (Refusing,), {"status": status, "requests": []})
     package = tmp_path / "p.yaml"
     package.write_text("pipelineInfo: {name: tlpipe-training}\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), sub.SA_TOKEN_PATH_ENV: str(tmp_path / "none"), "HOME": str(tmp_path)}
     for key in (sub.NAMESPACE_ENV, sub.TOKEN_ENV, sub.COOKIE_ENV):
         env.pop(key, None)
     started = time.monotonic()
-    try:
+    with serving(handler) as url:
         proc = subprocess.run(
             [
                 sys.executable,
@@ -319,7 +311,7 @@ def test_submit_without_namespace_fails_after_one_health_check(tmp_path, status)
                 str(REPO / "params.yaml"),
                 "submit",
                 "--host",
-                f"http://127.0.0.1:{server.server_address[1]}",
+                url,
                 "--experiment",
                 "e",
                 "--package",
@@ -330,9 +322,6 @@ def test_submit_without_namespace_fails_after_one_health_check(tmp_path, status)
             capture_output=True,
             text=True,
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     print(
         f"submit against a {status} answered in {time.monotonic() - started:.1f} s, {len(handler.requests)} request(s)"
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.contracts.evidence import EVIDENCE, IMAGE_IDS_FILE, PREDICTIONS
+from tlpipe.contracts.evidence import EVIDENCE, IMAGE_IDS_FILE, PREDICTIONS, ImageIds
 from tlpipe.errors import PipelineError
 
 # Fixed, as in register: the decision on the same predictions must not move with the training seed.
@@ -50,20 +50,13 @@ def test_images(subset: Path) -> list[str]:
 
 def trained_on(client, version, work: Path) -> set[str] | None:
     """The sha256 of the train and val images of `version` (registration evidence), or None if unknown."""
-    import json
+    from tlpipe.tracking.registry import evidence_file
 
-    from mlflow.exceptions import MlflowException
-
-    run_id = version.tags.get("register_run_id")
-    if not run_id:
+    path = evidence_file(client, version, IMAGE_IDS_FILE, work)
+    if path is None:
         return None
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        path = client.download_artifacts(run_id, f"{EVIDENCE}/{IMAGE_IDS_FILE}", str(work))
-    except (MlflowException, OSError):
-        return None
-    ids = json.loads(Path(path).read_text(encoding="utf-8"))
-    return set(ids.get("train", [])) | set(ids.get("val", []))
+    ids = ImageIds.read(path.parent)
+    return set(ids.train) | set(ids.val)
 
 
 def unseen(test_sha: list[str], champion_trained: set[str] | None) -> np.ndarray:
@@ -99,15 +92,10 @@ def paired(
 
 def read_predictions(client, version, work: Path) -> dict | None:
     """A version's stored test predictions, or None when its registration kept none (an older tlpipe)."""
-    from mlflow.exceptions import MlflowException
+    from tlpipe.tracking.registry import evidence_file
 
-    run_id = version.tags.get("register_run_id")
-    if not run_id:
-        return None
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        path = client.download_artifacts(run_id, f"{EVIDENCE}/{PREDICTIONS}", str(work))
-    except (MlflowException, OSError):
+    path = evidence_file(client, version, PREDICTIONS, work)
+    if path is None:
         return None
     with np.load(path) as data:
         return {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tlpipe.contracts.evidence import EVIDENCE, IMAGE_IDS_FILE, LINEAGE_FILE, ImageIds
+from tlpipe.contracts.evidence import IMAGE_IDS_FILE, LINEAGE_FILE, ImageIds
 
 # Params that say where things run, not what was trained.
 VOLATILE = ("tracking.", "registry.", "tune.storage", "tune.timeout")
@@ -69,16 +69,10 @@ def pipeline_params(client, training_run) -> dict[str, str]:
 
 
 def _evidence(client, version, name: str, work: Path):
-    from mlflow.exceptions import MlflowException
+    from tlpipe.tracking.registry import evidence_file
 
-    run_id = version.tags.get("register_run_id")
-    if not run_id:
-        return None
-    try:
-        path = client.download_artifacts(run_id, f"{EVIDENCE}/{name}", str(work / str(version.version)))
-    except (MlflowException, OSError):  # an older registration without this file: nothing to compare
-        return None
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    path = evidence_file(client, version, name, work / str(version.version))  # None: an older registration
+    return json.loads(path.read_text(encoding="utf-8")) if path is not None else None
 
 
 def _flat_lineage(lineage: dict | None) -> dict[str, str]:

@@ -10,6 +10,7 @@ import getpass
 import json
 import os
 import time
+from pathlib import Path
 
 from tlpipe.errors import PipelineError
 from tlpipe.redact import redact, redact_text
@@ -227,3 +228,22 @@ def existing_version(client, name: str, run_id: str):
         if version.tags.get("training_run_id") == run_id:
             return version
     return None
+
+
+def evidence_file(client, version, name: str, work: Path) -> Path | None:
+    """One file of a version's registration evidence, downloaded under `work`; None when it has none.
+
+    A version registered by an older tlpipe may lack a file (or the register run): callers then go without it.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from tlpipe.contracts.evidence import EVIDENCE
+
+    run_id = version.tags.get("register_run_id")
+    if not run_id:
+        return None
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(client.download_artifacts(run_id, f"{EVIDENCE}/{name}", str(work)))
+    except (MlflowException, OSError):
+        return None
