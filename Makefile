@@ -141,8 +141,8 @@ BENCHMARKS = input_pipeline tune_trials pruning regimes scale study_cost data_si
 bench: venv ## every benchmark -> benchmarks/results/ (QUICK=1: tiny settings, a smoke run, results in /tmp)
 	$(foreach name,$(BENCHMARKS),nice -n 19 python -m benchmarks.$(name) --out $(BENCH_OUT)/$(name).json $(BENCH_ARGS_$(name)) &&) true
 
-readme-numbers: venv ## run the default pipeline in a scratch folder -> benchmarks/results/readme_numbers.{json,md} and the README tables, with the commit
-	nice -n 19 python -m benchmarks.readme_numbers
+readme-numbers: venv ## make run in a fresh clone of HEAD -> benchmarks/results/readme_numbers.{json,md}, the README tables (with the commit), dvc.lock and the metrics files
+	nice -n 19 python -m benchmarks.readme_numbers --adopt
 
 image: ## build the CPU image (needs a Docker engine; none here)
 	docker build --build-arg VARIANT=cpu --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(IMAGE):$(TAG) .

@@ -1,23 +1,25 @@
 """The README's numbers: the default pipeline on the embedded digits, run at a commit, written beside that commit.
 
-Runs every declared step (as `make run` / `dvc repro` does) on params.yaml as committed, in a scratch project
-folder with its own MLflow and Optuna stores, in a child process, and times it. Then writes
+Runs `make run` in a fresh clone of HEAD (params.yaml as committed, the clone's own MLflow and Optuna stores),
+exactly as a user's first run, and times it. Then writes
 `benchmarks/results/readme_numbers.json` and `.md`: final accuracy with its bootstrap 95% CI, the frozen-features
 and from-scratch baselines, evaluate's `vs_best_baseline` (delta, exact McNemar p), the final model against the
 from-scratch baseline (exact McNemar on the same test images), the regime and freeze ratio tuning chose, the
-wall time, and the commit (`git rev-parse --short HEAD`, "dirty" when tracked files differ from it). The README
+wall time, and the commit (`git rev-parse --short HEAD`). The README
 blocks between `<!-- readme-numbers:default -->` / `<!-- readme-numbers:grid -->` markers are rewritten from
 this file and from `benchmarks/results/data_size.json`, so no number in them is typed by hand.
 
-    make readme-numbers        # = python -m benchmarks.readme_numbers
+    make readme-numbers        # = python -m benchmarks.readme_numbers --adopt (dvc.lock and metrics too)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +28,7 @@ import yaml
 
 from benchmarks.data_size import commit, machine, paired
 from benchmarks.data_size import markdown as grid_markdown
-from benchmarks.data_size import run as run_pipeline
-from benchmarks.regimes import project, read_json
+from benchmarks.regimes import read_json
 from tlpipe.contracts import EvalMetrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +55,48 @@ def numbers(root: Path, seconds: float) -> dict:
     }
 
 
+def run_make_run(adopt: bool) -> dict:
+    """`make run` in a fresh clone of HEAD, exactly as a user runs it; the numbers from its reports.
+
+    A clone, not this working tree: the numbers belong to a commit, and uncommitted edits are not in it. With
+    `adopt`, the clone's dvc.lock and the report files git keeps (metrics, plot data) replace this checkout's.
+    """
+    code = commit().removesuffix("-dirty")  # the clone holds HEAD only
+    with tempfile.TemporaryDirectory(prefix="tlpipe-readme-") as tmp:
+        root = Path(tmp) / "tlpipe"
+        subprocess.run(["git", "clone", "-q", str(REPO), str(root)], check=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TLPIPE_"))}
+        log = Path(tmp) / "make-run.log"
+        start = time.perf_counter()
+        with open(log, "w", encoding="utf-8") as out:
+            code_run = subprocess.run(["make", "run"], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        seconds = time.perf_counter() - start
+        if code_run.returncode:
+            raise SystemExit(f"make run failed in the clone ({code_run.returncode}):\n{log.read_text()[-3000:]}")
+        params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+        result = {
+            "commit": code,
+            "when": time.strftime("%Y-%m-%d"),
+            "machine": machine(),
+            "command": "make run (fresh clone)",
+            "numbers": numbers(root, seconds),
+            "train_per_class": params["make_subset"]["train_per_class"],
+        }
+        if adopt:
+            changed = subprocess.run(
+                ["git", "ls-files", "-m", "-o", "--exclude-standard", "dvc.lock", "reports"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+            for rel in changed:
+                (REPO / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(root / rel, REPO / rel)
+            print(f"adopted from the run: {', '.join(changed)}")
+    return result
+
+
 def table(result: dict) -> str:
     """The markdown table of one readme-numbers result, with the commit it was run at."""
     n = result["numbers"]
@@ -63,7 +106,8 @@ def table(result: dict) -> str:
     return (
         "\n".join(
             [
-                f"Run at commit `{result['commit']}` ({result['when']}, {result['machine']}); "
+                f"{'`make run` on a fresh clone of commit' if result.get('command') else 'Run at commit'} "
+                f"`{result['commit']}` ({result['when']}, {result['machine']}); "
                 f"{result['train_per_class']} training images per class, {n['test_images']} test images.",
                 "",
                 "| final (95% CI) | frozen features + head | from scratch | vs best baseline (McNemar p) | "
@@ -121,25 +165,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--readme", type=Path, default=REPO / "README.md")
     p.add_argument("--grid", type=Path, default=RESULTS / "data_size.json")
     p.add_argument("--from-json", action="store_true", help="no run: rewrite the .md and README from --out")
+    p.add_argument(
+        "--adopt",
+        action="store_true",
+        help="also copy the run's dvc.lock and the report files git keeps into this checkout (what to commit)",
+    )
     args = p.parse_args(argv)
     if args.from_json:
         result = read_json(args.out)
     else:
-        code = commit()  # before the run: the outputs written below make the tree dirty
-        with tempfile.TemporaryDirectory(prefix="tlpipe-readme-") as tmp:
-            root = Path(tmp) / "project"
-            params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-            project(root, params["seed"], [])
-            start = time.perf_counter()
-            run_pipeline(root, register=True)
-            result = {
-                "commit": code.replace("-dirty", " (dirty)"),
-                "when": time.strftime("%Y-%m-%d"),
-                "machine": machine(),
-                "numbers": numbers(root, time.perf_counter() - start),
-                "train_per_class": params["make_subset"]["train_per_class"],
-            }
-            shutil.rmtree(root / "checkpoints", ignore_errors=True)
+        result = run_make_run(args.adopt)
         args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     args.out.with_suffix(".md").write_text("# README numbers\n\n" + table(result), encoding="utf-8")
     update_readme(args.readme, result, read_json(args.grid))
