@@ -14,7 +14,6 @@ from __future__ import annotations
 # GX 1.x documents `gx.expectations.Expect...` and `gx.checkpoint.UpdateDataDocsAction` as its API, but its
 # packages re-export them without `__all__`, which pyright reads as private.
 # pyright: reportPrivateImportUsage=false
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,7 +22,14 @@ from pathlib import Path
 import pandas as pd
 
 from tlpipe.cli import parser, run_main, step_params
-from tlpipe.contracts import QUARANTINE, SHARDS_DIR, VALIDATION_PAGE, VALIDATION_REPORT, SubsetSummary, ValidationResult
+from tlpipe.contracts import (
+    QUARANTINE,
+    SHARDS_DIR,
+    VALIDATION_PAGE,
+    SubsetSummary,
+    ValidationReport,
+    ValidationResult,
+)
 from tlpipe.data.datasets import read_manifest
 from tlpipe.data.images import BadImage, normalise
 from tlpipe.data.records import records
@@ -201,7 +207,7 @@ def validate(subset: Path, cfg: ValidateDataConfig, max_pixels: int, gx_dir: Pat
 def write_report(report: dict, folder: Path) -> None:
     """report.json and report.html (rendered from templates/validation.html.j2)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / VALIDATION_REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    ValidationReport.model_validate(report).write(folder)
     html = render("validation.html.j2", report=report, verdict="PASSED" if report["success"] else "FAILED")
     (folder / VALIDATION_PAGE).write_text(html, encoding="utf-8")
 

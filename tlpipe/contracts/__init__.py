@@ -115,6 +115,20 @@ class ValidationResult(Contract):
     quarantined: int
 
 
+class ValidationReport(Contract):
+    """validate_data: every check with its result, the quarantined files and the class counts (always written)."""
+
+    FILE: ClassVar[str] = VALIDATION_REPORT
+    PRODUCER: ClassVar[str] = "validate_data"
+    success: bool
+    subset: str
+    images: int
+    classes: list[str]
+    checks: list[dict[str, Any]]  # table, expectation, success, examples (components/validate_data.py: Check)
+    quarantine: list[dict[str, str]]
+    class_counts: list[dict[str, Any]]
+
+
 class BackboneInfo(Contract):
     """pretrain_backbone: what the backbone is and what it was trained on."""
 
