@@ -84,3 +84,28 @@ def test_the_study_context_builds_the_worker_setup_from_the_params(tmp_path):
     assert setup.regimes == ("scratch",)  # an application backbone without weights: nothing to transfer
     assert (setup.defaults.dropout, setup.defaults.head_units) == (PARAMS.model.dropout, PARAMS.model.head_units)
     assert ctx.study_name.startswith(f"{PARAMS.tune.study_name}-")
+
+
+def test_a_tuning_worker_makes_tf_ops_repeatable_like_every_training_step(tmp_path, monkeypatch):
+    """The trials of two runs must match to the last digit: the study ranks them by val_loss."""
+    import tlpipe.models.training as training
+    import tlpipe.tuning.context as context
+
+    for name in ("subset", "augmented", "head"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "subset" / "manifest.csv").write_text("path,class,split,sha256\n")
+    params = PARAMS.model_copy(update={"deterministic": True})
+    ctx = StudyContext(
+        params,
+        subset=tmp_path / "subset",
+        augmented=tmp_path / "augmented",
+        head=tmp_path / "head",
+        backbone="mobilenet_v2",
+        cache_dir=tmp_path / "cache",
+        worker_index=0,
+    )
+    calls = []
+    monkeypatch.setattr(training, "set_determinism", lambda seed, deterministic: calls.append((seed, deterministic)))
+    monkeypatch.setattr(context, "Worker", lambda setup: setup)
+    assert ctx.worker() is ctx.setup
+    assert calls == [(7, True)]

@@ -80,5 +80,10 @@ class StudyContext:
         return create_study(self.cfg, self.study_name, self.params.seed, self.storage, self.worker_index)
 
     def worker(self) -> Worker:
-        """A worker of this study (loads the data and the backbone)."""
+        """A worker of this study (loads the data and the backbone), its TF ops repeatable like every step's."""
+        from tlpipe.models.training import set_determinism
+
+        # Without op determinism two runs of the same trial differ in the last digits of val_loss (multi-threaded
+        # CPU kernels), and a study that ranks trials by it may pick another one.
+        set_determinism(self.params.seed, self.params.deterministic)
         return Worker(self.setup)
