@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def batch_facts(x: np.ndarray) -> dict:
     return {"batch_shape": list(x.shape), "dtype": str(x.dtype), "min": float(x.min()), "max": float(x.max())}
 
 
-class Loader:
+class Loader(ABC):
     """One loader under test: a timed setup, then timed epochs, with the CPU time it used counted."""
 
     def __init__(self, name: str, setup_is: str):
@@ -79,9 +80,9 @@ class Loader:
         self.setup_seconds, self.epoch_seconds, self.cpu, self.count, self.sample = 0.0, [], 0.0, 0, {}
         self.extra: dict = {}
 
+    @abstractmethod
     def _epoch(self) -> tuple[int, Any]:
-        """One epoch's (images delivered, last batch): each loader defines it."""
-        raise NotImplementedError
+        """One epoch's (images delivered, last batch)."""
 
     def timed(self, fn):
         """Run fn, charging its wall and CPU time to this loader; return (result, wall seconds)."""

@@ -66,19 +66,24 @@ def test_the_worker_setup_is_keyword_only_and_frozen():
         WorkerSetup(PARAMS.tune)  # type: ignore[misc]
 
 
-def test_the_study_context_builds_the_worker_setup_from_the_params(tmp_path):
+def _context(tmp_path, params, worker_index: int) -> StudyContext:
+    """A study context over empty input folders (an empty manifest), an application backbone without weights."""
     for name in ("subset", "augmented", "head"):
         (tmp_path / name).mkdir()
     (tmp_path / "subset" / "manifest.csv").write_text("path,class,split,sha256\n")
-    ctx = StudyContext(
-        PARAMS,
+    return StudyContext(
+        params,
         subset=tmp_path / "subset",
         augmented=tmp_path / "augmented",
         head=tmp_path / "head",
         backbone="mobilenet_v2",
         cache_dir=tmp_path / "cache",
-        worker_index=3,
+        worker_index=worker_index,
     )
+
+
+def test_the_study_context_builds_the_worker_setup_from_the_params(tmp_path):
+    ctx = _context(tmp_path, PARAMS, worker_index=3)
     setup = ctx.setup
     assert setup.worker == 3 and setup.cfg == PARAMS.tune and setup.recipe.image_size == 40
     assert setup.regimes == ("scratch",)  # an application backbone without weights: nothing to transfer
@@ -91,19 +96,7 @@ def test_a_tuning_worker_makes_tf_ops_repeatable_like_every_training_step(tmp_pa
     import tlpipe.models.training as training
     import tlpipe.tuning.context as context
 
-    for name in ("subset", "augmented", "head"):
-        (tmp_path / name).mkdir()
-    (tmp_path / "subset" / "manifest.csv").write_text("path,class,split,sha256\n")
-    params = PARAMS.model_copy(update={"deterministic": True})
-    ctx = StudyContext(
-        params,
-        subset=tmp_path / "subset",
-        augmented=tmp_path / "augmented",
-        head=tmp_path / "head",
-        backbone="mobilenet_v2",
-        cache_dir=tmp_path / "cache",
-        worker_index=0,
-    )
+    ctx = _context(tmp_path, PARAMS.model_copy(update={"deterministic": True}), worker_index=0)
     calls = []
     monkeypatch.setattr(training, "set_determinism", lambda seed, deterministic: calls.append((seed, deterministic)))
     monkeypatch.setattr(context, "Worker", lambda setup: setup)

@@ -244,40 +244,21 @@ def echo_401():
         yield url
 
 
-@pytest.mark.parametrize("namespace", [[], ["--namespace", "team-a"]], ids=["healthz-retries", "namespace"])
-def test_a_401_that_echoes_the_credentials_is_one_line_with_the_token_hint(echo_401, tmp_path, namespace):
+def _submit(host: str, tmp_path, credentials: dict, *extra: str) -> subprocess.CompletedProcess:
+    """`training_pipeline submit` of a stub package to `host`, with only `credentials` from the environment."""
     package = tmp_path / "p.yaml"
     package.write_text("pipelineInfo: {name: tlpipe-training}\n")
-    env = {
-        **os.environ,
-        sub.TOKEN_ENV: TOKEN,
-        sub.COOKIE_ENV: COOKIE,
-        "PYTHONPATH": str(REPO),
-        sub.SA_TOKEN_PATH_ENV: str(tmp_path / "none"),
-        "HOME": str(tmp_path),
-    }
-    env.pop(sub.NAMESPACE_ENV, None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.training_pipeline",
-            "--params",
-            str(REPO / "params.yaml"),
-            "submit",
-            "--host",
-            echo_401,
-            "--experiment",
-            "e",
-            "--package",
-            str(package),
-            *namespace,
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), sub.SA_TOKEN_PATH_ENV: str(tmp_path / "none"), "HOME": str(tmp_path)}
+    for key in (sub.NAMESPACE_ENV, sub.TOKEN_ENV, sub.COOKIE_ENV):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "pipelines.training_pipeline", "--params", str(REPO / "params.yaml"), "submit"]
+    cmd += ["--host", host, "--experiment", "e", "--package", str(package), *extra]
+    return subprocess.run(cmd, cwd=tmp_path, env={**env, **credentials}, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("namespace", [[], ["--namespace", "team-a"]], ids=["healthz-retries", "namespace"])
+def test_a_401_that_echoes_the_credentials_is_one_line_with_the_token_hint(echo_401, tmp_path, namespace):
+    proc = _submit(echo_401, tmp_path, {sub.TOKEN_ENV: TOKEN, sub.COOKIE_ENV: COOKIE}, *namespace)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output
     assert output.count(TOKEN) + output.count(COOKIE_VALUE) == 0, output
@@ -295,33 +276,9 @@ def test_submit_without_namespace_fails_after_one_health_check(tmp_path, status)
     import time
 
     handler = type("Refusal", (Refusing,), {"status": status, "requests": []})
-    package = tmp_path / "p.yaml"
-    package.write_text("pipelineInfo: {name: tlpipe-training}\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO), sub.SA_TOKEN_PATH_ENV: str(tmp_path / "none"), "HOME": str(tmp_path)}
-    for key in (sub.NAMESPACE_ENV, sub.TOKEN_ENV, sub.COOKIE_ENV):
-        env.pop(key, None)
     started = time.monotonic()
     with serving(handler) as url:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pipelines.training_pipeline",
-                "--params",
-                str(REPO / "params.yaml"),
-                "submit",
-                "--host",
-                url,
-                "--experiment",
-                "e",
-                "--package",
-                str(package),
-            ],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        proc = _submit(url, tmp_path, {})
     print(
         f"submit against a {status} answered in {time.monotonic() - started:.1f} s, {len(handler.requests)} request(s)"
     )

@@ -85,11 +85,16 @@ def fetch(
         if not path.exists():
             raise PipelineError(f"{uri}: file not found")
         return path
+    from filelock import FileLock
     from fsspec.implementations.cached import WholeFileCacheFileSystem
 
+    from tlpipe.fingerprint import digest
     from tlpipe.redact import redact_text
 
-    base = Path(cache_dir or os.path.join(tempfile.gettempdir(), "tlpipe-s3"))
+    # One cache per endpoint (two object stores may hold the same bucket and key), one process at a time:
+    # fsspec writes a download straight into the cached file.
+    base = Path(cache_dir or os.path.join(tempfile.gettempdir(), "tlpipe-s3")) / digest(endpoint_url or "aws", 12)
+    base.mkdir(parents=True, exist_ok=True)
     cached = WholeFileCacheFileSystem(
         fs=filesystem(uri, endpoint_url, max_attempts),
         cache_storage=str(base),
@@ -97,7 +102,7 @@ def fetch(
         cache_mapper=_HashKeepingSuffix(),
     )
     try:
-        with cached.open(uri, "rb") as fh:
+        with FileLock(str(base / ".lock")), cached.open(uri, "rb") as fh:
             return Path(fh.name)
     except FileNotFoundError:
         raise PipelineError(f"{uri}: no such object; check the bucket and the key") from None

@@ -48,18 +48,19 @@ def _lock_file() -> Path:
 def lineage_tags(inputs: dict[str, str], validation: str | None) -> dict[str, str]:
     """Tags tying a run to its code and data: git commit, dvc.lock md5 and content hash of each input."""
     tags = {"git_commit": git_commit()}
-    lock = dvc_lock_hashes(list(inputs.values()))
     # Under `dvc repro` (DVC sets DVC_STAGE for every stage command) an input another stage made has the md5 that
     # DVC recorded in dvc.lock when that stage ran or was verified up to date: no need to hash it again here.
     # Elsewhere (Kubeflow, a step run by hand) the input is hashed once, at the step's start.
-    verified = dvc_lock_hashes(list(inputs.values()), _lock_file(), outs_only=True) if _under_dvc() else {}
+    under_dvc = _under_dvc()
+    paths = list(inputs.values())
+    lock = dvc_lock_hashes(paths, _lock_file(), outs_only=True) if under_dvc else dvc_lock_hashes(paths)
     for name, path in inputs.items():
         if Path(path).exists():
             tags[f"data.{name}.path"] = str(path)
-            if path not in verified:
+            if not (under_dvc and path in lock):
                 tags[f"data.{name}.sha256"] = content_hash(path)
-        if path in lock or path in verified:
-            tags[f"data.{name}.dvc_md5"] = verified.get(path) or lock[path]
+        if path in lock:
+            tags[f"data.{name}.dvc_md5"] = lock[path]
     if validation and (Path(validation) / ValidationResult.FILE).is_file():
         result = ValidationResult.read(validation)
         tags["data_validation"] = "passed" if result.success else "failed"
