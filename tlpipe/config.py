@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from omegaconf import OmegaConf
-from pydantic import ValidationError, create_model
+from pydantic import ValidationError, create_model, model_validator
 
 from tlpipe import sections
 from tlpipe.errors import ConfigError
@@ -48,13 +48,35 @@ class _Shared(_Section):
         def __getattr__(self, name: str) -> Any: ...
 
 
+# An application backbone without weights trains from scratch; at 5 training images per class mobilenet_v2 stayed
+# at chance (0.20) in every arm, at 25 it reached 0.885 (benchmarks/results/data_size_mobilenet.md). Below this
+# it is refused before any step runs, with what to do instead.
+MIN_SCRATCH_TRAIN_PER_CLASS = 25
+
+
 class Params(create_model("Params", __base__=_Shared, **{key: (model, model()) for key, model in SECTIONS.items()})):  # type: ignore[misc]
     """The whole `params.yaml`: the shared keys plus one field per section model."""
+
+    @model_validator(mode="after")
+    def _untrained_application_needs_data(self) -> Params:
+        model, per_class = self.model, self.make_subset.train_per_class
+        if model.backbone in sections.APPLICATION_BACKBONES and model.weights == "none":
+            if per_class < MIN_SCRATCH_TRAIN_PER_CLASS:
+                raise ValueError(
+                    f"model.backbone {model.backbone} with model.weights none trains from scratch, and "
+                    f"make_subset.train_per_class {per_class} is below {MIN_SCRATCH_TRAIN_PER_CLASS}, where it "
+                    "stayed at chance (benchmarks/results/data_size_mobilenet.md); give it weights (model.weights: "
+                    f"imagenet, a file, s3:// or models:/ URI), use model.backbone: pretrain, or raise "
+                    f"make_subset.train_per_class to {MIN_SCRATCH_TRAIN_PER_CLASS} or more"
+                )
+        return self
 
 
 def _describe(error: Mapping[str, Any], raw: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in error["loc"])
     msg = error["msg"].removeprefix("Value error, ")
+    if not key:  # a rule across sections names its own keys
+        return msg
     if error["type"] == "extra_forbidden":
         section = ".".join(str(p) for p in error["loc"][:-1])
         target = Params

@@ -87,7 +87,20 @@ UNRUNNABLE = [
     ({"make_digits": {"source_classes": [1, 2], "target_classes": [2, 3]}}, "overlap on [2]; make them disjoint"),
     ({"make_digits": {"target_classes": [5, 5, 6]}}, "target_classes [5, 5, 6] repeats a class"),
     ({"pretrain_backbone": {"filters": []}}, "pretrain_backbone.filters = []: List should have at least 1 item"),
+    (
+        {"model": {"backbone": "mobilenet_v2", "image_size": 96}, "make_subset": {"train_per_class": 10}},
+        "model.backbone mobilenet_v2 with model.weights none trains from scratch, and make_subset.train_per_class "
+        "10 is below 25",
+    ),
 ]
+
+
+def test_an_untrained_application_backbone_is_refused_only_at_small_data():
+    """25 images per class trained in the benchmark; pretrained weights or our own backbone are fine at any size."""
+    app = {"backbone": "mobilenet_v2", "image_size": 96}
+    assert parse_params({"model": app, "make_subset": {"train_per_class": 25}}).model.backbone == "mobilenet_v2"
+    assert parse_params({"model": {**app, "weights": "imagenet"}, "make_subset": {"train_per_class": 5}})
+    assert parse_params({"make_subset": {"train_per_class": 5}}).model.backbone == "pretrain"
 
 
 @pytest.mark.parametrize(("raw", "expected"), UNRUNNABLE)

@@ -97,7 +97,11 @@ def test_the_check_line_names_the_fix(tmp_path, capsys):
     params.write_text((REPO / "params.yaml").read_text())
     dvc_file = tmp_path / "dvc.yaml"
     dvc_file.write_text(render(params))
-    params.write_text(params.read_text().replace("backbone: pretrain", "backbone: mobilenet_v2"))
+    params.write_text(
+        params.read_text()
+        .replace("backbone: pretrain", "backbone: mobilenet_v2")
+        .replace("weights: none", "weights: imagenet")
+    )
     with pytest.raises(SystemExit):
         check_stage("extract_features", params, dvc_file)
     err = capsys.readouterr().err.strip()

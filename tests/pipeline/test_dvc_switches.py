@@ -21,7 +21,7 @@ from tests.conftest import git_project
 pytestmark = pytest.mark.slow
 
 SWITCHES = {
-    "make_subset.train_per_class": 12,
+    "make_subset.train_per_class": 25,  # the fewest an untrained application is allowed
     "make_subset.val_per_class": 5,
     "make_subset.test_per_class": 6,
     "model.backbone": "mobilenet_v2",

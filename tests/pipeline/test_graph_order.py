@@ -10,7 +10,12 @@ from pipelines.step import Ref
 from tests.conftest import REPO
 from tlpipe.config import load_params
 
-VARIANTS = ({}, {"model.backbone": "mobilenet_v2"}, {"data.source": "s3://bucket/photos"}, {"tune.enabled": False})
+VARIANTS = (
+    {},
+    {"model.backbone": "mobilenet_v2", "model.weights": "imagenet"},
+    {"data.source": "s3://bucket/photos"},
+    {"tune.enabled": False},
+)
 
 
 def _valid(steps) -> bool:

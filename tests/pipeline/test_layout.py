@@ -154,7 +154,7 @@ def test_pretrain_source_is_honoured(tmp_path):
 
 
 def test_application_backbone_has_no_pretrain_stage(tmp_path):
-    steps, stages = _stages(tmp_path, model={"backbone": "mobilenet_v2", "image_size": 32})
+    steps, stages = _stages(tmp_path, model={"backbone": "mobilenet_v2", "weights": "imagenet", "image_size": 32})
     assert "pretrain_backbone" not in stages
     assert "--backbone mobilenet_v2" in stages["fine_tune"]["cmd"]
     # So model.image_size cannot rerun a pretrain stage: none exists for an application backbone.
@@ -164,8 +164,14 @@ def test_application_backbone_has_no_pretrain_stage(tmp_path):
 def test_users_own_data_replaces_make_digits(tmp_path):
     source = tmp_path / "my_images"
     source.mkdir()
-    _, stages = _stages(tmp_path, source=str(source), model={"backbone": "resnet50", "image_size": 32})
+    _, stages = _stages(
+        tmp_path, source=str(source), model={"backbone": "resnet50", "weights": "imagenet", "image_size": 32}
+    )
     assert "make_digits" not in stages
     assert str(source) in stages["make_subset"]["deps"]
-    _, stages = _stages(tmp_path, source="s3://bucket/photos.zip", model={"backbone": "resnet50", "image_size": 32})
+    _, stages = _stages(
+        tmp_path,
+        source="s3://bucket/photos.zip",
+        model={"backbone": "resnet50", "weights": "imagenet", "image_size": 32},
+    )
     assert "s3://bucket/photos.zip" in stages["make_subset"]["deps"]

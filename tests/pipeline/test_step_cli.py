@@ -17,7 +17,11 @@ from tlpipe.config import load_params
 
 VARIANTS = {
     "default": {},
-    "own data, application backbone": {"data.source": "s3://bucket/photos", "model.backbone": "mobilenet_v2"},
+    "own data, application backbone": {
+        "data.source": "s3://bucket/photos",
+        "model.backbone": "mobilenet_v2",
+        "model.weights": "imagenet",
+    },
     "tuning off": {"tune.enabled": False},
 }
 
