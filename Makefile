@@ -136,7 +136,8 @@ BENCH_ARGS_regimes = $(if $(QUICK),--seeds 5 --work $(BENCH_QUICK_DIR)/regimes $
 BENCH_ARGS_scale = $(if $(QUICK),--sizes 60 --work $(BENCH_QUICK_DIR)/scale)
 BENCH_ARGS_study_cost = $(if $(QUICK),--sizes 16 --seeds 42 --trials 2 --work $(BENCH_QUICK_DIR)/study_cost $(BENCH_TINY_SET))
 BENCH_ARGS_data_size = $(if $(QUICK),--quick --sizes 4 --seeds 5 --image-size 16 --work $(BENCH_QUICK_DIR)/data_size $(BENCH_TINY_SET))
-BENCHMARKS = input_pipeline tune_trials pruning regimes scale study_cost data_size
+BENCH_ARGS_transfer_source = $(if $(QUICK),--quick)
+BENCHMARKS = input_pipeline tune_trials pruning regimes scale study_cost data_size transfer_source
 
 bench: venv ## every benchmark -> benchmarks/results/ (QUICK=1: tiny settings, a smoke run, results in /tmp)
 	$(foreach name,$(BENCHMARKS),nice -n 19 python -m benchmarks.$(name) --out $(BENCH_OUT)/$(name).json $(BENCH_ARGS_$(name)) &&) true
