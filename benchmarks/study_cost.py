@@ -34,9 +34,10 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks import data_size
 from benchmarks.study_cost_arms import REPO, arm_naive, arm_tlpipe, overrides, write_params
 from benchmarks.study_cost_overhead import step_overhead
-from benchmarks.study_cost_report import RATIO_GOAL, _load, markdown, summarize_rows
+from benchmarks.study_cost_report import RATIO_GOAL, _load, markdown, per_size, summarize_rows
 
 UPSTREAM = [
     "make_digits",
@@ -148,6 +149,22 @@ def final_tests(root: Path, size: int, trials: int, runs: list[Path], extra: dic
         path.write_text(json.dumps(run, indent=1))
 
 
+def merge_earlier(out: Path, runs: dict) -> list[str]:
+    """`--merge`: the earlier result's runs of (size, seed) pairs this run did not redo join `runs`; their keys.
+
+    Each kept run is what that earlier run wrote (its seconds, load and test accuracy), so a later run can add
+    seeds or sizes without redoing the ones already measured.
+    """
+    earlier = json.loads(out.read_text(encoding="utf-8")).get("runs", {}) if out.is_file() else {}
+    redone = {(size, seed) for size, seed, _ in runs}
+    kept = []
+    for key, run in earlier.items():
+        if (run["size"], run["seed"]) not in redone:
+            runs[(run["size"], run["seed"], run["arm"])] = run
+            kept.append(key)
+    return kept
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -164,6 +181,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--work", type=Path, help="keep the projects here (default: a temporary folder)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/study_cost.json")
+    p.add_argument("--merge", action="store_true", help="keep the earlier --out file's runs of other size/seeds")
     p.add_argument("--no-final", action="store_true", help="skip the final fine-tunes")
     p.add_argument("--set", action="append", default=[], help="params override section.key=value (smoke tests)")
     p.add_argument("--repeats", type=int, default=3, help="overhead: interleaved repeats")
@@ -203,23 +221,8 @@ def bench(args: argparse.Namespace) -> dict:
             for arm in order:
                 out = work / "runs" / f"px{size}-seed{seed}-{arm}" / "run.json"
                 out.parent.mkdir(parents=True, exist_ok=True)
-                run_child(
-                    [
-                        arm,
-                        "--root",
-                        str(root),
-                        "--size",
-                        str(size),
-                        "--seed",
-                        str(seed),
-                        "--trials",
-                        str(args.trials),
-                        "--run",
-                        str(out),
-                        *extra,
-                    ],
-                    work / "log.txt",
-                )
+                common = ["--root", str(root), "--size", str(size), "--trials", str(args.trials)]
+                run_child([arm, *common, "--seed", str(seed), "--run", str(out), *extra], work / "log.txt")
                 run = json.loads(out.read_text())
                 run.update(order=list(order), load_before=load)
                 out.write_text(json.dumps(run, indent=1))
@@ -231,26 +234,17 @@ def bench(args: argparse.Namespace) -> dict:
                 )
         if not args.no_final:
             files = [work / "runs" / f"px{size}-seed{s}-{a}" / "run.json" for s in seeds for a in ("naive", "tlpipe")]
-            run_child(
-                [
-                    "final",
-                    "--root",
-                    str(root),
-                    "--size",
-                    str(size),
-                    "--trials",
-                    str(args.trials),
-                    "--run",
-                    *map(str, files),
-                    *extra,
-                ],
-                work / "log.txt",
-            )
+            common = ["--root", str(root), "--size", str(size), "--trials", str(args.trials)]
+            run_child(["final", *common, "--run", *map(str, files), *extra], work / "log.txt")
             for s in seeds:
                 for a in ("naive", "tlpipe"):
                     runs[(size, s, a)] = json.loads((work / "runs" / f"px{size}-seed{s}-{a}" / "run.json").read_text())
+    merged = merge_earlier(args.out, runs) if args.merge else []
     result = {
         "rows": summarize_rows(runs),
+        "commit": data_size.commit(),
+        "per_size": per_size(summarize_rows(runs)),
+        "merged_from_earlier_file": merged,
         "machine": machine(),
         "load": {"start": load_start, "end": _load()},
         "parameters": {

@@ -117,3 +117,36 @@ def test_pruning_benchmark_writes_report(tmp_path):
     for row in rows.values():
         assert 0 <= row["test"] <= 1 and row["epochs"] > 0 and sum(row["states"].values()) == 3
     assert out.with_suffix(".md").read_text().startswith("# Pruning")
+
+
+def _run(size, seed, arm, seconds, test):
+    return {"size": size, "seed": seed, "arm": arm, "seconds": seconds, "to_best_s": 1.0, "best": 0.1,
+            "test_accuracy": test, "test_images": 200, "states": {}, "epochs": 5, "params": {}}  # fmt: skip
+
+
+def test_merge_keeps_only_the_earlier_runs_this_run_did_not_redo(tmp_path):
+    from benchmarks.study_cost import merge_earlier
+
+    earlier = {f"px{s}-seed{d}-{a}": _run(s, d, a, 100.0, 0.9) for s, d in ((32, 42), (96, 42)) for a in ("naive", "tlpipe")}  # fmt: skip  # noqa: E501
+    out = tmp_path / "study_cost.json"
+    out.write_text(json.dumps({"runs": earlier}))
+    runs = {(96, 42, a): _run(96, 42, a, 50.0, 0.95) for a in ("naive", "tlpipe")}
+    assert sorted(merge_earlier(out, runs)) == ["px32-seed42-naive", "px32-seed42-tlpipe"]
+    assert runs[(96, 42, "naive")]["seconds"] == 50.0 and runs[(32, 42, "tlpipe")]["seconds"] == 100.0
+    assert merge_earlier(tmp_path / "missing.json", {}) == []
+
+
+def test_per_size_judges_the_median_ratio_and_the_mean_image_gap_at_96_px_and_up():
+    from benchmarks.study_cost_report import per_size, summarize_rows
+
+    runs = {}
+    for seed, (tl_s, tl_test) in zip((42, 43, 44), ((40.0, 0.90), (60.0, 0.895), (45.0, 0.90)), strict=True):
+        runs[(96, seed, "naive")] = _run(96, seed, "naive", 100.0, 0.90)
+        runs[(96, seed, "tlpipe")] = _run(96, seed, "tlpipe", tl_s, tl_test)
+        runs[(32, seed, "naive")] = _run(32, seed, "naive", 100.0, 0.90)
+        runs[(32, seed, "tlpipe")] = _run(32, seed, "tlpipe", 90.0, 0.90)
+    sizes = {s["image_size"]: s for s in per_size(summarize_rows(runs))}
+    assert sizes[96]["median_ratio"] == 0.45 and sizes[96]["mean_test_images_vs_naive"] == -0.33
+    assert sizes[96]["goal_met"] is True and sizes[32]["goal_met"] is None  # the goal is set at >= 96 px
+    runs[(96, 43, "tlpipe")]["test_accuracy"] = 0.88  # 4 images short on one seed: -1.33 on average
+    assert per_size(summarize_rows(runs))[1]["goal_met"] is False
