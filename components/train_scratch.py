@@ -24,6 +24,7 @@ PARAMS = (
     "train_scratch",
     "fine_tune.epochs",
     "fine_tune.batch_size",
+    "fine_tune.min_steps_per_epoch",
     "fine_tune.patience",
     "fine_tune.monitor",
     "fine_tune.mixed_precision",

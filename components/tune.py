@@ -26,6 +26,7 @@ PARAMS = (
     "model.head_units",
     "model.dropout",
     "fine_tune.batch_size",
+    "fine_tune.min_steps_per_epoch",
     "seed",
     "deterministic",
     "storage.endpoint_url",

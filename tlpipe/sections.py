@@ -151,6 +151,9 @@ class FineTuneConfig(_Section):
     learning_rate: PositiveFloat = 1e-4
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 32
+    # An epoch is at least this many steps (the augmented training split repeated, each pass drawn anew):
+    # with 5 images per class an epoch is one step, too short for early stopping to judge.
+    min_steps_per_epoch: PositiveInt = 1
     patience: PositiveInt = 4
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     mixed_precision: bool = False

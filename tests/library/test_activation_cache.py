@@ -10,6 +10,7 @@ import pytest
 from tests.steps.test_tune import hp_of, load, params_for, recipe
 from tlpipe.contracts import HEAD_FILE
 from tlpipe.data.arrays import NpyRows, NpyWriter
+from tlpipe.data.datasets import passes_per_epoch
 from tlpipe.tuning.cache import ActivationCache, cache_plan, scratch_bytes, worker_scratch
 from tlpipe.tuning.trial import cached_model, epoch_order, load_trial_data, run_trial, variant_batches
 
@@ -53,6 +54,24 @@ def test_variant_batches_show_every_row_once_per_epoch_from_the_epochs_variant(t
         ids = np.concatenate([x[:, 0, 0, 0] for x in xs]).astype(int) - 1000 * (epoch % 2)
         np.testing.assert_array_equal(ids, np.concatenate(ys))  # rows and labels stay paired
         assert sorted(ids) == list(range(n)) and not (np.diff(ids) == 1).all()
+
+
+def test_a_short_split_makes_an_epoch_of_several_passes_each_a_new_variant_and_order():
+    n = 25  # 5 images per class: one step of 32 per pass
+    variants = [np.stack([np.full((2, 2, 1), 1000 * v + i, np.float16) for i in range(n)]) for v in range(3)]
+    labels = np.arange(n, dtype=np.int32)
+    passes = passes_per_epoch(n, 32, 4)
+    assert passes == 4 and passes_per_epoch(500, 32, 4) == 1 and passes_per_epoch(50, 32, 4) == 2
+    ds, steps = variant_batches(variants, labels, 32, 2, seed=1, passes=passes)
+    batches = list(ds.as_numpy_iterator())
+    assert steps == 4 and len(batches) == 2 * steps
+    orders = []
+    for p, (x, y) in enumerate(batches):  # pass p of the whole run reads variant p mod 3
+        ids = x[:, 0, 0, 0].astype(int) - 1000 * (p % 3)
+        np.testing.assert_array_equal(ids, y)
+        orders.append(tuple(ids))
+        assert sorted(ids) == list(range(n))
+    assert len(set(orders)) == len(orders)  # every pass shuffled anew
 
 
 def test_memory_budget_is_bytes(tiny_project, tmp_path):

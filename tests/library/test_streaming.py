@@ -19,6 +19,16 @@ def test_streamed_batches_equal_in_memory_batches(tiny_project):
     assert sorted(np.concatenate(shuffled)) == sorted(labels)
 
 
+def test_passes_repeat_the_split_in_memory_and_streamed_each_pass_in_a_new_order(tiny_project):
+    subset = tiny_project / "data/subset"
+    for mode in ("memory", "stream"):
+        images, labels, _ = split_source(subset, "train", 16, mode)
+        ys = np.concatenate([y.numpy() for _, y in any_batches(images, labels, 16, 7, shuffle_seed=3, passes=3)])
+        n = len(labels)
+        assert len(ys) == 3 * n
+        assert all(sorted(ys[i * n : (i + 1) * n]) == sorted(labels) for i in range(3)), mode
+
+
 def test_auto_mode_chooses_by_size(tiny_project, monkeypatch):
     subset = tiny_project / "data/subset"
     count = len(split_images(subset, "train")[0])

@@ -10,6 +10,7 @@ and tlpipe.data.arrays writes them chunk by chunk, so their memory does not grow
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,9 +182,18 @@ def load_split(subset: Path, split: str, size: int) -> tuple[np.ndarray, np.ndar
 
 
 def batches(
-    images: np.ndarray, labels: np.ndarray, batch_size: int, *, augmenter=None, shuffle_seed: int | None = None
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    augmenter=None,
+    shuffle_seed: int | None = None,
+    passes: int = 1,
 ) -> tf.data.Dataset:
-    """Batches of (float32 images, labels); shuffled each epoch when a seed is given, augmented if asked."""
+    """Batches of (float32 images, labels); shuffled each epoch when a seed is given, augmented if asked.
+
+    `passes` > 1 makes one dataset of that many passes over the images, each shuffled and augmented anew.
+    """
     from tlpipe.data.augmentation import FusedAugment
 
     # The cache stays one tensor: the pipeline shuffles and batches indices and gathers each batch, rather
@@ -192,7 +202,7 @@ def batches(
     ds = tf.data.Dataset.range(len(images))
     if shuffle_seed is not None:
         ds = ds.shuffle(max(1, len(images)), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    ds = ds.repeat(passes).batch(batch_size)
     if isinstance(augmenter, FusedAugment) and augmenter.active:
         # One pass per batch: resample the uint8 images straight to float32 (XLA-compiled, see augment.py).
         def load(index):
@@ -215,7 +225,14 @@ IN_MEMORY_MAX_IMAGES = 20_000
 
 
 def stream_batches(
-    images: Images, labels: np.ndarray, size: int, batch_size: int, *, augmenter=None, shuffle_seed: int | None = None
+    images: Images,
+    labels: np.ndarray,
+    size: int,
+    batch_size: int,
+    *,
+    augmenter=None,
+    shuffle_seed: int | None = None,
+    passes: int = 1,
 ) -> tf.data.Dataset:
     """Batches decoded from the shards every epoch (bounded memory): the streaming twin of `batches`."""
     targets = tf.constant(labels)
@@ -225,7 +242,7 @@ def stream_batches(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    ds = ds.batch(batch_size)
+    ds = ds.repeat(passes).batch(batch_size)
     if augmenter is not None and augmenter.active:
         ds = ds.map(lambda x, y: (augmenter.augment(x, "float32"), y))
     else:
@@ -242,6 +259,11 @@ def split_source(subset: Path, split: str, size: int, mode: str = "auto"):
     if mode == "memory" or (mode == "auto" and len(images) <= IN_MEMORY_MAX_IMAGES):
         return decode_images(images, size, desc=f"decode {split}"), labels, classes
     return images, labels, classes
+
+
+def passes_per_epoch(images: int, batch_size: int, min_steps: int) -> int:
+    """Passes over the training split that make an epoch of at least `min_steps` steps (1 for most data)."""
+    return max(1, math.ceil(min_steps / max(1, math.ceil(images / batch_size))))
 
 
 def any_batches(source, labels: np.ndarray, size: int, batch_size: int, **kwargs) -> tf.data.Dataset:

@@ -21,7 +21,7 @@ import numpy as np
 
 from tlpipe.contracts import HyperParams
 from tlpipe.data.augmentation import build_augmenter
-from tlpipe.data.datasets import any_batches
+from tlpipe.data.datasets import any_batches, passes_per_epoch
 from tlpipe.fs import atomic_file
 from tlpipe.models.backbones import FreezePlan, apply_freeze, build_classifier, regime_plan
 from tlpipe.models.training import compile_for, make_head, set_determinism
@@ -172,6 +172,9 @@ def train(run: Training, data: tuple, job: Path) -> tuple[keras.Model, dict]:
         for mine, theirs in zip(model.optimizer.variables, saved.optimizer.variables, strict=True):
             mine.assign(theirs)
     val = any_batches(x_val, y_val, size, cfg.batch_size)
+    passes = passes_per_epoch(len(y_train), cfg.batch_size, cfg.min_steps_per_epoch)
+    if passes > 1 and state.data["epoch"] == 0:
+        print(f"{len(y_train)} training images: an epoch is {passes} augmented passes (min_steps_per_epoch)")
     for epoch in range(state.data["epoch"], cfg.epochs):
         if state.data["wait"] >= cfg.patience:
             break
@@ -179,7 +182,13 @@ def train(run: Training, data: tuple, job: Path) -> tuple[keras.Model, dict]:
         _reseed_layers(model, epoch_seed(seed, epoch))
         augmenter = build_augmenter(run.augment, epoch_seed(seed, epoch))
         train_ds = any_batches(
-            x_train, y_train, size, cfg.batch_size, augmenter=augmenter, shuffle_seed=epoch_seed(seed, epoch)
+            x_train,
+            y_train,
+            size,
+            cfg.batch_size,
+            augmenter=augmenter,
+            shuffle_seed=epoch_seed(seed, epoch),
+            passes=passes,
         )
         history = model.fit(
             train_ds,

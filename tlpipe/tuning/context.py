@@ -41,6 +41,7 @@ class StudyContext:
             image_size=model.image_size,
             preprocess=preprocess_mode(backbone),
             batch_size=params.fine_tune.batch_size,
+            min_steps_per_epoch=params.fine_tune.min_steps_per_epoch,
             epochs=self.cfg.epochs,
             patience=self.cfg.patience,
             monitor=self.cfg.metric,

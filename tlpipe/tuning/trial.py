@@ -3,10 +3,9 @@
 The frozen prefix of the backbone (BatchNorm in inference mode) maps the same input to the same output every
 time, so its output is computed once per (backbone, weights, boundary, data, augmentation) and cached as a
 .npy file on disk (tlpipe/tuning/cache.py); a trial then trains the unfrozen suffix + head on it. Per-epoch
-random augmentation cannot be cached, so trials use an honest fixed scheme: epoch e trains on variant
-e mod (K + 1) of the training set (the original and K pre-augmented copies made once by `augment`). The
-full-model path uses the same variants, so both paths compute the same thing; it is the fall-back when the
-activations would not fit the cache's disk budget.
+random augmentation cannot be cached, so trials use a fixed scheme: pass p over the training set is variant
+p mod (K + 1) (the original and K copies pre-augmented by `augment`). The full-model path (the fall-back when
+activations exceed the cache's disk budget) uses the same variants, so both paths compute the same thing.
 
 Images and activations are held in memory up to a byte budget (`tune.cache_max_bytes`), one resident copy
 shuffled by index; above it they are read from .npy files on local disk in shuffled blocks, so memory stays
@@ -28,7 +27,7 @@ import tensorflow as tf
 
 from tlpipe.contracts import COPIES_FILE, HyperParams
 from tlpipe.data.arrays import NpyRows, NpyWriter
-from tlpipe.data.datasets import decode_images, decoded_chunks, split_images
+from tlpipe.data.datasets import decode_images, decoded_chunks, passes_per_epoch, split_images
 from tlpipe.data.identity import split_ids
 from tlpipe.errors import DataError
 from tlpipe.fingerprint import content_hash, digest
@@ -49,6 +48,7 @@ class Recipe:
     epochs: int  # the cap; early stopping on `monitor` with `patience` ends a trial sooner
     patience: int = 3
     monitor: str = "val_accuracy"
+    min_steps_per_epoch: int = 1  # fine_tune's: a trial's epoch is as long as a final training's
 
 
 @dataclass(frozen=True)
@@ -193,11 +193,11 @@ def _windows(arrays: list, labels: np.ndarray, batch: int, epochs: int, order) -
 
 
 def variant_batches(
-    variants: list, labels: np.ndarray, batch: int, epochs: int, seed: int
+    variants: list, labels: np.ndarray, batch: int, epochs: int, seed: int, passes: int = 1
 ) -> tuple[tf.data.Dataset, int]:
-    """Epoch e = variant e mod V, shuffled; returns the dataset and steps per epoch.
+    """Pass p = variant p mod V, shuffled, `passes` passes an epoch; returns the dataset and steps per epoch.
 
-    In memory: a seeded permutation per epoch. On disk: shuffled blocks (epoch_order), read sequentially.
+    In memory: a seeded permutation per pass. On disk: shuffled blocks (epoch_order), read sequentially.
     """
     on_disk = not isinstance(variants[0], np.ndarray)
 
@@ -206,7 +206,7 @@ def variant_batches(
         block = max(1, window // BLOCKS_PER_WINDOW) if on_disk else 1
         return epoch_order(len(labels), seed, epoch, block, window)
 
-    return _windows(variants, labels, batch, epochs, order), math.ceil(len(labels) / batch)
+    return _windows(variants, labels, batch, epochs * passes, order), passes * math.ceil(len(labels) / batch)
 
 
 def ordered_batches(images, labels: np.ndarray, batch: int = 256) -> tf.data.Dataset:
@@ -284,8 +284,8 @@ def run_trial(
         train, val, mode = data.variants, data.val_images, "full"
     compile_for(model, hp.learning_rate)
     keras.utils.set_random_seed(recipe.seed)
-    epochs = recipe.epochs
-    dataset, steps = variant_batches(train, data.labels, recipe.batch_size, epochs, recipe.seed)
+    epochs, passes = recipe.epochs, passes_per_epoch(len(data.labels), recipe.batch_size, recipe.min_steps_per_epoch)
+    dataset, steps = variant_batches(train, data.labels, recipe.batch_size, epochs, recipe.seed, passes)
     val_ds = ordered_batches(val, data.val_labels)
     # Train to convergence under the epoch cap: stop when the validation metric stops improving.
     stop = keras.callbacks.EarlyStopping(recipe.monitor, patience=recipe.patience, mode="auto")
