@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from benchmarks.data_size_report import markdown, plot, significantly_worse, summarize  # noqa: F401
+from benchmarks.machine import commit
 from benchmarks.regimes import UPSTREAM, project, read_json
 from tlpipe.contracts import EvalMetrics
 
@@ -187,15 +188,6 @@ def paired(root: Path, model: Path, baseline: Path, name: str) -> dict:
     ]
     vs = versus(name, labels, *preds)
     return {k: vs[k] for k in ("name", "delta", "mcnemar_p", "fixed", "broken")}
-
-
-def commit() -> str:
-    """`git rev-parse --short HEAD`, with "-dirty" when tracked files differ from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def report(result: dict, out: Path) -> None:

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.data_size import commit, machine, paired
+from benchmarks.data_size import machine, paired
 from benchmarks.data_size import markdown as grid_markdown
+from benchmarks.machine import commit
 from benchmarks.regimes import read_json
 from tlpipe.contracts import EvalMetrics
 

@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--upstream: an override changes a step before tune; run the whole pipeline instead")
     from concurrent.futures import ThreadPoolExecutor
 
-    from benchmarks.machine import machine_facts
+    from benchmarks.machine import commit, machine_facts
 
     start = time.perf_counter()
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="tlpipe-regimes-")
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         "pin": args.pin,
         "seeds": seeds,
         "based_on": args.upstream_variant if args.upstream else "params.yaml",
+        "commit": commit(),
         "met": [goal[s] for s in seeds],
         "seconds": round(sum(r["seconds"] for r in mine if r["regime"] == "final"), 1),  # each seed's pipeline
         "last_wall_seconds": seconds,

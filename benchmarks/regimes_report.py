@@ -29,7 +29,8 @@ def write_md(result: dict, path: Path) -> None:
             "",
             f"Overrides of {info.get('based_on', 'params.yaml')}: "
             f"{' '.join(info['overrides']) or '(none)'}" + (f"; pinned: {info['pin']}" if info.get("pin") else ""),
-            f"Goal met per seed: {info['met']}; {info['seconds']:.0f} s for {len(info['met'])} runs.",
+            f"Goal met per seed: {info['met']}; {info['seconds']:.0f} s for {len(info['met'])} runs"
+            + (f"; code at `{info['commit']}`." if info.get("commit") else "."),
             "",
             "| seed | final | frozen | scratch | final - best baseline | final regime | frozen layers | train_bn "
             "| lr | final best epoch | final best val acc / loss | scratch best epoch | tune best (trial) |",

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks import data_size
+from benchmarks.machine import commit
 from benchmarks.study_cost_arms import REPO, arm_naive, arm_tlpipe, overrides, write_params
 from benchmarks.study_cost_overhead import step_overhead
 from benchmarks.study_cost_report import RATIO_GOAL, _load, markdown, per_size, summarize_rows
@@ -242,7 +242,7 @@ def bench(args: argparse.Namespace) -> dict:
     merged = merge_earlier(args.out, runs) if args.merge else []
     result = {
         "rows": summarize_rows(runs),
-        "commit": data_size.commit(),
+        "commit": commit(),
         "per_size": per_size(summarize_rows(runs)),
         "merged_from_earlier_file": merged,
         "machine": machine(),
