@@ -13,10 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def commit() -> str:
-    """`git rev-parse --short HEAD`, with "-dirty" when tracked files differ from it."""
+    """`git rev-parse --short HEAD`, with "-dirty" when tracked files differ from it.
+
+    benchmarks/results/ does not count: benchmarks rewrite it as they run, and it is not code.
+    """
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
