@@ -60,7 +60,8 @@ def run_make_run(adopt: bool) -> dict:
     """`make run` in a fresh clone of HEAD, exactly as a user runs it; the numbers from its reports.
 
     A clone, not this working tree: the numbers belong to a commit, and uncommitted edits are not in it. With
-    `adopt`, the clone's dvc.lock and the report files git keeps (metrics, plot data) replace this checkout's.
+    `adopt`, the clone's dvc.yaml (make run regenerates it), dvc.lock and the report files git keeps (metrics,
+    plot data) replace this checkout's.
     """
     code = commit().removesuffix("-dirty")  # the clone holds HEAD only
     with tempfile.TemporaryDirectory(prefix="tlpipe-readme-") as tmp:
@@ -85,7 +86,7 @@ def run_make_run(adopt: bool) -> dict:
         }
         if adopt:
             changed = subprocess.run(
-                ["git", "ls-files", "-m", "-o", "--exclude-standard", "dvc.lock", "reports"],
+                ["git", "ls-files", "-m", "-o", "--exclude-standard", "dvc.yaml", "dvc.lock", "reports"],
                 cwd=root,
                 capture_output=True,
                 text=True,
