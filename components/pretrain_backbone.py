@@ -13,6 +13,7 @@ import numpy as np
 
 from tlpipe.cli import parser, run_main, step_params
 from tlpipe.contracts import BACKBONE_FILE, HISTORY_PNG, METRICS_FILE, BackboneInfo, numbers, write_json
+from tlpipe.data.augmentation import build_augmenter
 from tlpipe.data.datasets import batches, decode_images
 from tlpipe.data.images import is_image_name
 from tlpipe.errors import DataError
@@ -20,9 +21,9 @@ from tlpipe.fs import atomic_dir
 from tlpipe.models.training import compile_for, save_model, set_determinism
 from tlpipe.models.vgg import vgg_style
 from tlpipe.reports.plots import plot_history
-from tlpipe.sections import PretrainBackboneConfig
+from tlpipe.sections import AugmentConfig, PretrainBackboneConfig
 
-PARAMS = ("pretrain_backbone", "model.image_size", "seed", "deterministic")
+PARAMS = ("pretrain_backbone", "augment", "model.image_size", "seed", "deterministic")
 
 
 def source_images(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -42,7 +43,7 @@ def source_images(root: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[s
 
 
 def pretrain(
-    cfg: PretrainBackboneConfig, size: int, seed: int, deterministic: bool, root: Path
+    cfg: PretrainBackboneConfig, size: int, seed: int, deterministic: bool, root: Path, augment: AugmentConfig
 ) -> tuple[keras.Model, dict]:
     """Train backbone + a softmax layer on the source classes; return the backbone and its metrics."""
     set_determinism(seed, deterministic)
@@ -51,13 +52,15 @@ def pretrain(
     cut = int(len(order) * 0.85)
     train, val = order[:cut], order[cut:]
     backbone = vgg_style(size, cfg.filters)
+    # A new draw of the transforms each epoch (the augmenter's generator advances); off: the plain images.
+    augmenter = build_augmenter(augment, seed) if cfg.augment else None
     model = compile_for(
         keras.Sequential([backbone, keras.layers.Dense(len(classes), activation="softmax")]), cfg.learning_rate
     )
     from tlpipe.tracking.runs import epoch_callback
 
     history = model.fit(
-        batches(images[train], labels[train], cfg.batch_size, shuffle_seed=seed),
+        batches(images[train], labels[train], cfg.batch_size, shuffle_seed=seed, augmenter=augmenter),
         validation_data=batches(images[val], labels[val], cfg.batch_size),
         epochs=cfg.epochs,
         verbose=2,
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
 
         size = params.model.image_size
         backbone, metrics = pretrain(
-            params.pretrain_backbone, size, params.seed, params.deterministic, Path(args.source)
+            params.pretrain_backbone, size, params.seed, params.deterministic, Path(args.source), params.augment
         )
         with atomic_dir(args.report) as report:
             write_json(report / METRICS_FILE, numbers(metrics))

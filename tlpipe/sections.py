@@ -128,6 +128,7 @@ class PretrainBackboneConfig(_Section):
     epochs: PositiveInt = 6
     batch_size: PositiveInt = 64
     learning_rate: PositiveFloat = 1e-3
+    augment: bool = False  # pretrain with the `augment` section's transforms: features that survive them transfer
 
 
 class ExtractFeaturesConfig(_Section):

@@ -74,6 +74,10 @@ def make_storage(cfg: TuneConfig, url: str | None = None):
         # N workers x pool_size under PostgreSQL's max_connections (infra/README.md has the arithmetic).
         url = sql_uri(url)
         kwargs["engine_kwargs"] = {"pool_size": cfg.pool_size, "max_overflow": 0, "pool_pre_ping": True}
+    elif url.startswith("sqlite"):
+        # Workers sharing one SQLite file (dvc repro, make run-local) wait for each other's writes; sqlite3's
+        # 5 s default lock wait can run out on a loaded machine and fail a worker with "database is locked".
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
     try:
         return optuna.storages.RDBStorage(
             url,
