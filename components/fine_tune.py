@@ -5,8 +5,9 @@ frozen; BatchNormalization in inference mode unless tuning chose to let it adapt
 `train_head`) or scratch (the same architecture, new weights, everything trains). Augmentation applies to the
 training split only. Training stops early on the validation metric under the `fine_tune.epochs` cap, keeps
 the best epoch, and a killed run resumes exactly where it stopped (tlpipe/models/fitting.py). The model handed
-on is the better, on the validation split, of that and the frozen-features candidate (the pretrained backbone all
-frozen with train_head's head), so fine-tuning that hurt is never what gets registered.
+on is the best, on the validation split, of that, the frozen-features candidate (the pretrained backbone all
+frozen with train_head's head) and train_scratch's baseline, so a regime that lost on validation is never what
+gets registered.
 """
 
 from __future__ import annotations
@@ -62,8 +63,11 @@ def hyperparams(
     )
 
 
-def fine_tune(run: Training, *, identity: str, subset: Path, workdir: Path):
-    """Train and return the best model with what happened; resumes from `workdir` if a previous run died."""
+def fine_tune(run: Training, *, identity: str, subset: Path, workdir: Path, baseline: Path | None = None):
+    """Train and return the best candidate with what happened; resumes from `workdir` if a previous run died.
+
+    `baseline`: train_scratch's folder, whose model is a candidate too (keep_better).
+    """
     cfg, size, head_path = run.cfg, run.size, run.head_path
     x_train, y_train, classes = split_source(subset, "train", size, cfg.input)
     x_val, y_val, _ = split_source(subset, "val", size, cfg.input)
@@ -82,47 +86,66 @@ def fine_tune(run: Training, *, identity: str, subset: Path, workdir: Path):
     )
     model, info = train(run, (x_train, y_train, x_val, y_val, classes), job)
     info["hp"], info["selected"] = run.hp, "fine_tune"
-    if head_path is not None and head_path.exists():
-        model, info = keep_better(model, info, run, (x_val, y_val))
+    model, info = keep_better(model, info, run, (x_val, y_val), baseline)
     info["sample"] = x_val[:2] if isinstance(x_val, np.ndarray) else decode_images(x_val[:2], size)
     return model, info
 
 
-def keep_better(model, info: dict, run: Training, val: tuple) -> tuple:
-    """The better on validation (by `cfg.monitor`) of the trained model and the frozen-features candidate.
+def keep_better(model, info: dict, run: Training, val: tuple, baseline: Path | None = None) -> tuple:
+    """The best on validation (by `cfg.monitor`) of the trained model and the other candidates.
 
-    The frozen-features candidate is the pretrained backbone, all frozen, with train_head's head.
+    The candidates: the frozen-features model (the pretrained backbone, all frozen, with train_head's head) when
+    train_head ran, and train_scratch's model when `baseline` holds one. A tie keeps the trained model.
 
     Returns:
-        (model, info) with info["selected"] ("fine_tune" or "frozen_features"), info["hp"] and the validation
-        scores of both candidates in info["candidates"].
+        (model, info) with info["selected"] ("fine_tune", "frozen_features" or "scratch_baseline"), info["hp"],
+        info["freeze"] and the validation scores of every candidate in info["candidates"].
     """
+    import keras
+
+    from tlpipe.contracts import ScratchBaseline
     from tlpipe.data.datasets import any_batches
+    from tlpipe.models.backbones import regime_plan
     from tlpipe.models.fitting import build_model
 
     cfg, size = run.cfg, run.size
     hp = info["hp"]
-    frozen_hp = hp.model_copy(update={"freeze_ratio": 1.0, "regime": "transfer", "train_bn": False})
-    frozen, plan = build_model(run.load(), run.preprocess, size, frozen_hp, len(info["classes"]), run.head_path)
+    nets = {"fine_tune": (model, hp, None)}
+    if run.head_path is not None and run.head_path.exists():
+        frozen_hp = hp.model_copy(update={"freeze_ratio": 1.0, "regime": "transfer", "train_bn": False})
+        frozen, plan = build_model(run.load(), run.preprocess, size, frozen_hp, len(info["classes"]), run.head_path)
+        nets["frozen_features"] = (frozen, frozen_hp, plan)
+    if baseline is not None and (baseline / MODEL_FILE).is_file():
+        record = ScratchBaseline.read(baseline)
+        if record.classes == info["classes"]:  # a baseline of other classes is no candidate
+            _, plan, _ = regime_plan(run.load(), "scratch", 0.0)
+            scratch = keras.saving.load_model(baseline / MODEL_FILE, safe_mode=True)
+            nets["scratch_baseline"] = (scratch, record.hyperparameters, plan)
     batches = any_batches(val[0], val[1], size, cfg.batch_size)
     scores = {
         name: {f"val_{k}": float(v) for k, v in net.evaluate(batches, verbose=0, return_dict=True).items()}
-        for name, net in (("fine_tune", model), ("frozen_features", frozen))
+        for name, (net, _, _) in nets.items()
     }
     info["candidates"] = scores
-    higher = cfg.monitor.endswith("accuracy")
-    mine, theirs = scores["fine_tune"].get(cfg.monitor), scores["frozen_features"].get(cfg.monitor)
-    if mine is None or theirs is None or (theirs <= mine if higher else theirs >= mine):
+    sign = -1.0 if cfg.monitor.endswith("accuracy") else 1.0  # lower is better after the sign
+
+    def rank(name: str) -> tuple[float, bool]:
+        value = scores[name].get(cfg.monitor)
+        return (float("inf") if value is None else sign * value, name != "fine_tune")
+
+    best = min(nets, key=rank)
+    if best == "fine_tune" or cfg.monitor not in scores["fine_tune"]:
         return model, info
     print(
-        f"fine_tune: the frozen-features candidate scores {cfg.monitor} {theirs:.4f} on validation against "
-        f"{mine:.4f} after fine-tuning; it is the model handed on",
+        f"fine_tune: the {best.replace('_', ' ')} candidate scores {cfg.monitor} {scores[best][cfg.monitor]:.4f} on "
+        f"validation against {scores['fine_tune'][cfg.monitor]:.4f} after fine-tuning; it is the model handed on",
         flush=True,
     )
-    return frozen, {
+    net, chosen_hp, plan = nets[best]
+    return net, {
         **info,
-        "selected": "frozen_features",
-        "hp": frozen_hp,
+        "selected": best,
+        "hp": chosen_hp,
         "freeze": {**plan.__dict__, "effective_ratio": plan.effective_ratio},
     }
 
@@ -137,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         "--backbone", required=True, help="pretrain_backbone's folder, a .keras file/URI or an application name"
     )
     p.add_argument("--tuning", required=True, help="tune's folder (best_params.json)")
+    p.add_argument("--baseline", required=True, help="train_scratch's folder (a candidate to hand on)")
     p.add_argument("--model", required=True, help="folder for model.keras and run.json")
     p.add_argument("--report", required=True, help="folder for metrics.json, history.json and curves")
     p.add_argument("--workdir", default=scratch_default("fine_tune"), help="resumable checkpoints (kept on failure)")
@@ -168,7 +192,13 @@ def main(argv: list[str] | None = None) -> None:
             head_path=Path(args.head) / HEAD_FILE,
             callbacks=[epoch_callback()],
         )
-        model, info = fine_tune(run_spec, identity=identity, subset=Path(args.subset), workdir=Path(args.workdir))
+        model, info = fine_tune(
+            run_spec,
+            identity=identity,
+            subset=Path(args.subset),
+            workdir=Path(args.workdir),
+            baseline=Path(args.baseline),
+        )
         mlflow.log_params({f"effective.{k}": v for k, v in info["hp"].model_dump().items()})
         mlflow.set_tag("backbone.description", describe_backbone(args.backbone, identity))
         mlflow.set_tag("selected_on_validation", info["selected"])

@@ -2,7 +2,8 @@
 
 The backbone's architecture with newly initialised weights, nothing frozen, BatchNormalization training,
 the pipeline's augmentation, and fine_tune's budget (epoch cap, patience, batch size). evaluate reports it
-next to the frozen-features baseline and the final model, so every run shows which regime won on its data.
+next to the frozen-features baseline and the final model, so every run shows which regime won on its data,
+and fine_tune weighs it as a candidate: when it scores better on validation, it is the model handed on.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from tlpipe.cli import parser, run_main, step_params
-from tlpipe.contracts import MODEL_FILE, HyperParams, ValidationResult
+from tlpipe.contracts import MODEL_FILE, HyperParams, ScratchBaseline, ValidationResult
 from tlpipe.data.datasets import split_source
 from tlpipe.fingerprint import digest
 from tlpipe.fs import atomic_dir, scratch_default
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
         with atomic_dir(args.baseline) as staged:
             save_model(model, staged / MODEL_FILE)
+            ScratchBaseline(hyperparameters=hp, classes=classes, best_epoch=metrics["best_epoch"]).write(staged)
     shutil.rmtree(info["job_dir"], ignore_errors=True)
     print(
         f"train_scratch: best {cfg.monitor} {metrics.get('best_' + cfg.monitor, float('nan')):.3f} at epoch "

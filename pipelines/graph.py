@@ -160,16 +160,6 @@ def _declare(params: Params) -> list[Step]:
             ),
         ),
         Step(
-            "fine_tune",
-            {"subset": subset, "validation": validation, "head": head, "backbone": backbone, "tuning": tuning},
-            (Out("model", "models/fine_tune", "Model"), Out("report", "reports/fine_tune", "Artifact", cache=False)),
-            gpu=True,
-            disk=True,
-            scratch={"workdir": "checkpoints/fine_tune"},
-            metrics=(f"report/{METRICS_FILE}",),
-            plots=((f"report/{HISTORY_FILE}", {"x": "epoch", "y": "val_accuracy"}),),
-        ),
-        Step(
             "train_scratch",
             {"subset": subset, "validation": validation, "backbone": backbone},
             (
@@ -180,6 +170,23 @@ def _declare(params: Params) -> list[Step]:
             disk=True,
             scratch={"workdir": "checkpoints/train_scratch"},
             metrics=(f"report/{METRICS_FILE}",),
+        ),
+        Step(
+            "fine_tune",
+            {
+                "subset": subset,
+                "validation": validation,
+                "head": head,
+                "backbone": backbone,
+                "tuning": tuning,
+                "baseline": Ref("train_scratch", "baseline"),  # a candidate: the best on validation is handed on
+            },
+            (Out("model", "models/fine_tune", "Model"), Out("report", "reports/fine_tune", "Artifact", cache=False)),
+            gpu=True,
+            disk=True,
+            scratch={"workdir": "checkpoints/fine_tune"},
+            metrics=(f"report/{METRICS_FILE}",),
+            plots=((f"report/{HISTORY_FILE}", {"x": "epoch", "y": "val_accuracy"}),),
         ),
         Step(
             "evaluate",

@@ -166,6 +166,8 @@ def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tiny_project, tm
             "models/backbone",
             "--tuning",
             "reports/tune",
+            "--baseline",
+            "models/scratch",  # not in the tiny project: no scratch candidate
             "--model",
             "models/fine_tune",
             "--report",

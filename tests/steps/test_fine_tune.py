@@ -5,7 +5,7 @@ import pytest
 
 from components.fine_tune import fine_tune, hyperparams
 from tlpipe.config import load_params
-from tlpipe.contracts import HEAD_FILE, BestParams, HyperParams
+from tlpipe.contracts import HEAD_FILE, MODEL_FILE, BestParams, HyperParams, ScratchBaseline
 from tlpipe.errors import DataError
 from tlpipe.models.backbones import backbone_identity, load_backbone, preprocess_mode
 from tlpipe.models.fitting import Training
@@ -21,7 +21,7 @@ def from_params(params) -> HyperParams:
     )
 
 
-def run(project, params, hp, workdir, callbacks=()):
+def run(project, params, hp, workdir, callbacks=(), baseline=None, head=True):
     """fine_tune's core wired as its main() wires it, on the tiny project's folders."""
     spec, model = str(project / "models/backbone"), params.model
     spec_run = Training.from_params(
@@ -30,7 +30,7 @@ def run(project, params, hp, workdir, callbacks=()):
         hp=hp,
         preprocess=preprocess_mode(spec),
         load=lambda: load_backbone(spec, model.weights, model.image_size),
-        head_path=project / "models/head" / HEAD_FILE,
+        head_path=project / "models/head" / HEAD_FILE if head else None,
         callbacks=callbacks,
     )
     return fine_tune(
@@ -38,6 +38,7 @@ def run(project, params, hp, workdir, callbacks=()):
         identity=backbone_identity(spec, model.weights, model.image_size),
         subset=project / "data/subset",
         workdir=workdir,
+        baseline=baseline,
     )
 
 
@@ -161,3 +162,37 @@ def test_fine_tuning_that_hurts_hands_on_the_frozen_features_candidate(tiny_proj
     assert info["selected"] == "frozen_features" and info["hp"].freeze_ratio == 1.0, scores
     assert info["freeze"]["frozen"] == info["freeze"]["total"]
     assert model.get_layer("backbone").trainable_weights == []
+
+
+def test_a_scratch_baseline_better_on_validation_is_the_model_handed_on(tiny_project, tmp_path):
+    """train_scratch's model is a candidate: when it beats the fine-tuned model on validation it is handed on,
+    with its own hyperparameters; a baseline of other classes is no candidate; a tie keeps the trained model."""
+    from tlpipe.models.training import save_model
+
+    params = load_params(
+        tiny_project / "params.yaml", {"fine_tune.epochs": 4, "fine_tune.patience": 4, "fine_tune.monitor": "val_loss"}
+    )
+    good, trained = run(tiny_project, params, from_params(params), tmp_path / "good", head=False)
+    baseline = tmp_path / "scratch"
+    baseline.mkdir()
+    save_model(good, baseline / MODEL_FILE)
+    scratch_hp = from_params(params).model_copy(update={"regime": "scratch", "freeze_ratio": 0.0, "train_bn": True})
+    ScratchBaseline(hyperparameters=scratch_hp, classes=trained["classes"], best_epoch=2).write(baseline)
+
+    wrecked = from_params(params).model_copy(update={"learning_rate": 5.0, "freeze_ratio": 0.0})
+    model, info = run(tiny_project, params, wrecked, tmp_path / "work", baseline=baseline, head=False)
+    scores = info["candidates"]
+    assert set(scores) == {"fine_tune", "scratch_baseline"}
+    assert scores["scratch_baseline"]["val_loss"] < scores["fine_tune"]["val_loss"]
+    assert info["selected"] == "scratch_baseline" and info["hp"] == scratch_hp, scores
+    assert info["freeze"]["frozen"] == 0 and info["freeze"]["effective_ratio"] == 0.0
+    assert [w.tolist() for w in model.get_weights()] == [w.tolist() for w in good.get_weights()]
+
+    ScratchBaseline(hyperparameters=scratch_hp, classes=["x", "y", "z"], best_epoch=2).write(baseline)
+    _, other = run(tiny_project, params, wrecked, tmp_path / "work", baseline=baseline, head=False)
+    assert other["selected"] == "fine_tune" and "scratch_baseline" not in other["candidates"]
+
+    ScratchBaseline(hyperparameters=scratch_hp, classes=trained["classes"], best_epoch=2).write(baseline)
+    _, tie = run(tiny_project, params, from_params(params), tmp_path / "good", baseline=baseline, head=False)
+    assert tie["candidates"]["fine_tune"] == tie["candidates"]["scratch_baseline"]
+    assert tie["selected"] == "fine_tune"

@@ -200,6 +200,16 @@ class TrainedModel(Contract):
     chance_level: bool = False
 
 
+class ScratchBaseline(Contract):
+    """train_scratch: the from-scratch baseline's hyperparameters (fine_tune weighs it as a candidate)."""
+
+    FILE: ClassVar[str] = "baseline.json"
+    PRODUCER: ClassVar[str] = "train_scratch"
+    hyperparameters: HyperParams
+    classes: list[str]
+    best_epoch: int
+
+
 class EvalMetrics(Contract):
     """evaluate: test-split scores of the final model and the baselines (what `dvc metrics show` shows)."""
 
