@@ -105,12 +105,12 @@ def keep_better(model, info: dict, run: Training, val: tuple, baseline: Path | N
 
     from tlpipe.contracts import ScratchBaseline
     from tlpipe.data.datasets import any_batches
-    from tlpipe.models.backbones import regime_plan
+    from tlpipe.models.backbones import FreezePlan, regime_plan
     from tlpipe.models.fitting import build_model
 
     cfg, size = run.cfg, run.size
     hp = info["hp"]
-    nets = {"fine_tune": (model, hp, None)}
+    nets: dict[str, tuple[keras.Model, HyperParams, FreezePlan | None]] = {"fine_tune": (model, hp, None)}
     if run.head_path is not None and run.head_path.exists():
         frozen_hp = hp.model_copy(update={"freeze_ratio": 1.0, "regime": "transfer", "train_bn": False})
         frozen, plan = build_model(run.load(), run.preprocess, size, frozen_hp, len(info["classes"]), run.head_path)
@@ -142,6 +142,7 @@ def keep_better(model, info: dict, run: Training, val: tuple, baseline: Path | N
         flush=True,
     )
     net, chosen_hp, plan = nets[best]
+    assert plan is not None  # only the trained model has none, and it is not `best` here
     return net, {
         **info,
         "selected": best,
