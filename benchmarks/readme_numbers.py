@@ -50,6 +50,7 @@ def numbers(root: Path, seconds: float) -> dict:
         "vs_scratch": paired(root, root / "models/fine_tune", root / "models/scratch", "scratch"),
         "test_images": metrics["test_images"],
         "regime": metrics["regime"],
+        "handed_on": metrics.get("handed_on", "fine_tune"),
         "freeze_ratio": hp.get("freeze_ratio"),
         "frozen_layers": f"{freeze.get('frozen')}/{freeze.get('total')}",
         "wall_seconds": round(seconds, 1),
@@ -105,6 +106,11 @@ def table(result: dict) -> str:
     low, high = n["final_ci95"]
     vs, sc = n["vs_best_baseline"], n["vs_scratch"]
     ratio = "-" if n["freeze_ratio"] is None else f"{n['freeze_ratio']:.2f}"
+    # The final model's regime, and which candidate it is when fine_tune handed on a baseline's model.
+    regime = n["regime"] + {
+        "scratch_baseline": " (train_scratch's model)",
+        "frozen_features": " (frozen features)",
+    }.get(n.get("handed_on", "fine_tune"), "")
     return (
         "\n".join(
             [
@@ -118,7 +124,7 @@ def table(result: dict) -> str:
                 f"| {n['final']:.3f} ({low:.3f}-{high:.3f}) | {n['frozen']:.3f} | {n['scratch']:.3f} | "
                 f"{vs['name']} {vs['delta']:+.3f} (p {vs['mcnemar_p']:.2g}) | "
                 f"{sc['delta']:+.3f} (p {sc['mcnemar_p']:.2g}) | "
-                f"{n['regime']} | {ratio} ({n['frozen_layers']}) | {n['wall_seconds'] / 60:.1f} min |",
+                f"{regime} | {ratio} ({n['frozen_layers']}) | {n['wall_seconds'] / 60:.1f} min |",
             ]
         )
         + "\n"

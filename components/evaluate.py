@@ -47,6 +47,7 @@ def evaluate(
     scratch_probs: np.ndarray | None = None,
     regime: str = "transfer",
     validation: dict[str, dict] | None = None,
+    handed_on: str = "fine_tune",
 ) -> tuple[EvalMetrics, dict, dict]:
     """Metrics of the final model (with bootstrap CIs) and of the baselines, and how it fares against the best.
 
@@ -89,6 +90,7 @@ def evaluate(
         fine_tune_gain=fine["accuracy"] - frozen["accuracy"],
         test_images=int(len(labels)),
         regime=regime,
+        handed_on=handed_on,
         best_baseline=best,
         final_minus_best_baseline=vs["delta"],
         baseline_won=vs["delta"] < -1.0 / max(len(labels), 1) - 1e-9,
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             scratch_probs,
             trained.hyperparameters.regime,
             validation,
+            trained.selected,
         )
         y_pred = probs.argmax(axis=1)
         with atomic_dir(args.evaluation) as staged:
@@ -203,6 +206,10 @@ def main(argv: list[str] | None = None) -> None:
         f"frozen features {frozen['accuracy']:.3f} and from scratch {metrics.scratch['accuracy']:.3f} "
         f"({len(labels)} images) -> {args.evaluation}"
     )
+    if metrics.handed_on != "fine_tune":
+        print(
+            f"evaluate: the final model is the {metrics.handed_on.replace('_', ' ')} (fine_tune chose it on validation)"
+        )
     print(f"evaluate: vs best baseline {describe(metrics.vs_best_baseline)}")
     if metrics.best_on_validation not in ("", FINAL):
         print(

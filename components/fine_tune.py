@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
                 best_epoch=metrics["best_epoch"],
                 backbone=identity,
                 chance_level=chance,
+                selected=info["selected"],
             ).write(staged)
     shutil.rmtree(info["job_dir"], ignore_errors=True)
     print(

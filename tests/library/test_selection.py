@@ -106,3 +106,16 @@ def test_review_shows_the_comparison():
     rows = dict(baseline_rows(evaluation))
     line = rows["final vs best baseline (same test images)"]
     assert "scratch" in line and "-5.0 points" in line and "p = 0.03" in line and "significantly worse" in line
+
+
+def test_a_final_model_that_is_a_baseline_says_so_in_the_metrics_and_the_review(tmp_path):
+    """fine_tune handed on train_scratch's model: evaluate records it and the review's final row names it."""
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    metrics, _, _ = evaluate(
+        labels, onehot(labels), onehot(labels), labels, CLASSES, 0, onehot(labels), "scratch", None, "scratch_baseline"
+    )
+    assert metrics.handed_on == "scratch_baseline" and metrics.vs_best_baseline["mcnemar_p"] == 1.0
+    rows = dict(baseline_rows(metrics.model_dump()))
+    assert "final model (scratch: the scratch baseline, chosen on validation, this run)" in rows
+    plain, _, _ = evaluate(labels, onehot(labels), onehot(labels), labels, CLASSES, 0, onehot(labels), "transfer")
+    assert "final model (transfer, this run)" in dict(baseline_rows(plain.model_dump()))

@@ -198,6 +198,8 @@ class TrainedModel(Contract):
     best_epoch: int
     backbone: str = ""  # the backbone's identity (content hash, or application:weights:size)
     chance_level: bool = False
+    # The candidate fine_tune handed on, chosen on validation: its own training, or a baseline's model.
+    selected: Literal["fine_tune", "frozen_features", "scratch_baseline"] = "fine_tune"
 
 
 class ScratchBaseline(Contract):
@@ -225,6 +227,7 @@ class EvalMetrics(Contract):
     fine_tune_gain: float
     test_images: int
     regime: str = "transfer"  # the final model's regime
+    handed_on: str = "fine_tune"  # which candidate the final model is (TrainedModel.selected)
     best_baseline: str = ""  # frozen_features or scratch, whichever ranked higher on `best_baseline_chosen_on`
     best_baseline_chosen_on: Literal["validation", "test", ""] = ""
     final_minus_best_baseline: float = 0.0

@@ -67,6 +67,13 @@ def class_rows(gate: dict) -> list[dict]:
     return rows
 
 
+def _final_label(evaluation: dict) -> str:
+    """The final model's regime, and which candidate it is when fine_tune handed on a baseline's model."""
+    regime = evaluation.get("regime", "transfer")
+    handed_on = evaluation.get("handed_on", "fine_tune")
+    return regime if handed_on == "fine_tune" else f"{regime}: the {handed_on.replace('_', ' ')}, chosen on validation"
+
+
 def baseline_rows(evaluation: dict | None, sizes: dict | None = None) -> list[tuple[str, str]]:
     """The three regimes side by side (test accuracy with 95% CIs), which won, and the scenario signals.
 
@@ -85,7 +92,7 @@ def baseline_rows(evaluation: dict | None, sizes: dict | None = None) -> list[tu
 
     frozen, scratch = evaluation.get("frozen_features") or {}, evaluation.get("scratch") or {}
     rows = [
-        (f"final model ({evaluation.get('regime', 'transfer')}, this run)", cell(evaluation)),
+        (f"final model ({_final_label(evaluation)}, this run)", cell(evaluation)),
         ("frozen backbone features + head", cell(frozen)),
         ("trained from scratch", cell(scratch)),
     ]
