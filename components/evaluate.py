@@ -23,6 +23,7 @@ from tlpipe.contracts import (
     METRICS_FILE,
     MODEL_FILE,
     SAMPLES_PNG,
+    Candidate,
     EvalMetrics,
     TrainedModel,
     write_json,
@@ -47,7 +48,7 @@ def evaluate(
     scratch_probs: np.ndarray | None = None,
     regime: str = "transfer",
     validation: dict[str, dict] | None = None,
-    handed_on: str = "fine_tune",
+    handed_on: Candidate = "fine_tune",
 ) -> tuple[EvalMetrics, dict, dict]:
     """Metrics of the final model (with bootstrap CIs) and of the baselines, and how it fares against the best.
 

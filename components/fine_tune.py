@@ -105,7 +105,7 @@ def keep_better(model, info: dict, run: Training, val: tuple, baseline: Path | N
 
     from tlpipe.contracts import ScratchBaseline
     from tlpipe.data.datasets import any_batches
-    from tlpipe.models.backbones import FreezePlan, regime_plan
+    from tlpipe.models.backbones import FreezePlan, scratch_plan
     from tlpipe.models.fitting import build_model
 
     cfg, size = run.cfg, run.size
@@ -118,9 +118,9 @@ def keep_better(model, info: dict, run: Training, val: tuple, baseline: Path | N
     if baseline is not None and (baseline / MODEL_FILE).is_file():
         record = ScratchBaseline.read(baseline)
         if record.classes == info["classes"]:  # a baseline of other classes is no candidate
-            _, plan, _ = regime_plan(run.load(), "scratch", 0.0)
             scratch = keras.saving.load_model(baseline / MODEL_FILE, safe_mode=True)
-            nets["scratch_baseline"] = (scratch, record.hyperparameters, plan)
+            # Its plan from its own backbone: no second load (and fresh clone) of the pretrained one.
+            nets["scratch_baseline"] = (scratch, record.hyperparameters, scratch_plan(scratch.get_layer("backbone")))
     batches = any_batches(val[0], val[1], size, cfg.batch_size)
     scores = {
         name: {f"val_{k}": float(v) for k, v in net.evaluate(batches, verbose=0, return_dict=True).items()}

@@ -184,6 +184,10 @@ class BestParams(Contract):
     stopped_by: Literal["n_trials", "timeout", "disabled"] = "n_trials"
 
 
+# The candidate fine_tune handed on, chosen on validation: its own training, or a baseline's model.
+Candidate = Literal["fine_tune", "frozen_features", "scratch_baseline"]
+
+
 class TrainedModel(Contract):
     """fine_tune: the MLflow run and model URI of the trained model, its classes and freeze plan."""
 
@@ -198,8 +202,7 @@ class TrainedModel(Contract):
     best_epoch: int
     backbone: str = ""  # the backbone's identity (content hash, or application:weights:size)
     chance_level: bool = False
-    # The candidate fine_tune handed on, chosen on validation: its own training, or a baseline's model.
-    selected: Literal["fine_tune", "frozen_features", "scratch_baseline"] = "fine_tune"
+    selected: Candidate = "fine_tune"
 
 
 class ScratchBaseline(Contract):
@@ -227,7 +230,7 @@ class EvalMetrics(Contract):
     fine_tune_gain: float
     test_images: int
     regime: str = "transfer"  # the final model's regime
-    handed_on: str = "fine_tune"  # which candidate the final model is (TrainedModel.selected)
+    handed_on: Candidate = "fine_tune"  # which candidate the final model is (TrainedModel.selected)
     best_baseline: str = ""  # frozen_features or scratch, whichever ranked higher on `best_baseline_chosen_on`
     best_baseline_chosen_on: Literal["validation", "test", ""] = ""
     final_minus_best_baseline: float = 0.0

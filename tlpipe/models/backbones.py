@@ -248,6 +248,11 @@ def fresh_copy(backbone: keras.Model) -> keras.Model:
     return keras.Model(copy.input, copy.output, name="backbone")
 
 
+def scratch_plan(backbone: keras.Model) -> FreezePlan:
+    """Nothing frozen: the plan of a backbone trained from new weights."""
+    return FreezePlan(0.0, 0, len(backbone.layers) - 1, backbone.layers[0].name)
+
+
 def regime_plan(backbone: keras.Model, regime: str, ratio: float) -> tuple[keras.Model, FreezePlan, bool]:
     """(backbone to train, freeze plan, train BatchNormalization?) for a regime.
 
@@ -256,7 +261,7 @@ def regime_plan(backbone: keras.Model, regime: str, ratio: float) -> tuple[keras
     """
     if regime == "scratch":
         fresh = fresh_copy(backbone)
-        return fresh, FreezePlan(0.0, 0, len(fresh.layers) - 1, fresh.layers[0].name), True
+        return fresh, scratch_plan(fresh), True
     return backbone, freeze_plan(backbone, ratio), False
 
 
