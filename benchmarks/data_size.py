@@ -36,6 +36,7 @@ import yaml
 from benchmarks.data_size_report import markdown, plot, significantly_worse, summarize  # noqa: F401
 from benchmarks.machine import commit
 from benchmarks.regimes import UPSTREAM, project, read_json
+from tlpipe.config import parse_assignments, with_overrides
 from tlpipe.contracts import EvalMetrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,9 +121,28 @@ def run(root: Path, only: tuple[str, ...] = (), register: bool = False) -> float
     return time.perf_counter() - start
 
 
+def test_per_class(size: int, overrides: list[str], base: Path) -> list[str]:
+    """make_subset.test_per_class that fits next to `size` training images (unless the overrides set it).
+
+    The target digits have 174-182 images a class, so the committed 130 test images a class fit up to 14 training
+    images; larger cells test on what is left (rows carry `test_images`), so every size runs unchanged.
+    """
+    from components.make_digits import digits_images
+
+    if any(item.startswith("make_subset.test_per_class=") for item in overrides):
+        return []
+    params = with_overrides(yaml.safe_load(base.read_text(encoding="utf-8")), parse_assignments(overrides, "--set"))
+    _, labels = digits_images(8)
+    fewest = min(int((labels == digit).sum()) for digit in params["make_digits"]["target_classes"])
+    room = fewest - size - int(params["make_subset"]["val_per_class"])
+    wanted = int(params["make_subset"]["test_per_class"])
+    return [] if room >= wanted else [f"make_subset.test_per_class={max(room, 1)}"]
+
+
 def cell(work: Path, size: int, similarity: str, seed: int, args: argparse.Namespace) -> dict:
     """One grid cell: the pipeline, then (unless --quick) the scratch arm with its own search; one row."""
     base = [f"make_subset.train_per_class={size}", f"make_subset.seed={seed}", *args.set]
+    base += test_per_class(size, base, args.base)
     if similarity == "far":
         base.append(f"data.source={write_far(work / 'far-target', args.image_size, [5, 6, 7, 8, 9])}")
     root = work / f"{similarity}-n{size}-seed{seed}"

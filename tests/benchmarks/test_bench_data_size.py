@@ -102,3 +102,20 @@ def test_a_seed_significantly_worse_than_the_tuned_scratch_arm_counts():
     worse = {**row(5, "near", 43, 0.5, 0.5, 0.7), "vs_tuned_scratch": {"delta": -0.2, "mcnemar_p": 1e-7}}
     (summary,) = summarize([row(5, "near", 42, 0.5, 0.5, 0.5), worse])
     assert summary["significantly_worse_seeds"] == [43] and not summary["goal_met"]
+
+
+def test_large_cells_test_on_what_fits_beside_their_training_images():
+    from pathlib import Path
+
+    from benchmarks.data_size import REPO, test_per_class
+    from components.make_digits import digits_images
+
+    _, labels = digits_images(8)
+    fewest = min(int((labels == d).sum()) for d in (5, 6, 7, 8, 9))  # 174 (digit 8)
+    params = REPO / "params.yaml"
+    assert test_per_class(10, [], params) == []  # the committed 130 a class fit
+    assert test_per_class(100, [], params) == [f"make_subset.test_per_class={fewest - 100 - 30}"]
+    assert test_per_class(50, ["make_subset.val_per_class=10"], params) == [
+        f"make_subset.test_per_class={fewest - 50 - 10}"
+    ]
+    assert test_per_class(100, ["make_subset.test_per_class=20"], Path(params)) == []  # the user's choice stands
