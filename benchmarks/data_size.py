@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 
 from benchmarks.data_size_report import markdown, plot, significantly_worse, summarize  # noqa: F401
-from benchmarks.machine import commit
+from benchmarks.machine import commit, machine
 from benchmarks.regimes import UPSTREAM, project, read_json
 from tlpipe.config import parse_assignments, with_overrides
 from tlpipe.contracts import EvalMetrics
@@ -290,19 +290,6 @@ def main(argv: list[str] | None = None) -> dict:
                 ] + [row]
                 report(result, args.out)
     return result
-
-
-def machine() -> str:
-    """CPU model and core count, as the other benchmarks record it."""
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown CPU",
-    )
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

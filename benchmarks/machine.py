@@ -68,3 +68,16 @@ def machine_facts() -> dict:
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
     }
+
+
+def machine() -> str:
+    """CPU model and core count, as the other benchmarks record it."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
+    return f"{cpu}, {os.cpu_count()} cores"

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.data_size import machine, paired
 from benchmarks.data_size import markdown as grid_markdown
-from benchmarks.machine import commit
+from benchmarks.data_size import paired
+from benchmarks.machine import commit, machine
 from benchmarks.regimes import read_json
-from tlpipe.contracts import EvalMetrics
+from tlpipe.contracts import EvalMetrics, candidate_words
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks/results"
@@ -107,10 +107,8 @@ def table(result: dict) -> str:
     vs, sc = n["vs_best_baseline"], n["vs_scratch"]
     ratio = "-" if n["freeze_ratio"] is None else f"{n['freeze_ratio']:.2f}"
     # The final model's regime, and which candidate it is when fine_tune handed on a baseline's model.
-    regime = n["regime"] + {
-        "scratch_baseline": " (train_scratch's model)",
-        "frozen_features": " (frozen features)",
-    }.get(n.get("handed_on", "fine_tune"), "")
+    handed_on = n.get("handed_on", "fine_tune")
+    regime = n["regime"] + ("" if handed_on == "fine_tune" else f": the {candidate_words(handed_on)}")
     return (
         "\n".join(
             [

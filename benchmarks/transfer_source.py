@@ -230,8 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         args.sizes, args.seeds, args.epochs, args.pretrain_epochs = [5], [1], 2, 1
         args.recipes = ["pipeline", "wide_augmented_30"]
         args.transfer_lrs, args.scratch_lrs = args.transfer_lrs[:1], args.scratch_lrs[:1]
-    from benchmarks.data_size import machine
-    from benchmarks.machine import commit
+    from benchmarks.machine import commit, machine
     from benchmarks.transfer_source_report import markdown, summary
 
     start = time.perf_counter()

@@ -26,6 +26,7 @@ from tlpipe.contracts import (
     Candidate,
     EvalMetrics,
     TrainedModel,
+    candidate_words,
     write_json,
 )
 from tlpipe.contracts.evidence import PerClassReport
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if metrics.handed_on != "fine_tune":
         print(
-            f"evaluate: the final model is the {metrics.handed_on.replace('_', ' ')} (fine_tune chose it on validation)"
+            f"evaluate: the final model is the {candidate_words(metrics.handed_on)}, chosen by fine_tune on validation"
         )
     print(f"evaluate: vs best baseline {describe(metrics.vs_best_baseline)}")
     if metrics.best_on_validation not in ("", FINAL):

@@ -18,7 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe.cli import parser, run_main, step_params
-from tlpipe.contracts import HEAD_FILE, HISTORY_PNG, MANIFEST, MODEL_FILE, BestParams, HyperParams, TrainedModel
+from tlpipe.contracts import (
+    HEAD_FILE,
+    HISTORY_PNG,
+    MANIFEST,
+    METRICS_FILE,
+    MODEL_FILE,
+    BestParams,
+    HyperParams,
+    TrainedModel,
+    write_json,
+)
 from tlpipe.data.datasets import decode_images, split_source
 from tlpipe.fingerprint import content_hash, digest
 from tlpipe.fs import atomic_dir, scratch_default
@@ -216,6 +226,13 @@ def main(argv: list[str] | None = None) -> None:
                 monitor,
                 report,
                 f"fine_tune ({hp.regime}, freeze {info['freeze']['boundary']}; handed on: {info['selected']})",
+            )
+            # The best epoch above is fine_tune's own training; what DVC compares also says what was handed on:
+            # every candidate's validation scores, and the handed-on model's (its name is run.json's `selected`).
+            candidates = info.get("candidates", {})
+            write_json(
+                report / METRICS_FILE,
+                {**metrics, "candidates": candidates, "handed_on": candidates.get(info["selected"], {})},
             )
         mlflow.log_artifact(str(Path(args.report) / HISTORY_PNG))
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})

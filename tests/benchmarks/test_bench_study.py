@@ -84,7 +84,14 @@ def test_study_cost_benchmark_writes_report(tmp_path):
     assert sum(row["naive_states"].values()) == 2 and row["naive_epochs"] <= 4  # it may stop early or be pruned
     assert row["naive_early_stopping"] is True and row["naive_pruner"] == "median" and row["test_images"] > 0
     assert {r["setting"] for r in result["overhead"]["rows"]} >= {"default", "spe16", "jit"}
-    assert out.with_suffix(".md").read_text().startswith("# Study cost")
+    # where the time goes: the trials inside the study, the rest of the tune step, the final training
+    assert 0 < row["tlpipe_trials_s"] < row["tlpipe_s"] and row["tlpipe_outside_trials_s"] > 0
+    assert row["naive_final_s"] > 0 and row["tlpipe_total_s"] == pytest.approx(
+        row["tlpipe_s"] + row["tlpipe_final_s"], abs=0.2
+    )
+    assert row["ratio_with_final"] == pytest.approx(row["tlpipe_total_s"] / row["naive_total_s"], abs=2e-3)
+    md = out.with_suffix(".md").read_text()
+    assert md.startswith("# Study cost") and "Where the time goes" in md
 
 
 @pytest.mark.slow
@@ -147,6 +154,10 @@ def test_per_size_judges_the_median_ratio_and_the_mean_image_gap_at_96_px_and_up
         runs[(32, seed, "tlpipe")] = _run(32, seed, "tlpipe", 90.0, 0.90)
     sizes = {s["image_size"]: s for s in per_size(summarize_rows(runs))}
     assert sizes[96]["median_ratio"] == 0.45 and sizes[96]["mean_test_images_vs_naive"] == -0.33
+    assert sizes[96]["median_ratio_with_final"] is None  # no final training measured
+    for seed in (42, 43, 44):  # a final training of 50 s on both arms: (45 + 50) / (100 + 50) for the median
+        runs[(96, seed, "naive")]["fine_tune_s"] = runs[(96, seed, "tlpipe")]["fine_tune_s"] = 50.0
+    assert per_size(summarize_rows(runs))[1]["median_ratio_with_final"] == round(95 / 150, 3)
     assert sizes[96]["goal_met"] is True and sizes[32]["goal_met"] is None  # the goal is set at >= 96 px
     runs[(96, 43, "tlpipe")]["test_accuracy"] = 0.88  # 4 images short on one seed: -1.33 on average
     assert per_size(summarize_rows(runs))[1]["goal_met"] is False

@@ -21,7 +21,9 @@ def test_epoch_metrics_are_written_as_each_epoch_ends(tmp_path, monkeypatch):
 
     class Peek(keras.callbacks.Callback):  # after the tracking callback: the epoch just ended is already stored
         def on_epoch_end(self, epoch, logs=None):
-            run_id = mlflow.active_run().info.run_id
+            active = mlflow.active_run()
+            assert active is not None
+            run_id = active.info.run_id
             seen.append(len(mlflow.MlflowClient().get_metric_history(run_id, "loss")))
 
     with mlflow.start_run() as run:

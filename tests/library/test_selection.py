@@ -116,6 +116,6 @@ def test_a_final_model_that_is_a_baseline_says_so_in_the_metrics_and_the_review(
     )
     assert metrics.handed_on == "scratch_baseline" and metrics.vs_best_baseline["mcnemar_p"] == 1.0
     rows = dict(baseline_rows(metrics.model_dump()))
-    assert "final model (scratch: the scratch baseline, chosen on validation, this run)" in rows
+    assert "final model (scratch: the scratch baseline from train_scratch, chosen on validation, this run)" in rows
     plain, _, _ = evaluate(labels, onehot(labels), onehot(labels), labels, CLASSES, 0, onehot(labels), "transfer")
     assert "final model (transfer, this run)" in dict(baseline_rows(plain.model_dump()))

@@ -78,6 +78,11 @@ def test_every_stage_ran_and_metrics_show(repo_copy):
     assert "reports/evaluate/metrics.json" in shown and "frozen_features" in shown
     numbers = json.loads((root / "reports/evaluate/metrics.json").read_text())
     assert _all_numbers(numbers)  # labels live in evaluation.json, not in what DVC compares
+    fine = json.loads((root / "reports/fine_tune/metrics.json").read_text())
+    assert _all_numbers(fine) and "fine_tune" in fine["candidates"]  # every candidate's validation scores
+    selected = json.loads((root / "models/fine_tune/run.json").read_text())["selected"]
+    assert fine["handed_on"] == fine["candidates"][selected]  # the scores of the model handed on
+    assert "reports/fine_tune/metrics.json" in shown and "handed_on" in shown
     evaluate = json.loads((root / "reports/evaluate/evaluation.json").read_text())
     assert evaluate["accuracy"] > 0.5  # 5 classes: chance is 0.2
     assert len(evaluate["accuracy_ci95"]) == 2 and evaluate["accuracy_ci95"][0] <= evaluate["accuracy"]

@@ -186,6 +186,16 @@ class BestParams(Contract):
 
 # The candidate fine_tune handed on, chosen on validation: its own training, or a baseline's model.
 Candidate = Literal["fine_tune", "frozen_features", "scratch_baseline"]
+_CANDIDATE_WORDS = {
+    "fine_tune": "model fine_tune trained",
+    "frozen_features": "frozen-features model from train_head",
+    "scratch_baseline": "scratch baseline from train_scratch",
+}
+
+
+def candidate_words(name: str) -> str:
+    """A handed-on candidate in words: one wording for evaluate's summary, the review and the README table."""
+    return _CANDIDATE_WORDS.get(name, name.replace("_", " "))
 
 
 class TrainedModel(Contract):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tlpipe.contracts import candidate_words
+
 
 def _points(value: float) -> str:
     return f"{100 * value:+.1f}"
@@ -71,7 +73,7 @@ def _final_label(evaluation: dict) -> str:
     """The final model's regime, and which candidate it is when fine_tune handed on a baseline's model."""
     regime = evaluation.get("regime", "transfer")
     handed_on = evaluation.get("handed_on", "fine_tune")
-    return regime if handed_on == "fine_tune" else f"{regime}: the {handed_on.replace('_', ' ')}, chosen on validation"
+    return regime if handed_on == "fine_tune" else f"{regime}: the {candidate_words(handed_on)}, chosen on validation"
 
 
 def baseline_rows(evaluation: dict | None, sizes: dict | None = None) -> list[tuple[str, str]]:
