@@ -108,6 +108,9 @@ def studies(root: Path, seed: int, names: list[str], trials: int | None, out: Pa
             continue
         storage = root / "studies" / f"{name}-{seed}.db"
         storage.unlink(missing_ok=True)
+        # Every study starts from a cold activation cache, as `tune` on new data does: otherwise the studies run
+        # later would find the boundaries the earlier ones cached and win wall time they did not earn.
+        shutil.rmtree(root / "checkpoints" / "tune_cache", ignore_errors=True)
         storage.parent.mkdir(parents=True, exist_ok=True)
         study = optuna.create_study(
             study_name=ctx.study_name,
