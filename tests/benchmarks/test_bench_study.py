@@ -89,7 +89,7 @@ def test_study_cost_benchmark_writes_report(tmp_path):
     assert row["naive_final_s"] > 0 and row["tlpipe_total_s"] == pytest.approx(
         row["tlpipe_s"] + row["tlpipe_final_s"], abs=0.2
     )
-    assert row["ratio_with_final"] == pytest.approx(row["tlpipe_total_s"] / row["naive_total_s"], abs=2e-3)
+    assert row["ratio_with_final"] == pytest.approx(row["tlpipe_total_s"] / row["naive_total_s"], rel=0.02)
     md = out.with_suffix(".md").read_text()
     assert md.startswith("# Study cost") and "Where the time goes" in md
 

@@ -26,6 +26,8 @@ pytestmark = pytest.mark.infra
 TEST_TOOLS = {
     "pytest",
     "pytest-timeout",
+    "pytest-xdist",
+    "execnet",
     "moto",
     "ruff",
     "cfn-lint",

@@ -11,8 +11,9 @@ def test_epoch_metrics_are_written_as_each_epoch_ends(tmp_path, monkeypatch):
 
     from tlpipe.tracking.runs import epoch_callback
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", uri)  # restored after the test
     assert type(epoch_callback()) is keras.callbacks.Callback  # outside a run: nothing to log to
     x, y = np.random.default_rng(0).normal(size=(16, 3)).astype("float32"), np.arange(16) % 2
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
@@ -26,7 +27,8 @@ def test_epoch_metrics_are_written_as_each_epoch_ends(tmp_path, monkeypatch):
             run_id = active.info.run_id
             seen.append(len(mlflow.MlflowClient().get_metric_history(run_id, "loss")))
 
-    with mlflow.start_run() as run:
+    # its own experiment: the active one an earlier test in this process set lives in another store
+    with mlflow.start_run(experiment_id=mlflow.MlflowClient().create_experiment("epoch-callback")) as run:
         model.fit(x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[epoch_callback(), Peek()])
         model.evaluate(x, y, verbose=0, callbacks=[epoch_callback()])
     assert seen == [1, 2, 3]
