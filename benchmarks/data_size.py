@@ -127,12 +127,12 @@ def test_per_class(size: int, overrides: list[str], base: Path) -> list[str]:
     The target digits have 174-182 images a class, so the committed 130 test images a class fit up to 14 training
     images; larger cells test on what is left (rows carry `test_images`), so every size runs unchanged.
     """
-    from components.make_digits import digits_images
+    from sklearn.datasets import load_digits
 
     if any(item.startswith("make_subset.test_per_class=") for item in overrides):
         return []
     params = with_overrides(yaml.safe_load(base.read_text(encoding="utf-8")), parse_assignments(overrides, "--set"))
-    _, labels = digits_images(8)
+    labels = load_digits().target
     fewest = min(int((labels == digit).sum()) for digit in params["make_digits"]["target_classes"])
     room = fewest - size - int(params["make_subset"]["val_per_class"])
     wanted = int(params["make_subset"]["test_per_class"])

@@ -18,17 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe.cli import parser, run_main, step_params
-from tlpipe.contracts import (
-    HEAD_FILE,
-    HISTORY_PNG,
-    MANIFEST,
-    METRICS_FILE,
-    MODEL_FILE,
-    BestParams,
-    HyperParams,
-    TrainedModel,
-    write_json,
-)
+from tlpipe.contracts import HEAD_FILE, HISTORY_PNG, MANIFEST, MODEL_FILE, BestParams, HyperParams, TrainedModel
 from tlpipe.data.datasets import decode_images, split_source
 from tlpipe.fingerprint import content_hash, digest
 from tlpipe.fs import atomic_dir, scratch_default
@@ -220,23 +210,20 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
         monitor = params.fine_tune.monitor
+        candidates = info.get("candidates", {})
+        handed_on = candidates.get(info["selected"], {})
         with atomic_dir(args.report) as report:
+            # The best epoch is fine_tune's own training; what DVC compares also says what was handed on: every
+            # candidate's validation scores, and the handed-on model's (its name is run.json's `selected`).
             metrics = training_report(
                 info["history"],
                 monitor,
                 report,
                 f"fine_tune ({hp.regime}, freeze {info['freeze']['boundary']}; handed on: {info['selected']})",
-            )
-            # The best epoch above is fine_tune's own training; what DVC compares also says what was handed on:
-            # every candidate's validation scores, and the handed-on model's (its name is run.json's `selected`).
-            candidates = info.get("candidates", {})
-            write_json(
-                report / METRICS_FILE,
-                {**metrics, "candidates": candidates, "handed_on": candidates.get(info["selected"], {})},
+                extra={"candidates": candidates, "handed_on": handed_on},
             )
         mlflow.log_artifact(str(Path(args.report) / HISTORY_PNG))
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
-        handed_on = info.get("candidates", {}).get(info["selected"], {})
         chance = chance_level(
             handed_on.get("val_accuracy", metrics.get("best_val_accuracy", 0.0)), len(info["classes"])
         )

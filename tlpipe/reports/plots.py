@@ -79,8 +79,13 @@ def plot_samples(
     plt.close(fig)
 
 
-def training_report(history: dict[str, list[float]], monitor: str, folder: Path, title: str) -> dict:
-    """metrics.json (best epoch and its values), history.json (rows, for `dvc plots`), history.png in `folder`."""
+def training_report(
+    history: dict[str, list[float]], monitor: str, folder: Path, title: str, extra: dict | None = None
+) -> dict:
+    """metrics.json, history.json (rows, for `dvc plots`) and history.png in `folder`.
+
+    metrics.json holds the best epoch and its values, plus `extra`; the return value is the best epoch's alone.
+    """
     from tlpipe.contracts import HISTORY_FILE, METRICS_FILE, write_json
 
     pick = max if monitor.endswith("accuracy") else min
@@ -91,7 +96,7 @@ def training_report(history: dict[str, list[float]], monitor: str, folder: Path,
         "epochs_run": len(history.get("loss", [])),
         **{f"best_{k}": v[best] for k, v in history.items() if v},
     }
-    write_json(folder / METRICS_FILE, metrics)
+    write_json(folder / METRICS_FILE, {**metrics, **(extra or {})})
     epochs = len(history.get("loss", []))
     rows = [{"epoch": i + 1, **{k: v[i] for k, v in history.items() if len(v) == epochs}} for i in range(epochs)]
     write_json(folder / HISTORY_FILE, rows)  # row-wise: the shape `dvc plots` reads
