@@ -39,22 +39,27 @@ TRIAL_COLUMNS = (
 def write_trials_csv(study, trials, path: Path) -> None:
     """One row per finished trial (the data behind `dvc plots`), from Optuna's `study.trials_dataframe()`.
 
-    A pruned trial has no value: its last reported one stands in, so the scatter shows where it was cut.
+    A pruned trial has no value: its last reported one stands in, so the scatter shows where it was cut. The value
+    comes from the trials themselves: with metric names set, the frame's column is `value_<metric>`, not `value`.
     """
     import pandas as pd
 
     numbers = sorted(t.number for t in trials)
-    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs")) if numbers else None
+    frame = study.trials_dataframe(attrs=("number", "state", "params", "user_attrs")) if numbers else None
     if frame is None or frame.empty:
         pd.DataFrame(columns=list(TRIAL_COLUMNS)).to_csv(path, index=False, lineterminator="\n")
         return
     frame = frame[frame["number"].isin(numbers)].sort_values("number")
-    last = {t.number: t.intermediate_values[max(t.intermediate_values)] for t in trials if t.intermediate_values}
+    values = {
+        t.number: t.value if t.value is not None else t.intermediate_values[max(t.intermediate_values)]
+        for t in trials
+        if t.value is not None or t.intermediate_values
+    }
     out = pd.DataFrame(
         {
             "number": frame["number"],
             "state": frame["state"].str.lower(),
-            "value": frame.get("value", pd.Series(float("nan"), index=frame.index)).fillna(frame["number"].map(last)),
+            "value": frame["number"].map(values),
             **{
                 name: frame.get(column, pd.Series(default, index=frame.index)).fillna(default)
                 for name, column, default in (
