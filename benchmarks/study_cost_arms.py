@@ -134,11 +134,15 @@ def image_folders(subset: Path, out: Path) -> Path:
 
 
 def naive_model(backbone, plan, head, size, preprocess, lr):
+    import keras
+
     from tlpipe.models.backbones import apply_freeze, build_classifier
-    from tlpipe.models.training import compile_for
 
     apply_freeze(backbone, plan, False)
-    return compile_for(build_classifier(backbone, head, size, preprocess), lr)
+    model = build_classifier(backbone, head, size, preprocess)
+    # plain compile, as a user writes it (tlpipe's compile_for also pre-builds the training state)
+    model.compile(keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
 
 
 class DirectoryData:

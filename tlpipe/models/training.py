@@ -36,9 +36,26 @@ def make_head(head_path: Path | None, features: int, classes: int, hp: HyperPara
 
 
 def compile_for(model: keras.Model, learning_rate: float) -> keras.Model:
-    """Adam at `learning_rate`, sparse labels, accuracy."""
+    """Adam at `learning_rate`, sparse labels, accuracy; its training state built now (`prebuild`)."""
     model.compile(keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    prebuild(model)
     return model
+
+
+def prebuild(model: keras.Model) -> None:
+    """Create a compiled model's optimizer, loss and metric variables before its first `fit`.
+
+    Without a distribution strategy Keras 3 defers them to the first trace of the train step, and a tf.function
+    that creates variables is traced twice; built here, every fit traces its train step once, which is most of
+    a short tuning trial's fixed cost (tests/library/test_training.py counts the traces). Keras has no public
+    call for this: `Trainer._symbolic_build` is what `fit` itself runs under a distribution strategy, fed
+    symbolic tensors of the input's shape and of integer labels. Skipped where a Keras release lacks it.
+    """
+    build = getattr(model, "_symbolic_build", None)
+    if build is None or len(model.inputs) != 1:
+        return
+    x = keras.KerasTensor((None, *model.inputs[0].shape[1:]), dtype=model.inputs[0].dtype)
+    build(data_batch=(x, keras.KerasTensor((None,), dtype="int32")))
 
 
 def save_model(model: keras.Model, path: str | Path) -> Path:
