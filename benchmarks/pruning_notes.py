@@ -46,7 +46,13 @@ def notes(result: dict, planned: list[int]) -> list[str]:
         + ". Each study: "
         f"{result['parameters']['n_trials']} trials, cap {tune['epochs']} epochs with early stopping "
         f"(patience {tune['patience']}) on {tune['metric']}, regimes {' + '.join(tune['regimes'])}, "
-        f"train_bn searched: {tune['search_bn']} (the committed params); the project (data, backbone, head) "
+        f"train_bn searched: {tune['search_bn']} ("
+        + (
+            f"the committed params with {', '.join(given)}"
+            if (given := result["parameters"].get("overrides"))
+            else "the committed params"
+        )
+        + "); the project (data, backbone, head) "
         "is built once with seed 42, the seed varies the sampler, the trials and the final fine-tune. "
         "Pruned trials count with the epochs they ran (epochs_run)."
     )
@@ -82,7 +88,7 @@ def notes(result: dict, planned: list[int]) -> list[str]:
         f"Load (1/5/15 min) at start {result['load']['start']}, before each seed "
         + ", ".join(f"{s}: {v}" for s, v in per_seed.items())
         + f", at end {result['load']['end']} on "
-        f"{result['machine']['cores']} cores, shared with another engineer's tests. The judged quantities "
+        f"{result['machine']['cores']} cores. The judged quantities "
         "(epochs, test accuracy) do not depend on load, the seconds do. The tune step runs with TF op "
         "determinism off, so the same point can score differently in two studies and a rerun can differ "
         "by a trial."
