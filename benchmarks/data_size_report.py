@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-SIMILARITIES = ("near", "far")  # the panels' order
+SIMILARITIES = ("near", "far", "seen")  # the panels' order
 
 
 def significantly_worse(vs: dict | None) -> bool:

@@ -32,6 +32,7 @@ from tlpipe.models.backbones import (
 from tlpipe.models.fitting import Training, chance_level, train
 from tlpipe.models.training import save_model
 from tlpipe.reports.plots import training_report
+from tlpipe.reports.selection import FINAL, rank
 from tlpipe.sections import FineTuneConfig
 
 PARAMS = (
@@ -91,8 +92,26 @@ def fine_tune(run: Training, *, identity: str, subset: Path, workdir: Path, base
     return model, info
 
 
+def best_candidate(scores: dict[str, dict[str, float]]) -> str:
+    """The candidate evaluate ranks first on validation (accuracy, then loss; a tie keeps "fine_tune").
+
+    The same ranking as `tlpipe.reports.selection.rank`, so the model handed on is the one evaluate and the review
+    call best on validation; `fine_tune.monitor` ranks the epochs of one training, not the candidates.
+    """
+    ranked = rank(
+        {
+            FINAL if name == "fine_tune" else name: {
+                "accuracy": score.get("val_accuracy", 0.0),
+                "loss": score.get("val_loss", float("inf")),
+            }
+            for name, score in scores.items()
+        }
+    )
+    return "fine_tune" if ranked[0] == FINAL else ranked[0]
+
+
 def keep_better(model, info: dict, run: Training, val: tuple, baseline: Path | None = None) -> tuple:
-    """The best on validation (by `cfg.monitor`) of the trained model and the other candidates.
+    """The best on validation (accuracy, then loss: evaluate's ranking) of the trained model and the candidates.
 
     The candidates: the frozen-features model (the pretrained backbone, all frozen, with train_head's head) when
     train_head ran, and train_scratch's model when `baseline` holds one. A tie keeps the trained model.
@@ -127,18 +146,14 @@ def keep_better(model, info: dict, run: Training, val: tuple, baseline: Path | N
         for name, (net, _, _) in nets.items()
     }
     info["candidates"] = scores
-    sign = -1.0 if cfg.monitor.endswith("accuracy") else 1.0  # lower is better after the sign
-
-    def rank(name: str) -> tuple[float, bool]:
-        value = scores[name].get(cfg.monitor)
-        return (float("inf") if value is None else sign * value, name != "fine_tune")
-
-    best = min(nets, key=rank)
-    if best == "fine_tune" or cfg.monitor not in scores["fine_tune"]:
+    best = best_candidate(scores)
+    if best == "fine_tune":
         return model, info
     print(
-        f"fine_tune: the {best.replace('_', ' ')} candidate scores {cfg.monitor} {scores[best][cfg.monitor]:.4f} on "
-        f"validation against {scores['fine_tune'][cfg.monitor]:.4f} after fine-tuning; it is the model handed on",
+        f"fine_tune: the {best.replace('_', ' ')} candidate scores validation accuracy "
+        f"{scores[best]['val_accuracy']:.4f} (loss {scores[best]['val_loss']:.4f}) against "
+        f"{scores['fine_tune']['val_accuracy']:.4f} (loss {scores['fine_tune']['val_loss']:.4f}) after "
+        "fine-tuning; it is the model handed on",
         flush=True,
     )
     net, chosen_hp, plan = nets[best]

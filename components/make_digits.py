@@ -2,6 +2,9 @@
 
 scikit-learn ships 1,797 real 8x8 handwritten digits (no download). The classes are split into a
 *source* set, on which `pretrain_backbone` trains our own backbone, and a *target* set, the transfer task.
+A class listed on both sides is the ImageNet -> cats-vs-dogs case (the source saw the target's classes, on
+other images): every third image of it (by index) goes to the source and the rest to the target, so no image
+is in both sets.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from tlpipe.fs import atomic_dir
 from tlpipe.sections import MakeDigitsConfig
 
 PARAMS = ("make_digits",)
+SHARED_SOURCE_EVERY = 3  # a class on both sides: images 0, 3, 6, ... of it go to the source
 
 
 def digits_images(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,15 +32,29 @@ def digits_images(size: int) -> tuple[np.ndarray, np.ndarray]:
     return images, bunch.target.astype(int)
 
 
+def digit_indices(labels: np.ndarray, cfg: MakeDigitsConfig) -> dict[str, dict[int, np.ndarray]]:
+    """The images (indices into `labels`) of each set and class; a class on both sides is split, never shared."""
+    shared = set(cfg.source_classes) & set(cfg.target_classes)
+    sets: dict[str, dict[int, np.ndarray]] = {"source": {}, "target": {}}
+    for part, classes in (("source", cfg.source_classes), ("target", cfg.target_classes)):
+        for digit in classes:
+            pick = np.flatnonzero(labels == digit)
+            if digit in shared:
+                source = pick[::SHARED_SOURCE_EVERY]
+                pick = source if part == "source" else np.setdiff1d(pick, source)
+            sets[part][digit] = pick
+    return sets
+
+
 def make_digits(cfg: MakeDigitsConfig, out_dir: Path) -> dict[str, int]:
     """Write `out_dir/source/<digit>/*.png` and `out_dir/target/<digit>/*.png`; return counts per set."""
     images, labels = digits_images(cfg.image_size)
     counts = {"source": 0, "target": 0}
-    for part, classes in (("source", cfg.source_classes), ("target", cfg.target_classes)):
-        for digit in classes:
+    for part, classes in digit_indices(labels, cfg).items():
+        for digit, pick in classes.items():
             folder = out_dir / part / str(digit)
             folder.mkdir(parents=True)
-            for index in np.flatnonzero(labels == digit):
+            for index in pick:
                 Image.fromarray(images[index], mode="L").save(folder / f"{index:04d}.png", optimize=False)
                 counts[part] += 1
     return counts

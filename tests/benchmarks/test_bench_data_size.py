@@ -112,10 +112,14 @@ def test_large_cells_test_on_what_fits_beside_their_training_images():
 
     _, labels = digits_images(8)
     fewest = min(int((labels == d).sum()) for d in (5, 6, 7, 8, 9))  # 174 (digit 8)
+    shared = fewest - len(range(0, fewest, 3))  # 116: a third of a shared class goes to the source
     params = REPO / "params.yaml"
-    assert test_per_class(10, [], params) == []  # the committed 130 a class fit
-    assert test_per_class(100, [], params) == [f"make_subset.test_per_class={fewest - 100 - 30}"]
-    assert test_per_class(50, ["make_subset.val_per_class=10"], params) == [
+    near = ["make_digits.source_classes=[0, 1, 2, 3, 4]", "make_digits.target_classes=[5, 6, 7, 8, 9]"]
+    seen = ["make_digits.source_classes=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]", near[1]]
+    assert test_per_class(10, [*near, "make_subset.test_per_class=130"], params) == []  # set by the cell: it stands
+    assert test_per_class(100, near, params) == [f"make_subset.test_per_class={fewest - 100 - 30}"]
+    assert test_per_class(50, [*near, "make_subset.val_per_class=10"], params) == [
         f"make_subset.test_per_class={fewest - 50 - 10}"
     ]
+    assert test_per_class(25, seen, params) == [f"make_subset.test_per_class={shared - 25 - 30}"]
     assert test_per_class(100, ["make_subset.test_per_class=20"], Path(params)) == []  # the user's choice stands

@@ -196,3 +196,32 @@ def test_a_scratch_baseline_better_on_validation_is_the_model_handed_on(tiny_pro
     _, tie = run(tiny_project, params, from_params(params), tmp_path / "good", baseline=baseline, head=False)
     assert tie["candidates"]["fine_tune"] == tie["candidates"]["scratch_baseline"]
     assert tie["selected"] == "fine_tune"
+
+
+def test_the_candidate_handed_on_is_the_one_evaluate_ranks_first():
+    """Validation accuracy first, then loss, a tie keeps fine_tune: evaluate's ranking, not `fine_tune.monitor`.
+
+    The case that made it matter: frozen features + head had the higher validation accuracy but the higher loss,
+    so ranking on val_loss handed on the scratch model while evaluate called frozen features the best baseline.
+    """
+    from components.fine_tune import best_candidate
+    from tlpipe.reports.selection import FINAL, rank
+
+    scores = {
+        "fine_tune": {"val_accuracy": 0.94, "val_loss": 0.20},
+        "frozen_features": {"val_accuracy": 0.98, "val_loss": 0.25},
+        "scratch_baseline": {"val_accuracy": 0.96, "val_loss": 0.12},
+    }
+    assert best_candidate(scores) == "frozen_features"
+    as_evaluate = {
+        FINAL if n == "fine_tune" else n: {"accuracy": s["val_accuracy"], "loss": s["val_loss"]}
+        for n, s in scores.items()
+    }
+    assert rank(as_evaluate)[0] == "frozen_features"
+    scores["scratch_baseline"]["val_accuracy"] = 0.98  # same accuracy: the lower loss wins
+    assert best_candidate(scores) == "scratch_baseline"
+    tie = {
+        "fine_tune": {"val_accuracy": 0.9, "val_loss": 0.3},
+        "scratch_baseline": {"val_accuracy": 0.9, "val_loss": 0.3},
+    }
+    assert best_candidate(tie) == "fine_tune"
