@@ -13,6 +13,7 @@ gets registered.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +65,20 @@ def hyperparams(
     )
 
 
-def fine_tune(run: Training, *, identity: str, subset: Path, workdir: Path, baseline: Path | None = None):
+def fine_tune(
+    run: Training,
+    *,
+    identity: str,
+    subset: Path,
+    workdir: Path,
+    baseline: Path | None = None,
+    regimes: Sequence[str] = ("transfer", "scratch"),
+):
     """Train and return the best candidate with what happened; resumes from `workdir` if a previous run died.
 
-    `baseline`: train_scratch's folder, whose model is a candidate too (keep_better).
+    `baseline`: train_scratch's folder, whose model is a candidate too (keep_better). `regimes`: those tuning
+    searched (BestParams.regimes); a candidate of another regime is none (`tune.regimes: [scratch]` never hands
+    on the frozen-features model).
     """
     cfg, size, head_path = run.cfg, run.size, run.head_path
     x_train, y_train, classes = split_source(subset, "train", size, cfg.input)
@@ -87,7 +98,7 @@ def fine_tune(run: Training, *, identity: str, subset: Path, workdir: Path, base
     )
     model, info = train(run, (x_train, y_train, x_val, y_val, classes), job)
     info["hp"], info["selected"] = run.hp, "fine_tune"
-    model, info = keep_better(model, info, run, (x_val, y_val), baseline)
+    model, info = keep_better(model, info, run, (x_val, y_val), baseline, regimes)
     info["sample"] = x_val[:2] if isinstance(x_val, np.ndarray) else decode_images(x_val[:2], size)
     return model, info
 
@@ -110,11 +121,14 @@ def best_candidate(scores: dict[str, dict[str, float]]) -> str:
     return "fine_tune" if ranked[0] == FINAL else ranked[0]
 
 
-def keep_better(model, info: dict, run: Training, val: tuple, baseline: Path | None = None) -> tuple:
+def keep_better(
+    model, info: dict, run: Training, val: tuple, baseline: Path | None = None, regimes: Sequence[str] = ()
+) -> tuple:
     """The best on validation (accuracy, then loss: evaluate's ranking) of the trained model and the candidates.
 
     The candidates: the frozen-features model (the pretrained backbone, all frozen, with train_head's head) when
-    train_head ran, and train_scratch's model when `baseline` holds one. A tie keeps the trained model.
+    train_head ran and "transfer" is in `regimes`, and train_scratch's model when `baseline` holds one and
+    "scratch" is in `regimes` (empty: both). A tie keeps the trained model.
 
     Returns:
         (model, info) with info["selected"] ("fine_tune", "frozen_features" or "scratch_baseline"), info["hp"],
@@ -130,11 +144,12 @@ def keep_better(model, info: dict, run: Training, val: tuple, baseline: Path | N
     cfg, size = run.cfg, run.size
     hp = info["hp"]
     nets: dict[str, tuple[keras.Model, HyperParams, FreezePlan | None]] = {"fine_tune": (model, hp, None)}
-    if run.head_path is not None and run.head_path.exists():
+    regimes = regimes or ("transfer", "scratch")
+    if run.head_path is not None and run.head_path.exists() and "transfer" in regimes:
         frozen_hp = hp.model_copy(update={"freeze_ratio": 1.0, "regime": "transfer", "train_bn": False})
         frozen, plan = build_model(run.load(), run.preprocess, size, frozen_hp, len(info["classes"]), run.head_path)
         nets["frozen_features"] = (frozen, frozen_hp, plan)
-    if baseline is not None and (baseline / MODEL_FILE).is_file():
+    if baseline is not None and (baseline / MODEL_FILE).is_file() and "scratch" in regimes:
         record = ScratchBaseline.read(baseline)
         if record.classes == info["classes"]:  # a baseline of other classes is no candidate
             scratch = keras.saving.load_model(baseline / MODEL_FILE, safe_mode=True)
@@ -184,9 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     params = step_params(args, "fine_tune", PARAMS)
     model_cfg = params.model
     size, weights = model_cfg.image_size, model_cfg.weights
-    hp = hyperparams(
-        BestParams.read(args.tuning), params.fine_tune, model_cfg.dropout, model_cfg.head_units, args.backbone, weights
-    )
+    best = BestParams.read(args.tuning)
+    hp = hyperparams(best, params.fine_tune, model_cfg.dropout, model_cfg.head_units, args.backbone, weights)
     from tlpipe.tracking.runs import epoch_callback, log_keras_model, step_run
 
     identity = backbone_identity(args.backbone, weights, size)
@@ -214,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             subset=Path(args.subset),
             workdir=Path(args.workdir),
             baseline=Path(args.baseline),
+            regimes=best.regimes,
         )
         mlflow.log_params({f"effective.{k}": v for k, v in info["hp"].model_dump().items()})
         mlflow.set_tag("backbone.description", describe_backbone(args.backbone, identity))

@@ -113,7 +113,7 @@ def _summarize(ctx, tuning: str, timed_out: bool) -> BestParams:
     study = ctx.study()
     stopped_by = "timeout" if timed_out or finished(study) < ctx.cfg.n_trials else "n_trials"
     with atomic_dir(tuning) as staged:
-        summary = summarize(study, ctx.cfg, staged, stopped_by)
+        summary = summarize(study, ctx.cfg, staged, stopped_by, ctx.regimes)
         worker = ctx.worker() if ctx.cfg.sweep else None
         if worker is not None and _sweep_wanted(worker, study, ctx.cfg):
             from tlpipe.tuning.sweep import sweep

@@ -21,7 +21,7 @@ def from_params(params) -> HyperParams:
     )
 
 
-def run(project, params, hp, workdir, callbacks=(), baseline=None, head=True):
+def run(project, params, hp, workdir, callbacks=(), baseline=None, head=True, regimes=("transfer", "scratch")):
     """fine_tune's core wired as its main() wires it, on the tiny project's folders."""
     spec, model = str(project / "models/backbone"), params.model
     spec_run = Training.from_params(
@@ -39,6 +39,7 @@ def run(project, params, hp, workdir, callbacks=(), baseline=None, head=True):
         subset=project / "data/subset",
         workdir=workdir,
         baseline=baseline,
+        regimes=regimes,
     )
 
 
@@ -162,6 +163,10 @@ def test_fine_tuning_that_hurts_hands_on_the_frozen_features_candidate(tiny_proj
     assert info["selected"] == "frozen_features" and info["hp"].freeze_ratio == 1.0, scores
     assert info["freeze"]["frozen"] == info["freeze"]["total"]
     assert model.get_layer("backbone").trainable_weights == []
+
+    _, scratch_only = run(tiny_project, params, wrecked, tmp_path / "work", regimes=("scratch",))
+    assert "frozen_features" not in scratch_only["candidates"]  # tune.regimes: [scratch] hands on no transfer model
+    assert scratch_only["selected"] == "fine_tune"
 
 
 def test_a_scratch_baseline_better_on_validation_is_the_model_handed_on(tiny_project, tmp_path):

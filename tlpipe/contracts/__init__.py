@@ -182,6 +182,8 @@ class BestParams(Contract):
     states: dict[str, int] = {}
     epochs_run: int = 0
     stopped_by: Literal["n_trials", "timeout", "disabled"] = "n_trials"
+    # the regimes the study searched; fine_tune's candidates stay within them (frozen features count as transfer)
+    regimes: list[Literal["transfer", "scratch"]] = ["transfer", "scratch"]
 
 
 # The candidate fine_tune handed on, chosen on validation: its own training, or a baseline's model.

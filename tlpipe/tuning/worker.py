@@ -215,8 +215,11 @@ class Worker:
         return self.ran - before, timed_out
 
 
-def summarize(study, cfg: TuneConfig, out_dir: Path, stopped_by: str) -> BestParams:
-    """Write best_params.json, trials.csv and the plots of this study's trials; return the summary."""
+def summarize(study, cfg: TuneConfig, out_dir: Path, stopped_by: str, regimes: list[str] | None = None) -> BestParams:
+    """Write best_params.json, trials.csv and the plots of this study's trials; return the summary.
+
+    `regimes`: the regimes searched (default cfg.regimes), which bound fine_tune's candidates.
+    """
     from tlpipe.tuning.plots import plot_all
 
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED + ("FAIL",)]
@@ -246,6 +249,7 @@ def summarize(study, cfg: TuneConfig, out_dir: Path, stopped_by: str) -> BestPar
             states=counts(study),
             stopped_by=stopped_by,
             epochs_run=sum(t.user_attrs.get("epochs_run", 0) for t in trials),
+            regimes=list(regimes or cfg.regimes),
         )
     )
     summary.write(out_dir)
