@@ -6,8 +6,8 @@ exactly as a user's first run, and times it. Then writes
 and from-scratch baselines, evaluate's `vs_best_baseline` (delta, exact McNemar p), the final model against the
 from-scratch baseline (exact McNemar on the same test images), the regime and freeze ratio tuning chose, the
 wall time, and the commit (`git rev-parse --short HEAD`). The README
-blocks between `<!-- readme-numbers:default -->` / `<!-- readme-numbers:grid -->` markers are rewritten from
-this file and from `benchmarks/results/data_size.json`, so no number in them is typed by hand.
+blocks between `<!-- readme-numbers:default -->` / `<!-- readme-numbers:grid... -->` markers are rewritten from
+this file and from the grid files (`benchmarks/results/data_size*.json`), so no number in them is typed by hand.
 
     make readme-numbers        # = python -m benchmarks.readme_numbers --adopt (dvc.lock and metrics too)
 """
@@ -138,25 +138,31 @@ def splice(text: str, name: str, block: str) -> str:
     return pattern.sub(lambda _: f"{start}\n{block.rstrip()}\n{end}", text)
 
 
-def grid_summary(grid: dict) -> str:
-    """The grid's cell means (the summary table of benchmarks/results/data_size.md) with its commit."""
+def grid_summary(grid: dict, stem: str = "data_size") -> str:
+    """A grid's cell means (the summary table of benchmarks/results/STEM.md) with its commit."""
     body = grid_markdown({**grid, "rows": []}).split("\n## Rows measured")[0].splitlines()[4:]
     settings = grid.get("settings", {})
     return "\n".join(
         [
             f"Grid run at commit `{settings.get('commit', '?')}` "
-            f"(`benchmarks/results/data_size.md`: every row, settings and what was cut).",
+            f"(`benchmarks/results/{stem}.md`: every row, settings and what was cut).",
             "",
             *body,
         ]
     )
 
 
-def update_readme(readme: Path, result: dict, grid: dict) -> None:
-    """Rewrite the README's generated blocks: the default's numbers and, when the grid has rows, its summary."""
+def grid_block(path: Path) -> str:
+    """The README block a grid file fills: data_size.json -> `grid`, data_size_seen.json -> `grid-seen`."""
+    return "grid" + path.stem.partition("data_size")[2].replace("_", "-")
+
+
+def update_readme(readme: Path, result: dict, grids: dict[Path, dict]) -> None:
+    """Rewrite the README's generated blocks: the default's numbers and each grid's summary (those with rows)."""
     text = splice(readme.read_text(encoding="utf-8"), "default", table(result))
-    if grid.get("rows"):
-        text = splice(text, "grid", grid_summary(grid))
+    for path, grid in grids.items():
+        if grid.get("rows"):
+            text = splice(text, grid_block(path), grid_summary(grid, path.stem))
     readme.write_text(text, encoding="utf-8")
 
 
@@ -169,7 +175,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--out", type=Path, default=RESULTS / "readme_numbers.json")
     p.add_argument("--readme", type=Path, default=REPO / "README.md")
-    p.add_argument("--grid", type=Path, default=RESULTS / "data_size.json")
+    p.add_argument(
+        "--grid",
+        type=Path,
+        nargs="+",
+        default=[RESULTS / f"{stem}.json" for stem in ("data_size", "data_size_seen", "data_size_25")],
+        help="grid result files; each fills its README block (grid_block), a missing file none",
+    )
     p.add_argument("--from-json", action="store_true", help="no run: rewrite the .md and README from --out")
     p.add_argument(
         "--adopt",
@@ -183,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = run_make_run(args.adopt)
         args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     args.out.with_suffix(".md").write_text("# README numbers\n\n" + table(result), encoding="utf-8")
-    update_readme(args.readme, result, read_json(args.grid))
+    update_readme(args.readme, result, {path: read_json(path) for path in args.grid})
     print(table(result))
     return result
 

@@ -80,3 +80,34 @@ def test_from_json_rewrites_the_md_and_both_readme_blocks(tmp_path):
     assert "| 0.930 (0.895-0.960) |" in text and "stale" not in text
     assert "Grid run at commit `def5678`" in text and "| near | 10 | 3 | 0.900 | 0.850 | 0.700 | met |" in text
     assert out.with_suffix(".md").read_text().startswith("# README numbers\n\nRun at commit `abc1234`")
+
+
+def test_each_grid_file_fills_its_own_block_and_a_missing_one_none(tmp_path):
+    from benchmarks.readme_numbers import grid_block
+
+    assert [grid_block(tmp_path / f"{s}.json") for s in ("data_size", "data_size_seen", "grid")] == [
+        "grid",
+        "grid-seen",
+        "grid",
+    ]
+    out, seen, readme = tmp_path / "numbers.json", tmp_path / "data_size_seen.json", tmp_path / "README.md"
+    out.write_text(json.dumps(RESULT))
+    seen.write_text(json.dumps({**GRID, "settings": {"commit": "0a1b2c3"}}))
+    readme.write_text(
+        "<!-- readme-numbers:default -->\n<!-- /readme-numbers:default -->\n"
+        "<!-- readme-numbers:grid-seen -->\nstale\n<!-- /readme-numbers:grid-seen -->\n"
+    )
+    main(
+        [
+            "--from-json",
+            "--out",
+            str(out),
+            "--grid",
+            str(seen),
+            str(tmp_path / "data_size_25.json"),
+            "--readme",
+            str(readme),
+        ]
+    )
+    text = readme.read_text()
+    assert "stale" not in text and "Grid run at commit `0a1b2c3` (`benchmarks/results/data_size_seen.md`" in text
