@@ -85,7 +85,8 @@ def input_memory(rss: RssPeak, backbone_file: str, ratio: float, recipe, hp, cac
     """
     from tlpipe.models.backbones import apply_freeze, freeze_plan, load_backbone
     from tlpipe.models.training import make_head
-    from tlpipe.tuning.trial import cached_model, variant_batches
+    from tlpipe.tuning.batches import variant_batches
+    from tlpipe.tuning.trial import cached_model
 
     backbone = load_backbone(backbone_file, "none", TRIAL_SIZE)
     plan = freeze_plan(backbone, ratio)

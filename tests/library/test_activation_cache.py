@@ -11,8 +11,9 @@ from tests.steps.test_tune import hp_of, load, params_for, recipe
 from tlpipe.contracts import HEAD_FILE
 from tlpipe.data.arrays import NpyRows, NpyWriter
 from tlpipe.data.datasets import passes_per_epoch
+from tlpipe.tuning.batches import epoch_order, variant_batches
 from tlpipe.tuning.cache import ActivationCache, cache_plan, scratch_bytes, worker_scratch
-from tlpipe.tuning.trial import cached_model, epoch_order, load_trial_data, run_trial, variant_batches
+from tlpipe.tuning.trial import cached_model, load_trial_data, run_trial
 
 
 def test_npy_rows_read_any_order_with_runs_and_repeats(tmp_path):

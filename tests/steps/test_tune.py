@@ -195,7 +195,7 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
     study = create_study(params.tune, "prune-test", params.seed)
     # Three sane reference trials. They are the same point, so none of them lags the median. Their rate is one
     # that learns from the first epoch under the trial's seeded batch order (3e-3 stays at chance for two epochs
-    # with the order of tlpipe.tuning.trial.epoch_order; 1e-3: 0.57 / 0.50 / 0.77 validation accuracy).
+    # with the order of tlpipe.tuning.batches.epoch_order; 1e-3: 0.57 / 0.50 / 0.77 validation accuracy).
     low, high = params.tune.freeze_ratio
     inside = [p for p in freeze_points(load(tiny_project, params)) if low - 1e-9 <= p <= high + 1e-9]
     point = {"regime": "transfer", "freeze_ratio": round(inside[1], 4), "train_bn": False}

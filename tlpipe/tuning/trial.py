@@ -14,16 +14,14 @@ flat whatever the dataset size.
 
 from __future__ import annotations
 
-import functools
-import math
 import weakref
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from tlpipe.contracts import COPIES_FILE, HyperParams
 from tlpipe.data.arrays import NpyRows, NpyWriter
@@ -34,7 +32,9 @@ from tlpipe.fingerprint import content_hash, digest
 from tlpipe.fs import scratch_dir
 from tlpipe.models.backbones import FreezePlan, apply_freeze, preprocessing, split_at
 from tlpipe.models.training import compile_for, make_head
+from tlpipe.tuning.batches import ordered_batches, variant_batches
 from tlpipe.tuning.cache import DEFAULT_MEMORY_BYTES, ActivationCache
+from tlpipe.tuning.reuse import Built, ModelPool
 
 
 @dataclass(frozen=True)
@@ -127,93 +127,6 @@ def load_trial_data(
     return data
 
 
-def _float(x, y):
-    return tf.cast(x, tf.float32), y
-
-
-WINDOW_BYTES = 32 * 2**20  # rows gathered per read: large sequential reads, bounded memory in flight
-BLOCKS_PER_WINDOW = 32  # on disk: a window is this many random blocks of consecutive rows, shuffled together
-
-
-def epoch_order(n: int, seed: int, epoch: int, block: int = 1, window: int = 1) -> np.ndarray:
-    """The row order of an epoch, seeded.
-
-    A permutation (block 1), or blocks of `block` consecutive rows in random order with the rows of each
-    `window` (a multiple of `block`) shuffled together, so that a window is read from disk with a few large reads.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    if block <= 1:
-        return rng.permutation(n)
-    full = n // block  # a short last block goes last, so every window stays whole blocks (whole reads)
-    order = np.concatenate(
-        [(rng.permutation(full)[:, None] * block + np.arange(block)).reshape(-1), np.arange(full * block, n)]
-    )
-    for begin in range(0, n, window):
-        rng.shuffle(order[begin : begin + window])  # a view: shuffled in place
-    return order
-
-
-def _windows(arrays: list, labels: np.ndarray, batch: int, epochs: int, order) -> tf.data.Dataset:
-    """Batches of epoch e from arrays[e % len(arrays)] in `order(e)`, gathered a window of rows at a time.
-
-    The arrays are never copied into TensorFlow (no from_tensor_slices, no shuffle buffer): each window is
-    gathered by index from the one resident array, or read from the .npy file, so memory holds the arrays
-    once plus a few windows in flight.
-    """
-    first, n = arrays[0], len(labels)
-    row_bytes = max(1, math.prod(first.shape[1:]) * first.dtype.itemsize)
-    window = max(batch, WINDOW_BYTES // row_bytes)
-    if not isinstance(first, np.ndarray):  # whole blocks per window: each block is one sequential read
-        block = max(1, window // BLOCKS_PER_WINDOW)
-        window = block * BLOCKS_PER_WINDOW
-    order = functools.partial(order, window=window)
-
-    def read(epoch, start):
-        epoch, start = int(epoch), int(start)
-        index = order(epoch)[start : start + window]
-        rows = arrays[epoch % len(arrays)]
-        return (rows[index] if isinstance(rows, np.ndarray) else rows.read(index)), labels[index]
-
-    def load(epoch, start):
-        x, y = tf.numpy_function(
-            read, [epoch, start], (tf.as_dtype(first.dtype), tf.as_dtype(labels.dtype)), stateful=False
-        )
-        return tf.ensure_shape(x, (None, *first.shape[1:])), tf.ensure_shape(y, (None,))
-
-    starts = tf.data.Dataset.range(0, n, window)
-
-    def epoch_batches(epoch):
-        windows = starts.map(lambda start: load(epoch, start), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return windows.rebatch(batch)
-
-    ds = tf.data.Dataset.range(epochs).flat_map(epoch_batches)
-    # flat_map hides the length; Keras needs it to end an evaluation without an "ran out of data" warning
-    ds = ds.apply(tf.data.experimental.assert_cardinality(epochs * math.ceil(n / batch)))
-    return ds.map(_float).prefetch(tf.data.AUTOTUNE)
-
-
-def variant_batches(
-    variants: list, labels: np.ndarray, batch: int, epochs: int, seed: int, passes: int = 1
-) -> tuple[tf.data.Dataset, int]:
-    """Pass p = variant p mod V, shuffled, `passes` passes an epoch; returns the dataset and steps per epoch.
-
-    In memory: a seeded permutation per pass. On disk: shuffled blocks (epoch_order), read sequentially.
-    """
-    on_disk = not isinstance(variants[0], np.ndarray)
-
-    @functools.lru_cache(maxsize=2)  # every window of an epoch slices the same order
-    def order(epoch: int, window: int) -> np.ndarray:
-        block = max(1, window // BLOCKS_PER_WINDOW) if on_disk else 1
-        return epoch_order(len(labels), seed, epoch, block, window)
-
-    return _windows(variants, labels, batch, epochs * passes, order), passes * math.ceil(len(labels) / batch)
-
-
-def ordered_batches(images, labels: np.ndarray, batch: int = 256) -> tf.data.Dataset:
-    """(float32 images, labels) in order: the validation set, from memory or from disk."""
-    return _windows([images], labels, batch, 1, lambda epoch, window: np.arange(len(labels)))
-
-
 def _prefix_model(backbone: keras.Model, frozen: int, size: int, mode: str) -> tuple[keras.Model, keras.Model | None]:
     """(image -> activations at the boundary, boundary -> features); no suffix when all is frozen."""
     if frozen == len(backbone.layers) - 1:
@@ -255,7 +168,7 @@ def cached_model(
     return model, train, val
 
 
-def run_trial(
+def build_trial(
     recipe: Recipe,
     hp: HyperParams,
     data: TrialData,
@@ -263,9 +176,8 @@ def run_trial(
     head_path: Path | None,
     cache: ActivationCache | None,
     identity: str,
-    callbacks=(),
-) -> dict:
-    """Train one trial; returns history, the freeze plan and whether the cache was used."""
+) -> Built:
+    """A trial's compiled model and its inputs: the suffix + head on cached activations, or the full model."""
     from tlpipe.models.backbones import build_classifier, regime_plan
 
     keras.utils.set_random_seed(recipe.seed)
@@ -273,20 +185,44 @@ def run_trial(
     apply_freeze(backbone, plan, train_bn or hp.train_bn)
     warm = head_path if hp.regime != "scratch" else None  # a scratch backbone's features are new: fresh head
     head = make_head(warm, backbone.output.shape[-1], len(data.classes), hp)
-    built = None
-    if cache is not None and plan.frozen > 0:
-        built = cached_model(backbone, plan, head, recipe, cache, identity, data)
-    if built is not None:
-        model, train, val = built
-        mode = "cached"
+    cached = cached_model(backbone, plan, head, recipe, cache, identity, data) if cache and plan.frozen > 0 else None
+    if cached is not None:
+        built = Built(*cached, mode="cached", plan=plan)
     else:
         model = build_classifier(backbone, head, recipe.image_size, recipe.preprocess)
-        train, val, mode = data.variants, data.val_images, "full"
-    compile_for(model, hp.learning_rate)
+        built = Built(model, data.variants, data.val_images, mode="full", plan=plan)
+    compile_for(built.model, hp.learning_rate)
+    return built
+
+
+def run_trial(
+    recipe: Recipe,
+    hp: HyperParams,
+    data: TrialData,
+    backbone: keras.Model | Callable[[], keras.Model],
+    head_path: Path | None,
+    cache: ActivationCache | None,
+    identity: str,
+    callbacks=(),
+    pool: ModelPool | None = None,
+) -> dict:
+    """Train one trial; returns history, the freeze plan, whether the cache was used and the model reused.
+
+    `backbone`: the pretrained model, or a function that loads it (not called when `pool` holds this trial's
+    configuration: tlpipe/tuning/reuse.py).
+    """
+    built = pool.take(hp) if pool is not None else None
+    reused = built is not None
+    if built is None:
+        loaded = backbone if isinstance(backbone, keras.Model) else backbone()
+        built = build_trial(recipe, hp, data, loaded, head_path, cache, identity)
+        if pool is not None:
+            pool.keep(hp, built)
+    model = built.model
     keras.utils.set_random_seed(recipe.seed)
     epochs, passes = recipe.epochs, passes_per_epoch(len(data.labels), recipe.batch_size, recipe.min_steps_per_epoch)
-    dataset, steps = variant_batches(train, data.labels, recipe.batch_size, epochs, recipe.seed, passes)
-    val_ds = ordered_batches(val, data.val_labels)
+    dataset, steps = variant_batches(built.train, data.labels, recipe.batch_size, epochs, recipe.seed, passes)
+    val_ds = ordered_batches(built.val, data.val_labels)
     # Train to convergence under the epoch cap: stop when the validation metric stops improving.
     stop = keras.callbacks.EarlyStopping(recipe.monitor, patience=recipe.patience, mode="auto")
     history = model.fit(
@@ -294,7 +230,8 @@ def run_trial(
     )
     return {
         "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-        "plan": plan,
-        "mode": mode,
+        "plan": built.plan,
+        "mode": built.mode,
         "model": model,
+        "reused": reused,
     }

@@ -21,6 +21,7 @@ from tlpipe.errors import PipelineError
 from tlpipe.sections import TuneConfig
 from tlpipe.tuning.budget import RegimePruning, frozen_weight_counts, label, pruning_warmup, regime_recipe
 from tlpipe.tuning.cache import cache_plan
+from tlpipe.tuning.reuse import ModelPool
 from tlpipe.tuning.study import FINISHED, counts, finished, freeze_points, suggest
 from tlpipe.tuning.trial import ActivationCache, Recipe, load_trial_data, run_trial
 
@@ -72,6 +73,7 @@ class Worker:
             if cfg.cache
             else None
         )
+        self.pool = ModelPool(memory_bytes=cfg.cache_max_bytes)  # a repeated configuration reuses its model
         if self.cache is not None:  # before any trial: what each freeze point costs and where it will live
             print(self.cache.describe(cache_plan(backbone, self.data.images, cfg.cache_dtype)), flush=True)
 
@@ -137,15 +139,17 @@ class Worker:
                     regime_recipe(self.recipe, cfg, hp.regime),
                     hp,
                     self.data,
-                    self.load_backbone(),
+                    self.load_backbone,
                     self.head,
                     self.cache,
                     self.identity,
                     callbacks=[epochs, epoch_callback(), pruning],
+                    pool=self.pool,
                 )
                 values = result["history"][cfg.metric]
                 best = max(values) if cfg.metric.endswith("accuracy") else min(values)
                 trial.set_user_attr("mode", result["mode"])
+                trial.set_user_attr("reused_model", result["reused"])
                 trial.set_user_attr("frozen_layers", result["plan"].frozen)
                 trial.set_user_attr("boundary", result["plan"].boundary)
                 trial.set_user_attr(
