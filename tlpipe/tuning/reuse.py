@@ -20,20 +20,22 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 
 from tlpipe.contracts import HyperParams
+from tlpipe.models.backbones import FreezePlan
 
 
 @dataclass
 class Built:
     """A compiled trial model and what it trains on: train variants, validation data, mode and freeze plan."""
 
-    model: object
+    model: keras.Model
     train: list
     val: object
     mode: str
-    plan: object
+    plan: FreezePlan
 
 
 def config_key(hp: HyperParams) -> tuple:
