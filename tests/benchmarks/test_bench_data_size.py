@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.data_size import FIELDS, far_images, main, markdown, plot, summarize, write_far
+from benchmarks.data_size import FIELDS, main, markdown, plot, summarize
+from benchmarks.data_size_far import far_images, write_far
 from tests.benchmarks.test_bench_regimes import TINY
 
 
@@ -104,8 +105,8 @@ def test_a_seed_significantly_worse_than_the_tuned_scratch_arm_counts():
     assert summary["significantly_worse_seeds"] == [43] and not summary["goal_met"]
 
 
-def test_large_cells_test_on_what_fits_beside_their_training_images():
-    from pathlib import Path
+def test_large_cells_test_on_what_fits_beside_their_training_images(tmp_path):
+    import yaml
 
     from benchmarks.data_size import REPO, test_per_class
     from components.make_digits import digits_images
@@ -113,13 +114,16 @@ def test_large_cells_test_on_what_fits_beside_their_training_images():
     _, labels = digits_images(8)
     fewest = min(int((labels == d).sum()) for d in (5, 6, 7, 8, 9))  # 174 (digit 8)
     shared = fewest - len(range(0, fewest, 3))  # 116: a third of a shared class goes to the source
-    params = REPO / "params.yaml"
+    committed = yaml.safe_load((REPO / "params.yaml").read_text())
+    committed["make_subset"].update(val_per_class=30, test_per_class=130)  # known numbers, whatever the default
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(committed))
     near = ["make_digits.source_classes=[0, 1, 2, 3, 4]", "make_digits.target_classes=[5, 6, 7, 8, 9]"]
     seen = ["make_digits.source_classes=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]", near[1]]
-    assert test_per_class(10, [*near, "make_subset.test_per_class=130"], params) == []  # set by the cell: it stands
+    assert test_per_class(10, near, params) == []  # 130 a class fit beside 10 + 30
     assert test_per_class(100, near, params) == [f"make_subset.test_per_class={fewest - 100 - 30}"]
     assert test_per_class(50, [*near, "make_subset.val_per_class=10"], params) == [
         f"make_subset.test_per_class={fewest - 50 - 10}"
     ]
-    assert test_per_class(25, seen, params) == [f"make_subset.test_per_class={shared - 25 - 30}"]
-    assert test_per_class(100, ["make_subset.test_per_class=20"], Path(params)) == []  # the user's choice stands
+    assert test_per_class(10, seen, params) == [f"make_subset.test_per_class={shared - 10 - 30}"]
+    assert test_per_class(100, ["make_subset.test_per_class=20"], params) == []  # the user's choice stands
