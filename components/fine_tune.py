@@ -122,13 +122,18 @@ def best_candidate(scores: dict[str, dict[str, float]]) -> str:
 
 
 def keep_better(
-    model, info: dict, run: Training, val: tuple, baseline: Path | None = None, regimes: Sequence[str] = ()
+    model,
+    info: dict,
+    run: Training,
+    val: tuple,
+    baseline: Path | None = None,
+    regimes: Sequence[str] = ("transfer", "scratch"),
 ) -> tuple:
     """The best on validation (accuracy, then loss: evaluate's ranking) of the trained model and the candidates.
 
     The candidates: the frozen-features model (the pretrained backbone, all frozen, with train_head's head) when
     train_head ran and "transfer" is in `regimes`, and train_scratch's model when `baseline` holds one and
-    "scratch" is in `regimes` (empty: both). A tie keeps the trained model.
+    "scratch" is in `regimes`. A tie keeps the trained model.
 
     Returns:
         (model, info) with info["selected"] ("fine_tune", "frozen_features" or "scratch_baseline"), info["hp"],
@@ -144,7 +149,6 @@ def keep_better(
     cfg, size = run.cfg, run.size
     hp = info["hp"]
     nets: dict[str, tuple[keras.Model, HyperParams, FreezePlan | None]] = {"fine_tune": (model, hp, None)}
-    regimes = regimes or ("transfer", "scratch")
     if run.head_path is not None and run.head_path.exists() and "transfer" in regimes:
         frozen_hp = hp.model_copy(update={"freeze_ratio": 1.0, "regime": "transfer", "train_bn": False})
         frozen, plan = build_model(run.load(), run.preprocess, size, frozen_hp, len(info["classes"]), run.head_path)

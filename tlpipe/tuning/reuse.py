@@ -7,7 +7,7 @@ trial. Keras keeps a model's traced functions across `fit` calls, so a kept mode
 state back: every model variable (weights, BatchNorm statistics, dropout seed-generator state) and every
 optimizer variable (step count, learning rate, Adam's moments) is restored to the values it had right after it
 was compiled, then the trial's learning rate is set. `fit` resets the metrics itself. The trial then trains
-exactly as a fresh model would, bit for bit (tests/library/test_trial_reuse.py).
+exactly as a fresh model would, bit for bit (tests/steps/test_trial_reuse.py).
 
 Keras has no "reset to initial state" call (`clone_model` builds a new model, which is the cost saved), so
 the snapshot is kept here. Only models whose training data lives in memory are kept: activations streamed
@@ -38,17 +38,14 @@ class Built:
     plan: FreezePlan
 
 
-def config_key(hp: HyperParams) -> tuple:
-    """What makes two trials' models the same model (the learning rate is set per trial)."""
-    ratio = None if hp.regime == "scratch" else hp.freeze_ratio
-    return (hp.regime, ratio, hp.train_bn, hp.head_units, hp.dropout)
+def config_key(hp: HyperParams) -> HyperParams:
+    """What makes two trials' models the same model: every hyperparameter but the learning rate (set per trial)."""
+    return hp.model_copy(update={"learning_rate": 0.0})
 
 
 def in_memory_bytes(built: Built) -> int:
     """Bytes of the arrays a kept model holds on to beyond the worker's own data (cached activations)."""
-    if built.mode != "cached":
-        return 0
-    return sum(a.nbytes for a in [*built.train, built.val] if isinstance(a, np.ndarray))
+    return sum(a.nbytes for a in [*built.train, built.val]) if built.mode == "cached" else 0
 
 
 class ModelPool:
@@ -56,7 +53,7 @@ class ModelPool:
 
     def __init__(self, models: int = 4, memory_bytes: int = 2**30):
         self.models, self.memory_bytes = models, memory_bytes
-        self._kept: OrderedDict[tuple, tuple[Built, list, list[np.ndarray]]] = OrderedDict()
+        self._kept: OrderedDict[HyperParams, tuple[Built, list, list[np.ndarray]]] = OrderedDict()
         self.reused = 0
 
     def take(self, hp: HyperParams) -> Built | None:
