@@ -18,6 +18,7 @@ run with the same code (`components.fine_tune.fine_tune`) and scores the test sp
 
     python -m benchmarks.study_cost --sizes 32 96 --seeds 42 43 44 --trials 8
     python -m benchmarks.study_cost overhead --root DIR    # per-step cost of a cached trial (Keras settings)
+    --replay: tlpipe's tune evaluates the naive study's points in its order (the proxy alone, not TPE's path)
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from pathlib import Path
 import yaml
 
 from benchmarks.machine import commit
-from benchmarks.study_cost_arms import REPO, arm_naive, arm_tlpipe, overrides, write_params
+from benchmarks.study_cost_arms import REPO, arm_tlpipe, overrides, write_params
+from benchmarks.study_cost_naive import arm_naive
 from benchmarks.study_cost_overhead import step_overhead
 from benchmarks.study_cost_report import RATIO_GOAL, _load, markdown, per_size, summarize_rows
 
@@ -172,17 +174,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 96])
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    p.add_argument(
-        "--seeds-per-size",
-        type=int,
-        nargs="+",
-        help="how many of --seeds each size runs (default: all), e.g. 3 1 when time is short",
-    )
+    p.add_argument("--seeds-per-size", type=int, nargs="+", help="how many of --seeds each size runs (e.g. 3 1)")
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--work", type=Path, help="keep the projects here (default: a temporary folder)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/study_cost.json")
     p.add_argument("--merge", action="store_true", help="keep the earlier --out file's runs of other size/seeds")
     p.add_argument("--no-final", action="store_true", help="skip the final fine-tunes")
+    p.add_argument("--replay", action="store_true", help="tlpipe's tune evaluates the naive study's points")
     p.add_argument("--set", action="append", default=[], help="params override section.key=value (smoke tests)")
     p.add_argument("--repeats", type=int, default=3, help="overhead: interleaved repeats")
     p.add_argument("--epochs", type=int, default=5, help="overhead: epochs per trial")
@@ -216,13 +214,16 @@ def bench(args: argparse.Namespace) -> dict:
         count = (args.seeds_per_size or [len(args.seeds)] * len(args.sizes))[args.sizes.index(size)]
         seeds = args.seeds[:count]
         for i, seed in enumerate(seeds):
-            order = ("naive", "tlpipe") if (i + args.sizes.index(size)) % 2 == 0 else ("tlpipe", "naive")
+            alternate = (i + args.sizes.index(size)) % 2 == 0
+            order = ("naive", "tlpipe") if alternate or args.replay else ("tlpipe", "naive")
             load = _load()
             for arm in order:
                 out = work / "runs" / f"px{size}-seed{seed}-{arm}" / "run.json"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 common = ["--root", str(root), "--size", str(size), "--trials", str(args.trials)]
-                run_child([arm, *common, "--seed", str(seed), "--run", str(out), *extra], work / "log.txt")
+                naive_run = out.parent.parent / f"px{size}-seed{seed}-naive" / "run.json"
+                files = [out, naive_run] if args.replay and arm == "tlpipe" else [out]
+                run_child([arm, *common, "--seed", str(seed), "--run", *map(str, files), *extra], work / "log.txt")
                 run = json.loads(out.read_text())
                 run.update(order=list(order), load_before=load)
                 out.write_text(json.dumps(run, indent=1))
@@ -254,6 +255,7 @@ def bench(args: argparse.Namespace) -> dict:
             "trials": args.trials,
             "epochs": yaml.safe_load((REPO / "params.yaml").read_text())["tune"]["epochs"],
             "overrides": args.set,
+            "replay": args.replay,
             "build_s": build_s,
         },
         "runs": {f"px{k[0]}-seed{k[1]}-{k[2]}": v for k, v in runs.items()},
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         run_steps(args.root, UPSTREAM, write_params(args.root, 42, args.size, args.trials, overrides=extra))
     elif args.command in ("naive", "tlpipe"):
         (arm_naive if args.command == "naive" else arm_tlpipe)(
-            args.root, args.seed, args.size, args.trials, args.run[0], extra
+            args.root, args.seed, args.size, args.trials, args.run[0], extra, (args.run[1:] or [None])[0]
         )
     elif args.command == "final":
         final_tests(args.root, args.size, args.trials, args.run, extra)

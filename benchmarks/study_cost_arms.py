@@ -61,6 +61,7 @@ def study_facts(study, started: dt.datetime) -> dict:
                 "freeze_ratio": t.user_attrs.get("freeze_ratio"),
                 "lr": t.params.get("learning_rate"),
                 "epochs": t.user_attrs.get("epochs_run"),
+                "params": dict(t.params),
             }
             for t in trials
         ],
@@ -81,8 +82,35 @@ def preimport() -> None:
     import tlpipe.tuning.worker  # noqa: F401
 
 
-def arm_tlpipe(root: Path, seed: int, size: int, trials: int, out: Path, extra: dict) -> None:
-    """The real tune step, cold activation cache, its own Optuna storage."""
+def enqueue_points(root: Path, params_path: Path, naive_run: Path) -> int:
+    """Replay: the naive study's points, in its order, enqueued in the tune step's own study (not timed).
+
+    The tune step then evaluates exactly those points (Optuna runs enqueued trials before sampling), so the two
+    arms differ only in how a trial is computed (the activation cache, fixed augmented copies) and in what the
+    pruner decides on those values, not in the path TPE takes after a near-tie.
+    """
+    from tlpipe.config import load_params
+    from tlpipe.tuning.context import StudyContext
+
+    ctx = StudyContext(
+        load_params(params_path),
+        subset=root / "data/subset",
+        augmented=root / "data/augmented",
+        head=root / "models/head",
+        backbone=str(root / "models/backbone"),
+        cache_dir=root / "checkpoints/tune_cache",
+    )
+    study = ctx.study()
+    points = [t["params"] for t in json.loads(naive_run.read_text())["trials"]]
+    for point in points:
+        study.enqueue_trial(point)
+    return len(points)
+
+
+def arm_tlpipe(
+    root: Path, seed: int, size: int, trials: int, out: Path, extra: dict, replay: str | None = None
+) -> None:
+    """The real tune step, cold activation cache, its own Optuna storage; `replay`: the naive run's points."""
     import optuna
 
     from pipelines.local import run_steps
@@ -92,6 +120,7 @@ def arm_tlpipe(root: Path, seed: int, size: int, trials: int, out: Path, extra: 
     run = out.parent
     shutil.rmtree(run, ignore_errors=True)
     params = write_params(root, seed, size, trials, storage=run / "optuna.db", overrides=extra)
+    replayed = enqueue_points(root, params, Path(replay)) if replay else 0
     shutil.rmtree(root / "checkpoints" / "tune_cache", ignore_errors=True)
     started, t0 = dt.datetime.now(), time.perf_counter()
     run_steps(root, ["tune"], params)
@@ -112,163 +141,7 @@ def arm_tlpipe(root: Path, seed: int, size: int, trials: int, out: Path, extra: 
                 **facts,
                 "modes": modes,
                 "best_params": best["params"],
-            },
-            indent=1,
-        )
-    )
-
-
-def image_folders(subset: Path, out: Path) -> Path:
-    """The subset's images as the naive user keeps them, <split>/<class>/<file> (written once, not timed)."""
-    from tlpipe.contracts import SHARDS_DIR
-    from tlpipe.data.records import records
-
-    if not out.is_dir():
-        staged = out.with_name(out.name + ".partial")
-        shutil.rmtree(staged, ignore_errors=True)
-        for rel, data in records(sorted((subset / SHARDS_DIR).glob("*.tfrecord"))):
-            (staged / rel).parent.mkdir(parents=True, exist_ok=True)
-            (staged / rel).write_bytes(data)
-        staged.replace(out)
-    return out
-
-
-def naive_model(backbone, plan, head, size, preprocess, lr):
-    import keras
-
-    from tlpipe.models.backbones import apply_freeze, build_classifier
-
-    apply_freeze(backbone, plan, False)
-    model = build_classifier(backbone, head, size, preprocess)
-    # plain compile, as a user writes it (tlpipe's compile_for also pre-builds the training state)
-    model.compile(keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
-
-
-class DirectoryData:
-    """tf_keras's DirectoryIterator as a Keras 3 PyDataset (Keras 3 does not take tf_keras Sequences)."""
-
-    @staticmethod
-    def make(folder: Path, size: int, batch: int, seed: int, augment=None, shuffle: bool = True):
-        import keras
-        from tf_keras.preprocessing.image import ImageDataGenerator
-
-        gen = (
-            ImageDataGenerator(
-                rotation_range=augment.rotation_degrees,
-                zoom_range=augment.zoom,
-                width_shift_range=augment.width_shift,
-                height_shift_range=augment.height_shift,
-                horizontal_flip=augment.horizontal_flip,
-                fill_mode="nearest",
-            )
-            if augment
-            else ImageDataGenerator()
-        )
-        it = gen.flow_from_directory(
-            str(folder),
-            target_size=(size, size),
-            color_mode="rgb",
-            class_mode="sparse",
-            batch_size=batch,
-            shuffle=shuffle,
-            seed=seed,
-        )
-
-        class Wrapped(keras.utils.PyDataset):
-            def __len__(self):
-                return len(it)
-
-            def __getitem__(self, i):
-                return it[i]
-
-            def on_epoch_end(self):
-                it.on_epoch_end()
-
-        return Wrapped(), it.class_indices
-
-
-def arm_naive(root: Path, seed: int, size: int, trials: int, out: Path, extra: dict) -> None:
-    """Optuna + full model + ImageDataGenerator from the files every epoch, with early stopping and the pruner."""
-    import keras
-    import optuna
-    from optuna_integration import KerasPruningCallback
-
-    preimport()
-    from tlpipe.config import load_params
-    from tlpipe.contracts import HyperParams
-    from tlpipe.data.datasets import class_names, read_manifest
-    from tlpipe.models.backbones import freeze_plan
-    from tlpipe.models.training import make_head
-    from tlpipe.tuning.context import StudyContext
-    from tlpipe.tuning.study import freeze_points, pruner, sampler, suggest
-
-    params = load_params(write_params(root, seed, size, trials, storage=out.parent / "unused.db", overrides=extra))
-    ctx = StudyContext(
-        params,
-        subset=root / "data/subset",
-        augmented=root / "data/augmented",
-        head=root / "models/head",
-        backbone=str(root / "models/backbone"),
-        cache_dir=root / "checkpoints/tune_cache",
-    )
-    cfg, batch = params.tune, params.fine_tune.batch_size
-    points = freeze_points(ctx.load_backbone())
-    class_order = class_names(read_manifest(root / "data/subset"))
-    folders = image_folders(root / "data/subset", root / "data/naive")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    def objective(trial) -> float:
-        hp = HyperParams(
-            dropout=params.model.dropout,
-            head_units=params.model.head_units,
-            **suggest(trial, cfg, points, ["transfer"]),
-        )
-        keras.utils.set_random_seed(seed)
-        backbone = ctx.load_backbone()
-        plan = freeze_plan(backbone, hp.freeze_ratio)
-        train, classes = DirectoryData.make(folders / "train", size, batch, seed, params.augment)
-        val, _ = DirectoryData.make(folders / "val", size, 256, seed, shuffle=False)
-        if sorted(classes, key=classes.get) != class_order:
-            raise SystemExit(f"class order {classes} differs from the manifest's {class_order}")
-        head = make_head(ctx.head, backbone.output.shape[-1], len(classes), hp)
-        model = naive_model(backbone, plan, head, size, ctx.recipe.preprocess, hp.learning_rate)
-        epochs_run = keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: trial.set_user_attr("epochs_run", epoch + 1)
-        )
-        stop = keras.callbacks.EarlyStopping(cfg.metric, patience=cfg.patience)
-        history = model.fit(
-            train,
-            validation_data=val,
-            epochs=cfg.epochs,
-            verbose=0,
-            callbacks=[epochs_run, stop, KerasPruningCallback(trial, cfg.metric)],
-        )
-        return min(history.history[cfg.metric])
-
-    started, t0 = dt.datetime.now(), time.perf_counter()
-    study = optuna.create_study(direction="minimize", sampler=sampler(cfg, seed), pruner=pruner(cfg))
-    study.optimize(objective, n_trials=trials)
-    seconds = time.perf_counter() - t0
-    facts = study_facts(study, started)
-    out.write_text(
-        json.dumps(
-            {
-                "arm": "naive",
-                "seed": seed,
-                "size": size,
-                "seconds": seconds,
-                **facts,
-                "early_stopping": True,
-                "patience": cfg.patience,
-                "pruner": cfg.pruner,
-                "best_params": {
-                    **facts["params"],
-                    "regime": "transfer",
-                    "train_bn": False,
-                    "dropout": params.model.dropout,
-                    "head_units": params.model.head_units,
-                },
+                "replayed": replayed,
             },
             indent=1,
         )

@@ -119,6 +119,13 @@ def markdown(result: dict) -> str:
         f"KerasPruningCallback. Run took {result['wall_s']:.0f} s.",
         "",
     ]
+    if result["parameters"].get("replay"):
+        lines += [
+            "**Replay**: the naive study ran first and tlpipe's `tune` evaluated its points in its order "
+            "(`Study.enqueue_trial`), so the arms differ only in how a trial is computed (activation cache, fixed "
+            "augmented copies) and in what the pruner decides on those values, not in the path TPE takes.",
+            "",
+        ]
     lines.append(
         _table(
             [

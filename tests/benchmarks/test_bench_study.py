@@ -58,6 +58,7 @@ def test_study_cost_benchmark_writes_report(tmp_path):
         str(work),
         "--out",
         str(out),
+        "--replay",
         *TINY,
     )
     run(
@@ -91,7 +92,11 @@ def test_study_cost_benchmark_writes_report(tmp_path):
     )
     assert row["ratio_with_final"] == pytest.approx(row["tlpipe_total_s"] / row["naive_total_s"], rel=0.02)
     md = out.with_suffix(".md").read_text()
-    assert md.startswith("# Study cost") and "Where the time goes" in md
+    assert md.startswith("# Study cost") and "Where the time goes" in md and "**Replay**" in md
+    # --replay: tune's own study evaluated the naive study's points, in the naive study's order
+    naive, tl = result["runs"]["px16-seed42-naive"], result["runs"]["px16-seed42-tlpipe"]
+    assert tl["replayed"] == 2 and result["parameters"]["replay"] is True
+    assert [t["params"] for t in tl["trials"]] == [t["params"] for t in naive["trials"]]
 
 
 @pytest.mark.slow
