@@ -124,3 +124,43 @@ def test_a_study_gives_the_same_trials_with_and_without_reuse(tiny_project, tmp_
         epochs[name] = [t.intermediate_values for t in trials]
         assert [t.user_attrs["reused_model"] for t in trials] == [False, False, keep > 0, keep > 0]
     assert epochs["reused"] == epochs["fresh"]
+
+
+def test_a_pruned_trial_records_whether_it_reused_a_model(tiny_project, tmp_path):
+    """reused_model is set on pruned trials too (the pool hands the model out before fit, where pruning raises)."""
+    import mlflow
+
+    from tlpipe.models.backbones import backbone_identity
+    from tlpipe.tuning.study import freeze_points
+    from tlpipe.tuning.worker import Defaults, Worker, WorkerSetup
+
+    params = params_for(tiny_project, tmp_path, **{"tune.epochs": 2})
+    spec, model = str(tiny_project / "models/backbone"), params.model
+    low, high = params.tune.freeze_ratio
+    inside = [p for p in freeze_points(load(tiny_project, params)) if low - 1e-9 <= p <= high + 1e-9]
+    # any positive val_loss is over the threshold: both trials are pruned after their first epoch
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    for lr in (1e-3, 3e-3):
+        study.enqueue_trial({"regime": "transfer", "freeze_ratio": round(inside[0], 4), "train_bn": False,
+                             "learning_rate": lr})  # fmt: skip
+    worker = Worker(
+        WorkerSetup(
+            cfg=params.tune.model_copy(update={"n_trials": 2}),
+            recipe=recipe(tiny_project, params, epochs=2),
+            defaults=Defaults(model.dropout, model.head_units),
+            subset=tiny_project / "data/subset",
+            head=tiny_project / "models/head" / HEAD_FILE,
+            augmented=tiny_project / "data/augmented",
+            cache_dir=tmp_path / "cache",
+            load_backbone=lambda: load(tiny_project, params),
+            identity=backbone_identity(spec, model.weights, model.image_size),
+        )
+    )
+    mlflow.set_tracking_uri(params.tracking.default_uri)
+    mlflow.set_experiment(params.tracking.experiment)
+    with mlflow.start_run():
+        worker.work(study)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    assert [t.user_attrs["reused_model"] for t in trials] == [False, True]
+    assert [t.user_attrs["epochs_run"] for t in trials] == [1, 1]

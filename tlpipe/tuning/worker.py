@@ -132,7 +132,7 @@ class Worker:
             },
         ):
             mlflow.log_params(hp.model_dump())
-            state, pruned, epochs = "failed", None, Epochs()
+            state, pruned, epochs, reuses = "failed", None, Epochs(), self.pool.reused
             try:
                 pruning = RegimePruning(trial, cfg.metric, pruning_warmup(cfg, hp.regime))
                 result = run_trial(
@@ -149,7 +149,6 @@ class Worker:
                 values = result["history"][cfg.metric]
                 best = max(values) if cfg.metric.endswith("accuracy") else min(values)
                 trial.set_user_attr("mode", result["mode"])
-                trial.set_user_attr("reused_model", result["reused"])
                 trial.set_user_attr("frozen_layers", result["plan"].frozen)
                 trial.set_user_attr("boundary", result["plan"].boundary)
                 trial.set_user_attr(
@@ -164,6 +163,7 @@ class Worker:
                 state, pruned = "pruned", exc
             finally:
                 trial.set_user_attr("epochs_run", epochs.run)
+                trial.set_user_attr("reused_model", self.pool.reused > reuses)  # pruned trials too
                 mlflow.set_tag("optuna.state", state)
         raise pruned
 
