@@ -171,7 +171,7 @@ def test_fine_tuning_that_hurts_hands_on_the_frozen_features_candidate(tiny_proj
 
 def test_a_scratch_baseline_better_on_validation_is_the_model_handed_on(tiny_project, tmp_path):
     """train_scratch's model is a candidate: when it beats the fine-tuned model on validation it is handed on,
-    with its own hyperparameters; a baseline of other classes is no candidate; a tie keeps the trained model."""
+    with its own hyperparameters; a baseline of other classes is no candidate; a tie hands on the baseline."""
     from tlpipe.models.training import save_model
 
     params = load_params(
@@ -200,11 +200,11 @@ def test_a_scratch_baseline_better_on_validation_is_the_model_handed_on(tiny_pro
     ScratchBaseline(hyperparameters=scratch_hp, classes=trained["classes"], best_epoch=2).write(baseline)
     _, tie = run(tiny_project, params, from_params(params), tmp_path / "good", baseline=baseline, head=False)
     assert tie["candidates"]["fine_tune"] == tie["candidates"]["scratch_baseline"]
-    assert tie["selected"] == "fine_tune"
+    assert tie["selected"] == "scratch_baseline" and tie["hp"] == scratch_hp  # a tie goes to the baseline
 
 
 def test_the_candidate_handed_on_is_the_one_evaluate_ranks_first():
-    """Validation accuracy first, then loss, a tie keeps fine_tune: evaluate's ranking, not `fine_tune.monitor`.
+    """Validation accuracy first, then loss: evaluate's ranking, not `fine_tune.monitor`.
 
     The case that made it matter: frozen features + head had the higher validation accuracy but the higher loss,
     so ranking on val_loss handed on the scratch model while evaluate called frozen features the best baseline.
@@ -225,8 +225,23 @@ def test_the_candidate_handed_on_is_the_one_evaluate_ranks_first():
     assert rank(as_evaluate)[0] == "frozen_features"
     scores["scratch_baseline"]["val_accuracy"] = 0.98  # same accuracy: the lower loss wins
     assert best_candidate(scores) == "scratch_baseline"
-    tie = {
-        "fine_tune": {"val_accuracy": 0.9, "val_loss": 0.3},
-        "scratch_baseline": {"val_accuracy": 0.9, "val_loss": 0.3},
+
+
+def test_the_trained_model_must_beat_the_baselines_on_validation_accuracy():
+    """An accuracy tie goes to a baseline whatever the losses: the trained model's loss is what the study minimised.
+
+    The case: the seen grid at 5 images a class, seed 46 (148/150 each; loss 0.10 fine-tuned, 0.53 frozen).
+    """
+    from components.fine_tune import best_candidate
+
+    seed46 = {
+        "fine_tune": {"val_accuracy": 148 / 150, "val_loss": 0.104},
+        "frozen_features": {"val_accuracy": 148 / 150, "val_loss": 0.533},
+        "scratch_baseline": {"val_accuracy": 131 / 150, "val_loss": 0.348},
     }
-    assert best_candidate(tie) == "fine_tune"
+    assert best_candidate(seed46) == "frozen_features"
+    seed46["scratch_baseline"]["val_accuracy"] = 148 / 150  # two baselines tied: the lower loss between them
+    assert best_candidate(seed46) == "scratch_baseline"
+    seed46["fine_tune"]["val_accuracy"] = 149 / 150  # one image more on validation: the trained model
+    assert best_candidate(seed46) == "fine_tune"
+    assert best_candidate({"fine_tune": {"val_accuracy": 0.9, "val_loss": 0.3}}) == "fine_tune"  # alone
