@@ -106,13 +106,10 @@ def fine_tune(
 def best_candidate(scores: dict[str, dict[str, float]]) -> str:
     """The candidate handed on: the highest validation accuracy; on a tie a baseline, then the lower loss.
 
-    Accuracy first, as evaluate ranks (`tlpipe.reports.selection.rank`); `fine_tune.monitor` ranks the epochs of
-    one training, not the candidates. On an accuracy tie the trained model does not win by its lower loss: its
-    params were the study's pick, out of every trial, by validation loss, so that loss is the one number on the
-    split that a search already minimised (the winner's curse), while the baselines' were not searched. The
-    search has to win on accuracy. Found on the seen grid (benchmarks/results/data_size_seen.md, 5 images a class,
-    seed 46): fine-tuned and frozen features both 148/150 on validation, the fine-tuned loss 0.10 against 0.53,
-    and on test the fine-tuned model 9 images worse (McNemar p 0.022).
+    Accuracy first, as evaluate ranks (`selection.rank`; `fine_tune.monitor` ranks one training's epochs). On a
+    tie the trained model's lower loss does not count: the study picked its params by that very loss on this
+    split (the winner's curse); the baselines were not searched. Found on the seen grid at 5 a class, seed 46:
+    148/150 each, loss 0.10 vs 0.53 for frozen features, and on test 9 images worse (McNemar p 0.022).
     """
     accuracy = {name: score.get("val_accuracy", 0.0) for name, score in scores.items()}
     top = max(accuracy.values())
