@@ -33,6 +33,7 @@ import yaml
 
 from benchmarks.pruning_notes import report, rewrite
 from benchmarks.study_cost import REPO, UPSTREAM, _load, fine_tune_test, overrides, run_child
+from benchmarks.study_cost_arms import project_context
 
 
 def candidates(cfg) -> dict:
@@ -86,21 +87,13 @@ def studies(root: Path, seed: int, names: list[str], trials: int | None, out: Pa
 
     from tlpipe.config import load_params
     from tlpipe.contracts import BestParams
-    from tlpipe.tuning.context import StudyContext
     from tlpipe.tuning.study import make_storage, sampler
     from tlpipe.tuning.worker import summarize
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = load_params(write_params(root, seed, trials, extra))
     mlflow.set_tracking_uri(params.tracking.default_uri)
-    ctx = StudyContext(
-        params,
-        subset=root / "data/subset",
-        augmented=root / "data/augmented",
-        head=root / "models/head",
-        backbone=str(root / "models/backbone"),
-        cache_dir=root / "checkpoints/tune_cache",
-    )
+    ctx = project_context(root, params)
     cfg = ctx.cfg
     results = json.loads(out.read_text()) if out.exists() else {}
     for name in names:

@@ -82,6 +82,20 @@ def preimport() -> None:
     import tlpipe.tuning.worker  # noqa: F401
 
 
+def project_context(root: Path, params):
+    """The tune step's StudyContext on a benchmark project (the folders the `build` child writes)."""
+    from tlpipe.tuning.context import StudyContext
+
+    return StudyContext(
+        params,
+        subset=root / "data/subset",
+        augmented=root / "data/augmented",
+        head=root / "models/head",
+        backbone=str(root / "models/backbone"),
+        cache_dir=root / "checkpoints/tune_cache",
+    )
+
+
 def enqueue_points(root: Path, params_path: Path, naive_run: Path) -> int:
     """Replay: the naive study's points, in its order, enqueued in the tune step's own study (not timed).
 
@@ -90,17 +104,8 @@ def enqueue_points(root: Path, params_path: Path, naive_run: Path) -> int:
     pruner decides on those values, not in the path TPE takes after a near-tie.
     """
     from tlpipe.config import load_params
-    from tlpipe.tuning.context import StudyContext
 
-    ctx = StudyContext(
-        load_params(params_path),
-        subset=root / "data/subset",
-        augmented=root / "data/augmented",
-        head=root / "models/head",
-        backbone=str(root / "models/backbone"),
-        cache_dir=root / "checkpoints/tune_cache",
-    )
-    study = ctx.study()
+    study = project_context(root, load_params(params_path)).study()
     points = [t["params"] for t in json.loads(naive_run.read_text())["trials"]]
     for point in points:
         study.enqueue_trial(point)

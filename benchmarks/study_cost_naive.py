@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from benchmarks.study_cost_arms import preimport, study_facts, write_params
+from benchmarks.study_cost_arms import preimport, project_context, study_facts, write_params
 
 
 def image_folders(subset: Path, out: Path) -> Path:
@@ -96,18 +96,10 @@ def arm_naive(root: Path, seed: int, size: int, trials: int, out: Path, extra: d
     from tlpipe.data.datasets import class_names, read_manifest
     from tlpipe.models.backbones import freeze_plan
     from tlpipe.models.training import make_head
-    from tlpipe.tuning.context import StudyContext
     from tlpipe.tuning.study import freeze_points, pruner, sampler, suggest
 
     params = load_params(write_params(root, seed, size, trials, storage=out.parent / "unused.db", overrides=extra))
-    ctx = StudyContext(
-        params,
-        subset=root / "data/subset",
-        augmented=root / "data/augmented",
-        head=root / "models/head",
-        backbone=str(root / "models/backbone"),
-        cache_dir=root / "checkpoints/tune_cache",
-    )
+    ctx = project_context(root, params)
     cfg, batch = params.tune, params.fine_tune.batch_size
     points = freeze_points(ctx.load_backbone())
     class_order = class_names(read_manifest(root / "data/subset"))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.steps.test_tune import hp_of, load, params_for, recipe
+from tests.steps.test_tune import hp_of, load, params_for, recipe, worker_for
 from tlpipe.contracts import HEAD_FILE
 from tlpipe.data.arrays import NpyRows, NpyWriter
 from tlpipe.data.datasets import passes_per_epoch
@@ -145,24 +145,9 @@ def test_worker_scratch_sizes_the_emptydir_from_the_plan():
 
 
 def test_a_worker_states_the_cache_plan_in_one_line_before_tuning(tiny_project, tmp_path, capsys):
-    from tlpipe.models.backbones import backbone_identity
-    from tlpipe.tuning.worker import Defaults, Worker, WorkerSetup
 
     params = params_for(tiny_project, tmp_path, **{"tune.cache_max_bytes": 1})
-    model = params.model
-    worker = Worker(
-        WorkerSetup(
-            cfg=params.tune,
-            recipe=recipe(tiny_project, params),
-            defaults=Defaults(model.dropout, model.head_units),
-            subset=tiny_project / "data/subset",
-            head=tiny_project / "models/head" / HEAD_FILE,
-            augmented=tiny_project / "data/augmented",
-            cache_dir=tmp_path / "cache",
-            load_backbone=lambda: load(tiny_project, params),
-            identity=backbone_identity(str(tiny_project / "models/backbone"), model.weights, model.image_size),
-        )
-    )
+    worker = worker_for(tiny_project, params, tmp_path / "cache")
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("tune: activation cache in")]
     plan = cache_plan(load(tiny_project, params), worker.data.images)
     assert str(tmp_path / "cache") in line and all(f"{name} " in line for name in plan)

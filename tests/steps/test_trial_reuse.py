@@ -6,7 +6,7 @@ import numpy as np
 import optuna
 import pytest
 
-from tests.steps.test_tune import hp_of, load, params_for, recipe
+from tests.steps.test_tune import hp_of, load, params_for, recipe, worker_for
 from tlpipe.contracts import HEAD_FILE
 from tlpipe.tuning.reuse import ModelPool
 from tlpipe.tuning.trial import ActivationCache, load_trial_data, run_trial
@@ -82,12 +82,9 @@ def test_a_study_gives_the_same_trials_with_and_without_reuse(tiny_project, tmp_
     """The worker's pool on (repeated points reuse their model) or off: every trial's epochs are the same."""
     import mlflow
 
-    from tlpipe.models.backbones import backbone_identity
     from tlpipe.tuning.study import create_study, freeze_points
-    from tlpipe.tuning.worker import Defaults, Worker, WorkerSetup
 
     params = params_for(tiny_project, tmp_path, **{"tune.pruner": "none", "tune.epochs": 2})
-    spec, model = str(tiny_project / "models/backbone"), params.model
     low, high = params.tune.freeze_ratio
     inside = [p for p in freeze_points(load(tiny_project, params)) if low - 1e-9 <= p <= high + 1e-9]
     points = [
@@ -103,19 +100,8 @@ def test_a_study_gives_the_same_trials_with_and_without_reuse(tiny_project, tmp_
         study = create_study(params.tune, f"reuse-{name}", params.seed)
         for point in points:
             study.enqueue_trial(point)
-        worker = Worker(
-            WorkerSetup(
-                cfg=params.tune.model_copy(update={"n_trials": len(points)}),
-                recipe=recipe(tiny_project, params, epochs=2),
-                defaults=Defaults(model.dropout, model.head_units),
-                subset=tiny_project / "data/subset",
-                head=tiny_project / "models/head" / HEAD_FILE,
-                augmented=tiny_project / "data/augmented",
-                cache_dir=tmp_path / f"cache-{name}",
-                load_backbone=lambda: load(tiny_project, params),
-                identity=backbone_identity(spec, model.weights, model.image_size),
-            )
-        )
+        cfg = params.tune.model_copy(update={"n_trials": len(points)})
+        worker = worker_for(tiny_project, params, tmp_path / f"cache-{name}", cfg, epochs=2)
         worker.pool = ModelPool(models=keep)
         with mlflow.start_run():
             worker.work(study)
@@ -130,12 +116,9 @@ def test_a_pruned_trial_records_whether_it_reused_a_model(tiny_project, tmp_path
     """reused_model is set on pruned trials too (the pool hands the model out before fit, where pruning raises)."""
     import mlflow
 
-    from tlpipe.models.backbones import backbone_identity
     from tlpipe.tuning.study import freeze_points
-    from tlpipe.tuning.worker import Defaults, Worker, WorkerSetup
 
     params = params_for(tiny_project, tmp_path, **{"tune.epochs": 2})
-    spec, model = str(tiny_project / "models/backbone"), params.model
     low, high = params.tune.freeze_ratio
     inside = [p for p in freeze_points(load(tiny_project, params)) if low - 1e-9 <= p <= high + 1e-9]
     # any positive val_loss is over the threshold: both trials are pruned after their first epoch
@@ -143,19 +126,8 @@ def test_a_pruned_trial_records_whether_it_reused_a_model(tiny_project, tmp_path
     for lr in (1e-3, 3e-3):
         study.enqueue_trial({"regime": "transfer", "freeze_ratio": round(inside[0], 4), "train_bn": False,
                              "learning_rate": lr})  # fmt: skip
-    worker = Worker(
-        WorkerSetup(
-            cfg=params.tune.model_copy(update={"n_trials": 2}),
-            recipe=recipe(tiny_project, params, epochs=2),
-            defaults=Defaults(model.dropout, model.head_units),
-            subset=tiny_project / "data/subset",
-            head=tiny_project / "models/head" / HEAD_FILE,
-            augmented=tiny_project / "data/augmented",
-            cache_dir=tmp_path / "cache",
-            load_backbone=lambda: load(tiny_project, params),
-            identity=backbone_identity(spec, model.weights, model.image_size),
-        )
-    )
+    cfg = params.tune.model_copy(update={"n_trials": 2})
+    worker = worker_for(tiny_project, params, tmp_path / "cache", cfg, epochs=2)
     mlflow.set_tracking_uri(params.tracking.default_uri)
     mlflow.set_experiment(params.tracking.experiment)
     with mlflow.start_run():

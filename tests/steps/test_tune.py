@@ -62,6 +62,24 @@ def hp_of(freeze_ratio, learning_rate, dropout, head_units) -> HyperParams:
     return HyperParams(freeze_ratio=freeze_ratio, learning_rate=learning_rate, dropout=dropout, head_units=head_units)
 
 
+def worker_for(project, params, cache_dir, cfg=None, epochs=None) -> Worker:
+    """A tune worker on the tiny project, set up as the tune step sets it up (`cfg`: params.tune by default)."""
+    model = params.model
+    return Worker(
+        WorkerSetup(
+            cfg=cfg or params.tune,
+            recipe=recipe(project, params, epochs=epochs),
+            defaults=Defaults(model.dropout, model.head_units),
+            subset=project / "data/subset",
+            head=project / "models/head" / HEAD_FILE,
+            augmented=project / "data/augmented",
+            cache_dir=cache_dir,
+            load_backbone=lambda: load(project, params),
+            identity=backbone_identity(backbone_of(project), model.weights, model.image_size),
+        )
+    )
+
+
 def test_search_space_uses_real_boundaries_within_range(tiny_project, tmp_path):
     params = params_for(tiny_project, tmp_path, **{"tune.freeze_ratio": [0.2, 0.8]})
     backbone = load(tiny_project, params)
@@ -202,20 +220,7 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
     for _ in range(3):
         study.enqueue_trial({**point, "learning_rate": 1e-3})
     study.enqueue_trial({**point, "learning_rate": 50.0})  # diverges: accuracy collapses
-    spec, model = backbone_of(tiny_project), params.model
-    worker = Worker(
-        WorkerSetup(
-            cfg=params.tune,
-            recipe=recipe(tiny_project, params),
-            defaults=Defaults(model.dropout, model.head_units),
-            subset=tiny_project / "data/subset",
-            head=tiny_project / "models/head" / HEAD_FILE,
-            augmented=tiny_project / "data/augmented",
-            cache_dir=tmp_path / "cache",
-            load_backbone=lambda: load(tiny_project, params),
-            identity=backbone_identity(spec, model.weights, model.image_size),
-        )
-    )
+    worker = worker_for(tiny_project, params, tmp_path / "cache")
     import mlflow
 
     mlflow.set_tracking_uri(params.tracking.default_uri)
