@@ -281,10 +281,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         from pipelines.local import run_steps
 
         run_steps(args.root, UPSTREAM, write_params(args.root, 42, args.size, args.trials, overrides=extra))
-    elif args.command in ("naive", "tlpipe"):
-        (arm_naive if args.command == "naive" else arm_tlpipe)(
-            args.root, args.seed, args.size, args.trials, args.run[0], extra, (args.run[1:] or [None])[0]
-        )
+    elif args.command == "naive":
+        arm_naive(args.root, args.seed, args.size, args.trials, args.run[0], extra)
+    elif args.command == "tlpipe":  # a second --run file: the naive run whose points it replays
+        arm_tlpipe(args.root, args.seed, args.size, args.trials, args.run[0], extra, (args.run[1:] or [None])[0])
     elif args.command == "final":
         final_tests(args.root, args.size, args.trials, args.run, extra)
     elif args.command == "overhead":

@@ -84,7 +84,7 @@ class DirectoryData:
         return Wrapped(), it.class_indices
 
 
-def arm_naive(root: Path, seed: int, size: int, trials: int, out: Path, extra: dict, replay=None) -> None:
+def arm_naive(root: Path, seed: int, size: int, trials: int, out: Path, extra: dict) -> None:
     """Optuna + full model + ImageDataGenerator from the files every epoch, with early stopping and the pruner."""
     import keras
     import optuna

@@ -113,8 +113,7 @@ def best_candidate(scores: dict[str, dict[str, float]]) -> str:
     """
     accuracy = {name: score.get("val_accuracy", 0.0) for name, score in scores.items()}
     top = max(accuracy.values())
-    # equal counts of correct images on one split give equal means; the tolerance guards summation order only
-    tied = [name for name in scores if accuracy[name] >= top - 1e-6]
+    tied = [name for name in scores if accuracy[name] == top]  # exact, as rank compares accuracies
     baselines = [name for name in tied if name != "fine_tune"]
     ranked = rank(
         {
@@ -136,7 +135,7 @@ def keep_better(
     baseline: Path | None = None,
     regimes: Sequence[str] = ("transfer", "scratch"),
 ) -> tuple:
-    """The best on validation (accuracy, then loss: evaluate's ranking) of the trained model and the candidates.
+    """The best on validation (best_candidate) of the trained model and the candidates.
 
     The candidates: the frozen-features model (the pretrained backbone, all frozen, with train_head's head) when
     train_head ran and "transfer" is in `regimes`, and train_scratch's model when `baseline` holds one and

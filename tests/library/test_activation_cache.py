@@ -145,7 +145,6 @@ def test_worker_scratch_sizes_the_emptydir_from_the_plan():
 
 
 def test_a_worker_states_the_cache_plan_in_one_line_before_tuning(tiny_project, tmp_path, capsys):
-
     params = params_for(tiny_project, tmp_path, **{"tune.cache_max_bytes": 1})
     worker = worker_for(tiny_project, params, tmp_path / "cache")
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("tune: activation cache in")]

@@ -82,11 +82,10 @@ def test_a_study_gives_the_same_trials_with_and_without_reuse(tiny_project, tmp_
     """The worker's pool on (repeated points reuse their model) or off: every trial's epochs are the same."""
     import mlflow
 
-    from tlpipe.tuning.study import create_study, freeze_points
+    from tlpipe.tuning.study import create_study, freeze_points, inside_points
 
     params = params_for(tiny_project, tmp_path, **{"tune.pruner": "none", "tune.epochs": 2})
-    low, high = params.tune.freeze_ratio
-    inside = [p for p in freeze_points(load(tiny_project, params)) if low - 1e-9 <= p <= high + 1e-9]
+    inside = inside_points(params.tune, freeze_points(load(tiny_project, params)))
     points = [
         {"regime": "transfer", "freeze_ratio": round(inside[0], 4), "train_bn": False, "learning_rate": 1e-3},
         {"regime": "scratch", "learning_rate": 3e-3},
@@ -116,11 +115,10 @@ def test_a_pruned_trial_records_whether_it_reused_a_model(tiny_project, tmp_path
     """reused_model is set on pruned trials too (the pool hands the model out before fit, where pruning raises)."""
     import mlflow
 
-    from tlpipe.tuning.study import freeze_points
+    from tlpipe.tuning.study import freeze_points, inside_points
 
     params = params_for(tiny_project, tmp_path, **{"tune.epochs": 2})
-    low, high = params.tune.freeze_ratio
-    inside = [p for p in freeze_points(load(tiny_project, params)) if low - 1e-9 <= p <= high + 1e-9]
+    inside = inside_points(params.tune, freeze_points(load(tiny_project, params)))
     # any positive val_loss is over the threshold: both trials are pruned after their first epoch
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
     for lr in (1e-3, 3e-3):

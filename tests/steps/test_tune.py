@@ -21,7 +21,7 @@ from tlpipe.config import load_params
 from tlpipe.contracts import BACKBONE_FILE, COPIES_FILE, HEAD_FILE, BestParams, HyperParams
 from tlpipe.models.backbones import backbone_identity, cut_points, load_backbone, preprocess_mode
 from tlpipe.sections import StorageConfig
-from tlpipe.tuning.study import create_study, freeze_points, make_storage, suggest
+from tlpipe.tuning.study import create_study, freeze_points, inside_points, make_storage, suggest
 from tlpipe.tuning.trial import ActivationCache, Recipe, load_trial_data, run_trial
 from tlpipe.tuning.worker import Defaults, Worker, WorkerSetup, summarize
 
@@ -214,8 +214,7 @@ def test_pruner_prunes_a_diverging_trial_and_best_params_flow(tiny_project, tmp_
     # Three sane reference trials. They are the same point, so none of them lags the median. Their rate is one
     # that learns from the first epoch under the trial's seeded batch order (3e-3 stays at chance for two epochs
     # with the order of tlpipe.tuning.batches.epoch_order; 1e-3: 0.57 / 0.50 / 0.77 validation accuracy).
-    low, high = params.tune.freeze_ratio
-    inside = [p for p in freeze_points(load(tiny_project, params)) if low - 1e-9 <= p <= high + 1e-9]
+    inside = inside_points(params.tune, freeze_points(load(tiny_project, params)))
     point = {"regime": "transfer", "freeze_ratio": round(inside[1], 4), "train_bn": False}
     for _ in range(3):
         study.enqueue_trial({**point, "learning_rate": 1e-3})
