@@ -98,6 +98,22 @@ def test_study_cost_benchmark_writes_report(tmp_path):
     assert tl["replayed"] == 2 and result["parameters"]["replay"] is True
     assert [t["params"] for t in tl["trials"]] == [t["params"] for t in naive["trials"]]
 
+    # where the time goes: both arms again under cProfile, on the project the benchmark kept
+    prof = tmp_path / "results" / "study_cost_profile.json"
+    run("benchmarks.study_cost_profile", "--work", str(work), "--sizes", "16", "--seed", "42", "--trials", "2",
+        "--out", str(prof), *TINY)  # fmt: skip
+    rows = {r["arm"]: r for r in json.loads(prof.read_text())["rows"]}
+    assert set(rows) == {"tlpipe", "naive"}
+    for arm, r in rows.items():
+        ph = r["phases"]
+        assert 0 < ph["trials (objective)"] <= ph["whole study"], arm
+        assert 0 < ph["  of which validation (evaluate)"] < ph["Keras fit: train and validation steps"], arm
+        assert ph["Keras fit: train and validation steps"] <= ph["trials (objective)"], arm
+        assert sum(r["states"].values()) == 2 and r["shares"]["whole study"] == 1.0, arm
+    assert rows["tlpipe"]["phases"]["MLflow runs and metrics"] > 0  # a run per trial; the naive arm logs none
+    assert rows["naive"]["phases"]["MLflow runs and metrics"] == 0
+    assert prof.with_suffix(".md").read_text().startswith("# Where a study's time goes")
+
 
 @pytest.mark.slow
 def test_pruning_benchmark_writes_report(tmp_path):
