@@ -6,7 +6,9 @@ Timings are machine-dependent and never asserted; only the shape of the results 
 from __future__ import annotations
 
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 
@@ -182,3 +184,36 @@ def test_per_size_judges_the_median_ratio_and_the_mean_image_gap_at_96_px_and_up
     assert sizes[96]["goal_met"] is True and sizes[32]["goal_met"] is None  # the goal is set at >= 96 px
     runs[(96, 43, "tlpipe")]["test_accuracy"] = 0.88  # 4 images short on one seed: -1.33 on average
     assert per_size(summarize_rows(runs))[1]["goal_met"] is False
+
+
+def _result(path, diffs, replay=False, data="make_subset.train_per_class=50"):
+    rows = [{"image_size": 96, "seed": 42 + i, "ratio": 0.5 + i / 10, "tlpipe_test": 0.5 + d / 200, "naive_test": 0.5,
+             "test_images": 200} for i, d in enumerate(diffs)]  # fmt: skip
+    params = {"replay": replay, "overrides": [data, "tune.epochs=3"], "trials": 8}
+    path.write_text(json.dumps({"commit": "abc1234", "parameters": params, "rows": rows}))
+    return path
+
+
+def test_pooled_study_cost_gives_the_spread_and_the_pairs_a_one_image_verdict_needs(tmp_path):
+    from scipy import stats
+
+    from benchmarks.study_cost_pooled import main
+
+    a, b = _result(tmp_path / "a.json", [0, -30, 53]), _result(tmp_path / "b.json", [5, 26, -53])
+    result = main([str(a), str(b), "--out", str(tmp_path / "pooled.json")])
+    diffs = [0, -30, 53, 5, 26, -53]
+    assert [p["test_images_diff"] for p in result["pairs"]] == diffs
+    s = result["summary"]["all"]
+    assert s["pairs"] == 6 and s["mean"] == pytest.approx(sum(diffs) / 6, abs=0.01)
+    assert s["wilcoxon_p"] == pytest.approx(stats.wilcoxon([d for d in diffs if d]).pvalue, abs=1e-3)
+    low, high = s["ci95"]
+    assert low < s["mean"] < high and s["pairs_for_1_image"] == math.ceil((1.96 * statistics.stdev(diffs)) ** 2) > 1000
+    assert s["median_ratio"] == pytest.approx(0.6) and set(result["summary"]) == {"96 px", "all"}
+    assert "| all | 6 |" in (tmp_path / "pooled.md").read_text()
+    # a replay run, or runs on different data, cannot be pooled: one line names the file
+    with pytest.raises(SystemExit, match="c.json: a --replay run"):
+        main([str(a), str(_result(tmp_path / "c.json", [1], replay=True)), "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="d.json: data overrides"):
+        main([str(a), str(_result(tmp_path / "d.json", [1], data="make_subset.train_per_class=10")),
+              "--out", str(tmp_path / "x.json")])  # fmt: skip
+    assert not (tmp_path / "x.json").exists()
