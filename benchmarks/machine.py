@@ -1,10 +1,12 @@
-"""What machine a benchmark ran on, and how busy it was: the facts every benchmark report carries."""
+"""What machine a benchmark ran on, how busy it was, and where its report goes: what every benchmark report carries."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +83,10 @@ def machine() -> str:
         "unknown CPU",
     )
     return f"{cpu}, {os.cpu_count()} cores"
+
+
+def write_report(out: Path, result: dict, markdown: Callable[[dict], str]) -> None:
+    """`out` (JSON) and the markdown report beside it (`out` with .md)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")

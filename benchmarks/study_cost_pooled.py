@@ -17,6 +17,8 @@ import math
 import statistics
 from pathlib import Path
 
+from benchmarks.machine import write_report
+
 
 def pairs(files: list[Path]) -> tuple[list[dict], list[str]]:
     """Every (size, seed) pair of the files: its ratio and test-image difference; the data overrides they share."""
@@ -92,9 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
         "pairs": rows,
         "summary": {k: summary([r["test_images_diff"] for r in g], [r["ratio"] for r in g]) for k, g in groups.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    args.out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+    write_report(args.out, result, markdown)
     return result
 
 

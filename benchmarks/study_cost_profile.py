@@ -19,7 +19,7 @@ import json
 import pstats
 from pathlib import Path
 
-from benchmarks.machine import commit
+from benchmarks.machine import commit, write_report
 from benchmarks.study_cost import run_child
 from benchmarks.study_cost_arms import REPO
 
@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(profile_arm(args.work, size, args.seed, args.trials, arm, extra))
             print(f"profiled {arm} at {size} px: {rows[-1]['profiled_s']:.1f} s", flush=True)
     result = {"commit": commit(), "seed": args.seed, "trials": args.trials, "overrides": args.set, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    args.out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
+    write_report(args.out, result, markdown)
     return result
 
 
