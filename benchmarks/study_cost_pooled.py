@@ -17,7 +17,7 @@ import math
 import statistics
 from pathlib import Path
 
-from benchmarks.machine import write_report
+from benchmarks.machine import commit, write_report
 
 
 def pairs(files: list[Path]) -> tuple[list[dict], list[str]]:
@@ -65,7 +65,7 @@ def markdown(result: dict) -> str:
     lines = [
         "# Study cost pooled: final test images, tlpipe - naive (TPE mode)",
         "",
-        f"Data overrides {result['data']}; files {result['files']}.",
+        f"Data overrides {result['data']}; files (code each ran at) {result['files']}; pooled at {result['commit']}.",
         "",
         "| px | pairs | median ratio | mean | sd | 95% interval | Wilcoxon p | pairs a +-1-image interval needs |",
         "|---|---|---|---|---|---|---|---|",
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     groups = {f"{size} px": [r for r in rows if r["image_size"] == size] for size in sizes}
     groups["all"] = rows
     result = {
+        "commit": commit(),
         "files": {path.name: json.loads(path.read_text())["commit"] for path in args.files},
         "data": data,
         "pairs": rows,
