@@ -179,7 +179,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--grid",
         type=Path,
         nargs="+",
-        default=[RESULTS / f"{stem}.json" for stem in ("data_size", "data_size_seen", "data_size_25")],
+        default=[
+            RESULTS / f"{stem}.json" for stem in ("data_size", "data_size_seen", "data_size_25", "data_size_rule")
+        ],
         help="grid result files; each fills its README block (grid_block), a missing file none",
     )
     p.add_argument("--from-json", action="store_true", help="no run: rewrite the .md and README from --out")
