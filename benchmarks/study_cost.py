@@ -98,6 +98,16 @@ def run_child(args: list[str], log: Path, module: str = "benchmarks.study_cost")
         raise SystemExit(f"{' '.join(args)} failed ({code}); see {log}:\n{log.read_text()[-3000:]}")
 
 
+def build_project(root: Path, size: int, trials: int, extra: list[str], log: Path) -> float | None:
+    """The benchmark project at `size` px in `root` (the upstream steps, in a child): its seconds, None if kept."""
+    if (root / "models/head").is_dir():
+        return None
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    run_child(["build", "--root", str(root), "--size", str(size), "--trials", str(trials), *extra], log)
+    return round(time.perf_counter() - t0, 1)
+
+
 def fine_tune_test(root: Path, params, hp, workdir: Path) -> dict:
     """Train the final model with `hp` by fine_tune's own code; its accuracy on the test split."""
     import numpy as np
@@ -203,14 +213,8 @@ def bench(args: argparse.Namespace) -> dict:
     build_s = {}
     for size in args.sizes:
         root = work / f"px{size}"
-        if not (root / "models/head").is_dir():
-            root.mkdir(parents=True, exist_ok=True)
-            t0 = time.perf_counter()
-            run_child(
-                ["build", "--root", str(root), "--size", str(size), "--trials", str(args.trials), *extra],
-                work / "log.txt",
-            )
-            build_s[size] = round(time.perf_counter() - t0, 1)
+        if (seconds := build_project(root, size, args.trials, extra, work / "log.txt")) is not None:
+            build_s[size] = seconds
         count = (args.seeds_per_size or [len(args.seeds)] * len(args.sizes))[args.sizes.index(size)]
         seeds = args.seeds[:count]
         for i, seed in enumerate(seeds):

@@ -20,9 +20,10 @@ from pathlib import Path
 from benchmarks.machine import commit, write_report
 
 
-def pairs(files: list[Path]) -> tuple[list[dict], list[str]]:
-    """Every (size, seed) pair of the files: its ratio and test-image difference; the data overrides they share."""
-    rows, data = [], None
+def pairs(files: list[Path]) -> tuple[list[dict], list[str], dict[str, str]]:
+    """Every (size, seed) pair of the files (its ratio and test-image difference), their shared data overrides,
+    and each file's code commit."""
+    rows, data, commits = [], None, {}
     for path in files:
         result = json.loads(path.read_text(encoding="utf-8"))
         params = result["parameters"]
@@ -33,13 +34,13 @@ def pairs(files: list[Path]) -> tuple[list[dict], list[str]]:
             raise SystemExit(
                 f"{path}: data overrides {overrides} differ from the first file's {data}; pool runs on one data set"
             )
-        data = overrides
+        data, commits[path.name] = overrides, result["commit"]
         for r in result["rows"]:
             diff = round((r["tlpipe_test"] - r["naive_test"]) * r["test_images"])
             pair = {"file": path.name, "commit": result["commit"], "trials": params["trials"]}
             pair.update({k: r[k] for k in ("image_size", "seed", "ratio")}, test_images_diff=diff)
             rows.append(pair)
-    return rows, data or []
+    return rows, data or [], commits
 
 
 def summary(diffs: list[int], ratios: list[float]) -> dict:
@@ -84,13 +85,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("files", type=Path, nargs="+", help="study_cost result JSON files (TPE mode, the same data)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    rows, data = pairs(args.files)
+    rows, data, commits = pairs(args.files)
     sizes = sorted({r["image_size"] for r in rows})
     groups = {f"{size} px": [r for r in rows if r["image_size"] == size] for size in sizes}
     groups["all"] = rows
     result = {
         "commit": commit(),
-        "files": {path.name: json.loads(path.read_text())["commit"] for path in args.files},
+        "files": commits,
         "data": data,
         "pairs": rows,
         "summary": {k: summary([r["test_images_diff"] for r in g], [r["ratio"] for r in g]) for k, g in groups.items()},

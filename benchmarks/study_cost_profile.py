@@ -20,7 +20,7 @@ import pstats
 from pathlib import Path
 
 from benchmarks.machine import commit, write_report
-from benchmarks.study_cost import run_child
+from benchmarks.study_cost import build_project, run_child
 from benchmarks.study_cost_arms import REPO
 
 # (phase, alternatives): an alternative is a list of (file path suffix, function name) whose seconds add up; the
@@ -120,11 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     extra = [x for pair in args.set for x in ("--set", pair)]
     rows = []
     for size in args.sizes:
-        root = args.work / f"px{size}"
-        if not (root / "models/head").is_dir():
-            root.mkdir(parents=True, exist_ok=True)
-            run_child(["build", "--root", str(root), "--size", str(size), "--trials", str(args.trials), *extra],
-                      args.work / "profile.log")  # fmt: skip
+        build_project(args.work / f"px{size}", size, args.trials, extra, args.work / "profile.log")
         for arm in args.arms:
             rows.append(profile_arm(args.work, size, args.seed, args.trials, arm, extra))
             print(f"profiled {arm} at {size} px: {rows[-1]['profiled_s']:.1f} s", flush=True)
