@@ -155,7 +155,7 @@ def cell(work: Path, size: int, similarity: str, seed: int, args: argparse.Names
         for part in COPIED:
             if (root / part).is_dir():
                 shutil.copytree(root / part, tuned / part)
-        row["seconds"] += round(run(tuned, only=SCRATCH_ARM), 1)
+        row["seconds"] = round(row["seconds"] + run(tuned, only=SCRATCH_ARM), 1)
         scratch = read_json(tuned / f"reports/evaluate/{EvalMetrics.FILE}")
         vs = paired(root, root / "models/fine_tune", tuned / "models/fine_tune", "tuned_scratch")
         row.update(

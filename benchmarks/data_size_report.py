@@ -80,11 +80,12 @@ def markdown(result: dict) -> str:
     ]
     for r in sorted(result["rows"], key=lambda r: (r["similarity"], r["train_per_class"], r["seed"])):
         ratio = "-" if r["freeze_ratio"] is None else f"{r['freeze_ratio']:.2f}"
+        seconds = "-" if r.get("seconds") is None else f"{r['seconds']:.0f}"
         lines.append(
             f"| {r['similarity']} | {r['train_per_class']} | {r['seed']} | {r['final']:.3f} | "
             f"{r['frozen']:.3f} | {r['scratch']:.3f} | {r['test_images']} | {chosen(r)} | "
             f"{ratio} | {versus_text(r.get('vs_best_baseline'))} | {versus_text(r.get('vs_tuned_scratch'))} | "
-            f"{r.get('seconds', '-')} |"
+            f"{seconds} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -180,7 +180,15 @@ def main(argv: list[str] | None = None) -> dict:
         type=Path,
         nargs="+",
         default=[
-            RESULTS / f"{stem}.json" for stem in ("data_size", "data_size_seen", "data_size_25", "data_size_rule")
+            RESULTS / f"{stem}.json"
+            for stem in (
+                "data_size",
+                "data_size_seen",
+                "data_size_25",
+                "data_size_rule",
+                "data_size_near5",
+                "data_size_near5_full",
+            )
         ],
         help="grid result files; each fills its README block (grid_block), a missing file none",
     )

@@ -53,8 +53,10 @@ def test_summary_goal_and_report(tmp_path):
     far = next(s for s in summary if s["similarity"] == "far")
     assert near["seeds"] == 2 and near["final"] == pytest.approx(0.91) and near["goal_met"]
     assert not far["goal_met"] and far["significantly_worse_seeds"] == [42]
+    rows[0]["seconds"] = 73.30000000000001  # the two projects' step times summed: whole seconds in the table
     text = markdown({"summary": summary, "note": "n", "rows": rows})
     assert "| near | 5 | 2 | 0.910 | 0.855 | 0.610 | met |" in text and "**missed**" in text
+    assert text.count("| 73 |") == 1 and "73.3" not in text
     plot(summary, tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 1000
 
