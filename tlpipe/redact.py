@@ -32,16 +32,19 @@ _SECRET_WORDS = (
     r"|private[_-]?key|sslkey"
 )
 _HEADER_KEYS = r"authorization|proxy-authorization|cookie|set-cookie"
-# a key (quoted or not), then = or :, then a value: quoted (the closing quote ends it only where a delimiter
-# follows, so `password=""abc` masks all of it), or up to whitespace or &
+# A quoted value ends at its closing quote only where delimiters and then whitespace or the end follow (JSON, a
+# dict or kwargs repr). Elsewhere the quote belongs to the value: `password='')abc` and `Authorization: '')abc`
+# mask all of it, since a secret never holds whitespace but may hold quotes and brackets.
+_QUOTED = r"""(?P<q>["'])(?P<qval>(?:\\.|(?!(?P=q)).)*)(?P=q)(?=[,;&)\]}]*(?:\s|$))"""
+# a key (quoted or not), then = or :, then a value: quoted (_QUOTED), or up to whitespace or &
 _KEY_VALUE = re.compile(
     r"""(?P<key>(?P<kq>["']?)(?<![\w.\-])[\w.\-]*(?:""" + _SECRET_WORDS + r""")[\w.\-]*(?P=kq))"""
-    r"""(?P<sep>\s*[=:]\s*)(?:(?P<q>["'])(?P<qval>(?:\\.|(?!(?P=q)).)*)(?P=q)(?=[\s,;&)\]}]|$)|(?P<val>[^\s&]+))""",
+    r"""(?P<sep>\s*[=:]\s*)(?:""" + _QUOTED + r"""|(?P<val>[^\s&]+))""",
     re.IGNORECASE,
 )
 _HEADER = re.compile(
     r"""(?P<key>(?P<kq>["']?)(?<![\w\-])(?:""" + _HEADER_KEYS + r""")(?P=kq))"""
-    r"""(?P<sep>\s*[=:]\s*)(?:(?P<q>["'])(?P<qval>(?:\\.|(?!(?P=q)).)*)(?P=q)(?=[\s,;&)\]}]|$)|(?P<val>[^\r\n]+))""",
+    r"""(?P<sep>\s*[=:]\s*)(?:""" + _QUOTED + r"""|(?P<val>[^\r\n]+))""",
     re.IGNORECASE,
 )
 

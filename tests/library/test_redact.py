@@ -134,6 +134,10 @@ def test_the_code_refuses_credentials_in_tune_storage_without_printing_them(case
         ("postgresql://alice:pw@db:5432/x?sslpassword=k&a=1", "postgresql://***@db:5432/x?sslpassword=***&a=1"),
         ("Authorization: Bearer abc.def\nnext line", "Authorization: ***\nnext line"),
         ('{"Cookie": "authservice_session=zz", "Host": "kfp"}', '{"Cookie": "***", "Host": "kfp"}'),
+        # a quote inside the secret is not a closing quote unless whitespace follows (hypothesis found both)
+        ("HTTP/1.1 401\r\nAuthorization: '')tail\r\nX: 1", "HTTP/1.1 401\r\nAuthorization: ***\r\nX: 1"),
+        ("host=db password='')tail user=app", "host=db password=*** user=app"),
+        ("f(token='abc')", "f(token='***')"),  # a kwargs repr keeps its quotes
         ("s3://bucket/photos/a@2x.png", "s3://bucket/photos/a@2x.png"),  # an "@" in a plain path stays
         ("tune.regimes = []: list should have at least 1 item", "tune.regimes = []: list should have at least 1 item"),
     ],
