@@ -37,7 +37,7 @@ def pairs(files: list[Path]) -> tuple[list[dict], list[str], dict[str, str]]:
         data, commits[path.name] = overrides, result["commit"]
         for r in result["rows"]:
             diff = round((r["tlpipe_test"] - r["naive_test"]) * r["test_images"])
-            pair = {"file": path.name, "commit": result["commit"], "trials": params["trials"]}
+            pair = {"file": path.name, "trials": params["trials"]}
             pair.update({k: r[k] for k in ("image_size", "seed", "ratio")}, test_images_diff=diff)
             rows.append(pair)
     return rows, data or [], commits
@@ -75,8 +75,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {key} | {s['pairs']} | {s['median_ratio']} | {s['mean']:+.1f} | {s['sd']} | {s['ci95']} | "
                      f"{s['wilcoxon_p']} | {s['pairs_for_1_image']} |")  # fmt: skip
     lines += ["", "| file | commit | trials | px | seed | ratio | test images tlpipe - naive |", "|---" * 7 + "|"]
-    lines += [f"| {r['file']} | {r['commit']} | {r['trials']} | {r['image_size']} | {r['seed']} | {r['ratio']} | "
-              f"{r['test_images_diff']:+d} |" for r in result["pairs"]]  # fmt: skip
+    lines += [f"| {r['file']} | {result['files'][r['file']]} | {r['trials']} | {r['image_size']} | {r['seed']} | "
+              f"{r['ratio']} | {r['test_images_diff']:+d} |" for r in result["pairs"]]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
