@@ -4,9 +4,10 @@
         benchmarks/results/study_cost_16.json --out benchmarks/results/study_cost_pooled.json
 
 Takes the (size, seed) pairs of study_cost result files run in TPE mode (not --replay) on the same data (the
-same --set overrides), and gives the final model's test-image difference (tlpipe - naive) per pair, its mean,
-spread, a 95 % t interval, the Wilcoxon signed-rank p (scipy), and how many pairs a +-1-image interval would need
-at that spread; beside it the median study ratio. Each file keeps its own code commit; the report lists them.
+same --set overrides) and on different seeds, and gives the final model's test-image difference (tlpipe - naive)
+per pair, its mean, spread, a 95 % t interval, the Wilcoxon signed-rank p (scipy), and how many pairs a
++-1-image interval would need at that spread; beside it the median study ratio. Each file keeps its own code
+commit; the report lists them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from benchmarks.machine import commit, write_report
 def pairs(files: list[Path]) -> tuple[list[dict], list[str], dict[str, str]]:
     """Every (size, seed) pair of the files (its ratio and test-image difference), their shared data overrides,
     and each file's code commit."""
-    rows, data, commits = [], None, {}
+    rows, data, commits, seen = [], None, {}, {}
     for path in files:
         result = json.loads(path.read_text(encoding="utf-8"))
         params = result["parameters"]
@@ -36,6 +37,12 @@ def pairs(files: list[Path]) -> tuple[list[dict], list[str], dict[str, str]]:
             )
         data, commits[path.name] = overrides, result["commit"]
         for r in result["rows"]:
+            other = seen.setdefault((r["image_size"], r["seed"]), path.name)
+            if other != path.name:
+                raise SystemExit(
+                    f"{path}: {r['image_size']} px seed {r['seed']} is also in {other}; one seed's studies start from "
+                    "the same sampled trials, so they are not independent pairs: pool files with different seeds"
+                )
             diff = round((r["tlpipe_test"] - r["naive_test"]) * r["test_images"])
             pair = {"file": path.name, "trials": params["trials"]}
             pair.update({k: r[k] for k in ("image_size", "seed", "ratio")}, test_images_diff=diff)

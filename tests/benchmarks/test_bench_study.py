@@ -186,9 +186,9 @@ def test_per_size_judges_the_median_ratio_and_the_mean_image_gap_at_96_px_and_up
     assert per_size(summarize_rows(runs))[1]["goal_met"] is False
 
 
-def _result(path, diffs, replay=False, data="make_subset.train_per_class=50"):
-    rows = [{"image_size": 96, "seed": 42 + i, "ratio": 0.5 + i / 10, "tlpipe_test": 0.5 + d / 200, "naive_test": 0.5,
-             "test_images": 200} for i, d in enumerate(diffs)]  # fmt: skip
+def _result(path, diffs, replay=False, data="make_subset.train_per_class=50", first_seed=42):
+    rows = [{"image_size": 96, "seed": first_seed + i, "ratio": 0.5 + i / 10, "tlpipe_test": 0.5 + d / 200,
+             "naive_test": 0.5, "test_images": 200} for i, d in enumerate(diffs)]  # fmt: skip
     params = {"replay": replay, "overrides": [data, "tune.epochs=3"], "trials": 8}
     path.write_text(json.dumps({"commit": "abc1234", "parameters": params, "rows": rows}))
     return path
@@ -199,7 +199,7 @@ def test_pooled_study_cost_gives_the_spread_and_the_pairs_a_one_image_verdict_ne
 
     from benchmarks.study_cost_pooled import main
 
-    a, b = _result(tmp_path / "a.json", [0, -30, 53]), _result(tmp_path / "b.json", [5, 26, -53])
+    a, b = _result(tmp_path / "a.json", [0, -30, 53]), _result(tmp_path / "b.json", [5, 26, -53], first_seed=45)
     result = main([str(a), str(b), "--out", str(tmp_path / "pooled.json")])
     diffs = [0, -30, 53, 5, 26, -53]
     assert [p["test_images_diff"] for p in result["pairs"]] == diffs
@@ -216,4 +216,7 @@ def test_pooled_study_cost_gives_the_spread_and_the_pairs_a_one_image_verdict_ne
     with pytest.raises(SystemExit, match="d.json: data overrides"):
         main([str(a), str(_result(tmp_path / "d.json", [1], data="make_subset.train_per_class=10")),
               "--out", str(tmp_path / "x.json")])  # fmt: skip
+    # the same (size, seed) in two files (say 8 and 16 trials) is one study's start twice, not a new pair
+    with pytest.raises(SystemExit, match="e.json: 96 px seed 43 is also in a.json"):
+        main([str(a), str(_result(tmp_path / "e.json", [1, 2], first_seed=43)), "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
