@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "data_size_rule",
                 "data_size_near5",
                 "data_size_near5_full",
+                "data_size_full",
+                "data_size_full_heldout",
             )
         ],
         help="grid result files; each fills its README block (grid_block), a missing file none",
