@@ -6,8 +6,9 @@ exactly as a user's first run, and times it. Then writes
 and from-scratch baselines, evaluate's `vs_best_baseline` (delta, exact McNemar p), the final model against the
 from-scratch baseline (exact McNemar on the same test images), the regime and freeze ratio tuning chose, the
 wall time, and the commit (`git rev-parse --short HEAD`). The README
-blocks between `<!-- readme-numbers:default -->` / `<!-- readme-numbers:grid... -->` markers are rewritten from
-this file and from the grid files (`benchmarks/results/data_size*.json`), so no number in them is typed by hand.
+blocks between `<!-- readme-numbers:default -->` / `<!-- readme-numbers:grid... -->` markers (in README.md, or in
+benchmarks/README.md for the grids' history) are rewritten from this file and from the grid files
+(`benchmarks/results/data_size*.json`), so no number in them is typed by hand.
 
     make readme-numbers        # = python -m benchmarks.readme_numbers --adopt (dvc.lock and metrics too)
 """
@@ -157,13 +158,26 @@ def grid_block(path: Path) -> str:
     return "grid" + path.stem.partition("data_size")[2].replace("_", "-")
 
 
-def update_readme(readme: Path, result: dict, grids: dict[Path, dict]) -> None:
-    """Rewrite the README's generated blocks: the default's numbers and each grid's summary (those with rows)."""
-    text = splice(readme.read_text(encoding="utf-8"), "default", table(result))
-    for path, grid in grids.items():
-        if grid.get("rows"):
-            text = splice(text, grid_block(path), grid_summary(grid, path.stem))
-    readme.write_text(text, encoding="utf-8")
+def update_readme(readmes: list[Path], result: dict, grids: dict[Path, dict]) -> None:
+    """Rewrite the generated blocks: the default's numbers and each grid's summary (those with rows).
+
+    A block is filled in whichever of `readmes` holds its markers (the README the newcomer reads, or
+    benchmarks/README.md for a grid's history); one that none holds is an error naming the markers to add.
+    """
+    texts = {path: path.read_text(encoding="utf-8") for path in readmes}
+    blocks = {"default": table(result)}
+    blocks.update({grid_block(path): grid_summary(grid, path.stem) for path, grid in grids.items() if grid.get("rows")})
+    for name, block in blocks.items():
+        holder = next((path for path, text in texts.items() if f"<!-- readme-numbers:{name} -->" in text), None)
+        if holder is None:
+            names = ", ".join(str(path) for path in readmes)
+            raise SystemExit(
+                f"no <!-- readme-numbers:{name} --> ... <!-- /readme-numbers:{name} --> block in {names}: "
+                "add the two markers where the table goes"
+            )
+        texts[holder] = splice(texts[holder], name, block)
+    for path, text in texts.items():
+        path.write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -174,7 +188,13 @@ def main(argv: list[str] | None = None) -> dict:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=RESULTS / "readme_numbers.json")
-    p.add_argument("--readme", type=Path, default=REPO / "README.md")
+    p.add_argument(
+        "--readme",
+        type=Path,
+        nargs="+",
+        default=[REPO / "README.md", REPO / "benchmarks/README.md"],
+        help="the files whose readme-numbers blocks are rewritten (each block where its markers are)",
+    )
     p.add_argument(
         "--grid",
         type=Path,

@@ -111,3 +111,24 @@ def test_each_grid_file_fills_its_own_block_and_a_missing_one_none(tmp_path):
     )
     text = readme.read_text()
     assert "stale" not in text and "Grid run at commit `0a1b2c3` (`benchmarks/results/data_size_seen.md`" in text
+
+
+def test_a_block_is_filled_in_whichever_readme_holds_it_and_one_none_holds_is_named(tmp_path):
+    out, rule = tmp_path / "numbers.json", tmp_path / "data_size_rule.json"
+    front, history = tmp_path / "README.md", tmp_path / "HISTORY.md"
+    out.write_text(json.dumps(RESULT))
+    rule.write_text(json.dumps(GRID))
+    front.write_text("<!-- readme-numbers:default -->\nstale\n<!-- /readme-numbers:default -->\n")
+    history.write_text("h\n<!-- readme-numbers:grid-rule -->\nstale\n<!-- /readme-numbers:grid-rule -->\n")
+    args = ["--from-json", "--out", str(out), "--grid", str(rule), "--readme", str(front), str(history)]
+    main(args)
+    assert "| 0.930 (0.895-0.960) |" in front.read_text() and "Grid run" not in front.read_text()
+    assert "Grid run at commit `def5678` (`benchmarks/results/data_size_rule.md`" in history.read_text()
+    assert "stale" not in front.read_text() + history.read_text()
+    # a grid whose block is in neither file: one line naming the block and the files, and nothing rewritten
+    before = front.read_text(), history.read_text()
+    full = tmp_path / "data_size_full.json"
+    full.write_text(json.dumps(GRID))
+    with pytest.raises(SystemExit, match=r"no <!-- readme-numbers:grid-full --> .* block in .*README.md, .*HISTORY.md"):
+        main([*args[:4], str(rule), str(full), *args[5:]])
+    assert (front.read_text(), history.read_text()) == before
