@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "data_size_near5_full",
                 "data_size_full",
                 "data_size_full_heldout",
+                "data_size_full_pooled",
             )
         ],
         help="grid result files; each fills its README block (grid_block), a missing file none",
