@@ -130,9 +130,14 @@ def table(result: dict) -> str:
     )
 
 
+def markers(name: str) -> tuple[str, str]:
+    """The opening and closing marker lines of the generated block NAME."""
+    return f"<!-- readme-numbers:{name} -->", f"<!-- /readme-numbers:{name} -->"
+
+
 def splice(text: str, name: str, block: str) -> str:
     """`text` with the lines between `<!-- readme-numbers:NAME -->` and `<!-- /readme-numbers:NAME -->` replaced."""
-    start, end = f"<!-- readme-numbers:{name} -->", f"<!-- /readme-numbers:{name} -->"
+    start, end = markers(name)
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
         raise SystemExit(f"README.md has no {start} ... {end} block: add the two markers where the table goes")
@@ -168,13 +173,11 @@ def update_readme(readmes: list[Path], result: dict, grids: dict[Path, dict]) ->
     blocks = {"default": table(result)}
     blocks.update({grid_block(path): grid_summary(grid, path.stem) for path, grid in grids.items() if grid.get("rows")})
     for name, block in blocks.items():
-        holder = next((path for path, text in texts.items() if f"<!-- readme-numbers:{name} -->" in text), None)
+        start, end = markers(name)
+        holder = next((path for path, text in texts.items() if start in text), None)
         if holder is None:
             names = ", ".join(str(path) for path in readmes)
-            raise SystemExit(
-                f"no <!-- readme-numbers:{name} --> ... <!-- /readme-numbers:{name} --> block in {names}: "
-                "add the two markers where the table goes"
-            )
+            raise SystemExit(f"no {start} ... {end} block in {names}: add the two markers where the table goes")
         texts[holder] = splice(texts[holder], name, block)
     for path, text in texts.items():
         path.write_text(text, encoding="utf-8")
