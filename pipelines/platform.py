@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from kfp import dsl, kubernetes
 
+from tlpipe.fs import SCRATCH_LIMIT_ENV
+
 # Oldest KFP backend that runs this pipeline as compiled by default: its driver accepts `optional` on
 # secretAsEnv (kubeflow/pipelines#12216, released in 2.15.0; older drivers fail with "unknown field
 # \"optional\"", kubeflow/pipelines#12495). `legacy_backend=True` compiles for LEGACY_KFP_BACKEND instead:
@@ -159,6 +161,7 @@ def configure(task: dsl.PipelineTask, pod: Pod, cluster: ClusterConfig) -> dsl.P
         kubernetes.add_node_selector(task, cluster.gpu_label_key, cluster.gpu_label_value)
     if res.scratch:
         kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path=SCRATCH_MOUNT, size_limit=res.scratch)
+        task.set_env_variable(SCRATCH_LIMIT_ENV, res.scratch)  # the activation cache's disk budget stays under it
     kubernetes.add_pod_label(task, *POD_LABEL)
     if cluster.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(cluster.image_pull_secrets))

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from tlpipe.errors import failed_outputs
 
+# A pod's scratch emptyDir size limit (a Kubernetes quantity, set by pipelines/platform.py): the node's free
+# space is not the volume's, so whatever sizes itself from free space under it reads this instead.
+SCRATCH_LIMIT_ENV = "TLPIPE_SCRATCH_LIMIT"
+
 
 def _staging(path: Path) -> Path:
     _remove_stale(path)

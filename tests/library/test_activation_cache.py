@@ -12,8 +12,8 @@ from tlpipe.contracts import HEAD_FILE
 from tlpipe.data.arrays import NpyRows, NpyWriter
 from tlpipe.data.datasets import passes_per_epoch
 from tlpipe.tuning.batches import epoch_order, variant_batches
-from tlpipe.tuning.cache import ActivationCache, cache_plan, scratch_bytes, worker_scratch
-from tlpipe.tuning.trial import cached_model, load_trial_data, run_trial
+from tlpipe.tuning.cache import ActivationCache, cache_plan, disk_budget, scratch_bytes, worker_scratch
+from tlpipe.tuning.trial import _prefix_model, cached_model, load_trial_data, run_trial
 
 
 def test_npy_rows_read_any_order_with_runs_and_repeats(tmp_path):
@@ -152,3 +152,50 @@ def test_a_worker_states_the_cache_plan_in_one_line_before_tuning(tiny_project, 
     assert str(tmp_path / "cache") in line and all(f"{name} " in line for name in plan)
     assert "(disk)" in line and "(memory)" not in line  # a 1-byte memory budget: every point spills to disk
     assert isinstance(worker.data.variants[0], NpyRows)  # and so do the trial images
+
+
+def test_one_pass_caches_the_studys_other_boundaries_with_the_same_bytes(tiny_project, tmp_path, capsys):
+    """A cached trial writes its boundary and the deeper ones of tune.freeze_ratio's range in one pass; each
+    file holds the bytes the boundary's own pass (the path a later trial would take) writes. A shallower
+    boundary, one outside the range, or one that does not fit the cache's free room is left for its own trial."""
+    from dataclasses import replace
+
+    from tlpipe.models.backbones import cut_points, freeze_plan
+
+    params = params_for(tiny_project, tmp_path)
+    data = load_trial_data(tiny_project / "data/subset", tiny_project / "data/augmented", 16)
+    backbone = load(tiny_project, params)
+    half = freeze_plan(backbone, 0.5)
+    base = recipe(tiny_project, params)
+    points = [k for k in cut_points(backbone) if k > 0]
+    by_itself = ActivationCache(tmp_path / "single", 10**9, "float16", disk_bytes=10**10)
+    head = backbone.output.shape[-1]
+    import keras
+
+    head_model = keras.Sequential([keras.Input((head,)), keras.layers.Dense(2)])
+    for name, rng, disk, expect in (
+        ("deeper", (0.0, 1.0), 10**10, [k for k in points if k >= half.frozen]),
+        ("range", (0.3, 0.8), 10**10, [k for k in points if half.frozen <= k <= freeze_plan(backbone, 0.8).frozen]),
+        ("tight", (0.0, 1.0), cache_plan(backbone, data.images)[half.boundary] + 1, [half.frozen]),
+    ):
+        cache = ActivationCache(tmp_path / name, 10**9, "float16", disk_bytes=disk)
+        assert cached_model(backbone, half, head_model, replace(base, freeze_range=rng), cache, "t", data)
+        stored = sorted(k for k in points if cache.path(cache.key("t", k, data.fingerprint), "train").exists())
+        assert stored == sorted(expect) and len(expect) < len(points), name
+        assert (f"cached {len(expect)} freeze points in one pass" in capsys.readouterr().out) == (len(expect) > 1)
+        for k in expect:
+            key = cache.key("t", k, data.fingerprint)
+            prefix, _ = _prefix_model(backbone, k, 16, base.preprocess)
+            for split, parts in (("train", data.variants), ("val", [data.val_images])):
+                alone = np.concatenate(by_itself.get(key, split, prefix, parts, True))
+                np.testing.assert_array_equal(np.load(cache.path(key, split)), alone, err_msg=f"{name} {k} {split}")
+
+
+def test_the_disk_budget_stays_under_the_pods_scratch_limit(tmp_path, monkeypatch):
+    from tlpipe.fs import SCRATCH_LIMIT_ENV
+
+    free = disk_budget(tmp_path)
+    monkeypatch.setenv(SCRATCH_LIMIT_ENV, "1Gi")
+    assert disk_budget(tmp_path) == int(0.9 * 2**30) < free
+    monkeypatch.setenv(SCRATCH_LIMIT_ENV, "100Ei")  # a limit above the free space: the free space decides
+    assert disk_budget(tmp_path) == free

@@ -30,6 +30,7 @@ from pipelines import platform as pf
 from pipelines.kfp_build import all_pods
 from pipelines.platform import ClusterConfig, configure
 from tlpipe.config import load_params
+from tlpipe.fs import SCRATCH_LIMIT_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 TF = REPO / "infra" / "terraform"
@@ -211,6 +212,25 @@ def test_configure_sets_pull_secrets_retries_and_scratch(tmp_path):
             "mlflow-credentials": True,
             **({"optuna-db": True} if PODS[step].study else {}),
         }, step
+
+
+def test_a_pod_with_scratch_tells_its_process_the_volumes_size_limit(tmp_path):
+    """The emptyDir's free space is the node's; the activation cache's disk budget (tlpipe/tuning/cache.py
+    disk_budget) reads the limit from this variable instead, so a worker never writes past it."""
+
+    @dsl.pipeline(name="scratch-env")
+    def pipeline():
+        for step in STEPS:
+            configure(noop(), PODS[step], ClusterConfig())
+
+    out = tmp_path / "p.yaml"
+    compiler.Compiler().compile(pipeline, str(out))
+    spec, _ = list(yaml.safe_load_all(out.read_text()))
+    for task in spec["root"]["dag"]["tasks"].values():
+        label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"][label]["container"].get("env", [])}
+        step = task["taskInfo"]["name"]
+        assert env.get(SCRATCH_LIMIT_ENV) == (pf.SCRATCH if PODS[step].disk else None), step
 
 
 def test_local_build_has_no_retries(tmp_path):

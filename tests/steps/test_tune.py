@@ -128,7 +128,11 @@ def test_cached_trial_equals_full_model_trial(tiny_project, tmp_path):
     # float16 cache (the default): activations rounded to 11 bits; over 2 epochs on this tiny project's draw of
     # images the validation loss moves by up to ~4.4 % (measured), so the bound is 6 %
     np.testing.assert_allclose(results["full"][2], results["f16"][2], rtol=0.06)
-    assert len(list((tmp_path / "c16").rglob("*.npy"))) == 2
+    from tlpipe.models.backbones import cut_points
+
+    boundaries = [k for k in cut_points(load(tiny_project, params)) if k >= out["plan"].frozen]
+    # train and val at the trial's boundary and every deeper one, written in the trial's one pass
+    assert len(list((tmp_path / "c16").rglob("*.npy"))) == 2 * len(boundaries) > 2
 
 
 def test_streamed_trial_data_computes_what_the_in_memory_data_does(tiny_project, tmp_path):
@@ -153,9 +157,11 @@ def test_streamed_trial_data_computes_what_the_in_memory_data_does(tiny_project,
         )
         assert out["mode"] == "cached"
         histories[name] = out["history"]
-        (entry,) = (tmp_path / f"cache-{name}").iterdir()
-        histories[name + "_activations"] = np.load(entry / "train.npy")
-    np.testing.assert_array_equal(histories["memory_activations"], histories["stream_activations"])
+        entries = sorted((tmp_path / f"cache-{name}").iterdir())  # every boundary, from the trial's one pass
+        assert cache.key("tiny", out["plan"].frozen, data.fingerprint) in [e.name for e in entries]
+        histories[name + "_activations"] = [np.load(entry / "train.npy") for entry in entries]
+    for a, b in zip(histories["memory_activations"], histories["stream_activations"], strict=True):
+        np.testing.assert_array_equal(a, b)
     # the same images and activations; the batches are shuffled by a different (seeded) generator on disk
     assert len(histories["stream"]["val_loss"]) == 2 and np.isfinite(histories["stream"]["val_loss"]).all()
     assert abs(histories["stream"]["val_accuracy"][-1] - histories["memory"]["val_accuracy"][-1]) <= 0.35

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +17,30 @@ import numpy as np
 from tlpipe.fs import atomic_file
 
 
-def _write_npy(fh, name: str, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> None:
-    """The .npy header for `shape`, then `chunks` (row blocks, in order, together exactly shape[0] rows)."""
-    dtype = np.dtype(dtype)
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+def _write_header(fh, shape: tuple[int, ...], dtype) -> None:
+    """The .npy header of an array of `shape` and `dtype`."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
     np.lib.format.write_array_header_1_0(fh, header)
-    rows = 0
-    for chunk in chunks:
-        chunk = np.ascontiguousarray(chunk, dtype)
-        if chunk.shape[1:] != tuple(shape[1:]):
-            raise ValueError(f"{name}: chunk of shape {chunk.shape} does not fit {shape}")
-        fh.write(chunk.reshape(-1).view(np.uint8).data)
-        rows += len(chunk)
+
+
+def _write_rows(fh, name: str, chunk: np.ndarray, shape: tuple[int, ...], dtype) -> int:
+    """One block of rows after the header; returns the row count."""
+    chunk = np.ascontiguousarray(chunk, dtype)
+    if chunk.shape[1:] != tuple(shape[1:]):
+        raise ValueError(f"{name}: chunk of shape {chunk.shape} does not fit {shape}")
+    fh.write(chunk.reshape(-1).view(np.uint8).data)
+    return len(chunk)
+
+
+def _check_rows(name: str, rows: int, shape: tuple[int, ...]) -> None:
     if rows != shape[0]:
         raise ValueError(f"{name}: {rows} rows written, {shape[0]} declared")
+
+
+def _write_npy(fh, name: str, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> None:
+    """The .npy header for `shape`, then `chunks` (row blocks, in order, together exactly shape[0] rows)."""
+    _write_header(fh, shape, dtype)
+    _check_rows(name, sum(_write_rows(fh, name, chunk, shape, dtype) for chunk in chunks), shape)
 
 
 class NpzWriter:
@@ -71,6 +82,26 @@ class NpyWriter:
         path = Path(path)
         with atomic_file(path) as staged, open(staged, "wb") as fh:
             _write_npy(fh, path.name, chunks, shape, dtype)
+
+    @staticmethod
+    def write_many(paths: list[Path], chunks: Iterable[list[np.ndarray]], shapes: list[tuple[int, ...]], dtype) -> None:
+        """Several .npy files side by side: each item of `chunks` holds the next row block of every file.
+
+        For a model with several outputs (one pass, one file per output); each file is staged and renamed
+        only when all of them are whole.
+        """
+        with ExitStack() as stack:
+            handles = []
+            for path, shape in zip(paths, shapes, strict=True):
+                staged = stack.enter_context(atomic_file(path))
+                handles.append(stack.enter_context(open(staged, "wb")))
+                _write_header(handles[-1], shape, dtype)
+            rows = [0] * len(paths)
+            for blocks in chunks:
+                for i, (fh, path, shape, block) in enumerate(zip(handles, paths, shapes, blocks, strict=True)):
+                    rows[i] += _write_rows(fh, Path(path).name, block, shape, dtype)
+            for path, count, shape in zip(paths, rows, shapes, strict=True):
+                _check_rows(Path(path).name, count, shape)
 
 
 class NpyRows:

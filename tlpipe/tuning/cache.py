@@ -20,6 +20,7 @@ import numpy as np
 
 from tlpipe.data.arrays import NpyRows, NpyWriter
 from tlpipe.fingerprint import digest
+from tlpipe.fs import SCRATCH_LIMIT_ENV
 
 DEFAULT_MEMORY_BYTES = 2 * 1024**3  # tune.cache_max_bytes' default
 DISK_SHARE = 0.9  # of the free space: leave the rest to the checkpoints and logs on the same disk
@@ -36,11 +37,21 @@ def folder_bytes(folder: Path) -> int:
 
 
 def disk_budget(folder: Path) -> int:
-    """Default `tune.cache_disk_bytes`: DISK_SHARE of the free space at `folder` plus what the cache holds."""
+    """Default `tune.cache_disk_bytes`: DISK_SHARE of the free space at `folder` plus what the cache holds.
+
+    In a pod the scratch volume is an emptyDir whose free space is the node's: its size limit (set in
+    SCRATCH_LIMIT_ENV by pipelines/platform.py) caps the budget, since the kubelet evicts a pod over it.
+    """
     probe = Path(folder).resolve()
     while not probe.exists():
         probe = probe.parent
-    return int(DISK_SHARE * (shutil.disk_usage(probe).free + folder_bytes(folder)))
+    budget = DISK_SHARE * (shutil.disk_usage(probe).free + folder_bytes(folder))
+    limit = os.environ.get(SCRATCH_LIMIT_ENV, "")
+    if limit:
+        from kubernetes.utils.quantity import parse_quantity  # the Kubernetes quantity grammar ("20Gi", "500M")
+
+        budget = min(budget, DISK_SHARE * float(parse_quantity(limit)))
+    return int(budget)
 
 
 def cache_plan(backbone: keras.Model, images: int, dtype: str = "float16", min_ratio: float = 0.0) -> dict[str, int]:
@@ -155,32 +166,47 @@ class ActivationCache:
             removed += 1
         return removed
 
+    def path(self, key: str, name: str) -> Path:
+        """Where the activations `name` ("train" or "val") of cache entry `key` live."""
+        return self.folder / key / f"{name}.npy"
+
+    def fill(self, keys: list[str], name: str, model: keras.Model, parts: list, batch: int = 128) -> None:
+        """Compute `name` for every entry of `keys` in one pass of `model`, whose outputs follow `keys`.
+
+        One pass serves several freeze boundaries: the layers up to the deepest are run once per image, and
+        each boundary's output is written to its own .npy as the batches go by (memory holds one batch).
+        """
+        shapes = [tuple(out.shape[1:]) for out in model.outputs]
+        total = sum(len(p) for p in parts)
+        self.evict(sum(self.bytes_needed(total, shape) for shape in shapes), keep=keys[0])
+
+        def chunks():
+            for part in parts:
+                blocks = (
+                    (part[i : i + batch] for i in range(0, len(part), batch))
+                    if isinstance(part, np.ndarray)
+                    else part.chunks(batch)
+                )
+                for block in blocks:
+                    outs = model(block.astype("float32"), training=False)
+                    outs = outs if isinstance(outs, list | tuple) else [outs]
+                    yield [np.asarray(out).astype(self.dtype) for out in outs]
+
+        # Unique staging names: two workers computing the same key publish the same bytes atomically.
+        tag = uuid.uuid4().hex[:8]
+        staged = [self.path(key, name).with_name(f".{name}.{tag}.npy") for key in keys]
+        NpyWriter.write_many(staged, chunks(), [(total, *shape) for shape in shapes], self.dtype)
+        for key, path in zip(keys, staged, strict=True):
+            path.replace(self.path(key, name))
+
     def get(self, key: str, name: str, model: keras.Model, parts: list, in_memory: bool, batch: int = 128) -> list:
         """The activations of `model` on each image array of `parts`, computed once and stored as one .npy.
 
         Returns one array per part: loaded into memory when `in_memory`, else rows of the file (NpyRows).
         """
-        path = self.folder / key / f"{name}.npy"
+        path = self.path(key, name)
         if not path.exists():
-            out_shape = tuple(model.output.shape[1:])
-            total = sum(len(p) for p in parts)
-            self.evict(self.bytes_needed(total, out_shape), keep=key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-            def chunks():
-                for part in parts:
-                    blocks = (
-                        (part[i : i + batch] for i in range(0, len(part), batch))
-                        if isinstance(part, np.ndarray)
-                        else part.chunks(batch)
-                    )
-                    for block in blocks:
-                        yield np.asarray(model(block.astype("float32"), training=False)).astype(self.dtype)
-
-            # A unique staging name: two workers computing the same key publish the same bytes atomically.
-            staged = path.with_name(f".{name}.{uuid.uuid4().hex[:8]}.npy")
-            NpyWriter.write(staged, chunks(), (total, *out_shape), self.dtype)
-            staged.replace(path)
+            self.fill([key], name, model, parts, batch)
         os.utime(path.parent)  # recently used: the last to be evicted
         out, start = [], 0
         for part in parts:

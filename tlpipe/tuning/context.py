@@ -45,6 +45,7 @@ class StudyContext:
             epochs=self.cfg.epochs,
             patience=self.cfg.patience,
             monitor=self.cfg.metric,
+            freeze_range=(self.cfg.freeze_ratio[0], self.cfg.freeze_ratio[1]),
         )
         self.regimes = regimes(self.cfg.regimes, backbone, model.weights)
         self.identity = backbone_identity(backbone, model.weights, model.image_size)

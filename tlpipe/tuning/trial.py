@@ -33,7 +33,7 @@ from tlpipe.fs import scratch_dir
 from tlpipe.models.backbones import FreezePlan, apply_freeze, preprocessing, split_at
 from tlpipe.models.training import compile_for, make_head
 from tlpipe.tuning.batches import ordered_batches, variant_batches
-from tlpipe.tuning.cache import DEFAULT_MEMORY_BYTES, ActivationCache
+from tlpipe.tuning.cache import DEFAULT_MEMORY_BYTES, ActivationCache, folder_bytes, gib
 from tlpipe.tuning.reuse import Built, ModelPool
 
 
@@ -49,6 +49,7 @@ class Recipe:
     patience: int = 3
     monitor: str = "val_accuracy"
     min_steps_per_epoch: int = 1  # fine_tune's: a trial's epoch is as long as a final training's
+    freeze_range: tuple[float, float] = (0.0, 1.0)  # tune.freeze_ratio: the boundaries a trial can land on
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,48 @@ def _prefix_model(backbone: keras.Model, frozen: int, size: int, mode: str) -> t
     return keras.Model(inputs, prefix(x, training=False)), suffix
 
 
+def _taps(backbone: keras.Model, boundaries: list[int], size: int, mode: str) -> keras.Model:
+    """Image -> the activations at each of `boundaries` (BatchNorm in inference mode), one output each."""
+    inputs = keras.Input((size, size, 3))
+    layer = preprocessing(mode)
+    x = layer(inputs) if layer is not None else inputs
+    taps = keras.Model(backbone.input, [backbone.layers[k].output for k in boundaries], name="backbone_taps")
+    return keras.Model(inputs, taps(x, training=False))
+
+
+def _fill_boundaries(
+    backbone: keras.Model, plan: FreezePlan, recipe: Recipe, cache: ActivationCache, identity: str, data: TrialData
+) -> None:
+    """Cache this trial's boundary and, in the same pass, the deeper boundaries of the study's range that fit.
+
+    Each boundary's activations are computed from the images, so caching each on first use runs the early,
+    wide layers once per boundary. The layers up to this trial's boundary run anyway; the deeper boundaries
+    then cost only their own layers and are smaller to write, so one pass stores them all. Shallower ones
+    are not written ahead (measured: the wide early activations cost more to write than to recompute when
+    a trial needs them). The others only take the cache's free room: they never evict a stored boundary.
+    """
+    from tlpipe.models.backbones import cut_points, freeze_plan
+
+    lo, hi = (freeze_plan(backbone, r).frozen for r in recipe.freeze_range)
+    shape = {k: tuple(backbone.layers[k].output.shape[1:]) for k in cut_points(backbone)}
+    key = {k: cache.key(identity, k, data.fingerprint) for k in shape}
+    room = cache.disk_bytes - folder_bytes(cache.folder) - cache.bytes_needed(data.images, shape[plan.frozen])
+    chosen = [plan.frozen]
+    for k in sorted(shape, reverse=True):
+        needed = cache.bytes_needed(data.images, shape[k])
+        if plan.frozen < k and lo <= k <= hi and needed <= room:
+            if not cache.path(key[k], "train").exists():
+                chosen.append(k)
+                room -= needed
+    model = _taps(backbone, chosen, recipe.image_size, recipe.preprocess)
+    keys = [key[k] for k in chosen]
+    cache.fill(keys, "train", model, data.variants)
+    cache.fill(keys, "val", model, [data.val_images])
+    if len(chosen) > 1:
+        total = sum(cache.bytes_needed(data.images, shape[k]) for k in chosen)
+        print(f"tune: cached {len(chosen)} freeze points in one pass ({gib(total)} in {cache.folder})")
+
+
 def cached_model(
     backbone: keras.Model,
     plan: FreezePlan,
@@ -160,6 +203,8 @@ def cached_model(
         print(refusal)
         return None
     key, in_memory = cache.key(identity, plan.frozen, data.fingerprint), cache.in_memory(needed)
+    if not cache.path(key, "train").exists():
+        _fill_boundaries(backbone, plan, recipe, cache, identity, data)
     train = cache.get(key, "train", prefix_model, data.variants, in_memory)
     (val,) = cache.get(key, "val", prefix_model, [data.val_images], in_memory)
     inputs = keras.Input(shape, name="activations")
