@@ -35,7 +35,7 @@ PHASES = [
     ("Keras fit: train and validation steps", [[("keras/src/backend/tensorflow/trainer.py", "fit")]]),
     ("  of which validation (evaluate)", [[("keras/src/backend/tensorflow/trainer.py", "evaluate")]]),
     ("building a trial's model", BUILD),
-    ("  of which the activation cache", [[("tlpipe/tuning/cache.py", "get")]]),
+    ("  of which the activation cache", [[("tlpipe/tuning/cache.py", "get"), ("tlpipe/tuning/trial.py", "_fill_boundaries")]]),
     ("loading the backbone", [[("tlpipe/models/backbones.py", "load_backbone")]]),
     ("tf.function tracing (inside the above)", [[("polymorphic_function/tracing_compilation.py", "trace_function")]]),
     ("MLflow runs and metrics", [[("mlflow/tracking/fluent.py", name) for name in MLFLOW]]),
