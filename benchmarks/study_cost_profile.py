@@ -29,13 +29,14 @@ from benchmarks.study_cost_arms import REPO
 MLFLOW = ("start_run", "end_run", "log_params", "log_metrics", "log_metric", "set_tag")
 OPTUNA = ("report", "set_user_attr", "should_prune")
 BUILD = [[("tlpipe/tuning/trial.py", "build_trial")], [("study_cost_naive.py", "naive_model")]]
+CACHE = [("tlpipe/tuning/cache.py", "get"), ("tlpipe/tuning/trial.py", "_fill_boundaries")]  # loads; one-pass fills
 PHASES = [
     ("whole study", [[("pipelines/local.py", "run_steps")], [("optuna/study/study.py", "optimize")]]),
     ("trials (objective)", [[("tlpipe/tuning/worker.py", "objective")], [("optuna/study/_optimize.py", "_run_trial")]]),
     ("Keras fit: train and validation steps", [[("keras/src/backend/tensorflow/trainer.py", "fit")]]),
     ("  of which validation (evaluate)", [[("keras/src/backend/tensorflow/trainer.py", "evaluate")]]),
     ("building a trial's model", BUILD),
-    ("  of which the activation cache", [[("tlpipe/tuning/cache.py", "get"), ("tlpipe/tuning/trial.py", "_fill_boundaries")]]),
+    ("  of which the activation cache", [CACHE]),
     ("loading the backbone", [[("tlpipe/models/backbones.py", "load_backbone")]]),
     ("tf.function tracing (inside the above)", [[("polymorphic_function/tracing_compilation.py", "trace_function")]]),
     ("MLflow runs and metrics", [[("mlflow/tracking/fluent.py", name) for name in MLFLOW]]),
