@@ -173,13 +173,13 @@ def _fill_boundaries(
             if not cache.path(key[k], "train").exists():
                 chosen.append(k)
                 room -= needed
+    total = sum(cache.bytes_needed(data.images, shape[k]) for k in chosen)
+    names = ", ".join(backbone.layers[k].name for k in chosen)
+    print(f"tune: caching activations of {data.images} images at {names} in one pass ({gib(total)} in {cache.folder})")
     model = _taps(backbone, chosen, recipe.image_size, recipe.preprocess)
     keys = [key[k] for k in chosen]
     cache.fill(keys, "train", model, data.variants)
     cache.fill(keys, "val", model, [data.val_images])
-    if len(chosen) > 1:
-        total = sum(cache.bytes_needed(data.images, shape[k]) for k in chosen)
-        print(f"tune: cached {len(chosen)} freeze points in one pass ({gib(total)} in {cache.folder})")
 
 
 def cached_model(
