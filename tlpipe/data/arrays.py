@@ -79,9 +79,7 @@ class NpyWriter:
     @staticmethod
     def write(path: str | Path, chunks: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> None:
         """Write `path` (staged next to it, then renamed) from `chunks` totalling exactly shape[0] rows."""
-        path = Path(path)
-        with atomic_file(path) as staged, open(staged, "wb") as fh:
-            _write_npy(fh, path.name, chunks, shape, dtype)
+        NpyWriter.write_many([Path(path)], ([chunk] for chunk in chunks), [shape], dtype)
 
     @staticmethod
     def write_many(paths: list[Path], chunks: Iterable[list[np.ndarray]], shapes: list[tuple[int, ...]], dtype) -> None:

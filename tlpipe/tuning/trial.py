@@ -33,7 +33,7 @@ from tlpipe.fs import scratch_dir
 from tlpipe.models.backbones import FreezePlan, apply_freeze, preprocessing, split_at
 from tlpipe.models.training import compile_for, make_head
 from tlpipe.tuning.batches import ordered_batches, variant_batches
-from tlpipe.tuning.cache import DEFAULT_MEMORY_BYTES, ActivationCache, folder_bytes, gib
+from tlpipe.tuning.cache import DEFAULT_MEMORY_BYTES, ActivationCache, cache_plan, folder_bytes, gib
 from tlpipe.tuning.reuse import Built, ModelPool
 
 
@@ -130,14 +130,8 @@ def load_trial_data(
 
 def _prefix_model(backbone: keras.Model, frozen: int, size: int, mode: str) -> tuple[keras.Model, keras.Model | None]:
     """(image -> activations at the boundary, boundary -> features); no suffix when all is frozen."""
-    if frozen == len(backbone.layers) - 1:
-        prefix, suffix = backbone, None
-    else:
-        prefix, suffix = split_at(backbone, frozen)
-    inputs = keras.Input((size, size, 3))
-    layer = preprocessing(mode)
-    x = layer(inputs) if layer is not None else inputs
-    return keras.Model(inputs, prefix(x, training=False)), suffix
+    suffix = split_at(backbone, frozen)[1] if frozen < len(backbone.layers) - 1 else None
+    return _taps(backbone, [frozen], size, mode), suffix
 
 
 def _taps(backbone: keras.Model, boundaries: list[int], size: int, mode: str) -> keras.Model:
@@ -145,7 +139,8 @@ def _taps(backbone: keras.Model, boundaries: list[int], size: int, mode: str) ->
     inputs = keras.Input((size, size, 3))
     layer = preprocessing(mode)
     x = layer(inputs) if layer is not None else inputs
-    taps = keras.Model(backbone.input, [backbone.layers[k].output for k in boundaries], name="backbone_taps")
+    outputs = [backbone.layers[k].output for k in boundaries]
+    taps = keras.Model(backbone.input, outputs if len(outputs) > 1 else outputs[0], name="backbone_taps")
     return keras.Model(inputs, taps(x, training=False))
 
 
@@ -160,24 +155,23 @@ def _fill_boundaries(
     are not written ahead (measured: the wide early activations cost more to write than to recompute when
     a trial needs them). The others only take the cache's free room: they never evict a stored boundary.
     """
-    from tlpipe.models.backbones import cut_points, freeze_plan
+    from tlpipe.models.backbones import freeze_plan
 
     lo, hi = (freeze_plan(backbone, r).frozen for r in recipe.freeze_range)
-    shape = {k: tuple(backbone.layers[k].output.shape[1:]) for k in cut_points(backbone)}
-    key = {k: cache.key(identity, k, data.fingerprint) for k in shape}
-    room = cache.disk_bytes - folder_bytes(cache.folder) - cache.bytes_needed(data.images, shape[plan.frozen])
+    index = {layer.name: k for k, layer in enumerate(backbone.layers)}
+    size = {index[name]: n for name, n in cache_plan(backbone, data.images, cache.dtype.name).items()}
+    room = cache.disk_bytes - folder_bytes(cache.folder) - size[plan.frozen]
     chosen = [plan.frozen]
-    for k in sorted(shape, reverse=True):
-        needed = cache.bytes_needed(data.images, shape[k])
-        if plan.frozen < k and lo <= k <= hi and needed <= room:
-            if not cache.path(key[k], "train").exists():
-                chosen.append(k)
-                room -= needed
-    total = sum(cache.bytes_needed(data.images, shape[k]) for k in chosen)
+    for k in sorted(size, reverse=True):
+        key = cache.key(identity, k, data.fingerprint)
+        if plan.frozen < k and lo <= k <= hi and size[k] <= room and not cache.path(key, "train").exists():
+            chosen.append(k)
+            room -= size[k]
     names = ", ".join(backbone.layers[k].name for k in chosen)
-    print(f"tune: caching activations of {data.images} images at {names} in one pass ({gib(total)} in {cache.folder})")
+    total = gib(sum(size[k] for k in chosen))
+    print(f"tune: caching activations of {data.images} images at {names} in one pass ({total} in {cache.folder})")
     model = _taps(backbone, chosen, recipe.image_size, recipe.preprocess)
-    keys = [key[k] for k in chosen]
+    keys = [cache.key(identity, k, data.fingerprint) for k in chosen]
     cache.fill(keys, "train", model, data.variants)
     cache.fill(keys, "val", model, [data.val_images])
 
