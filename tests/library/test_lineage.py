@@ -46,3 +46,38 @@ def test_outside_dvc_every_input_is_hashed_once(tmp_path, monkeypatch):
     monkeypatch.delenv("DVC_STAGE", raising=False)
     tags = lineage.lineage_tags({"subset": "data/subset"}, None)
     assert tags["data.subset.sha256"] == lineage.content_hash("data/subset")
+
+
+def test_a_dataset_another_worker_inserted_at_the_same_moment_is_still_linked_to_this_run(tmp_path, monkeypatch):
+    """Tuning workers that start together insert the same dataset row at once and the store's unique key fails
+    the later insert (seen as `UNIQUE constraint failed: datasets...` from a worker). The row then exists, so
+    the retry links it to the run instead of ending the worker."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from tlpipe.tracking.runs import log_datasets
+
+    before, uri = mlflow.get_tracking_uri(), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test, as the URI below is
+    mlflow.set_tracking_uri(uri)
+    (tmp_path / "subset").mkdir()
+    tags = {"data.subset.path": str(tmp_path / "subset"), "data.subset.sha256": "ab" * 32}
+    real, calls = mlflow.log_input, []
+
+    def collides_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:  # the other worker's run wins the insert; ours fails on the unique key
+            with mlflow.start_run(nested=True):
+                real(*args, **kwargs)
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", collides_once)
+    try:
+        with mlflow.start_run() as run:
+            log_datasets(tags)
+        inputs = mlflow.get_run(run.info.run_id).inputs
+        assert inputs is not None and len(calls) == 2
+        assert [d.dataset.name for d in inputs.dataset_inputs] == ["subset"]
+    finally:
+        mlflow.set_tracking_uri(before)

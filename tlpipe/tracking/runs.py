@@ -128,6 +128,7 @@ def log_datasets(tags: dict[str, str]) -> None:
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.exceptions import MlflowException
 
     for key, where in tags.items():
         if key.startswith("data.") and key.endswith(".path"):
@@ -140,7 +141,13 @@ def log_datasets(tags: dict[str, str]) -> None:
                 source = resolve_dataset_source(where)
             dataset = MetaDataset(source, name=name, digest=(sha or md5)[:36])
             found = {"sha256": sha, "dvc_md5": md5}
-            mlflow.log_input(dataset, context="input", tags={k: v for k, v in found.items() if v})
+            tags_of = {k: v for k, v in found.items() if v}
+            try:
+                mlflow.log_input(dataset, context="input", tags=tags_of)
+            except MlflowException:
+                # Tuning workers that start together insert the same dataset row at once, and the store's
+                # unique key fails the later insert. The row exists now: logging again only links it to this run.
+                mlflow.log_input(dataset, context="input", tags=tags_of)
 
 
 def record_outcome(parent_run_id: str, metrics: dict[str, float], params: dict[str, str], tags: dict[str, str]) -> None:
