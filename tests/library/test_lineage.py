@@ -60,6 +60,7 @@ def test_a_dataset_another_worker_inserted_at_the_same_moment_is_still_linked_to
     before, uri = mlflow.get_tracking_uri(), f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test, as the URI below is
     mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("lineage")  # its own: an earlier test may have left another active
     (tmp_path / "subset").mkdir()
     tags = {"data.subset.path": str(tmp_path / "subset"), "data.subset.sha256": "ab" * 32}
     real, calls = mlflow.log_input, []
@@ -67,14 +68,14 @@ def test_a_dataset_another_worker_inserted_at_the_same_moment_is_still_linked_to
     def collides_once(*args, **kwargs):
         calls.append(args)
         if len(calls) == 1:  # the other worker's run wins the insert; ours fails on the unique key
-            with mlflow.start_run(nested=True):
+            with mlflow.start_run(experiment_id=experiment, nested=True):
                 real(*args, **kwargs)
             raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(mlflow, "log_input", collides_once)
     try:
-        with mlflow.start_run() as run:
+        with mlflow.start_run(experiment_id=experiment) as run:
             log_datasets(tags)
         inputs = mlflow.get_run(run.info.run_id).inputs
         assert inputs is not None and len(calls) == 2
